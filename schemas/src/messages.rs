@@ -1,0 +1,296 @@
+//! The Kafka messages: [`Command`]s that ask the processor to move money, and
+//! [`Event`]s that tell the world what happened.
+//!
+//! Both are JSON objects tagged by `type` and carrying a `version`. A reader
+//! refuses an unknown type, an unknown version and unknown fields: a message
+//! it does not fully understand goes to the dead-letter topic instead of
+//! being half-applied.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{AccountId, Money, TransferId};
+
+/// Version 1 of a message's shape: serializes as `1` and refuses anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct V1;
+
+impl Serialize for V1 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u16(1)
+    }
+}
+
+impl<'de> Deserialize<'de> for V1 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u16::deserialize(deserializer)? {
+            1 => Ok(V1),
+            other => Err(serde::de::Error::custom(format!(
+                "unsupported message version {other}; this reader understands version 1"
+            ))),
+        }
+    }
+}
+
+impl JsonSchema for V1 {
+    fn schema_name() -> Cow<'static, str> {
+        "Version1".into()
+    }
+
+    fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "integer", "const": 1 })
+    }
+}
+
+/// A request to change the ledger, published to `ledger.commands` keyed by
+/// the account whose balance it lowers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum Command {
+    /// Move money between two accounts of the same currency.
+    #[serde(rename = "transfer.requested")]
+    TransferRequested(TransferRequested),
+    /// Fund an account from the system cash-in account of its currency.
+    /// Only admin and ops principals may publish it.
+    #[serde(rename = "account.deposited")]
+    AccountDeposited(AccountDeposited),
+}
+
+impl Command {
+    /// The id under which the processor applies the command at most once.
+    #[must_use]
+    pub fn transfer_id(&self) -> TransferId {
+        match self {
+            Command::TransferRequested(command) => command.transfer_id,
+            Command::AccountDeposited(command) => command.transfer_id,
+        }
+    }
+
+    /// The Kafka key: the account whose balance the command lowers, so all
+    /// debits of one account are ordered in one partition. A deposit lowers
+    /// only the system account, so it is keyed by the funded account instead
+    /// (one hot system key would crowd a single partition).
+    #[must_use]
+    pub fn partition_key(&self) -> AccountId {
+        match self {
+            Command::TransferRequested(command) => command.source_account_id,
+            Command::AccountDeposited(command) => command.account_id,
+        }
+    }
+
+    /// The message `type`, as in the JSON.
+    #[must_use]
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Command::TransferRequested(_) => "transfer.requested",
+            Command::AccountDeposited(_) => "account.deposited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequested {
+    pub version: V1,
+    pub transfer_id: TransferId,
+    pub source_account_id: AccountId,
+    pub destination_account_id: AccountId,
+    pub money: Money,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountDeposited {
+    pub version: V1,
+    pub transfer_id: TransferId,
+    pub account_id: AccountId,
+    pub money: Money,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Why the processor refused a command. The codes are stable: clients match
+/// on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionReason {
+    /// The source account's available balance is below the amount.
+    InsufficientFunds,
+    /// The source or destination account does not exist.
+    UnknownAccount,
+    /// An account's currency differs from the transfer's.
+    CurrencyMismatch,
+    /// Source and destination are the same account.
+    SameAccount,
+    /// An account involved is frozen.
+    AccountFrozen,
+    /// An account involved is closed.
+    AccountClosed,
+    /// The transfer id was already used for a different request.
+    IdempotencyKeyReused,
+}
+
+impl RejectionReason {
+    /// The stable code, as in the JSON and the database.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectionReason::InsufficientFunds => "insufficient_funds",
+            RejectionReason::UnknownAccount => "unknown_account",
+            RejectionReason::CurrencyMismatch => "currency_mismatch",
+            RejectionReason::SameAccount => "same_account",
+            RejectionReason::AccountFrozen => "account_frozen",
+            RejectionReason::AccountClosed => "account_closed",
+            RejectionReason::IdempotencyKeyReused => "idempotency_key_reused",
+        }
+    }
+
+    /// Every reason, for documentation and exhaustive tests.
+    pub const ALL: &'static [RejectionReason] = &[
+        RejectionReason::InsufficientFunds,
+        RejectionReason::UnknownAccount,
+        RejectionReason::CurrencyMismatch,
+        RejectionReason::SameAccount,
+        RejectionReason::AccountFrozen,
+        RejectionReason::AccountClosed,
+        RejectionReason::IdempotencyKeyReused,
+    ];
+
+    /// Parses a stored code.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|reason| reason.code() == code)
+    }
+}
+
+/// What a transfer was, in events and read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferKind {
+    /// Between two accounts, requested by a client.
+    Transfer,
+    /// From the system cash-in account into an account.
+    Deposit,
+}
+
+/// Something that happened to the ledger, published to `ledger.events` by the
+/// outbox relay, keyed by account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum Event {
+    #[serde(rename = "transfer.completed")]
+    TransferCompleted(TransferCompleted),
+    #[serde(rename = "transfer.rejected")]
+    TransferRejected(TransferRejected),
+}
+
+impl Event {
+    /// The message `type`, as in the JSON.
+    #[must_use]
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::TransferCompleted(_) => "transfer.completed",
+            Event::TransferRejected(_) => "transfer.rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferCompleted {
+    pub version: V1,
+    pub transfer_id: TransferId,
+    pub kind: TransferKind,
+    pub source_account_id: AccountId,
+    pub destination_account_id: AccountId,
+    pub money: Money,
+    pub completed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRejected {
+    pub version: V1,
+    pub transfer_id: TransferId,
+    pub kind: TransferKind,
+    pub reason: RejectionReason,
+    pub source_account_id: AccountId,
+    pub destination_account_id: AccountId,
+    pub money: Money,
+    pub rejected_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn transfer_json() -> serde_json::Value {
+        json!({
+            "type": "transfer.requested",
+            "version": 1,
+            "transfer_id": "7f1d7e62-2c4b-4f4e-9a1e-1d2c3b4a5f60",
+            "source_account_id": "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01",
+            "destination_account_id": "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d02",
+            "money": {"amount": "25.00", "currency": "EUR"},
+            "requested_at": "2026-11-27T10:00:00Z"
+        })
+    }
+
+    #[test]
+    fn a_transfer_command_round_trips_through_json() {
+        let command: Command = serde_json::from_value(transfer_json()).expect("valid command");
+        assert_eq!(command.type_name(), "transfer.requested");
+        assert_eq!(serde_json::to_value(&command).expect("serializes"), transfer_json());
+    }
+
+    #[test]
+    fn a_command_is_keyed_by_the_account_it_debits() {
+        let command: Command = serde_json::from_value(transfer_json()).expect("valid command");
+        assert_eq!(
+            command.partition_key().to_string(),
+            "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"
+        );
+    }
+
+    #[test]
+    fn an_unknown_command_type_is_refused() {
+        let mut value = transfer_json();
+        value["type"] = json!("transfer.teleported");
+        assert!(serde_json::from_value::<Command>(value).is_err());
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_with_a_clear_reason() {
+        let mut value = transfer_json();
+        value["version"] = json!(2);
+        let error = serde_json::from_value::<Command>(value).expect_err("version 2").to_string();
+        assert!(error.contains("unsupported message version 2"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused() {
+        let mut value = transfer_json();
+        value["note"] = json!("hello");
+        assert!(serde_json::from_value::<Command>(value).is_err());
+    }
+
+    #[test]
+    fn a_command_with_invalid_money_is_refused() {
+        let mut value = transfer_json();
+        value["money"] = json!({"amount": "-5.00", "currency": "EUR"});
+        assert!(serde_json::from_value::<Command>(value).is_err());
+    }
+
+    #[test]
+    fn every_rejection_reason_serializes_as_its_code() {
+        for reason in RejectionReason::ALL {
+            let json = serde_json::to_value(reason).expect("serializes");
+            assert_eq!(json, json!(reason.code()));
+            assert_eq!(RejectionReason::from_code(reason.code()), Some(*reason));
+        }
+    }
+}
