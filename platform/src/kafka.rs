@@ -1,0 +1,200 @@
+//! Kafka client settings, topic creation, and the embedded mock cluster.
+//!
+//! Every service builds its clients from one [`KafkaConfig`], so producer and
+//! consumer settings cannot drift. The broker is either external
+//! (`KAFKA_BROKERS`) or librdkafka's mock cluster, which `ledgerctl dev` and
+//! the tests host in-process and reach over TCP like any broker.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::mocking::MockCluster;
+use schemas::Topics;
+
+use crate::config::{self, ConfigError};
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `KAFKA_BROKERS`: the bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topic names (`LEDGERLINE_TOPIC_NAMESPACE` prefixes them).
+    pub topics: Topics,
+    /// `LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS`: how long a produce may take,
+    /// retries included, before it fails (librdkafka's `message.timeout.ms`).
+    pub produce_timeout_ms: u64,
+    /// `LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS`: a consumer silent for this long
+    /// leaves its group and its partitions move to another member.
+    pub session_timeout_ms: u64,
+}
+
+impl KafkaConfig {
+    /// Settings for an explicit broker list and the default limits.
+    #[must_use]
+    pub fn new(brokers: impl Into<String>, topics: Topics) -> Self {
+        Self { brokers: brokers.into(), topics, produce_timeout_ms: 10_000, session_timeout_ms: 10_000 }
+    }
+
+    /// # Errors
+    /// When a variable is malformed or out of range. `KAFKA_BROKERS` may be
+    /// unset: the caller decides whether to host a mock cluster instead.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let Some(brokers) = config::var_optional::<String>("KAFKA_BROKERS")? else {
+            return Ok(None);
+        };
+        let mut kafka = Self::new(brokers, Self::topics_from_env()?);
+        kafka.produce_timeout_ms = config::check_range(
+            "LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS",
+            config::var_or("LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS", kafka.produce_timeout_ms)?,
+            100..=300_000,
+        )?;
+        kafka.session_timeout_ms = config::check_range(
+            "LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS",
+            config::var_or("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", kafka.session_timeout_ms)?,
+            1_000..=300_000,
+        )?;
+        Ok(Some(kafka))
+    }
+
+    /// The topic names, namespaced by `LEDGERLINE_TOPIC_NAMESPACE` if set.
+    ///
+    /// # Errors
+    /// When the variable is not valid UTF-8.
+    pub fn topics_from_env() -> Result<Topics, ConfigError> {
+        let namespace: String = config::var_or("LEDGERLINE_TOPIC_NAMESPACE", String::new())?;
+        Ok(Topics::namespaced(&namespace))
+    }
+
+    /// An idempotent producer: acks from all in-sync replicas, and no
+    /// duplicates or reordering from its own retries.
+    #[must_use]
+    pub fn producer(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.produce_timeout_ms.to_string())
+            // A few milliseconds of batching costs little latency and saves
+            // many requests under load.
+            .set("linger.ms", "5");
+        config
+    }
+
+    /// A consumer in `group` that never commits on its own: the processor
+    /// keeps its offsets in Postgres and commits to Kafka only for
+    /// visibility, after its database commit.
+    #[must_use]
+    pub fn consumer(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "false");
+        config
+    }
+
+    /// Creates the topics with the AdminClient, leaving existing ones as they
+    /// are. For real brokers: the mock cluster has no CreateTopics handler
+    /// (use [`MockKafka::start`], which creates them itself).
+    ///
+    /// # Errors
+    /// When the broker cannot be reached or refuses a topic.
+    pub async fn create_topics(&self, command_partitions: i32, replication: i32) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .context("creating the Kafka admin client")?;
+        let partitions = self.topics.with_partition_counts(command_partitions);
+        let new_topics: Vec<NewTopic<'_>> = partitions
+            .iter()
+            .map(|(name, count)| NewTopic::new(name, *count, TopicReplication::Fixed(replication)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.create_topics(&new_topics, &options).await.context("creating topics")?;
+        for result in results {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, "created topic"),
+                Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    tracing::debug!(topic = %name, "topic exists");
+                }
+                Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka's mock cluster, hosted on a thread of its own (its handle is
+/// not `Send`) and reachable over TCP on 127.0.0.1 by any Kafka client.
+/// Dropping it stops the cluster.
+#[derive(Debug)]
+pub struct MockKafka {
+    bootstrap_servers: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MockKafka {
+    /// Starts a cluster of `broker_count` brokers and creates the topics.
+    ///
+    /// # Errors
+    /// When librdkafka cannot create the cluster or a topic.
+    pub fn start(broker_count: i32, topics: &Topics, command_partitions: i32) -> anyhow::Result<Self> {
+        let partitions: Vec<(String, i32)> = topics
+            .with_partition_counts(command_partitions)
+            .into_iter()
+            .map(|(name, count)| (name.to_owned(), count))
+            .collect();
+        let (ready_sender, ready) = mpsc::channel::<anyhow::Result<String>>();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kafka-mock-cluster".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(broker_count) {
+                    Ok(cluster) => cluster,
+                    Err(error) => {
+                        let _ = ready_sender.send(Err(anyhow::Error::new(error).context("starting the mock cluster")));
+                        return;
+                    }
+                };
+                for (name, count) in &partitions {
+                    if let Err(error) = cluster.create_topic(name, *count, 1) {
+                        let _ = ready_sender.send(Err(anyhow::anyhow!("creating mock topic {name}: {error}")));
+                        return;
+                    }
+                }
+                let _ = ready_sender.send(Ok(cluster.bootstrap_servers()));
+                // Block until told to stop, or until the handle is gone.
+                let _ = stopped.recv();
+                drop(cluster);
+            })
+            .context("spawning the mock cluster thread")?;
+        let bootstrap_servers = ready.recv().context("the mock cluster thread died")??;
+        Ok(Self { bootstrap_servers, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The `host:port` list a client connects to.
+    #[must_use]
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+}
+
+impl Drop for MockKafka {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Tracing initialisation, shared by every binary.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`),
+/// `LEDGERLINE_LOG_FORMAT=json` switches to one JSON object per line for log
+/// shippers. Calling it twice is harmless (tests do).
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let json = std::env::var("LEDGERLINE_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    // A second call fails because a subscriber is already set; that is fine.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

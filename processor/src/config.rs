@@ -1,0 +1,63 @@
+//! Processor settings.
+
+use platform::config::{self, ConfigError};
+use platform::kafka::KafkaConfig;
+
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub kafka: KafkaConfig,
+    /// `LEDGERLINE_PROCESSOR_GROUP`: the consumer group; every processor of
+    /// one ledger shares it, and offsets are stored per group.
+    pub consumer_group: String,
+    /// `LEDGERLINE_PROCESSOR_POLL_TIMEOUT_MS`: the longest a poll waits, and
+    /// so the longest a shutdown waits for the loop to notice it.
+    pub poll_timeout_ms: u64,
+    /// `LEDGERLINE_PROCESSOR_RETRY_BACKOFF_MAX_MS`: the longest pause between
+    /// two attempts at a command that failed for an operating reason
+    /// (database down). Such a command is retried until it succeeds.
+    pub retry_backoff_max_ms: u64,
+    /// `LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX`: attempts at a command the
+    /// database refuses for a data reason (a violated constraint) before it
+    /// goes to the dead-letter topic instead of stalling the partition.
+    pub apply_attempts_max: u32,
+}
+
+impl ProcessorConfig {
+    pub const GROUP_DEFAULT: &'static str = "ledgerline-processor";
+
+    #[must_use]
+    pub fn new(kafka: KafkaConfig) -> Self {
+        Self {
+            kafka,
+            consumer_group: Self::GROUP_DEFAULT.to_owned(),
+            poll_timeout_ms: 100,
+            retry_backoff_max_ms: 5_000,
+            apply_attempts_max: 3,
+        }
+    }
+
+    /// # Errors
+    /// When a variable is malformed or out of range.
+    pub fn from_env(kafka: KafkaConfig) -> Result<Self, ConfigError> {
+        let defaults = Self::new(kafka);
+        Ok(Self {
+            consumer_group: config::var_or("LEDGERLINE_PROCESSOR_GROUP", defaults.consumer_group)?,
+            poll_timeout_ms: config::check_range(
+                "LEDGERLINE_PROCESSOR_POLL_TIMEOUT_MS",
+                config::var_or("LEDGERLINE_PROCESSOR_POLL_TIMEOUT_MS", defaults.poll_timeout_ms)?,
+                1..=10_000,
+            )?,
+            retry_backoff_max_ms: config::check_range(
+                "LEDGERLINE_PROCESSOR_RETRY_BACKOFF_MAX_MS",
+                config::var_or("LEDGERLINE_PROCESSOR_RETRY_BACKOFF_MAX_MS", defaults.retry_backoff_max_ms)?,
+                10..=60_000,
+            )?,
+            apply_attempts_max: config::check_range(
+                "LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX",
+                config::var_or("LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX", defaults.apply_attempts_max)?,
+                1..=100,
+            )?,
+            kafka: defaults.kafka,
+        })
+    }
+}
