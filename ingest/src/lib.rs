@@ -1,1 +1,19 @@
-//! placeholder
+//! The HTTP edge of Ledgerline: authenticates API clients, validates
+//! requests, publishes commands to Kafka, and serves read models (balances,
+//! entries, transfer status) from Postgres.
+//!
+//! It stays thin: it never changes a balance. Money moves only in the
+//! processor, from the commands this service publishes.
+
+pub mod accounts;
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod health;
+pub mod publish;
+pub mod startup;
+pub mod transfers;
+
+pub use config::IngestConfig;
+pub use startup::Application;

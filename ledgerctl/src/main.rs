@@ -1,1 +1,103 @@
-fn main() {}
+//! `ledgerctl`, the operator's tool: migrate the database, create API
+//! clients and topics, and run the whole stack in one process (`dev`).
+
+mod dev;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use platform::kafka::KafkaConfig;
+use platform::postgres::DatabaseConfig;
+use secrecy::ExposeSecret as _;
+
+#[derive(Debug, Parser)]
+#[command(name = "ledgerctl", version, about = "Operate a Ledgerline deployment")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the database migrations (DATABASE_URL).
+    Migrate {
+        /// Create the database first if it does not exist.
+        #[arg(long)]
+        create_database: bool,
+    },
+    /// Manage API clients.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Manage Kafka topics (KAFKA_BROKERS).
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Run ingest, processor and outbox relay in one process, on an embedded
+    /// Kafka mock cluster unless KAFKA_BROKERS is set.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsCommand {
+    /// Create an API client; its secret is printed once and never stored.
+    Create {
+        /// A human-readable name, e.g. "mobile-app".
+        #[arg(long)]
+        name: String,
+        /// Space- or comma-separated scopes, e.g. "accounts:read transfers:write".
+        #[arg(long)]
+        scopes: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicsCommand {
+    /// Create the command, dead-letter and event topics if missing.
+    Create {
+        /// Partitions of the command and event topics.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+        /// Replication factor.
+        #[arg(long, default_value_t = 3)]
+        replication: i32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    platform::telemetry::init();
+    match Cli::parse().command {
+        Command::Migrate { create_database } => {
+            let database = DatabaseConfig::from_env()?;
+            if create_database {
+                database.create_database_if_missing().await?;
+            }
+            let pool = database.connect().await?;
+            schemas::MIGRATOR.run(&pool).await.context("migrating the database")?;
+            println!("migrations applied");
+        }
+        Command::Clients { command: ClientsCommand::Create { name, scopes } } => {
+            let scopes = scopes
+                .split([' ', ','])
+                .filter(|text| !text.is_empty())
+                .map(ingest::auth::Scope::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(!scopes.is_empty(), "give at least one scope");
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            let client = ingest::auth::create_client(&pool, &name, &scopes).await?;
+            println!("client_id={}", client.id);
+            println!("client_secret={}", client.secret.expose_secret());
+            eprintln!("Store the secret now: it is not shown again.");
+        }
+        Command::Topics { command: TopicsCommand::Create { partitions, replication } } => {
+            let kafka = KafkaConfig::from_env()?.context("KAFKA_BROKERS is required")?;
+            kafka.create_topics(partitions, replication).await?;
+            println!("topics ready: {}, {}, {}", kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events);
+        }
+        Command::Dev(args) => dev::run(args).await?,
+    }
+    Ok(())
+}

@@ -62,6 +62,13 @@ impl AccountId {
         Self(Uuid::from_u128((1_u128 << 48) | code))
     }
 
+    /// The id of the account a client opens with an idempotency key, so a
+    /// retried "open account" request opens one account, not two.
+    #[must_use]
+    pub fn derive(client_id: Uuid, key: &IdempotencyKey) -> Self {
+        Self(Operation::OpenAccount.derive(client_id, key))
+    }
+
     /// A fresh random account id.
     #[must_use]
     pub fn new_random() -> Self {
@@ -74,7 +81,7 @@ uuid_id! {
     TransferId
 }
 
-/// The namespace of derived transfer ids (UUID v5). Changing it would change
+/// The namespace of derived ids (UUID v5). Changing it would change
 /// every derived id, so it is fixed forever.
 const TRANSFER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c65_6467_6572_6c69_6e65_0000_0000_0001);
 
@@ -84,6 +91,20 @@ const TRANSFER_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6c65_6467_6572_6c69_6e65_0
 pub enum Operation {
     Transfer,
     Deposit,
+    OpenAccount,
+}
+
+impl Operation {
+    /// The id a client names with an idempotency key for this operation.
+    fn derive(self, client_id: Uuid, key: &IdempotencyKey) -> Uuid {
+        let operation = match self {
+            Operation::Transfer => "transfer",
+            Operation::Deposit => "deposit",
+            Operation::OpenAccount => "account",
+        };
+        let name = format!("{operation}/{client_id}/{}", key.as_str());
+        Uuid::new_v5(&TRANSFER_ID_NAMESPACE, name.as_bytes())
+    }
 }
 
 impl TransferId {
@@ -92,12 +113,7 @@ impl TransferId {
     /// HTTP request becomes the same command.
     #[must_use]
     pub fn derive(operation: Operation, client_id: Uuid, key: &IdempotencyKey) -> Self {
-        let operation = match operation {
-            Operation::Transfer => "transfer",
-            Operation::Deposit => "deposit",
-        };
-        let name = format!("{operation}/{client_id}/{}", key.as_str());
-        Self(Uuid::new_v5(&TRANSFER_ID_NAMESPACE, name.as_bytes()))
+        Self(operation.derive(client_id, key))
     }
 }
 

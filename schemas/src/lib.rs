@@ -12,7 +12,7 @@ pub mod messages;
 pub mod money;
 pub mod topics;
 
-pub use ids::{AccountId, IdempotencyKey, TransferId};
+pub use ids::{AccountId, IdempotencyKey, Operation, TransferId};
 pub use messages::{Command, Event, RejectionReason};
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use topics::Topics;

@@ -1,0 +1,254 @@
+//! Accounts: open one, read its balance, list its entries, fund it.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use schemas::messages::{AccountDeposited, V1};
+use schemas::{AccountId, Command, Currency, Money, Operation, TransferId};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Scope};
+use crate::context::RequestId;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::transfers::{self, Accepted};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/accounts", post(open_account))
+        .route("/v1/accounts/{account_id}", get(get_account))
+        .route("/v1/accounts/{account_id}/entries", get(list_entries))
+        .route("/v1/accounts/{account_id}/deposits", post(deposit))
+}
+
+/// An amount at its currency's scale, as a string ("12.50", "1000" for JPY).
+#[must_use]
+pub fn format_amount(value: Decimal, currency: Currency) -> String {
+    let mut value = value;
+    value.rescale(currency.minor_unit_scale());
+    value.to_string()
+}
+
+fn parse_currency(code: &str) -> Result<Currency, ApiError> {
+    code.trim().parse().map_err(|error: schemas::MoneyError| ApiError::Internal(anyhow::anyhow!("stored currency: {error}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenAccountRequest {
+    currency: Currency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccountView {
+    id: Uuid,
+    currency: Currency,
+    status: String,
+    /// The ledger balance: every completed entry.
+    balance: String,
+    /// Reserved by holds; not spendable.
+    held: String,
+    /// What may be spent now: balance − held + overdraft limit.
+    available: String,
+    overdraft_limit: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    id: Uuid,
+    currency: String,
+    status: String,
+    balance: Decimal,
+    held: Decimal,
+    overdraft_limit: Decimal,
+    created_at: DateTime<Utc>,
+}
+
+impl AccountRow {
+    fn view(self) -> Result<AccountView, ApiError> {
+        let currency = parse_currency(&self.currency)?;
+        Ok(AccountView {
+            id: self.id,
+            currency,
+            status: self.status,
+            balance: format_amount(self.balance, currency),
+            held: format_amount(self.held, currency),
+            available: format_amount(self.balance - self.held + self.overdraft_limit, currency),
+            overdraft_limit: format_amount(self.overdraft_limit, currency),
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// Reads an account the principal owns; another client's account, or one
+/// that does not exist, is the same 404 (no existence leak).
+async fn owned_account(state: &AppState, principal: &Principal, account_id: Uuid) -> Result<AccountRow, ApiError> {
+    sqlx::query_as::<_, AccountRow>(
+        r"select id, currency, status, balance, held, overdraft_limit, created_at
+          from accounts where id = $1 and owner_client_id = $2",
+    )
+    .bind(account_id)
+    .bind(principal.client_id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
+}
+
+/// Opens an account. With an `Idempotency-Key`, a retry returns the account
+/// the first request opened instead of opening another.
+async fn open_account(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Result<Json<OpenAccountRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::AccountsWrite)?;
+    let Json(request) = body?;
+    let account_id = match transfers::optional_idempotency_key(&headers)? {
+        Some(key) => AccountId::derive(principal.client_id, &key),
+        None => AccountId::new_random(),
+    };
+    let inserted = sqlx::query(
+        r"insert into accounts (id, currency, kind, owner_client_id) values ($1, $2, 'customer', $3)
+          on conflict (id) do nothing",
+    )
+    .bind(account_id.as_uuid())
+    .bind(request.currency.code())
+    .bind(principal.client_id)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    let account = owned_account(&state, &principal, account_id.as_uuid()).await?;
+    if account.currency.trim() != request.currency.code() {
+        return Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key opened an account in another currency",
+        ));
+    }
+    let status = if inserted == 1 { StatusCode::CREATED } else { StatusCode::OK };
+    if inserted == 1 {
+        tracing::info!(account_id = %account_id, currency = %request.currency, "opened an account");
+    }
+    let location = format!("/v1/accounts/{account_id}");
+    Ok((status, [(header::LOCATION, location)], Json(account.view()?)).into_response())
+}
+
+async fn get_account(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<AccountView>, ApiError> {
+    principal.require(Scope::AccountsRead)?;
+    let Path(account_id) = path?;
+    Ok(Json(owned_account(&state, &principal, account_id).await?.view()?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntryView {
+    transfer_id: Uuid,
+    /// Negative for a debit, positive for a credit.
+    amount: String,
+    balance_after: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntriesView {
+    account_id: Uuid,
+    entries: Vec<EntryView>,
+}
+
+/// The most entries one page returns.
+const ENTRIES_LIMIT_MAX: i64 = 200;
+
+/// The account's ledger entries, newest first. (Cursor pagination and
+/// filters come with the customer history, issue #4.)
+async fn list_entries(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<EntriesQuery>, QueryRejection>,
+) -> Result<Json<EntriesView>, ApiError> {
+    principal.require(Scope::AccountsRead)?;
+    let Path(account_id) = path?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=ENTRIES_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={ENTRIES_LIMIT_MAX}")));
+    }
+    let account = owned_account(&state, &principal, account_id).await?;
+    let currency = parse_currency(&account.currency)?;
+    let rows: Vec<(Uuid, Decimal, Decimal, DateTime<Utc>)> = sqlx::query_as(
+        r"select transfer_id, amount, balance_after, created_at from entries
+          where account_id = $1 order by id desc limit $2",
+    )
+    .bind(account_id)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(EntriesView {
+        account_id,
+        entries: rows
+            .into_iter()
+            .map(|(transfer_id, amount, balance_after, created_at)| EntryView {
+                transfer_id,
+                amount: format_amount(amount, currency),
+                balance_after: format_amount(balance_after, currency),
+                created_at,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DepositRequest {
+    amount: String,
+    currency: Currency,
+}
+
+/// Funds any account from the system cash-in account of its currency.
+async fn deposit(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<DepositRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::DepositsWrite)?;
+    let Path(account_id) = path?;
+    let key = transfers::required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let money = Money::parse(&request.amount, request.currency)
+        .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
+    let transfer_id = TransferId::derive(Operation::Deposit, principal.client_id, &key);
+    let command = Command::AccountDeposited(AccountDeposited {
+        version: V1,
+        transfer_id,
+        account_id: AccountId::from_uuid(account_id),
+        money,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "deposit",
+        "account_id": account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+    });
+    let accepted: Accepted = transfers::accept(&state, &principal, &key, &command, canonical, &request_id.0).await?;
+    Ok(accepted.into_response())
+}

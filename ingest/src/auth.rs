@@ -1,0 +1,416 @@
+//! Authentication of API clients: the OAuth2 client-credentials grant
+//! (`POST /v1/oauth/token`) issues short-lived HS256 JWTs carrying scopes,
+//! and the [`Principal`] extractor checks them on every other route.
+//!
+//! Client secrets are stored as argon2id hashes. Verifying one is slow on
+//! purpose, so it runs on the blocking pool, and an unknown client id is
+//! checked against a dummy hash so the answer takes as long either way.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use anyhow::Context as _;
+use argon2::password_hash::rand_core::{OsRng, RngCore as _};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::Argon2;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// What a token allows. The string forms are the OAuth2 scope values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Open accounts.
+    AccountsWrite,
+    /// Read the client's own accounts and their entries.
+    AccountsRead,
+    /// Submit transfers from the client's own accounts.
+    TransfersWrite,
+    /// Read the status of the client's own transfers.
+    TransfersRead,
+    /// Fund any account from the system cash-in account. Admin and ops only.
+    DepositsWrite,
+}
+
+impl Scope {
+    pub const ALL: &'static [Scope] =
+        &[Scope::AccountsWrite, Scope::AccountsRead, Scope::TransfersWrite, Scope::TransfersRead, Scope::DepositsWrite];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::AccountsWrite => "accounts:write",
+            Scope::AccountsRead => "accounts:read",
+            Scope::TransfersWrite => "transfers:write",
+            Scope::TransfersRead => "transfers:read",
+            Scope::DepositsWrite => "deposits:write",
+        }
+    }
+
+    /// # Errors
+    /// When the text names no scope.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|scope| scope.as_str() == text)
+            .ok_or_else(|| format!("unknown scope {text:?}; known: {}", Self::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")))
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// JWT settings.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    pub token_ttl_s: u64,
+}
+
+impl fmt::Debug for JwtKeys {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_struct("JwtKeys").field("issuer", &self.issuer).field("audience", &self.audience).finish_non_exhaustive()
+    }
+}
+
+impl JwtKeys {
+    /// The shortest signing secret accepted, in bytes (HS256 wants ≥ 256 bits).
+    pub const SECRET_LENGTH_MIN: usize = 32;
+
+    /// # Errors
+    /// When the secret is shorter than [`JwtKeys::SECRET_LENGTH_MIN`].
+    pub fn new(secret: &SecretString, issuer: &str, audience: &str, token_ttl_s: u64) -> anyhow::Result<Self> {
+        let bytes = secret.expose_secret().as_bytes();
+        anyhow::ensure!(
+            bytes.len() >= Self::SECRET_LENGTH_MIN,
+            "the JWT signing secret must be at least {} bytes",
+            Self::SECRET_LENGTH_MIN
+        );
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Ok(Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            token_ttl_s,
+        })
+    }
+
+    fn issue(&self, client_id: Uuid, scopes: &[Scope]) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: client_id.to_string(),
+            iat: now,
+            exp: now + i64::try_from(self.token_ttl_s).unwrap_or(i64::MAX),
+            jti: Uuid::new_v4().to_string(),
+            scope: scopes.iter().map(|scope| scope.as_str()).collect::<Vec<_>>().join(" "),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing a token")
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    sub: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+    scope: String,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client_id: Uuid,
+    scopes: Vec<Scope>,
+}
+
+impl Principal {
+    /// # Errors
+    /// 403 `insufficient_scope` when the token lacks `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) { Ok(()) } else { Err(ApiError::InsufficientScope(scope.as_str())) }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &state.jwt.decoding, &state.jwt.validation)
+            .map_err(|error| ApiError::invalid_token(format!("the access token is not valid: {error}")))?;
+        let client_id = Uuid::parse_str(&data.claims.sub)
+            .map_err(|_| ApiError::invalid_token("the access token has no valid subject"))?;
+        // Unknown scope names (from a newer version) are ignored, not fatal.
+        let scopes = data.claims.scope.split_whitespace().filter_map(|text| Scope::parse(text).ok()).collect();
+        Ok(Self { client_id, scopes })
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let missing = || ApiError::Unauthenticated {
+        code: "unauthenticated",
+        detail: "send an access token: Authorization: Bearer <token>".into(),
+    };
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| ApiError::invalid_token("the Authorization header is not ASCII"))?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(missing());
+    }
+    Ok(token.trim())
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/oauth/token", post(issue_token))
+}
+
+/// The client-credentials grant of RFC 6749 §4.4.
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    grant_type: String,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+    scope: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: String,
+}
+
+fn invalid_client() -> ApiError {
+    ApiError::Unauthenticated { code: "invalid_client", detail: "unknown client or wrong secret".into() }
+}
+
+async fn issue_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let Form(request) = form?;
+    if request.grant_type != "client_credentials" {
+        return Err(ApiError::bad_request("unsupported_grant_type", "only grant_type=client_credentials is supported"));
+    }
+    // Credentials come in the body or in HTTP Basic (RFC 6749 §2.3.1).
+    let (client_id, secret) = match (basic_credentials(&headers)?, request.client_id, request.client_secret) {
+        (Some(basic), None, None) => basic,
+        (None, Some(id), Some(secret)) => (id, secret),
+        (None, _, _) => return Err(ApiError::bad_request("invalid_request", "send client_id and client_secret")),
+        (Some(_), _, _) => return Err(ApiError::bad_request("invalid_request", "send credentials once, in the body or in Basic")),
+    };
+    let client = verify_client(&state.pool, &client_id, secret).await?.ok_or_else(invalid_client)?;
+
+    let granted = match request.scope.as_deref().map(str::trim).filter(|scope| !scope.is_empty()) {
+        None => client.scopes.clone(),
+        Some(requested) => {
+            let mut granted = Vec::new();
+            for text in requested.split_whitespace() {
+                let scope = Scope::parse(text).map_err(|detail| ApiError::bad_request("invalid_scope", detail))?;
+                if !client.scopes.contains(&scope) {
+                    return Err(ApiError::bad_request("invalid_scope", format!("this client may not have {scope}")));
+                }
+                granted.push(scope);
+            }
+            granted
+        }
+    };
+    let access_token = state.jwt.issue(client.id, &granted)?;
+    tracing::info!(client_id = %client.id, "issued an access token");
+    Ok(Json(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: state.jwt.token_ttl_s,
+        scope: granted.iter().map(|scope| scope.as_str()).collect::<Vec<_>>().join(" "),
+    }))
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString)>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let malformed = || ApiError::bad_request("invalid_request", "malformed Basic credentials");
+    let value = value.to_str().map_err(|_| malformed())?;
+    let Some((scheme, encoded)) = value.split_once(' ') else { return Err(malformed()) };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(malformed());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    Ok(Some((id.to_owned(), SecretString::from(secret.to_owned()))))
+}
+
+/// An API client as stored.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub id: Uuid,
+    pub scopes: Vec<Scope>,
+}
+
+/// A hash of a random secret, verified when the client id is unknown so that
+/// a wrong id costs the same time as a wrong secret.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    hash_secret(&SecretString::from("not-a-real-secret-only-for-timing".to_owned()))
+        .unwrap_or_default()
+});
+
+/// Checks a client's secret; `None` when the client is unknown, disabled, or
+/// the secret is wrong.
+///
+/// # Errors
+/// Database or hashing failures.
+pub async fn verify_client(pool: &PgPool, client_id: &str, secret: SecretString) -> Result<Option<ApiClient>, ApiError> {
+    let stored: Option<(Uuid, String, Vec<String>)> = match Uuid::parse_str(client_id) {
+        Ok(id) => sqlx::query_as(
+            "select id, secret_hash, scopes from api_clients where id = $1 and disabled_at is null",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?,
+        Err(_) => None,
+    };
+    let hash = stored.as_ref().map_or_else(|| DUMMY_HASH.clone(), |(_, hash, _)| hash.clone());
+    let secret = Arc::new(secret);
+    let matches = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .is_ok_and(|parsed| Argon2::default().verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .context("verifying a client secret")?;
+    Ok(match stored {
+        Some((id, _, scopes)) if matches => {
+            Some(ApiClient { id, scopes: scopes.iter().filter_map(|text| Scope::parse(text).ok()).collect() })
+        }
+        _ => None,
+    })
+}
+
+/// argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: the OWASP
+/// minimum). The parameters are stored in the PHC string, so they can be
+/// raised later without invalidating existing hashes.
+///
+/// # Errors
+/// When hashing fails.
+pub fn hash_secret(secret: &SecretString) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(secret.expose_secret().as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|error| anyhow::anyhow!("hashing a secret: {error}"))
+}
+
+/// A new client's credentials; the secret is shown once and never stored.
+#[derive(Debug)]
+pub struct NewClient {
+    pub id: Uuid,
+    pub secret: SecretString,
+}
+
+/// Creates an API client with a random id and secret.
+///
+/// # Errors
+/// Database failures.
+pub async fn create_client(pool: &PgPool, name: &str, scopes: &[Scope]) -> anyhow::Result<NewClient> {
+    let mut bytes = [0_u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    let secret = SecretString::from(format!("llsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)));
+    let id = Uuid::new_v4();
+    upsert_client(pool, id, name, &secret, scopes).await?;
+    Ok(NewClient { id, secret })
+}
+
+/// Creates or replaces the client `id` with the given secret and scopes.
+/// `ledgerctl dev` uses it for its well-known development client.
+///
+/// # Errors
+/// Database failures.
+pub async fn upsert_client(pool: &PgPool, id: Uuid, name: &str, secret: &SecretString, scopes: &[Scope]) -> anyhow::Result<()> {
+    let hash = {
+        let secret = secret.clone();
+        tokio::task::spawn_blocking(move || hash_secret(&secret)).await??
+    };
+    let scopes: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
+    sqlx::query(
+        r"insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)
+          on conflict (id) do update set name = excluded.name, secret_hash = excluded.secret_hash,
+                                         scopes = excluded.scopes, disabled_at = null",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(hash)
+    .bind(&scopes)
+    .execute(pool)
+    .await
+    .context("storing the API client")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scope_parses_from_its_own_name() {
+        for scope in Scope::ALL {
+            assert_eq!(Scope::parse(scope.as_str()), Ok(*scope));
+        }
+        assert!(Scope::parse("admin:everything").is_err());
+    }
+
+    #[test]
+    fn a_hashed_secret_verifies_and_another_does_not() {
+        let secret = SecretString::from("llsk_correct".to_owned());
+        let hash = hash_secret(&secret).expect("hashes");
+        assert!(hash.starts_with("$argon2id$"));
+        let parsed = PasswordHash::new(&hash).expect("parses");
+        assert!(Argon2::default().verify_password(b"llsk_correct", &parsed).is_ok());
+        assert!(Argon2::default().verify_password(b"llsk_wrong", &parsed).is_err());
+    }
+
+    #[test]
+    fn a_short_signing_secret_is_refused() {
+        let short = SecretString::from("too-short".to_owned());
+        assert!(JwtKeys::new(&short, "issuer", "audience", 900).is_err());
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_is_refused() {
+        let ours = JwtKeys::new(&SecretString::from("a".repeat(32)), "ledgerline", "ledgerline-api", 900).expect("keys");
+        let theirs = JwtKeys::new(&SecretString::from("b".repeat(32)), "ledgerline", "ledgerline-api", 900).expect("keys");
+        let token = theirs.issue(Uuid::new_v4(), &[Scope::AccountsRead]).expect("token");
+        assert!(jsonwebtoken::decode::<Claims>(&token, &ours.decoding, &ours.validation).is_err());
+        let own = ours.issue(Uuid::new_v4(), &[Scope::AccountsRead]).expect("token");
+        assert!(jsonwebtoken::decode::<Claims>(&own, &ours.decoding, &ours.validation).is_ok());
+    }
+}

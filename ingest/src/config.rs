@@ -1,0 +1,80 @@
+//! Ingest settings.
+
+use std::net::SocketAddr;
+
+use platform::config::{self, ConfigError};
+use platform::kafka::KafkaConfig;
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// `LEDGERLINE_HTTP_ADDR`: where to listen; port 0 picks a free port.
+    pub http_addr: SocketAddr,
+    pub kafka: KafkaConfig,
+    /// `LEDGERLINE_JWT_SECRET` (or `_FILE`): the HS256 signing secret, at
+    /// least 32 bytes.
+    pub jwt_secret: SecretString,
+    /// `LEDGERLINE_JWT_ISSUER` and `LEDGERLINE_JWT_AUDIENCE`: checked on every token.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// `LEDGERLINE_TOKEN_TTL_S`: lifetime of an access token, at most 15 minutes.
+    pub token_ttl_s: u64,
+    /// `LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES`: larger request bodies get 413.
+    pub body_size_max_bytes: usize,
+    /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
+    /// this long is answered with 503 (Kafka publishing included).
+    pub request_timeout_ms: u64,
+}
+
+impl IngestConfig {
+    pub const HTTP_ADDR_DEFAULT: &'static str = "127.0.0.1:8080";
+
+    /// Settings with the defaults, for `ledgerctl dev` and the tests.
+    #[must_use]
+    pub fn new(http_addr: SocketAddr, kafka: KafkaConfig, jwt_secret: SecretString) -> Self {
+        Self {
+            http_addr,
+            kafka,
+            jwt_secret,
+            jwt_issuer: "ledgerline".into(),
+            jwt_audience: "ledgerline-api".into(),
+            token_ttl_s: 900,
+            body_size_max_bytes: 16 * 1024,
+            request_timeout_ms: 15_000,
+        }
+    }
+
+    /// # Errors
+    /// When a variable is missing, malformed or out of range.
+    pub fn from_env(kafka: KafkaConfig, jwt_secret_default: Option<SecretString>) -> Result<Self, ConfigError> {
+        let jwt_secret = match config::secret_optional("LEDGERLINE_JWT_SECRET")? {
+            Some(secret) => secret,
+            None => jwt_secret_default.ok_or_else(|| ConfigError::new("LEDGERLINE_JWT_SECRET", "is required"))?,
+        };
+        let http_addr = config::var_or(
+            "LEDGERLINE_HTTP_ADDR",
+            Self::HTTP_ADDR_DEFAULT.parse().map_err(|error| ConfigError::new("LEDGERLINE_HTTP_ADDR", error))?,
+        )?;
+        let defaults = Self::new(http_addr, kafka, jwt_secret);
+        Ok(Self {
+            jwt_issuer: config::var_or("LEDGERLINE_JWT_ISSUER", defaults.jwt_issuer.clone())?,
+            jwt_audience: config::var_or("LEDGERLINE_JWT_AUDIENCE", defaults.jwt_audience.clone())?,
+            token_ttl_s: config::check_range(
+                "LEDGERLINE_TOKEN_TTL_S",
+                config::var_or("LEDGERLINE_TOKEN_TTL_S", defaults.token_ttl_s)?,
+                30..=900,
+            )?,
+            body_size_max_bytes: config::check_range(
+                "LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES",
+                config::var_or("LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES", defaults.body_size_max_bytes)?,
+                1024..=1024 * 1024,
+            )?,
+            request_timeout_ms: config::check_range(
+                "LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS",
+                config::var_or("LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS", defaults.request_timeout_ms)?,
+                100..=120_000,
+            )?,
+            ..defaults
+        })
+    }
+}

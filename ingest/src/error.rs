@@ -1,0 +1,173 @@
+//! The one error type of the HTTP edge, rendered as RFC 9457
+//! `application/problem+json` with a stable machine `code` and the request id.
+//!
+//! Handlers return [`ApiError`]; its response carries the [`Problem`] as an
+//! extension, and the request-context middleware ([`crate::context`]) writes
+//! the body, because only it knows the request id. A 500 gets a generic body;
+//! its cause chain goes to the log.
+
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// A problem, minus the request id the middleware adds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    Client { status: StatusCode, code: &'static str, title: &'static str, detail: String },
+    #[error("authentication required")]
+    Unauthenticated { code: &'static str, detail: String },
+    #[error("missing scope {0}")]
+    InsufficientScope(&'static str),
+    #[error("the message broker is unavailable")]
+    BrokerUnavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Client { status: StatusCode::BAD_REQUEST, code, title: "Bad request", detail: detail.into() }
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Client {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            title: "The request cannot be processed",
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Client { status: StatusCode::NOT_FOUND, code, title: "Not found", detail: detail.into() }
+    }
+
+    pub fn invalid_token(detail: impl Into<String>) -> Self {
+        Self::Unauthenticated { code: "invalid_token", detail: detail.into() }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::new(error).context("database"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::Client {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "body_too_large",
+                title: "The request body is too large",
+                detail: rejection.body_text(),
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::Client {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "unsupported_media_type",
+                title: "Unsupported media type",
+                detail: "send the body as application/json".into(),
+            },
+            StatusCode::BAD_REQUEST => Self::bad_request("malformed_json", rejection.body_text()),
+            _ => Self::unprocessable("invalid_body", rejection.body_text()),
+        }
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(rejection: FormRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::Client {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "body_too_large",
+                title: "The request body is too large",
+                detail: rejection.body_text(),
+            };
+        }
+        Self::bad_request("invalid_request", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // A malformed id names nothing that could exist.
+        Self::not_found("not_found", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title, detail, extra_header): (StatusCode, &'static str, &'static str, Option<String>, Option<(HeaderName, HeaderValue)>) = match self {
+            ApiError::Client { status, code, title, detail } => (status, code, title, Some(detail), None),
+            ApiError::Unauthenticated { code, detail } => {
+                let challenge = if code == "invalid_token" {
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#)
+                } else {
+                    HeaderValue::from_static("Bearer")
+                };
+                (StatusCode::UNAUTHORIZED, code, "Unauthorized", Some(detail), Some((header::WWW_AUTHENTICATE, challenge)))
+            }
+            ApiError::InsufficientScope(scope) => (
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "Forbidden",
+                Some(format!("this operation needs the scope {scope}")),
+                Some((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
+                )),
+            ),
+            ApiError::BrokerUnavailable(error) => {
+                tracing::error!(error = ?error, "publishing to Kafka failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "broker_unavailable",
+                    "Service unavailable",
+                    Some("the request was not accepted; retry it with the same Idempotency-Key".into()),
+                    Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+                )
+            }
+            ApiError::Internal(error) => {
+                tracing::error!(error = ?error, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal server error", None, None)
+            }
+        };
+        problem_response(status, code, title, detail, extra_header)
+    }
+}
+
+/// An empty response carrying the problem for the middleware to render.
+pub fn problem_response(
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: Option<String>,
+    extra_header: Option<(HeaderName, HeaderValue)>,
+) -> Response {
+    let problem = Problem { type_uri: format!("urn:ledgerline:problem:{code}"), title, status: status.as_u16(), code, detail };
+    let mut response = status.into_response();
+    if let Some((name, value)) = extra_header {
+        response.headers_mut().insert(name, value);
+    }
+    response.extensions_mut().insert(problem);
+    response
+}

@@ -1,0 +1,96 @@
+//! Building and running the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::Router;
+use platform::CancellationToken;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::auth::JwtKeys;
+use crate::config::IngestConfig;
+use crate::error::{ApiError, problem_response};
+use crate::publish::Publisher;
+
+/// What every handler may use.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub publisher: Publisher,
+    pub jwt: Arc<JwtKeys>,
+}
+
+/// The server, bound and ready to run. Binding first lets a test ask for
+/// port 0 and learn the real port before any request is sent.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    /// # Errors
+    /// When the address cannot be bound or a client cannot be created.
+    pub async fn build(config: &IngestConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let state = AppState {
+            pool,
+            publisher: Publisher::new(&config.kafka)?,
+            jwt: Arc::new(JwtKeys::new(&config.jwt_secret, &config.jwt_issuer, &config.jwt_audience, config.token_ttl_s)?),
+        };
+        let listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+        Ok(Self { listener, router: router(state, config) })
+    }
+
+    /// The address actually bound.
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listener.local_addr().context("reading the bound address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets requests in flight finish.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(address = %self.local_addr()?, "ingest listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("serving HTTP")
+    }
+}
+
+fn router(state: AppState, config: &IngestConfig) -> Router {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    Router::new()
+        .merge(crate::auth::router())
+        .merge(crate::accounts::router())
+        .merge(crate::transfers::router())
+        .merge(crate::health::router())
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            problem_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", None, None)
+        })
+        .layer(DefaultBodyLimit::max(config.body_size_max_bytes))
+        .layer(axum::middleware::from_fn(move |request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => problem_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    "The request took too long",
+                    Some("retry it with the same Idempotency-Key".into()),
+                    None,
+                ),
+            }
+        }))
+        .layer(axum::middleware::from_fn(crate::context::middleware))
+        .with_state(state)
+}

@@ -1,0 +1,208 @@
+//! Transfers: submit one (idempotently), read its status.
+//!
+//! The transfer id is derived from (client, `Idempotency-Key`), so a retried
+//! request is the same transfer. The request is recorded in
+//! `accepted_requests` before it is published: a retry with the same body is
+//! answered the same way (and published again if the first publish failed),
+//! a retry with another body is refused with `idempotency_key_reused`.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use schemas::messages::{TransferRequested, V1};
+use schemas::{AccountId, Command, Currency, IdempotencyKey, Money, Operation, TransferId};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Scope};
+use crate::context::RequestId;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/transfers", post(submit_transfer)).route("/v1/transfers/{transfer_id}", get(get_transfer))
+}
+
+/// # Errors
+/// 400 when the header is missing or malformed.
+pub fn required_idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    optional_idempotency_key(headers)?.ok_or_else(|| {
+        ApiError::bad_request("idempotency_key_missing", "this request needs an Idempotency-Key header")
+    })
+}
+
+/// # Errors
+/// 400 when the header is present but malformed.
+pub fn optional_idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("idempotency_key_invalid", "the Idempotency-Key must be printable ASCII"))?;
+    IdempotencyKey::parse(text)
+        .map(Some)
+        .map_err(|error| ApiError::bad_request("idempotency_key_invalid", error.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    source_account_id: Uuid,
+    destination_account_id: Uuid,
+    /// A decimal string, e.g. "12.50".
+    amount: String,
+    currency: Currency,
+}
+
+/// The answer to an accepted command: 202 with where to follow it.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    transfer_id: TransferId,
+    status: &'static str,
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        let location = format!("/v1/transfers/{}", self.transfer_id);
+        (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(self)).into_response()
+    }
+}
+
+async fn submit_transfer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Json<TransferRequest>, JsonRejection>,
+) -> Result<Accepted, ApiError> {
+    principal.require(Scope::TransfersWrite)?;
+    let key = required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let money = Money::parse(&request.amount, request.currency)
+        .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
+
+    // A client moves money only out of its own accounts. The processor checks
+    // everything else (existence of the destination, currency, funds).
+    let owns_source: bool =
+        sqlx::query_scalar("select exists (select 1 from accounts where id = $1 and owner_client_id = $2)")
+            .bind(request.source_account_id)
+            .bind(principal.client_id)
+            .fetch_one(&state.pool)
+            .await?;
+    if !owns_source {
+        return Err(ApiError::not_found("account_not_found", "no such source account"));
+    }
+
+    let transfer_id = TransferId::derive(Operation::Transfer, principal.client_id, &key);
+    let command = Command::TransferRequested(TransferRequested {
+        version: V1,
+        transfer_id,
+        source_account_id: AccountId::from_uuid(request.source_account_id),
+        destination_account_id: AccountId::from_uuid(request.destination_account_id),
+        money,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "transfer",
+        "source_account_id": request.source_account_id,
+        "destination_account_id": request.destination_account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+    });
+    accept(&state, &principal, &key, &command, canonical, &request_id.0).await
+}
+
+/// Records the request under its transfer id and publishes the command,
+/// unless an earlier identical request already did.
+///
+/// # Errors
+/// 422 `idempotency_key_reused` when the key was used for another request;
+/// 503 when the broker does not take the command.
+pub async fn accept(
+    state: &AppState,
+    principal: &Principal,
+    key: &IdempotencyKey,
+    command: &Command,
+    canonical: serde_json::Value,
+    request_id: &str,
+) -> Result<Accepted, ApiError> {
+    let transfer_id = command.transfer_id();
+    sqlx::query(
+        r"insert into accepted_requests (transfer_id, api_client_id, idempotency_key, request)
+          values ($1, $2, $3, $4) on conflict (transfer_id) do nothing",
+    )
+    .bind(transfer_id.as_uuid())
+    .bind(principal.client_id)
+    .bind(key.as_str())
+    .bind(&canonical)
+    .execute(&state.pool)
+    .await?;
+    let (recorded, published_at): (serde_json::Value, Option<DateTime<Utc>>) =
+        sqlx::query_as("select request, published_at from accepted_requests where transfer_id = $1")
+            .bind(transfer_id.as_uuid())
+            .fetch_one(&state.pool)
+            .await?;
+    if recorded != canonical {
+        return Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used for a different request",
+        ));
+    }
+    if published_at.is_none() {
+        state.publisher.publish(command, request_id).await?;
+        sqlx::query("update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null")
+            .bind(transfer_id.as_uuid())
+            .execute(&state.pool)
+            .await?;
+        tracing::info!(%transfer_id, command = command.type_name(), "accepted");
+    }
+    Ok(Accepted { transfer_id, status: "accepted" })
+}
+
+#[derive(Debug, Serialize)]
+struct TransferView {
+    transfer_id: Uuid,
+    /// `accepted` until the processor decides, then `completed` or `rejected`.
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    request: serde_json::Value,
+    accepted_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decided_at: Option<DateTime<Utc>>,
+}
+
+async fn get_transfer(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    principal.require(Scope::TransfersRead)?;
+    let Path(transfer_id) = path?;
+    type Row = (serde_json::Value, DateTime<Utc>, Option<String>, Option<String>, Option<DateTime<Utc>>);
+    let row: Option<Row> = sqlx::query_as(
+        r"select request.request, request.published_at, transfer.status, transfer.rejection_reason, transfer.decided_at
+          from accepted_requests request
+          left join transfers transfer on transfer.id = request.transfer_id
+          where request.transfer_id = $1 and request.api_client_id = $2 and request.published_at is not null",
+    )
+    .bind(transfer_id)
+    .bind(principal.client_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (request, accepted_at, status, reason, decided_at) =
+        row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+    Ok(Json(TransferView {
+        transfer_id,
+        status: status.unwrap_or_else(|| "accepted".into()),
+        reason,
+        request,
+        accepted_at,
+        decided_at,
+    }))
+}

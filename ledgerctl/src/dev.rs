@@ -1,0 +1,100 @@
+//! `ledgerctl dev`: the whole stack in one process, for a laptop.
+//!
+//! It hosts librdkafka's mock cluster (unless `KAFKA_BROKERS` names a real
+//! broker), creates and migrates the database, registers a well-known
+//! development API client, and runs ingest, processor and outbox relay until
+//! Ctrl-C or SIGTERM. Never point it at production data: the development
+//! client's secret is public.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use argon2::password_hash::rand_core::{OsRng, RngCore as _};
+use platform::kafka::{KafkaConfig, MockKafka};
+use platform::postgres::DatabaseConfig;
+use secrecy::{ExposeSecret as _, SecretString};
+use uuid::Uuid;
+
+/// The development client, the same on every start so the README's
+/// walkthrough works verbatim.
+pub const DEV_CLIENT_ID: Uuid = Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0001);
+pub const DEV_CLIENT_SECRET_DEFAULT: &str = "ledgerline-dev-secret";
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where ingest listens.
+    #[arg(long, env = "LEDGERLINE_HTTP_ADDR", default_value = ingest::IngestConfig::HTTP_ADDR_DEFAULT)]
+    http_addr: SocketAddr,
+    /// Partitions of the command topic on the mock cluster.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// The development client's secret.
+    #[arg(long, env = "LEDGERLINE_DEV_CLIENT_SECRET", default_value = DEV_CLIENT_SECRET_DEFAULT)]
+    client_secret: String,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let shutdown = platform::shutdown::token_on_signal();
+
+    let database = DatabaseConfig::from_env()?;
+    database.create_database_if_missing().await?;
+    let pool = database.connect().await?;
+    schemas::MIGRATOR.run(&pool).await.context("migrating the database")?;
+
+    // The mock cluster lives as long as this binding.
+    let (kafka, _mock) = match KafkaConfig::from_env()? {
+        Some(kafka) => {
+            kafka.create_topics(args.partitions, 1).await?;
+            (kafka, None)
+        }
+        None => {
+            let topics = KafkaConfig::topics_from_env()?;
+            let mock = MockKafka::start(1, &topics, args.partitions)?;
+            (KafkaConfig::new(mock.bootstrap_servers(), topics), Some(mock))
+        }
+    };
+
+    let secret = SecretString::from(args.client_secret);
+    ingest::auth::upsert_client(&pool, DEV_CLIENT_ID, "ledgerctl-dev", &secret, ingest::auth::Scope::ALL).await?;
+
+    // A fresh signing key per start unless one is configured: tokens from an
+    // earlier run stop working, which is what a developer expects.
+    let mut random = [0_u8; 32];
+    OsRng.fill_bytes(&mut random);
+    let generated = SecretString::from(random.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
+    let mut ingest_config = ingest::IngestConfig::from_env(kafka.clone(), Some(generated))?;
+    ingest_config.http_addr = args.http_addr;
+    let application = ingest::Application::build(&ingest_config, pool.clone()).await?;
+    let address = application.local_addr()?;
+
+    let mut processor = processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, pool.clone())?;
+    let relay = tokio::spawn(outbox_relay::run(outbox_relay::RelayConfig::from_env(kafka.clone())?, pool.clone(), shutdown.clone()));
+    let server = tokio::spawn(application.run_until(shutdown.clone()));
+
+    println!();
+    println!("Ledgerline is running.");
+    println!("  API            http://{address}");
+    println!("  Kafka          {}  (topics {}, {}, {})", kafka.brokers, kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events);
+    println!("  API client     client_id={DEV_CLIENT_ID}");
+    println!("                 client_secret={}", secret.expose_secret());
+    println!("  Get a token    curl -s -X POST http://{address}/v1/oauth/token -d grant_type=client_credentials -d client_id={DEV_CLIENT_ID} -d client_secret={}", secret.expose_secret());
+    println!("Press Ctrl-C to stop.");
+    println!();
+
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        result = processor.wait() => {
+            tracing::error!(?result, "the processor stopped");
+            shutdown.cancel();
+        }
+    }
+    shutdown.cancel();
+    let server_result = server.await.context("joining the HTTP server")?;
+    let processor_result = processor.stop().await;
+    let relay_result = relay.await.context("joining the relay")?;
+    server_result?;
+    processor_result?;
+    relay_result?;
+    println!("Ledgerline stopped cleanly.");
+    Ok(())
+}
