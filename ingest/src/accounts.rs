@@ -36,7 +36,9 @@ pub fn format_amount(value: Decimal, currency: Currency) -> String {
 }
 
 fn parse_currency(code: &str) -> Result<Currency, ApiError> {
-    code.trim().parse().map_err(|error: schemas::MoneyError| ApiError::Internal(anyhow::anyhow!("stored currency: {error}")))
+    code.trim()
+        .parse()
+        .map_err(|error: schemas::MoneyError| ApiError::Internal(anyhow::anyhow!("stored currency: {error}")))
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,9 +10,9 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use anyhow::Context as _;
+use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::Argon2;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -61,11 +61,12 @@ impl Scope {
     /// # Errors
     /// When the text names no scope.
     pub fn parse(text: &str) -> Result<Self, String> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|scope| scope.as_str() == text)
-            .ok_or_else(|| format!("unknown scope {text:?}; known: {}", Self::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")))
+        Self::ALL.iter().copied().find(|scope| scope.as_str() == text).ok_or_else(|| {
+            format!(
+                "unknown scope {text:?}; known: {}",
+                Self::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")
+            )
+        })
     }
 }
 
@@ -88,7 +89,11 @@ pub struct JwtKeys {
 
 impl fmt::Debug for JwtKeys {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.debug_struct("JwtKeys").field("issuer", &self.issuer).field("audience", &self.audience).finish_non_exhaustive()
+        formatter
+            .debug_struct("JwtKeys")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,7 +234,9 @@ async fn issue_token(
         (Some(basic), None, None) => basic,
         (None, Some(id), Some(secret)) => (id, secret),
         (None, _, _) => return Err(ApiError::bad_request("invalid_request", "send client_id and client_secret")),
-        (Some(_), _, _) => return Err(ApiError::bad_request("invalid_request", "send credentials once, in the body or in Basic")),
+        (Some(_), _, _) => {
+            return Err(ApiError::bad_request("invalid_request", "send credentials once, in the body or in Basic"));
+        }
     };
     let client = verify_client(&state.pool, &client_id, secret).await?.ok_or_else(invalid_client)?;
 
@@ -281,8 +288,7 @@ pub struct ApiClient {
 /// A hash of a random secret, verified when the client id is unknown so that
 /// a wrong id costs the same time as a wrong secret.
 static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
-    hash_secret(&SecretString::from("not-a-real-secret-only-for-timing".to_owned()))
-        .unwrap_or_default()
+    hash_secret(&SecretString::from("not-a-real-secret-only-for-timing".to_owned())).unwrap_or_default()
 });
 
 /// Checks a client's secret; `None` when the client is unknown, disabled, or
@@ -290,14 +296,18 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 ///
 /// # Errors
 /// Database or hashing failures.
-pub async fn verify_client(pool: &PgPool, client_id: &str, secret: SecretString) -> Result<Option<ApiClient>, ApiError> {
+pub async fn verify_client(
+    pool: &PgPool,
+    client_id: &str,
+    secret: SecretString,
+) -> Result<Option<ApiClient>, ApiError> {
     let stored: Option<(Uuid, String, Vec<String>)> = match Uuid::parse_str(client_id) {
-        Ok(id) => sqlx::query_as(
-            "select id, secret_hash, scopes from api_clients where id = $1 and disabled_at is null",
-        )
-        .bind(id)
-        .fetch_optional(pool)
-        .await?,
+        Ok(id) => {
+            sqlx::query_as("select id, secret_hash, scopes from api_clients where id = $1 and disabled_at is null")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        }
         Err(_) => None,
     };
     let hash = stored.as_ref().map_or_else(|| DUMMY_HASH.clone(), |(_, hash, _)| hash.clone());
@@ -355,7 +365,13 @@ pub async fn create_client(pool: &PgPool, name: &str, scopes: &[Scope]) -> anyho
 ///
 /// # Errors
 /// Database failures.
-pub async fn upsert_client(pool: &PgPool, id: Uuid, name: &str, secret: &SecretString, scopes: &[Scope]) -> anyhow::Result<()> {
+pub async fn upsert_client(
+    pool: &PgPool,
+    id: Uuid,
+    name: &str,
+    secret: &SecretString,
+    scopes: &[Scope],
+) -> anyhow::Result<()> {
     let hash = {
         let secret = secret.clone();
         tokio::task::spawn_blocking(move || hash_secret(&secret)).await??
@@ -406,8 +422,10 @@ mod tests {
 
     #[test]
     fn a_token_signed_with_another_key_is_refused() {
-        let ours = JwtKeys::new(&SecretString::from("a".repeat(32)), "ledgerline", "ledgerline-api", 900).expect("keys");
-        let theirs = JwtKeys::new(&SecretString::from("b".repeat(32)), "ledgerline", "ledgerline-api", 900).expect("keys");
+        let ours =
+            JwtKeys::new(&SecretString::from("a".repeat(32)), "ledgerline", "ledgerline-api", 900).expect("keys");
+        let theirs =
+            JwtKeys::new(&SecretString::from("b".repeat(32)), "ledgerline", "ledgerline-api", 900).expect("keys");
         let token = theirs.issue(Uuid::new_v4(), &[Scope::AccountsRead]).expect("token");
         assert!(jsonwebtoken::decode::<Claims>(&token, &ours.decoding, &ours.validation).is_err());
         let own = ours.issue(Uuid::new_v4(), &[Scope::AccountsRead]).expect("token");

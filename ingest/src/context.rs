@@ -41,7 +41,8 @@ struct ProblemBody<'a> {
 pub async fn middleware(mut request: Request, next: Next) -> Response {
     let request_id = incoming_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(request_id.clone()));
-    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %request_id);
+    let span =
+        tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %request_id);
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
 
@@ -49,9 +50,7 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
         let body = serde_json::to_vec(&ProblemBody { problem: &problem, request_id: &request_id })
             .unwrap_or_else(|_| b"{}".to_vec());
         *response.body_mut() = Body::from(body);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         response.headers_mut().remove(header::CONTENT_LENGTH);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -116,7 +116,7 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, title, detail, extra_header): (StatusCode, &'static str, &'static str, Option<String>, Option<(HeaderName, HeaderValue)>) = match self {
+        let (status, code, title, detail, extra_header): (_, _, _, _, Option<(HeaderName, HeaderValue)>) = match self {
             ApiError::Client { status, code, title, detail } => (status, code, title, Some(detail), None),
             ApiError::Unauthenticated { code, detail } => {
                 let challenge = if code == "invalid_token" {
@@ -124,17 +124,20 @@ impl IntoResponse for ApiError {
                 } else {
                     HeaderValue::from_static("Bearer")
                 };
-                (StatusCode::UNAUTHORIZED, code, "Unauthorized", Some(detail), Some((header::WWW_AUTHENTICATE, challenge)))
+                (
+                    StatusCode::UNAUTHORIZED,
+                    code,
+                    "Unauthorized",
+                    Some(detail),
+                    Some((header::WWW_AUTHENTICATE, challenge)),
+                )
             }
             ApiError::InsufficientScope(scope) => (
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
                 "Forbidden",
                 Some(format!("this operation needs the scope {scope}")),
-                Some((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="insufficient_scope""#),
-                )),
+                Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="insufficient_scope""#))),
             ),
             ApiError::BrokerUnavailable(error) => {
                 tracing::error!(error = ?error, "publishing to Kafka failed");
@@ -163,7 +166,8 @@ pub fn problem_response(
     detail: Option<String>,
     extra_header: Option<(HeaderName, HeaderValue)>,
 ) -> Response {
-    let problem = Problem { type_uri: format!("urn:ledgerline:problem:{code}"), title, status: status.as_u16(), code, detail };
+    let problem =
+        Problem { type_uri: format!("urn:ledgerline:problem:{code}"), title, status: status.as_u16(), code, detail };
     let mut response = status.into_response();
     if let Some((name, value)) = extra_header {
         response.headers_mut().insert(name, value);

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::Router;
 use platform::CancellationToken;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -40,9 +40,15 @@ impl Application {
         let state = AppState {
             pool,
             publisher: Publisher::new(&config.kafka)?,
-            jwt: Arc::new(JwtKeys::new(&config.jwt_secret, &config.jwt_issuer, &config.jwt_audience, config.token_ttl_s)?),
+            jwt: Arc::new(JwtKeys::new(
+                &config.jwt_secret,
+                &config.jwt_issuer,
+                &config.jwt_audience,
+                config.token_ttl_s,
+            )?),
         };
-        let listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
+        let listener =
+            TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
         Ok(Self { listener, router: router(state, config) })
     }
 

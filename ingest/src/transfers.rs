@@ -32,9 +32,8 @@ pub fn router() -> Router<AppState> {
 /// # Errors
 /// 400 when the header is missing or malformed.
 pub fn required_idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
-    optional_idempotency_key(headers)?.ok_or_else(|| {
-        ApiError::bad_request("idempotency_key_missing", "this request needs an Idempotency-Key header")
-    })
+    optional_idempotency_key(headers)?
+        .ok_or_else(|| ApiError::bad_request("idempotency_key_missing", "this request needs an Idempotency-Key header"))
 }
 
 /// # Errors
@@ -155,10 +154,12 @@ pub async fn accept(
     }
     if published_at.is_none() {
         state.publisher.publish(command, request_id).await?;
-        sqlx::query("update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null")
-            .bind(transfer_id.as_uuid())
-            .execute(&state.pool)
-            .await?;
+        sqlx::query(
+            "update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null",
+        )
+        .bind(transfer_id.as_uuid())
+        .execute(&state.pool)
+        .await?;
         tracing::info!(%transfer_id, command = command.type_name(), "accepted");
     }
     Ok(Accepted { transfer_id, status: "accepted" })

@@ -67,17 +67,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let application = ingest::Application::build(&ingest_config, pool.clone()).await?;
     let address = application.local_addr()?;
 
-    let mut processor = processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, pool.clone())?;
-    let relay = tokio::spawn(outbox_relay::run(outbox_relay::RelayConfig::from_env(kafka.clone())?, pool.clone(), shutdown.clone()));
+    let mut processor =
+        processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, pool.clone())?;
+    let relay = tokio::spawn(outbox_relay::run(
+        outbox_relay::RelayConfig::from_env(kafka.clone())?,
+        pool.clone(),
+        shutdown.clone(),
+    ));
     let server = tokio::spawn(application.run_until(shutdown.clone()));
 
     println!();
     println!("Ledgerline is running.");
     println!("  API            http://{address}");
-    println!("  Kafka          {}  (topics {}, {}, {})", kafka.brokers, kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events);
+    println!(
+        "  Kafka          {}  (topics {}, {}, {})",
+        kafka.brokers, kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events
+    );
     println!("  API client     client_id={DEV_CLIENT_ID}");
     println!("                 client_secret={}", secret.expose_secret());
-    println!("  Get a token    curl -s -X POST http://{address}/v1/oauth/token -d grant_type=client_credentials -d client_id={DEV_CLIENT_ID} -d client_secret={}", secret.expose_secret());
+    println!(
+        "  Get a token    curl -s -X POST http://{address}/v1/oauth/token -d grant_type=client_credentials -d client_id={DEV_CLIENT_ID} -d client_secret={}",
+        secret.expose_secret()
+    );
     println!("Press Ctrl-C to stop.");
     println!();
 

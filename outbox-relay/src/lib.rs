@@ -108,7 +108,8 @@ pub async fn relay_batch(config: &RelayConfig, pool: &PgPool, producer: &FutureP
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id.as_str()) })
                 .insert(Header { key: "ledgerline-event-type", value: Some(event_type.as_str()) });
-            let record = FutureRecord::to(&config.kafka.topics.events).key(key.as_str()).payload(body.as_str()).headers(headers);
+            let record =
+                FutureRecord::to(&config.kafka.topics.events).key(key.as_str()).payload(body.as_str()).headers(headers);
             producer.send(record, timeout).await.map(|_| ()).map_err(|(error, _)| error.to_string())
         }
     });

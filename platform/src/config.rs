@@ -86,10 +86,7 @@ where
     if range.contains(&value) {
         Ok(value)
     } else {
-        Err(ConfigError::new(
-            name,
-            format!("{value} is outside {}..={}", range.start(), range.end()),
-        ))
+        Err(ConfigError::new(name, format!("{value} is outside {}..={}", range.start(), range.end())))
     }
 }
 
@@ -100,10 +97,7 @@ mod tests {
     #[test]
     fn a_value_outside_its_range_names_the_variable() {
         let error = check_range("LEDGERLINE_BATCH_SIZE_MAX", 0_u32, 1..=10_000).expect_err("0 is out");
-        assert_eq!(
-            error.to_string(),
-            "configuration variable LEDGERLINE_BATCH_SIZE_MAX: 0 is outside 1..=10000"
-        );
+        assert_eq!(error.to_string(), "configuration variable LEDGERLINE_BATCH_SIZE_MAX: 0 is outside 1..=10000");
     }
 
     #[test]

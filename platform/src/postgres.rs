@@ -27,8 +27,7 @@ impl DatabaseConfig {
     /// # Errors
     /// When a variable is malformed or out of range.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let url = config::secret_optional("DATABASE_URL")?
-            .unwrap_or_else(|| SecretString::from(DATABASE_URL_DEFAULT));
+        let url = config::secret_optional("DATABASE_URL")?.unwrap_or_else(|| SecretString::from(DATABASE_URL_DEFAULT));
         Ok(Self {
             url,
             pool_size_max: config::check_range(

@@ -6,8 +6,7 @@ use tracing_subscriber::EnvFilter;
 /// `LEDGERLINE_LOG_FORMAT=json` switches to one JSON object per line for log
 /// shippers. Calling it twice is harmless (tests do).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
     let json = std::env::var("LEDGERLINE_LOG_FORMAT").is_ok_and(|format| format == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     // A second call fails because a subscriber is already set; that is fine.

@@ -1,14 +1,13 @@
 //! The Kafka side of the processor: a consumer-group member on a thread of
 //! its own.
 //!
-//! Why a dedicated thread: librdkafka calls the rebalance callback from
+//! Why a thread of its own (from the blocking pool): librdkafka calls the rebalance callback from
 //! inside `poll`, and on an assignment we must read the stored offsets from
 //! Postgres before the first message is fetched. On a plain thread the
 //! callback can block on that query (through the runtime handle) without
 //! stalling an async executor.
 
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,7 +30,7 @@ use crate::ledger::{self, Outcome, Position};
 #[derive(Debug)]
 pub struct Processor {
     stop: CancellationToken,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Processor {
@@ -58,11 +57,10 @@ impl Processor {
             .create_with_context(context)
             .context("creating the command consumer")?;
         let worker = Worker { config, pool, runtime, producer, consumer: Arc::new(consumer), stop: stop.clone() };
-        let thread = std::thread::Builder::new()
-            .name("processor".into())
-            .spawn(move || worker.run())
-            .context("spawning the processor thread")?;
-        Ok(Self { stop, thread: Some(thread) })
+        // A blocking-pool thread: outside any async context, so the consumer
+        // may block in `poll` and in its rebalance callback.
+        let worker = tokio::task::spawn_blocking(move || worker.run());
+        Ok(Self { stop, worker: Some(worker) })
     }
 
     /// Asks the loop to stop after the command in flight, and waits for it to
@@ -75,16 +73,16 @@ impl Processor {
         self.wait().await
     }
 
-    /// Waits until the loop ends (after [`Processor::stop`], or on a fatal error).
+    /// Waits until the loop ends (after [`Processor::stop`], or on a fatal
+    /// error). Cancel-safe: dropping the future and waiting again is fine.
     ///
     /// # Errors
-    /// The error that ended the loop.
+    /// The error that ended the loop, or a panic of the consumer thread.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        let Some(thread) = self.thread.take() else { return Ok(()) };
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .context("joining the processor thread")?
-            .map_err(|_| anyhow::anyhow!("the processor thread panicked"))?
+        let Some(worker) = self.worker.as_mut() else { return Ok(()) };
+        let result = worker.await;
+        self.worker = None;
+        result.context("the processor thread panicked")?
     }
 
     /// A token that stops the processor when cancelled.
@@ -231,7 +229,10 @@ impl Worker {
                         break;
                     }
                     let mut done = TopicPartitionList::new();
-                    if done.add_partition_offset(&position.topic, position.partition, Offset::Offset(position.offset + 1)).is_ok() {
+                    if done
+                        .add_partition_offset(&position.topic, position.partition, Offset::Offset(position.offset + 1))
+                        .is_ok()
+                    {
                         // For visibility in Kafka tooling only (consumer lag);
                         // Postgres holds the offsets the processor trusts.
                         let _ = self.consumer.commit(&done, rdkafka::consumer::CommitMode::Async);
@@ -288,7 +289,11 @@ impl Worker {
     /// Retries an operating failure (database down) until it succeeds or the
     /// processor stops (`None`); gives up on a data failure after
     /// `apply_attempts_max` attempts with a dead-letter reason.
-    fn apply_with_retries(&self, command: &schemas::Command, position: &Position) -> Option<Result<Outcome, DeadLetterReason>> {
+    fn apply_with_retries(
+        &self,
+        command: &schemas::Command,
+        position: &Position,
+    ) -> Option<Result<Outcome, DeadLetterReason>> {
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         let mut data_failures = 0;
         loop {
@@ -338,13 +343,16 @@ impl Worker {
             if let Some(payload) = message.payload() {
                 record = record.payload(payload);
             }
-            let produced = self.runtime.block_on(self.producer.send(record, Duration::from_millis(self.config.kafka.produce_timeout_ms)));
+            let produced = self
+                .runtime
+                .block_on(self.producer.send(record, Duration::from_millis(self.config.kafka.produce_timeout_ms)));
             let stored = produced.map_err(|(error, _)| anyhow::Error::new(error)).and_then(|_| {
-                self.runtime.block_on(async {
-                    let mut connection = self.pool.acquire().await?;
-                    ledger::store_offset(&mut connection, position).await
-                })
-                .map_err(anyhow::Error::new)
+                self.runtime
+                    .block_on(async {
+                        let mut connection = self.pool.acquire().await?;
+                        ledger::store_offset(&mut connection, position).await
+                    })
+                    .map_err(anyhow::Error::new)
             });
             match stored {
                 Ok(()) => return true,

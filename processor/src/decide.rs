@@ -105,8 +105,7 @@ pub fn decide_movement(
 /// When the entries do not balance.
 pub fn assert_balanced(entries: &[Entry]) {
     for currency in Currency::ALL {
-        let sum: Decimal =
-            entries.iter().filter(|entry| entry.currency == *currency).map(|entry| entry.amount).sum();
+        let sum: Decimal = entries.iter().filter(|entry| entry.currency == *currency).map(|entry| entry.amount).sum();
         assert!(sum.is_zero(), "unbalanced entries in {currency}: {entries:?}");
     }
 }

@@ -177,7 +177,10 @@ async fn decide_and_write(
 
 type PreviousRequest = (TransferKind, AccountId, AccountId, Money);
 
-async fn load_previous(connection: &mut PgConnection, transfer_id: TransferId) -> Result<Option<PreviousRequest>, sqlx::Error> {
+async fn load_previous(
+    connection: &mut PgConnection,
+    transfer_id: TransferId,
+) -> Result<Option<PreviousRequest>, sqlx::Error> {
     let Some(row) = sqlx::query(
         r"select kind, source_account_id, destination_account_id, amount, currency
           from transfers where id = $1",
@@ -283,14 +286,12 @@ async fn write_event(connection: &mut PgConnection, event: &Event) -> Result<(),
         | Event::TransferRejected(TransferRejected { source_account_id, .. }) => source_account_id,
     };
     let payload = serde_json::to_value(event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    sqlx::query(
-        r"insert into outbox (destination, event_type, message_key, payload) values ('events', $1, $2, $3)",
-    )
-    .bind(event.type_name())
-    .bind(key.to_string())
-    .bind(payload)
-    .execute(connection)
-    .await?;
+    sqlx::query(r"insert into outbox (destination, event_type, message_key, payload) values ('events', $1, $2, $3)")
+        .bind(event.type_name())
+        .bind(key.to_string())
+        .bind(payload)
+        .execute(connection)
+        .await?;
     Ok(())
 }
 

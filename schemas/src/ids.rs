@@ -55,10 +55,7 @@ impl AccountId {
     /// ASCII bytes in hex. Deposits are debited from it, so it may go negative.
     #[must_use]
     pub fn cash_in(currency: crate::Currency) -> Self {
-        let code = currency
-            .code()
-            .bytes()
-            .fold(0_u128, |accumulated, byte| (accumulated << 8) | u128::from(byte));
+        let code = currency.code().bytes().fold(0_u128, |accumulated, byte| (accumulated << 8) | u128::from(byte));
         Self(Uuid::from_u128((1_u128 << 48) | code))
     }
 
@@ -229,10 +226,7 @@ mod tests {
 
     #[test]
     fn the_cash_in_account_id_matches_the_one_the_migration_seeds() {
-        assert_eq!(
-            AccountId::cash_in(crate::Currency::EUR).to_string(),
-            "00000000-0000-0000-0001-000000455552"
-        );
+        assert_eq!(AccountId::cash_in(crate::Currency::EUR).to_string(), "00000000-0000-0000-0001-000000455552");
     }
 
     #[test]

@@ -250,10 +250,7 @@ mod tests {
     #[test]
     fn a_command_is_keyed_by_the_account_it_debits() {
         let command: Command = serde_json::from_value(transfer_json()).expect("valid command");
-        assert_eq!(
-            command.partition_key().to_string(),
-            "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"
-        );
+        assert_eq!(command.partition_key().to_string(), "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01");
     }
 
     #[test]

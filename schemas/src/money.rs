@@ -190,8 +190,8 @@ impl Money {
     /// # Errors
     /// When the string is not a decimal, or as [`Amount::parse`].
     pub fn parse(value: &str, currency: Currency) -> Result<Self, MoneyError> {
-        let decimal = Decimal::from_str_exact(value.trim())
-            .map_err(|error| MoneyError::NotADecimal(error.to_string()))?;
+        let decimal =
+            Decimal::from_str_exact(value.trim()).map_err(|error| MoneyError::NotADecimal(error.to_string()))?;
         Self::new(decimal, currency)
     }
 
@@ -254,8 +254,7 @@ impl<'de> Deserialize<'de> for StringDecimal {
 
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        MoneyWire { amount: StringDecimal(self.amount.value()), currency: self.currency }
-            .serialize(serializer)
+        MoneyWire { amount: StringDecimal(self.amount.value()), currency: self.currency }.serialize(serializer)
     }
 }
 
@@ -338,10 +337,7 @@ mod tests {
     fn an_amount_above_the_maximum_is_rejected() {
         let at_max = Decimal::from(Amount::MAX_UNITS);
         assert!(Amount::parse(at_max, Currency::EUR).is_ok());
-        assert_eq!(
-            Amount::parse(at_max + decimal("0.01"), Currency::EUR),
-            Err(MoneyError::TooLarge)
-        );
+        assert_eq!(Amount::parse(at_max + decimal("0.01"), Currency::EUR), Err(MoneyError::TooLarge));
     }
 
     #[test]
@@ -361,9 +357,7 @@ mod tests {
 
     #[test]
     fn money_with_an_unknown_field_is_refused() {
-        let result = serde_json::from_str::<Money>(
-            r#"{"amount": "12.50", "currency": "EUR", "fee": "1.00"}"#,
-        );
+        let result = serde_json::from_str::<Money>(r#"{"amount": "12.50", "currency": "EUR", "fee": "1.00"}"#);
         assert!(result.is_err());
     }
 

@@ -20,11 +20,7 @@ pub struct Topics {
 
 impl Default for Topics {
     fn default() -> Self {
-        Self {
-            commands: COMMANDS.to_owned(),
-            commands_dlq: COMMANDS_DLQ.to_owned(),
-            events: EVENTS.to_owned(),
-        }
+        Self { commands: COMMANDS.to_owned(), commands_dlq: COMMANDS_DLQ.to_owned(), events: EVENTS.to_owned() }
     }
 }
 

@@ -1,1 +1,509 @@
-//! placeholder
+//! The test kit: a fresh database per test, a broker per test, and the three
+//! services started in-process on port 0, behind a [`TestApp`] with one typed
+//! method per request.
+//!
+//! - Postgres: the server of `DATABASE_URL` (default
+//!   `postgres://postgres@127.0.0.1:5432/postgres`); each test gets its own
+//!   database, dropped when the test ends.
+//! - Kafka: librdkafka's mock cluster, one per test; or, when
+//!   `KAFKA_BROKERS` is set, that broker with topic names unique to the test.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use platform::CancellationToken;
+use platform::kafka::{KafkaConfig, MockKafka};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+use schemas::Topics;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions as _, Connection as _, PgPool};
+use uuid::Uuid;
+
+/// The longest a test waits for an asynchronous outcome. Generous because
+/// the machine is shared; a correct run takes a fraction of it.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Partitions of the command topic in tests: more than one, so ordering and
+/// assignment across partitions are exercised.
+pub const COMMAND_PARTITIONS: i32 = 4;
+
+/// The JWT signing secret of test apps, so tests can forge tokens.
+pub const JWT_SECRET: &str = "test-signing-secret-that-is-at-least-32-bytes";
+
+/// A database of its own for one test, dropped afterwards.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub pool: PgPool,
+    name: String,
+    server: PgConnectOptions,
+}
+
+impl TestDatabase {
+    /// # Errors
+    /// When the server is unreachable or the migrations fail.
+    pub async fn create() -> anyhow::Result<Self> {
+        let url =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let server = PgConnectOptions::from_str(&url).context("DATABASE_URL")?.database("postgres");
+        let name = format!("ledgerline_test_{}", Uuid::new_v4().simple());
+        let mut admin = server.connect().await.context("connecting to the Postgres server")?;
+        sqlx::raw_sql(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await
+            .context("creating the test database")?;
+        admin.close().await.ok();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(server.clone().database(&name))
+            .await
+            .context("connecting to the test database")?;
+        schemas::MIGRATOR.run(&pool).await.context("migrating the test database")?;
+        Ok(Self { pool, name, server })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (name, server) = (self.name.clone(), self.server.clone());
+        // Drop runs outside async; a short-lived runtime on its own thread
+        // does the cleanup.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok(mut admin) = server.connect().await {
+                    let _ = sqlx::raw_sql(&format!("drop database if exists {name} with (force)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A broker for one test.
+#[derive(Debug)]
+pub struct TestBroker {
+    pub kafka: KafkaConfig,
+    _mock: Option<MockKafka>,
+}
+
+impl TestBroker {
+    /// # Errors
+    /// When the mock cluster cannot start or the external broker is unreachable.
+    pub async fn start() -> anyhow::Result<Self> {
+        let namespace = format!("test-{}", Uuid::new_v4().simple());
+        let topics = Topics::namespaced(&namespace);
+        match std::env::var("KAFKA_BROKERS").ok().filter(|brokers| !brokers.is_empty()) {
+            Some(brokers) => {
+                let kafka = KafkaConfig::new(brokers, topics);
+                kafka.create_topics(COMMAND_PARTITIONS, 1).await?;
+                Ok(Self { kafka, _mock: None })
+            }
+            None => {
+                let mock = MockKafka::start(1, &topics, COMMAND_PARTITIONS)?;
+                Ok(Self { kafka: KafkaConfig::new(mock.bootstrap_servers(), topics), _mock: Some(mock) })
+            }
+        }
+    }
+}
+
+/// The three services, started in-process against a fresh database and broker.
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub kafka: KafkaConfig,
+    pub client_id: Uuid,
+    pub client_secret: SecretString,
+    pub consumer_group: String,
+    http: reqwest::Client,
+    token: tokio::sync::OnceCell<String>,
+    processor: Option<processor::Processor>,
+    shutdown: CancellationToken,
+    producer: FutureProducer,
+    // Dropped last, after the services above.
+    _broker: TestBroker,
+    _database: TestDatabase,
+}
+
+impl TestApp {
+    /// Starts everything, with an API client holding every scope.
+    ///
+    /// # Panics
+    /// When any part fails to start: the test cannot run.
+    pub async fn spawn() -> Self {
+        platform::telemetry::init();
+        let database = TestDatabase::create().await.expect("test database");
+        let broker = TestBroker::start().await.expect("test broker");
+        let kafka = broker.kafka.clone();
+        let pool = database.pool.clone();
+
+        let client =
+            ingest::auth::create_client(&pool, "test-client", ingest::auth::Scope::ALL).await.expect("API client");
+        let config = ingest::IngestConfig::new(
+            "127.0.0.1:0".parse().expect("address"),
+            kafka.clone(),
+            SecretString::from(JWT_SECRET.to_owned()),
+        );
+        let application = ingest::Application::build(&config, pool.clone()).await.expect("ingest");
+        let address = format!("http://{}", application.local_addr().expect("address"));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(application.run_until(shutdown.clone()));
+        tokio::spawn(outbox_relay::run(outbox_relay::RelayConfig::new(kafka.clone()), pool.clone(), shutdown.clone()));
+
+        let consumer_group = format!("{}-processor", kafka.topics.commands);
+        let mut app = Self {
+            address,
+            pool,
+            producer: kafka.producer().create().expect("test producer"),
+            kafka,
+            client_id: client.id,
+            client_secret: client.secret,
+            consumer_group,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("HTTP client"),
+            token: tokio::sync::OnceCell::new(),
+            processor: None,
+            shutdown,
+            _broker: broker,
+            _database: database,
+        };
+        app.start_processor();
+        app
+    }
+
+    /// Starts a processor in the test's consumer group.
+    ///
+    /// # Panics
+    /// When the Kafka clients cannot be created.
+    pub fn start_processor(&mut self) {
+        assert!(self.processor.is_none(), "a processor is already running");
+        let mut config = processor::ProcessorConfig::new(self.kafka.clone());
+        config.consumer_group.clone_from(&self.consumer_group);
+        self.processor = Some(processor::Processor::start(config, self.pool.clone()).expect("processor"));
+    }
+
+    /// Stops the processor and waits until it has left the group.
+    ///
+    /// # Panics
+    /// When none runs or it ended on an error.
+    pub async fn stop_processor(&mut self) {
+        let processor = self.processor.take().expect("a processor is running");
+        processor.stop().await.expect("the processor stops cleanly");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Requests a token with the client-credentials grant.
+    pub async fn request_token(&self, client_id: &str, secret: &str, scope: Option<&str>) -> reqwest::Response {
+        let mut form = vec![("grant_type", "client_credentials"), ("client_id", client_id), ("client_secret", secret)];
+        if let Some(scope) = scope {
+            form.push(("scope", scope));
+        }
+        self.http.post(self.url("/v1/oauth/token")).form(&form).send().await.expect("token request")
+    }
+
+    /// A token with `scope` (space-separated) or every scope of the client.
+    ///
+    /// # Panics
+    /// When the token endpoint refuses.
+    pub async fn token_with(&self, scope: Option<&str>) -> String {
+        use secrecy::ExposeSecret as _;
+        let response = self.request_token(&self.client_id.to_string(), self.client_secret.expose_secret(), scope).await;
+        assert_eq!(response.status(), 200, "token request refused");
+        let body: Value = response.json().await.expect("token JSON");
+        body["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// A cached token with every scope.
+    pub async fn token(&self) -> String {
+        self.token.get_or_init(|| self.token_with(None)).await.clone()
+    }
+
+    /// Opens an account in `currency` and returns its id.
+    ///
+    /// # Panics
+    /// When the request fails.
+    pub async fn open_account(&self, currency: &str) -> Uuid {
+        let response = self
+            .http
+            .post(self.url("/v1/accounts"))
+            .bearer_auth(self.token().await)
+            .json(&json!({ "currency": currency }))
+            .send()
+            .await
+            .expect("open account");
+        assert_eq!(response.status(), 201, "open account");
+        let body: Value = response.json().await.expect("account JSON");
+        body["id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    pub async fn deposit(&self, account_id: Uuid, amount: &str, currency: &str, key: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/accounts/{account_id}/deposits")))
+            .bearer_auth(self.token().await)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "amount": amount, "currency": currency }))
+            .send()
+            .await
+            .expect("deposit request")
+    }
+
+    /// Deposits and waits until the deposit is applied.
+    ///
+    /// # Panics
+    /// When it is not accepted or not completed.
+    pub async fn fund(&self, account_id: Uuid, amount: &str, currency: &str) {
+        let response = self.deposit(account_id, amount, currency, &format!("fund-{}", Uuid::new_v4())).await;
+        assert_eq!(response.status(), 202, "deposit accepted");
+        let body: Value = response.json().await.expect("JSON");
+        let decided = self.wait_for_decision(body["transfer_id"].as_str().expect("transfer_id")).await;
+        assert_eq!(decided["status"], "completed", "deposit applied: {decided}");
+    }
+
+    pub async fn transfer(
+        &self,
+        source: Uuid,
+        destination: Uuid,
+        amount: &str,
+        currency: &str,
+        key: &str,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/transfers"))
+            .bearer_auth(self.token().await)
+            .header("Idempotency-Key", key)
+            .json(&json!({
+                "source_account_id": source,
+                "destination_account_id": destination,
+                "amount": amount,
+                "currency": currency,
+            }))
+            .send()
+            .await
+            .expect("transfer request")
+    }
+
+    pub async fn get_transfer(&self, transfer_id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/transfers/{transfer_id}")))
+            .bearer_auth(self.token().await)
+            .send()
+            .await
+            .expect("transfer status request")
+    }
+
+    /// Polls the transfer until it is no longer `accepted`.
+    ///
+    /// # Panics
+    /// When it is not decided within [`WAIT_MAX`].
+    pub async fn wait_for_decision(&self, transfer_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            let response = self.get_transfer(transfer_id).await;
+            assert_eq!(response.status(), 200, "transfer {transfer_id} is known");
+            let body: Value = response.json().await.expect("JSON");
+            if body["status"] != "accepted" {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "transfer {transfer_id} not decided in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The account as the API shows it.
+    ///
+    /// # Panics
+    /// When the request fails.
+    pub async fn account(&self, account_id: Uuid) -> Value {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/accounts/{account_id}")))
+            .bearer_auth(self.token().await)
+            .send()
+            .await
+            .expect("account request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("JSON")
+    }
+
+    /// The account's balance, from the API.
+    pub async fn balance(&self, account_id: Uuid) -> Decimal {
+        let account = self.account(account_id).await;
+        account["balance"].as_str().expect("balance").parse().expect("decimal")
+    }
+
+    /// The account's entries, newest first, from the API.
+    pub async fn entries(&self, account_id: Uuid) -> Vec<Value> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/accounts/{account_id}/entries?limit=200")))
+            .bearer_auth(self.token().await)
+            .send()
+            .await
+            .expect("entries request");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("JSON");
+        body["entries"].as_array().expect("entries").clone()
+    }
+
+    /// Publishes raw bytes to the command topic, as an upstream app might.
+    ///
+    /// # Panics
+    /// When the broker refuses.
+    pub async fn publish_raw(&self, key: &str, payload: &[u8]) {
+        let record = FutureRecord::to(&self.kafka.topics.commands).key(key).payload(payload);
+        self.producer.send(record, Duration::from_secs(10)).await.expect("publish");
+    }
+
+    /// Publishes a command to the command topic, keyed as ingest would.
+    pub async fn publish_command(&self, command: &schemas::Command) {
+        let payload = serde_json::to_vec(command).expect("serializes");
+        self.publish_raw(&command.partition_key().to_string(), &payload).await;
+    }
+
+    /// Reads `count` messages of a one-partition topic from the beginning,
+    /// without joining a group.
+    ///
+    /// # Panics
+    /// When fewer arrive within [`WAIT_MAX`].
+    pub async fn read_topic(&self, topic: &str, partitions: i32, count: usize) -> Vec<ReadMessage> {
+        let consumer: StreamConsumer =
+            self.kafka.consumer(&format!("reader-{}", Uuid::new_v4())).create().expect("reader");
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("partition");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut messages = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        while messages.len() < count {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {count} messages on {topic}", messages.len()))
+                .expect("message");
+            let headers = message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|header| {
+                            (
+                                header.key.to_owned(),
+                                String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            messages.push(ReadMessage {
+                key: message.key().map(|key| String::from_utf8_lossy(key).into_owned()),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers,
+            });
+        }
+        messages
+    }
+
+    /// Counts rows of a query returning one bigint.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query")
+    }
+
+    /// Recomputes every balance from the entries and checks the ledger's
+    /// invariants; returns the problems found (empty when all hold).
+    pub async fn ledger_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mismatched: Vec<(Uuid, Decimal, Decimal)> = sqlx::query_as(
+            r"select a.id, a.balance, coalesce(sum(e.amount), 0)
+              from accounts a left join entries e on e.account_id = a.id
+              group by a.id having a.balance <> coalesce(sum(e.amount), 0)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("balance query");
+        problems.extend(
+            mismatched
+                .iter()
+                .map(|(id, stored, computed)| format!("account {id}: balance {stored}, entries sum {computed}")),
+        );
+        let unbalanced: Vec<(Uuid,)> =
+            sqlx::query_as("select transfer_id from entries group by transfer_id, currency having sum(amount) <> 0")
+                .fetch_all(&self.pool)
+                .await
+                .expect("entries query");
+        problems.extend(unbalanced.iter().map(|(id,)| format!("transfer {id}: entries do not sum to zero")));
+        let overdrawn: Vec<(Uuid,)> =
+            sqlx::query_as("select id from accounts where kind = 'customer' and balance - held + overdraft_limit < 0")
+                .fetch_all(&self.pool)
+                .await
+                .expect("overdraft query");
+        problems.extend(overdrawn.iter().map(|(id,)| format!("account {id} is overdrawn")));
+        problems
+    }
+}
+
+impl std::fmt::Debug for TestApp {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TestApp")
+            .field("address", &self.address)
+            .field("kafka", &self.kafka)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl ReadMessage {
+    #[must_use]
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers.iter().find(|(name, _)| name == key).map(|(_, value)| value.as_str())
+    }
+
+    /// # Panics
+    /// When the payload is not JSON.
+    #[must_use]
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).expect("JSON payload")
+    }
+}
+
+/// A fresh idempotency key.
+#[must_use]
+pub fn unique_key(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4())
+}
+
+/// Parses a decimal literal in tests.
+///
+/// # Panics
+/// On a malformed literal.
+#[must_use]
+pub fn dec(text: &str) -> Decimal {
+    text.parse().expect("decimal literal")
+}

@@ -1,0 +1,34 @@
+//! The outbox relay publishes lifecycle events to `ledger.events`.
+
+use ledgerline_tests::{TestApp, unique_key};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_and_rejected_transfers_are_published_as_events_with_the_outbox_id() {
+    let app = TestApp::spawn().await;
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "10.00", "EUR").await;
+    let ok: Value = app.transfer(alice, bob, "4.00", "EUR", &unique_key("ok")).await.json().await.expect("JSON");
+    let too_much: Value =
+        app.transfer(alice, bob, "400.00", "EUR", &unique_key("no")).await.json().await.expect("JSON");
+    app.wait_for_decision(ok["transfer_id"].as_str().expect("id")).await;
+    app.wait_for_decision(too_much["transfer_id"].as_str().expect("id")).await;
+
+    let events = app.read_topic(&app.kafka.topics.events, ledgerline_tests::COMMAND_PARTITIONS, 3).await;
+    let find = |transfer_id: &Value| {
+        events.iter().find(|event| event.json()["transfer_id"] == *transfer_id).expect("event published").clone()
+    };
+    let completed = find(&ok["transfer_id"]);
+    assert_eq!(completed.json()["type"], "transfer.completed");
+    assert_eq!(completed.key.as_deref(), Some(alice.to_string().as_str()));
+    assert!(completed.header("ledgerline-outbox-id").is_some_and(|id| id.parse::<i64>().is_ok()));
+    let rejected = find(&too_much["transfer_id"]);
+    assert_eq!(rejected.json()["type"], "transfer.rejected");
+    assert_eq!(rejected.json()["reason"], "insufficient_funds");
+    // Every event parses as the published contract.
+    for event in &events {
+        serde_json::from_slice::<schemas::Event>(&event.payload).expect("a valid event");
+    }
+    assert_eq!(app.count("select count(*) from outbox where delivered_at is null").await, 0);
+}

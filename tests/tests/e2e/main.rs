@@ -1,0 +1,9 @@
+//! End-to-end tests: HTTP → Kafka → processor → Postgres → outbox relay →
+//! Kafka, each test on its own database and broker. One test binary, so the
+//! suite links once.
+
+mod auth;
+mod dead_letters;
+mod events;
+mod processor_restart;
+mod transfers;

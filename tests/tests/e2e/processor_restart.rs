@@ -1,0 +1,75 @@
+//! Stopping the processor mid-stream loses nothing and applies nothing twice.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ledgerline_tests::{TestApp, WAIT_MAX, dec};
+use schemas::messages::{TransferRequested, V1};
+use schemas::{AccountId, Command, Currency, Money, TransferId};
+
+const TRANSFERS: i64 = 400;
+
+async fn wait_until_decided(app: &TestApp, at_least: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        let decided = app.count("select count(*) from transfers where kind = 'transfer'").await;
+        if decided >= at_least {
+            return decided;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {decided} of {at_least} transfers decided");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_stopped_mid_stream_and_restarted_applies_every_command_exactly_once() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "1000.00", "EUR").await;
+
+    let commands: Vec<Command> = (0..TRANSFERS)
+        .map(|_| {
+            Command::TransferRequested(TransferRequested {
+                version: V1,
+                transfer_id: TransferId::from_uuid(uuid::Uuid::new_v4()),
+                source_account_id: AccountId::from_uuid(alice),
+                destination_account_id: AccountId::from_uuid(bob),
+                money: Money::parse("1.00", Currency::EUR).expect("money"),
+                requested_at: Utc::now(),
+            })
+        })
+        .collect();
+    for command in &commands {
+        app.publish_command(command).await;
+    }
+
+    let decided_before_stop = wait_until_decided(&app, 20).await;
+    app.stop_processor().await;
+    let decided_at_stop = app.count("select count(*) from transfers where kind = 'transfer'").await;
+    assert!(decided_at_stop >= decided_before_stop);
+    assert!(decided_at_stop < TRANSFERS, "the processor was stopped mid-stream ({decided_at_stop} decided)");
+
+    // Redeliveries of commands already applied, as a producer retry would cause.
+    for command in commands.iter().take(10) {
+        app.publish_command(command).await;
+    }
+
+    app.start_processor();
+    wait_until_decided(&app, TRANSFERS).await;
+    // Let the redelivered duplicates pass through too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(app.count("select count(*) from transfers where kind = 'transfer'").await, TRANSFERS);
+    assert_eq!(
+        app.count(
+            "select count(*) from (select transfer_id from entries group by transfer_id having count(*) <> 2) odd"
+        )
+        .await,
+        0,
+        "every transfer has exactly one debit and one credit"
+    );
+    assert_eq!(app.balance(alice).await, dec("600.00"));
+    assert_eq!(app.balance(bob).await, dec("400.00"));
+    assert!(app.ledger_problems().await.is_empty(), "{:?}", app.ledger_problems().await);
+}
