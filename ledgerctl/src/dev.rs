@@ -7,6 +7,7 @@
 //! client's secret is public.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
@@ -75,6 +76,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let server = tokio::spawn(application.run_until(shutdown.clone()));
+    // The first consumer-group join takes a few seconds; a transfer sent
+    // before it would wait in Kafka. Announce readiness only after it.
+    if !processor.wait_until_assigned(Duration::from_secs(60)).await {
+        tracing::warn!("the processor has no partitions yet; commands wait in Kafka until it has");
+    }
 
     println!();
     println!("Ledgerline is running.");

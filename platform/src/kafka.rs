@@ -99,7 +99,11 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka's 500 ms default is the latency floor on a broker
+            // that does not answer a fetch early (the mock cluster); 100 ms
+            // costs a few idle fetches a second and keeps transfers snappy.
+            .set("fetch.wait.max.ms", "100");
         config
     }
 

@@ -30,6 +30,7 @@ use crate::ledger::{self, Outcome, Position};
 #[derive(Debug)]
 pub struct Processor {
     stop: CancellationToken,
+    assigned_partitions: tokio::sync::watch::Receiver<usize>,
     worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -44,7 +45,9 @@ impl Processor {
         let runtime = Handle::current();
         let stop = CancellationToken::new();
         let producer: FutureProducer = config.kafka.producer().create().context("creating the dead-letter producer")?;
+        let (assigned_sender, assigned_partitions) = tokio::sync::watch::channel(0);
         let context = OffsetsInPostgres {
+            assigned_partitions: assigned_sender,
             runtime: runtime.clone(),
             pool: pool.clone(),
             consumer_group: config.consumer_group.clone(),
@@ -60,7 +63,7 @@ impl Processor {
         // A blocking-pool thread: outside any async context, so the consumer
         // may block in `poll` and in its rebalance callback.
         let worker = tokio::task::spawn_blocking(move || worker.run());
-        Ok(Self { stop, worker: Some(worker) })
+        Ok(Self { stop, assigned_partitions, worker: Some(worker) })
     }
 
     /// Asks the loop to stop after the command in flight, and waits for it to
@@ -85,6 +88,14 @@ impl Processor {
         result.context("the processor thread panicked")?
     }
 
+    /// Waits until the group has given this processor at least one
+    /// partition (the first join takes a few seconds), or `timeout` passes.
+    /// Returns whether it has partitions.
+    pub async fn wait_until_assigned(&self, timeout: Duration) -> bool {
+        let mut assigned = self.assigned_partitions.clone();
+        tokio::time::timeout(timeout, assigned.wait_for(|count| *count > 0)).await.is_ok_and(|result| result.is_ok())
+    }
+
     /// A token that stops the processor when cancelled.
     #[must_use]
     pub fn stop_token(&self) -> CancellationToken {
@@ -107,6 +118,8 @@ struct OffsetsInPostgres {
     cluster_id: Mutex<Option<String>>,
     /// An assignment that could not be honoured; the loop stops on it.
     failure: Mutex<Option<anyhow::Error>>,
+    /// How many partitions this member holds, for readiness.
+    assigned_partitions: tokio::sync::watch::Sender<usize>,
 }
 
 impl ClientContext for OffsetsInPostgres {}
@@ -170,9 +183,13 @@ impl ConsumerContext for OffsetsInPostgres {
                     let _ = consumer.unassign();
                     return;
                 }
-                if let Err(error) = consumer.assign(partitions) {
-                    tracing::error!(%error, "assign failed");
-                }
+                match consumer.assign(partitions) {
+                    Ok(()) => self.assigned_partitions.send_replace(partitions.count()),
+                    Err(error) => {
+                        tracing::error!(%error, "assign failed");
+                        0
+                    }
+                };
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Commands are applied one at a time on the polling thread, so
@@ -181,6 +198,7 @@ impl ConsumerContext for OffsetsInPostgres {
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "unassign failed");
                 }
+                self.assigned_partitions.send_replace(0);
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
