@@ -37,6 +37,14 @@ enum Command {
     /// Run ingest, processor and outbox relay in one process, on an embedded
     /// Kafka mock cluster unless KAFKA_BROKERS is set.
     Dev(dev::DevArgs),
+    /// Host only a Kafka mock cluster and print its bootstrap address, to
+    /// explore with kcat or to run the tests in external-broker mode
+    /// (`KAFKA_BROKERS=<address> cargo test`). It auto-creates topics.
+    KafkaMock {
+        /// Brokers in the cluster.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +106,12 @@ async fn main() -> anyhow::Result<()> {
             println!("topics ready: {}, {}, {}", kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events);
         }
         Command::Dev(args) => dev::run(args).await?,
+        Command::KafkaMock { brokers } => {
+            let topics = KafkaConfig::topics_from_env()?;
+            let mock = platform::kafka::MockKafka::start(brokers, &topics, 4)?;
+            println!("KAFKA_BROKERS={}", mock.bootstrap_servers());
+            platform::shutdown::signal().await;
+        }
     }
     Ok(())
 }

@@ -104,7 +104,11 @@ impl TestBroker {
         match std::env::var("KAFKA_BROKERS").ok().filter(|brokers| !brokers.is_empty()) {
             Some(brokers) => {
                 let kafka = KafkaConfig::new(brokers, topics);
-                kafka.create_topics(COMMAND_PARTITIONS, 1).await?;
+                if std::env::var_os("LEDGERLINE_TEST_KAFKA_AUTO_CREATE").is_some() {
+                    auto_create_topics(&kafka)?;
+                } else {
+                    kafka.create_topics(COMMAND_PARTITIONS, 1).await?;
+                }
                 Ok(Self { kafka, _mock: None })
             }
             None => {
@@ -113,6 +117,21 @@ impl TestBroker {
             }
         }
     }
+}
+
+/// Creates the test's topics on a broker without CreateTopics support (an
+/// out-of-process mock cluster, `ledgerctl kafka-mock`) by asking for their
+/// metadata as a producer, which auto-creates them with the broker's default
+/// partition count.
+fn auto_create_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer as _;
+    let producer: FutureProducer = kafka.producer().create()?;
+    for (topic, _) in kafka.topics.with_partition_counts(COMMAND_PARTITIONS) {
+        let metadata = producer.client().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata.topics().first().map_or(0, |topic| topic.partitions().len());
+        anyhow::ensure!(partitions > 0, "topic {topic} was not auto-created");
+    }
+    Ok(())
 }
 
 /// The three services, started in-process against a fresh database and broker.
@@ -374,17 +393,18 @@ impl TestApp {
         self.publish_raw(&command.partition_key().to_string(), &payload).await;
     }
 
-    /// Reads `count` messages of a one-partition topic from the beginning,
-    /// without joining a group.
+    /// Reads `count` messages of a topic (all partitions) from the
+    /// beginning, without joining a group.
     ///
     /// # Panics
     /// When fewer arrive within [`WAIT_MAX`].
-    pub async fn read_topic(&self, topic: &str, partitions: i32, count: usize) -> Vec<ReadMessage> {
+    pub async fn read_topic(&self, topic: &str, count: usize) -> Vec<ReadMessage> {
         let consumer: StreamConsumer =
             self.kafka.consumer(&format!("reader-{}", Uuid::new_v4())).create().expect("reader");
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("partition");
+        for partition in metadata.topics().iter().flat_map(|topic| topic.partitions()) {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).expect("partition");
         }
         consumer.assign(&assignment).expect("assign");
         let mut messages = Vec::new();

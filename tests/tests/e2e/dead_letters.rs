@@ -22,7 +22,7 @@ async fn an_undecodable_command_is_dead_lettered_with_its_reason_and_the_next_on
     assert_eq!(decided["status"], "completed");
     assert_eq!(app.balance(bob).await, dec("40.00"));
 
-    let dead = app.read_topic(&app.kafka.topics.commands_dlq, 1, 2).await;
+    let dead = app.read_topic(&app.kafka.topics.commands_dlq, 2).await;
     assert_eq!(dead[0].payload, b"{ this is not json");
     assert_eq!(dead[0].header("ledgerline-dlq-reason"), Some("undecodable"));
     assert_eq!(dead[0].key.as_deref(), Some(alice.to_string().as_str()));

@@ -15,7 +15,7 @@ async fn completed_and_rejected_transfers_are_published_as_events_with_the_outbo
     app.wait_for_decision(ok["transfer_id"].as_str().expect("id")).await;
     app.wait_for_decision(too_much["transfer_id"].as_str().expect("id")).await;
 
-    let events = app.read_topic(&app.kafka.topics.events, ledgerline_tests::COMMAND_PARTITIONS, 3).await;
+    let events = app.read_topic(&app.kafka.topics.events, 3).await;
     let find = |transfer_id: &Value| {
         events.iter().find(|event| event.json()["transfer_id"] == *transfer_id).expect("event published").clone()
     };
