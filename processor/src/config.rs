@@ -20,6 +20,12 @@ pub struct ProcessorConfig {
     /// database refuses for a data reason (a violated constraint) before it
     /// goes to the dead-letter topic instead of stalling the partition.
     pub apply_attempts_max: u32,
+    /// `LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX`: the most commands applied in
+    /// one database transaction.
+    pub batch_size_max: usize,
+    /// `LEDGERLINE_PROCESSOR_BATCH_LINGER_MS`: how long a batch waits for
+    /// more commands once its first one arrived.
+    pub batch_linger_ms: u64,
 }
 
 impl ProcessorConfig {
@@ -33,6 +39,8 @@ impl ProcessorConfig {
             poll_timeout_ms: 100,
             retry_backoff_max_ms: 5_000,
             apply_attempts_max: 3,
+            batch_size_max: 2_000,
+            batch_linger_ms: 5,
         }
     }
 
@@ -56,6 +64,16 @@ impl ProcessorConfig {
                 "LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX",
                 config::var_or("LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX", defaults.apply_attempts_max)?,
                 1..=100,
+            )?,
+            batch_size_max: config::check_range(
+                "LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX",
+                config::var_or("LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX", defaults.batch_size_max)?,
+                1..=20_000,
+            )?,
+            batch_linger_ms: config::check_range(
+                "LEDGERLINE_PROCESSOR_BATCH_LINGER_MS",
+                config::var_or("LEDGERLINE_PROCESSOR_BATCH_LINGER_MS", defaults.batch_linger_ms)?,
+                0..=10_000,
             )?,
             kafka: defaults.kafka,
         })

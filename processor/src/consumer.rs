@@ -24,6 +24,7 @@ use tokio::runtime::Handle;
 use crate::config::ProcessorConfig;
 use crate::decode::{self, DeadLetterReason};
 use crate::ledger::{self, Outcome, Position};
+use crate::metrics::ProcessorMetrics;
 
 /// A running processor. Stop it with [`Processor::stop`]; dropping it stops
 /// it too, without waiting.
@@ -31,6 +32,7 @@ use crate::ledger::{self, Outcome, Position};
 pub struct Processor {
     stop: CancellationToken,
     assigned_partitions: tokio::sync::watch::Receiver<usize>,
+    metrics: Arc<ProcessorMetrics>,
     worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -59,11 +61,20 @@ impl Processor {
             .consumer(&config.consumer_group)
             .create_with_context(context)
             .context("creating the command consumer")?;
-        let worker = Worker { config, pool, runtime, producer, consumer: Arc::new(consumer), stop: stop.clone() };
+        let metrics = Arc::new(ProcessorMetrics::default());
+        let worker = Worker {
+            metrics: metrics.clone(),
+            config,
+            pool,
+            runtime,
+            producer,
+            consumer: Arc::new(consumer),
+            stop: stop.clone(),
+        };
         // A blocking-pool thread: outside any async context, so the consumer
         // may block in `poll` and in its rebalance callback.
         let worker = tokio::task::spawn_blocking(move || worker.run());
-        Ok(Self { stop, assigned_partitions, worker: Some(worker) })
+        Ok(Self { stop, assigned_partitions, metrics, worker: Some(worker) })
     }
 
     /// Asks the loop to stop after the command in flight, and waits for it to
@@ -94,6 +105,12 @@ impl Processor {
     pub async fn wait_until_assigned(&self, timeout: Duration) -> bool {
         let mut assigned = self.assigned_partitions.clone();
         tokio::time::timeout(timeout, assigned.wait_for(|count| *count > 0)).await.is_ok_and(|result| result.is_ok())
+    }
+
+    /// The processor's counters and commit latencies.
+    #[must_use]
+    pub fn metrics(&self) -> Arc<ProcessorMetrics> {
+        self.metrics.clone()
     }
 
     /// A token that stops the processor when cancelled.
@@ -210,6 +227,7 @@ impl ConsumerContext for OffsetsInPostgres {
 
 struct Worker {
     config: ProcessorConfig,
+    metrics: Arc<ProcessorMetrics>,
     pool: PgPool,
     runtime: Handle,
     producer: FutureProducer,
@@ -315,8 +333,12 @@ impl Worker {
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         let mut data_failures = 0;
         loop {
+            let started = std::time::Instant::now();
             match self.runtime.block_on(ledger::apply(&self.pool, command, position)) {
-                Ok(outcome) => return Some(Ok(outcome)),
+                Ok(outcome) => {
+                    self.metrics.record_batch(1, started.elapsed());
+                    return Some(Ok(outcome));
+                }
                 Err(error) if is_data_failure(&error) => {
                     data_failures += 1;
                     tracing::error!(%error, attempt = data_failures, "the database refused the command");
@@ -373,7 +395,10 @@ impl Worker {
                     .map_err(anyhow::Error::new)
             });
             match stored {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.metrics.record_dead_letter();
+                    return true;
+                }
                 Err(error) => tracing::warn!(error = ?error, "dead-lettering failed; retrying"),
             }
             if self.stop.is_cancelled() {

@@ -16,6 +16,8 @@ pub mod consumer;
 pub mod decide;
 pub mod decode;
 pub mod ledger;
+pub mod metrics;
 
 pub use config::ProcessorConfig;
 pub use consumer::Processor;
+pub use metrics::ProcessorMetrics;
