@@ -38,11 +38,11 @@ impl Publisher {
     ///
     /// # Errors
     /// 503 `broker_unavailable` when the broker does not take it in time.
-    #[tracing::instrument(skip_all, fields(transfer_id = %command.transfer_id(), command = command.type_name()), err)]
+    #[tracing::instrument(skip_all, fields(command_id = %command.id(), command = command.type_name()), err)]
     pub async fn publish(&self, command: &Command, request_id: &str) -> Result<(), ApiError> {
         let payload = serde_json::to_vec(command).context("serializing a command")?;
         let key = command.partition_key().to_string();
-        let transfer_id = command.transfer_id().to_string();
+        let transfer_id = command.id().to_string();
         let headers = OwnedHeaders::new()
             .insert(Header { key: "ledgerline-transfer-id", value: Some(transfer_id.as_str()) })
             .insert(Header { key: "x-request-id", value: Some(request_id) });

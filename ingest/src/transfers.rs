@@ -130,7 +130,7 @@ pub async fn accept(
     canonical: serde_json::Value,
     request_id: &str,
 ) -> Result<Accepted, ApiError> {
-    let transfer_id = command.transfer_id();
+    let transfer_id = TransferId::from_uuid(command.id());
     sqlx::query(
         r"insert into accepted_requests (transfer_id, api_client_id, idempotency_key, request)
           values ($1, $2, $3, $4) on conflict (transfer_id) do nothing",

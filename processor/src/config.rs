@@ -26,6 +26,9 @@ pub struct ProcessorConfig {
     /// `LEDGERLINE_PROCESSOR_BATCH_LINGER_MS`: how long a batch waits for
     /// more commands once its first one arrived.
     pub batch_linger_ms: u64,
+    /// `LEDGERLINE_PROCESSOR_HOLD_SWEEP_INTERVAL_MS`: how often expired holds
+    /// are looked for and released.
+    pub hold_sweep_interval_ms: u64,
 }
 
 impl ProcessorConfig {
@@ -41,6 +44,7 @@ impl ProcessorConfig {
             apply_attempts_max: 3,
             batch_size_max: 2_000,
             batch_linger_ms: 5,
+            hold_sweep_interval_ms: 1_000,
         }
     }
 
@@ -74,6 +78,11 @@ impl ProcessorConfig {
                 "LEDGERLINE_PROCESSOR_BATCH_LINGER_MS",
                 config::var_or("LEDGERLINE_PROCESSOR_BATCH_LINGER_MS", defaults.batch_linger_ms)?,
                 0..=10_000,
+            )?,
+            hold_sweep_interval_ms: config::check_range(
+                "LEDGERLINE_PROCESSOR_HOLD_SWEEP_INTERVAL_MS",
+                config::var_or("LEDGERLINE_PROCESSOR_HOLD_SWEEP_INTERVAL_MS", defaults.hold_sweep_interval_ms)?,
+                10..=3_600_000,
             )?,
             kafka: defaults.kafka,
         })

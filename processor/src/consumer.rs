@@ -7,23 +7,28 @@
 //! callback can block on that query (through the runtime handle) without
 //! stalling an async executor.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use platform::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use schemas::{Command, RejectionReason};
 use sqlx::PgPool;
 use tokio::runtime::Handle;
 
 use crate::config::ProcessorConfig;
 use crate::decode::{self, DeadLetterReason};
-use crate::ledger::{self, Outcome, Position};
+use crate::engine::Outcome;
+use crate::ledger::{self, OffsetScope, Position};
 use crate::metrics::ProcessorMetrics;
 
 /// A running processor. Stop it with [`Processor::stop`]; dropping it stops
@@ -50,6 +55,7 @@ impl Processor {
         let (assigned_sender, assigned_partitions) = tokio::sync::watch::channel(0);
         let context = OffsetsInPostgres {
             assigned_partitions: assigned_sender,
+            generation: AtomicU64::new(0),
             runtime: runtime.clone(),
             pool: pool.clone(),
             consumer_group: config.consumer_group.clone(),
@@ -137,6 +143,9 @@ struct OffsetsInPostgres {
     failure: Mutex<Option<anyhow::Error>>,
     /// How many partitions this member holds, for readiness.
     assigned_partitions: tokio::sync::watch::Sender<usize>,
+    /// Bumped on every assignment change, so the loop can tell that the
+    /// messages it polled before belong to an old assignment.
+    generation: AtomicU64,
 }
 
 impl ClientContext for OffsetsInPostgres {}
@@ -189,6 +198,7 @@ impl OffsetsInPostgres {
 
 impl ConsumerContext for OffsetsInPostgres {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(failure) = self.position_assignment(partitions) {
@@ -209,8 +219,9 @@ impl ConsumerContext for OffsetsInPostgres {
                 };
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Commands are applied one at a time on the polling thread, so
-                // nothing is in flight here: the revoked partitions are clean.
+                // Batches are applied on the polling thread, outside `poll`,
+                // so none is in flight here; the loop drops what it polled
+                // but did not apply (see the generation counter).
                 tracing::info!(partitions = partitions.count(), "revoked");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "unassign failed");
@@ -235,6 +246,24 @@ struct Worker {
     stop: CancellationToken,
 }
 
+/// A polled message, decoded or with the reason it cannot be.
+struct Item {
+    position: Position,
+    command: Result<Command, DeadLetterReason>,
+    /// Kept only for dead letters, which republish the original bytes.
+    original: Option<OwnedMessage>,
+}
+
+impl Item {
+    fn new(message: &BorrowedMessage<'_>) -> Self {
+        let position =
+            Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+        let command = decode::decode(message.payload());
+        let original = command.is_err().then(|| message.detach());
+        Self { position, command, original }
+    }
+}
+
 impl Worker {
     fn run(self) -> anyhow::Result<()> {
         let topic = self.config.kafka.topics.commands.clone();
@@ -243,40 +272,73 @@ impl Worker {
             Some(cluster_id.clone());
         self.consumer.subscribe(&[&topic]).context("subscribing to the command topic")?;
         tracing::info!(%topic, %cluster_id, group = %self.config.consumer_group, "processor started");
+        let scope = OffsetScope { cluster_id, consumer_group: self.config.consumer_group.clone() };
 
         let poll_timeout = Duration::from_millis(self.config.poll_timeout_ms);
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let sweep_interval = Duration::from_millis(self.config.hold_sweep_interval_ms);
+        let mut last_sweep: Option<Instant> = None;
+        let mut batch: Vec<Item> = Vec::with_capacity(self.config.batch_size_max);
+        let mut generation = self.consumer.context().generation.load(Ordering::Acquire);
+
         while !self.stop.is_cancelled() {
             if let Some(failure) = self.consumer.context().failure.lock().ok().and_then(|mut slot| slot.take()) {
                 return Err(failure);
             }
-            match self.consumer.poll(poll_timeout) {
-                None => {}
-                Some(Ok(message)) => {
-                    let position = Position {
-                        cluster_id: cluster_id.clone(),
-                        consumer_group: self.config.consumer_group.clone(),
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    };
-                    if !self.handle(&message, &position) {
-                        // Stopped while retrying: the command stays unapplied
-                        // and its offset unstored, so it is delivered again.
-                        break;
+            // Collect a batch: up to batch_size_max messages, or whatever
+            // arrived within batch_linger_ms of the first one.
+            let mut deadline: Option<Instant> = None;
+            loop {
+                let timeout =
+                    deadline.map_or(poll_timeout, |deadline| deadline.saturating_duration_since(Instant::now()));
+                let polled = self.consumer.poll(timeout);
+                let current = self.consumer.context().generation.load(Ordering::Acquire);
+                if current != generation {
+                    // The assignment changed inside this poll. Messages polled
+                    // before it may belong to revoked partitions; they are not
+                    // applied and their offsets are not stored, so whoever
+                    // owns the partitions now reads them again.
+                    if !batch.is_empty() {
+                        tracing::info!(dropped = batch.len(), "rebalance: dropping the unapplied batch");
                     }
-                    let mut done = TopicPartitionList::new();
-                    if done
-                        .add_partition_offset(&position.topic, position.partition, Offset::Offset(position.offset + 1))
-                        .is_ok()
-                    {
-                        // For visibility in Kafka tooling only (consumer lag);
-                        // Postgres holds the offsets the processor trusts.
-                        let _ = self.consumer.commit(&done, rdkafka::consumer::CommitMode::Async);
-                    }
+                    batch.clear();
+                    deadline = None;
+                    generation = current;
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                match polled {
+                    Some(Ok(message)) => {
+                        batch.push(Item::new(&message));
+                        deadline.get_or_insert_with(|| Instant::now() + linger);
+                        if batch.len() >= self.config.batch_size_max {
+                            break;
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                    Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+                }
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    break;
+                }
+                if batch.is_empty()
+                    && (self.stop.is_cancelled() || last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval))
+                {
+                    break;
+                }
             }
+            let sweep = last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval);
+            if batch.is_empty() && !sweep {
+                continue;
+            }
+            if !self.apply(&scope, &batch, sweep) {
+                // Stopped while retrying: nothing of the batch is stored, so
+                // it is delivered again.
+                break;
+            }
+            if sweep {
+                last_sweep = Some(Instant::now());
+            }
+            self.commit_to_kafka(&batch);
+            batch.clear();
         }
         tracing::info!("processor stopping");
         self.consumer.unsubscribe();
@@ -295,70 +357,158 @@ impl Worker {
         }
     }
 
-    /// Applies or dead-letters one message. Returns false when a stop
+    /// Dead-letters what cannot be decoded, then applies the rest in one
+    /// transaction with the offsets of all. Returns false when a stop
     /// interrupted it before it was done.
-    fn handle(&self, message: &BorrowedMessage<'_>, position: &Position) -> bool {
-        match decode::decode(message.payload()) {
-            Ok(command) => match self.apply_with_retries(&command, position) {
-                Some(Ok(outcome)) => {
-                    match outcome {
-                        Outcome::Completed | Outcome::AlreadyDecided => {
-                            tracing::debug!(transfer_id = %command.transfer_id(), ?outcome, "applied");
-                        }
-                        Outcome::Rejected(reason) => {
-                            tracing::info!(transfer_id = %command.transfer_id(), reason = reason.code(), "rejected");
-                        }
-                        Outcome::IdempotencyKeyReused => tracing::warn!(
-                            transfer_id = %command.transfer_id(),
-                            "transfer id reused for a different request; refused"
-                        ),
-                    }
-                    true
-                }
-                Some(Err(reason)) => self.dead_letter(message, position, &reason),
-                None => false,
-            },
-            Err(reason) => self.dead_letter(message, position, &reason),
+    fn apply(&self, scope: &OffsetScope, batch: &[Item], sweep: bool) -> bool {
+        for item in batch {
+            if let (Err(reason), Some(original)) = (&item.command, &item.original)
+                && !self.dead_letter(original, &item.position, reason)
+            {
+                return false;
+            }
         }
-    }
-
-    /// Retries an operating failure (database down) until it succeeds or the
-    /// processor stops (`None`); gives up on a data failure after
-    /// `apply_attempts_max` attempts with a dead-letter reason.
-    fn apply_with_retries(
-        &self,
-        command: &schemas::Command,
-        position: &Position,
-    ) -> Option<Result<Outcome, DeadLetterReason>> {
+        let commands: Vec<(Command, Position)> = batch
+            .iter()
+            .filter_map(|item| item.command.as_ref().ok().map(|command| (command.clone(), item.position.clone())))
+            .collect();
+        let positions: Vec<Position> = batch.iter().map(|item| item.position.clone()).collect();
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
-        let mut data_failures = 0;
         loop {
-            let started = std::time::Instant::now();
-            match self.runtime.block_on(ledger::apply(&self.pool, command, position)) {
-                Ok(outcome) => {
-                    self.metrics.record_batch(1, started.elapsed());
-                    return Some(Ok(outcome));
+            let started = Instant::now();
+            match self.runtime.block_on(ledger::apply_batch(&self.pool, scope, &commands, &positions, sweep)) {
+                Ok(result) => {
+                    self.metrics.record_batch(commands.len(), started.elapsed());
+                    self.log_outcomes(&commands, &result);
+                    return true;
                 }
                 Err(error) if is_data_failure(&error) => {
-                    data_failures += 1;
-                    tracing::error!(%error, attempt = data_failures, "the database refused the command");
-                    if data_failures >= self.config.apply_attempts_max {
-                        return Some(Err(DeadLetterReason { code: "apply_failed", detail: error.to_string() }));
-                    }
+                    tracing::error!(%error, commands = commands.len(), "the database refused the batch; applying its commands one by one");
+                    return self.apply_one_by_one(scope, &commands, &positions);
                 }
-                Err(error) => tracing::warn!(%error, "applying failed; retrying"),
+                Err(error) => tracing::warn!(%error, "applying a batch failed; retrying"),
             }
             if self.stop.is_cancelled() {
-                return None;
+                return false;
             }
             backoff.sleep();
         }
     }
 
-    /// Publishes the message to the dead-letter topic with its reason, then
-    /// stores its offset so the partition moves on. Returns false when a
-    /// stop interrupted it.
-    fn dead_letter(&self, message: &BorrowedMessage<'_>, position: &Position, reason: &DeadLetterReason) -> bool {
+    /// The slow path after the database refused a batch for a data reason:
+    /// each command alone, so the one at fault is found and dead-lettered
+    /// after `apply_attempts_max` attempts while the others are applied.
+    fn apply_one_by_one(&self, scope: &OffsetScope, commands: &[(Command, Position)], positions: &[Position]) -> bool {
+        for (command, position) in commands {
+            let single = [(command.clone(), position.clone())];
+            let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
+            let mut data_failures = 0;
+            loop {
+                let started = Instant::now();
+                match self.runtime.block_on(ledger::apply_batch(
+                    &self.pool,
+                    scope,
+                    &single,
+                    std::slice::from_ref(position),
+                    false,
+                )) {
+                    Ok(result) => {
+                        self.metrics.record_batch(1, started.elapsed());
+                        self.log_outcomes(&single, &result);
+                        break;
+                    }
+                    Err(error) if is_data_failure(&error) => {
+                        data_failures += 1;
+                        tracing::error!(%error, command_id = %command.id(), attempt = data_failures, "the database refused the command");
+                        if data_failures >= self.config.apply_attempts_max {
+                            let reason = DeadLetterReason { code: "apply_failed", detail: error.to_string() };
+                            let payload = serde_json::to_vec(command).unwrap_or_default();
+                            if !self.publish_dead_letter(&command.partition_key(), &payload, None, position, &reason) {
+                                return false;
+                            }
+                            break;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "applying a command failed; retrying"),
+                }
+                if self.stop.is_cancelled() {
+                    return false;
+                }
+                backoff.sleep();
+            }
+        }
+        // The offsets of the whole batch, dead letters included.
+        let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
+        loop {
+            match self.runtime.block_on(ledger::apply_batch(&self.pool, scope, &[], positions, false)) {
+                Ok(_) => return true,
+                Err(error) => tracing::warn!(%error, "storing offsets failed; retrying"),
+            }
+            if self.stop.is_cancelled() {
+                return false;
+            }
+            backoff.sleep();
+        }
+    }
+
+    fn log_outcomes(&self, commands: &[(Command, Position)], result: &ledger::BatchResult) {
+        for ((command, _), outcome) in commands.iter().zip(&result.outcomes) {
+            match outcome {
+                Outcome::Applied | Outcome::AlreadyDecided => {}
+                Outcome::Rejected(RejectionReason::IdempotencyKeyReused) => {
+                    tracing::warn!(command_id = %command.id(), "command id reused for a different request; refused");
+                }
+                Outcome::Rejected(reason) => {
+                    tracing::debug!(command_id = %command.id(), reason = reason.code(), "rejected");
+                }
+            }
+        }
+        if result.holds_expired > 0 {
+            tracing::info!(count = result.holds_expired, "released expired holds");
+        }
+    }
+
+    /// Commits the batch's offsets to Kafka, for visibility in Kafka tooling
+    /// only (consumer lag); Postgres holds the offsets the processor trusts.
+    fn commit_to_kafka(&self, batch: &[Item]) {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for item in batch {
+            let entry = next.entry((item.position.topic.as_str(), item.position.partition)).or_insert(0);
+            *entry = (*entry).max(item.position.offset + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if offsets.add_partition_offset(topic, partition, Offset::Offset(offset)).is_err() {
+                return;
+            }
+        }
+        if offsets.count() > 0 {
+            let _ = self.consumer.commit(&offsets, rdkafka::consumer::CommitMode::Async);
+        }
+    }
+
+    fn dead_letter(&self, message: &OwnedMessage, position: &Position, reason: &DeadLetterReason) -> bool {
+        self.publish_dead_letter(
+            &message.key().map(|key| String::from_utf8_lossy(key).into_owned()).unwrap_or_default(),
+            message.payload().unwrap_or_default(),
+            message.headers(),
+            position,
+            reason,
+        )
+    }
+
+    /// Publishes a message to the dead-letter topic with its reason in
+    /// headers; its offset is stored with the batch it belongs to. A crash
+    /// in between dead-letters it again (at least once). Returns false when
+    /// a stop interrupted it.
+    fn publish_dead_letter(
+        &self,
+        key: &str,
+        payload: &[u8],
+        original_headers: Option<&OwnedHeaders>,
+        position: &Position,
+        reason: &DeadLetterReason,
+    ) -> bool {
         tracing::warn!(code = reason.code, detail = %reason.detail, partition = position.partition, offset = position.offset, "dead-lettering a command");
         let partition = position.partition.to_string();
         let offset = position.offset.to_string();
@@ -368,38 +518,25 @@ impl Worker {
             .insert(Header { key: "ledgerline-source-topic", value: Some(position.topic.as_str()) })
             .insert(Header { key: "ledgerline-source-partition", value: Some(partition.as_str()) })
             .insert(Header { key: "ledgerline-source-offset", value: Some(offset.as_str()) });
-        if let Some(original) = message.headers() {
+        if let Some(original) = original_headers {
             for header in original.iter() {
                 headers = headers.insert(header);
             }
         }
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&self.config.kafka.topics.commands_dlq).headers(headers.clone());
-            if let Some(key) = message.key() {
+            let mut record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(&self.config.kafka.topics.commands_dlq).headers(headers.clone()).payload(payload);
+            if !key.is_empty() {
                 record = record.key(key);
             }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
-            let produced = self
-                .runtime
-                .block_on(self.producer.send(record, Duration::from_millis(self.config.kafka.produce_timeout_ms)));
-            let stored = produced.map_err(|(error, _)| anyhow::Error::new(error)).and_then(|_| {
-                self.runtime
-                    .block_on(async {
-                        let mut connection = self.pool.acquire().await?;
-                        ledger::store_offset(&mut connection, position).await
-                    })
-                    .map_err(anyhow::Error::new)
-            });
-            match stored {
-                Ok(()) => {
+            let timeout = Duration::from_millis(self.config.kafka.produce_timeout_ms);
+            match self.runtime.block_on(self.producer.send(record, timeout)) {
+                Ok(_) => {
                     self.metrics.record_dead_letter();
                     return true;
                 }
-                Err(error) => tracing::warn!(error = ?error, "dead-lettering failed; retrying"),
+                Err((error, _)) => tracing::warn!(%error, "dead-lettering failed; retrying"),
             }
             if self.stop.is_cancelled() {
                 return false;

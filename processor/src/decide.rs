@@ -2,6 +2,7 @@
 //! the accounts involved, apply or reject, and with which entries.
 
 use rust_decimal::Decimal;
+pub use schemas::messages::AccountStatus;
 use schemas::{AccountId, Currency, Money, RejectionReason};
 
 /// An account as the processor sees it, locked for the transaction.
@@ -23,13 +24,6 @@ pub enum AccountKind {
     System,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountStatus {
-    Active,
-    Frozen,
-    Closed,
-}
-
 impl AccountState {
     /// What the account may still spend: balance − held + overdraft limit.
     #[must_use]
@@ -47,18 +41,19 @@ pub struct Entry {
     pub balance_after: Decimal,
 }
 
-/// Decides a movement of `money` from `source` to `destination` (either may
-/// be unknown). On success, the two entries, which sum to zero.
+/// The checks every debit of `source` for the benefit of `destination`
+/// passes, funds aside: two distinct, known, open accounts in the money's
+/// currency, the source not frozen.
 ///
 /// # Errors
-/// The stable reason the movement is refused.
-pub fn decide_movement(
+/// The stable reason the debit is refused.
+pub fn check_pair<'a>(
     money: Money,
     source_id: AccountId,
     destination_id: AccountId,
-    source: Option<&AccountState>,
-    destination: Option<&AccountState>,
-) -> Result<[Entry; 2], RejectionReason> {
+    source: Option<&'a AccountState>,
+    destination: Option<&'a AccountState>,
+) -> Result<(&'a AccountState, &'a AccountState), RejectionReason> {
     if source_id == destination_id {
         return Err(RejectionReason::SameAccount);
     }
@@ -75,10 +70,43 @@ pub fn decide_movement(
     if source.status == AccountStatus::Frozen {
         return Err(RejectionReason::AccountFrozen);
     }
-    let amount = money.amount().value();
+    Ok((source, destination))
+}
+
+/// Whether `source` may spend `amount`: system accounts always may.
+///
+/// # Errors
+/// `insufficient_funds`.
+pub fn check_funds(source: &AccountState, amount: Decimal) -> Result<(), RejectionReason> {
     if source.kind == AccountKind::Customer && source.available() < amount {
         return Err(RejectionReason::InsufficientFunds);
     }
+    Ok(())
+}
+
+/// Decides a movement of `money` from `source` to `destination` (either may
+/// be unknown). On success, the two entries, which sum to zero.
+///
+/// # Errors
+/// The stable reason the movement is refused.
+pub fn decide_movement(
+    money: Money,
+    source_id: AccountId,
+    destination_id: AccountId,
+    source: Option<&AccountState>,
+    destination: Option<&AccountState>,
+) -> Result<[Entry; 2], RejectionReason> {
+    let (source, destination) = check_pair(money, source_id, destination_id, source, destination)?;
+    let amount = money.amount().value();
+    check_funds(source, amount)?;
+    Ok(movement_entries(source, destination, money))
+}
+
+/// The two entries of moving `money` from `source` to `destination`, with
+/// the balances after them. No checks: the caller decided already.
+#[must_use]
+pub fn movement_entries(source: &AccountState, destination: &AccountState, money: Money) -> [Entry; 2] {
+    let amount = money.amount().value();
     let entries = [
         Entry {
             account_id: source.id,
@@ -94,7 +122,7 @@ pub fn decide_movement(
         },
     ];
     assert_balanced(&entries);
-    Ok(entries)
+    entries
 }
 
 /// The invariant of double entry: the entries of one transfer sum to zero in

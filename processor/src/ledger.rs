@@ -1,215 +1,163 @@
-//! Applying one command to the ledger in one Postgres transaction: the
-//! decision (transfer row), the entries, the balances, the outbox event and
-//! the consumer offset commit together or not at all.
+//! Applying a batch of commands to the ledger in one Postgres transaction.
+//!
+//! 1. Read the transfers the batch refers to, to learn every account it may
+//!    touch, and lock those accounts once, in ascending id order (every
+//!    processor locks in the same global order, so none deadlocks).
+//! 2. Read the referenced transfers again, now stable: a hold or an original
+//!    transfer only changes under its accounts' locks.
+//! 3. Run the in-memory [`Engine`] over the commands in partition order.
+//! 4. Write its changes with set-based statements (`UNNEST` arrays, one round
+//!    trip each): transfers, settled holds, entries, one `UPDATE` per touched
+//!    account, account commands, outbox events, consumer offsets. Commit.
 
-use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::Utc;
 use rust_decimal::Decimal;
-use schemas::messages::{TransferCompleted, TransferKind, TransferRejected, V1};
+use schemas::messages::TransferKind;
 use schemas::{AccountId, Command, Currency, Event, Money, RejectionReason, TransferId};
 use sqlx::{PgConnection, PgPool, Row as _};
+use uuid::Uuid;
 
-use crate::decide::{self, AccountKind, AccountState, AccountStatus};
+use crate::decide::{AccountKind, AccountState, AccountStatus};
+pub use crate::engine::Position;
+use crate::engine::{Changes, Engine, Outcome, TransferRecord, TransferStatus};
 
-/// Where a message sits in Kafka, and so the offset to store once it is applied.
+/// The partition offsets a batch stores, with the identity they are stored under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
+pub struct OffsetScope {
     pub cluster_id: String,
     pub consumer_group: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
 }
 
-/// What applying a command did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Completed,
-    Rejected(RejectionReason),
-    /// The same command was decided before (a redelivery); nothing changed.
-    AlreadyDecided,
-    /// The transfer id was decided before for a different request; the new
-    /// one is refused with `idempotency_key_reused` and nothing is applied.
-    IdempotencyKeyReused,
+/// How many expired holds one batch releases at most.
+pub const EXPIRED_HOLDS_PER_BATCH_MAX: i64 = 500;
+
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub outcomes: Vec<Outcome>,
+    pub holds_expired: usize,
 }
 
-/// A command reduced to the movement it asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Movement {
-    transfer_id: TransferId,
-    kind: TransferKind,
-    source_account_id: AccountId,
-    destination_account_id: AccountId,
-    money: Money,
-    requested_at: DateTime<Utc>,
-}
-
-impl From<&Command> for Movement {
-    fn from(command: &Command) -> Self {
-        match command {
-            Command::TransferRequested(request) => Self {
-                transfer_id: request.transfer_id,
-                kind: TransferKind::Transfer,
-                source_account_id: request.source_account_id,
-                destination_account_id: request.destination_account_id,
-                money: request.money,
-                requested_at: request.requested_at,
-            },
-            Command::AccountDeposited(deposit) => Self {
-                transfer_id: deposit.transfer_id,
-                kind: TransferKind::Deposit,
-                source_account_id: AccountId::cash_in(deposit.money.currency()),
-                destination_account_id: deposit.account_id,
-                money: deposit.money,
-                requested_at: deposit.requested_at,
-            },
-        }
-    }
-}
-
-fn kind_code(kind: TransferKind) -> &'static str {
-    match kind {
-        TransferKind::Transfer => "transfer",
-        TransferKind::Deposit => "deposit",
-    }
-}
-
-/// Applies `command`, read at `position`, exactly once.
+/// Applies `commands` (in partition order) and stores the next offset of
+/// every partition in `positions` (which include dead-lettered messages), in
+/// one transaction. With `sweep_expired_holds`, also releases pending holds
+/// whose expiry has passed.
 ///
 /// # Errors
 /// Database errors; the transaction is rolled back and the caller retries.
-#[tracing::instrument(skip_all, fields(transfer_id = %command.transfer_id(), partition = position.partition, offset = position.offset), err)]
-pub async fn apply(pool: &PgPool, command: &Command, position: &Position) -> Result<Outcome, sqlx::Error> {
-    let movement = Movement::from(command);
+#[tracing::instrument(skip_all, fields(commands = commands.len()), err)]
+pub async fn apply_batch(
+    pool: &PgPool,
+    scope: &OffsetScope,
+    commands: &[(Command, Position)],
+    positions: &[Position],
+    sweep_expired_holds: bool,
+) -> Result<BatchResult, sqlx::Error> {
+    let now = Utc::now();
     let mut transaction = pool.begin().await?;
-    let outcome = decide_and_write(&mut transaction, &movement, position).await?;
-    store_offset(&mut transaction, position).await?;
-    transaction.commit().await?;
-    Ok(outcome)
-}
 
-async fn decide_and_write(
-    connection: &mut PgConnection,
-    movement: &Movement,
-    position: &Position,
-) -> Result<Outcome, sqlx::Error> {
-    if let Some(previous) = load_previous(connection, movement.transfer_id).await? {
-        if previous == (movement.kind, movement.source_account_id, movement.destination_account_id, movement.money) {
-            return Ok(Outcome::AlreadyDecided);
-        }
-        // Not recorded in `transfers`: that row belongs to the first request.
-        // The refusal is told to the world through the outbox.
-        write_event(connection, &rejected_event(movement, RejectionReason::IdempotencyKeyReused)).await?;
-        return Ok(Outcome::IdempotencyKeyReused);
-    }
+    let expired: Vec<Uuid> = if sweep_expired_holds {
+        sqlx::query_scalar(
+            r"select id from transfers where kind = 'hold' and status = 'held' and expires_at <= $1
+              order by expires_at limit $2",
+        )
+        .bind(now)
+        .bind(EXPIRED_HOLDS_PER_BATCH_MAX)
+        .fetch_all(&mut *transaction)
+        .await?
+    } else {
+        Vec::new()
+    };
 
-    let accounts = lock_accounts(connection, &[movement.source_account_id, movement.destination_account_id]).await?;
-    let find = |id: AccountId| accounts.iter().find(|account| account.id == id);
-    let decision = decide::decide_movement(
-        movement.money,
-        movement.source_account_id,
-        movement.destination_account_id,
-        find(movement.source_account_id),
-        find(movement.destination_account_id),
+    let mut transfer_ids: Vec<Uuid> = commands.iter().map(|(command, _)| command.id()).collect();
+    transfer_ids
+        .extend(commands.iter().flat_map(|(command, _)| Engine::referenced_transfers(command)).map(|id| id.as_uuid()));
+    transfer_ids.extend(&expired);
+    transfer_ids.sort_unstable();
+    transfer_ids.dedup();
+
+    let unlocked = load_transfers(&mut transaction, &transfer_ids).await?;
+    let mut account_ids: Vec<AccountId> =
+        commands.iter().flat_map(|(command, _)| Engine::accounts_of(command, &unlocked)).collect();
+    account_ids.extend(
+        expired
+            .iter()
+            .filter_map(|id| unlocked.get(&TransferId::from_uuid(*id)))
+            .filter_map(|hold| hold.source_account_id),
     );
+    let accounts = lock_accounts(&mut transaction, &account_ids).await?;
+    let transfers = load_transfers(&mut transaction, &transfer_ids).await?;
+    let account_commands = load_account_commands(&mut transaction, commands).await?;
 
-    let (status, reason) = match &decision {
-        Ok(_) => ("completed", None),
-        Err(reason) => ("rejected", Some(reason.code())),
-    };
-    sqlx::query(
-        r"insert into transfers (id, kind, source_account_id, destination_account_id, amount, currency,
-                                 status, rejection_reason, requested_at, kafka_topic, kafka_partition, kafka_offset)
-          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(movement.transfer_id.as_uuid())
-    .bind(kind_code(movement.kind))
-    .bind(movement.source_account_id.as_uuid())
-    .bind(movement.destination_account_id.as_uuid())
-    .bind(movement.money.amount().value())
-    .bind(movement.money.currency().code())
-    .bind(status)
-    .bind(reason)
-    .bind(movement.requested_at)
-    .bind(&position.topic)
-    .bind(position.partition)
-    .bind(position.offset)
-    .execute(&mut *connection)
-    .await?;
+    let mut engine = Engine::new(now, accounts, transfers.into_values().collect(), account_commands);
+    let holds_expired = engine.expire_holds(&expired.iter().map(|id| TransferId::from_uuid(*id)).collect::<Vec<_>>());
+    let outcomes = commands.iter().map(|(command, position)| engine.apply(command, position)).collect();
+    let changes = engine.finish();
 
-    match decision {
-        Ok(entries) => {
-            decide::assert_balanced(&entries);
-            let account_ids: Vec<uuid::Uuid> = entries.iter().map(|entry| entry.account_id.as_uuid()).collect();
-            let amounts: Vec<Decimal> = entries.iter().map(|entry| entry.amount).collect();
-            let currencies: Vec<&str> = entries.iter().map(|entry| entry.currency.code()).collect();
-            let balances_after: Vec<Decimal> = entries.iter().map(|entry| entry.balance_after).collect();
-            sqlx::query(
-                r"insert into entries (transfer_id, account_id, amount, currency, balance_after)
-                  select $1, account_id, amount, currency, balance_after
-                  from unnest($2::uuid[], $3::numeric[], $4::text[], $5::numeric[])
-                       as entry (account_id, amount, currency, balance_after)",
-            )
-            .bind(movement.transfer_id.as_uuid())
-            .bind(&account_ids)
-            .bind(&amounts)
-            .bind(&currencies)
-            .bind(&balances_after)
-            .execute(&mut *connection)
-            .await?;
-            sqlx::query(
-                r"update accounts set balance = accounts.balance + change.amount, updated_at = now()
-                  from unnest($1::uuid[], $2::numeric[]) as change (account_id, amount)
-                  where accounts.id = change.account_id",
-            )
-            .bind(&account_ids)
-            .bind(&amounts)
-            .execute(&mut *connection)
-            .await?;
-            write_event(connection, &completed_event(movement)).await?;
-            Ok(Outcome::Completed)
-        }
-        Err(reason) => {
-            write_event(connection, &rejected_event(movement, reason)).await?;
-            Ok(Outcome::Rejected(reason))
-        }
-    }
+    write_changes(&mut transaction, &changes).await?;
+    store_offsets(&mut transaction, scope, positions).await?;
+    transaction.commit().await?;
+    Ok(BatchResult { outcomes, holds_expired })
 }
 
-type PreviousRequest = (TransferKind, AccountId, AccountId, Money);
-
-async fn load_previous(
+async fn load_transfers(
     connection: &mut PgConnection,
-    transfer_id: TransferId,
-) -> Result<Option<PreviousRequest>, sqlx::Error> {
-    let Some(row) = sqlx::query(
-        r"select kind, source_account_id, destination_account_id, amount, currency
-          from transfers where id = $1",
+    ids: &[Uuid],
+) -> Result<HashMap<TransferId, TransferRecord>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query(
+        r"select t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
+                 t.amount, t.currency, t.related_transfer_id, t.expires_at, t.settled_amount, t.requested_at,
+                 t.request_fingerprint,
+                 exists (select 1 from transfers r
+                         where r.related_transfer_id = t.id and r.kind = 'reversal' and r.status = 'completed') as reversed
+          from transfers t where t.id = any($1)",
     )
-    .bind(transfer_id.as_uuid())
-    .fetch_optional(&mut *connection)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let kind = match row.try_get::<&str, _>("kind")? {
-        "deposit" => TransferKind::Deposit,
-        _ => TransferKind::Transfer,
-    };
-    let currency = parse_currency(row.try_get("currency")?)?;
-    let money = Money::new(row.try_get("amount")?, currency).map_err(|error| decode_error("amount", error))?;
-    Ok(Some((
-        kind,
-        AccountId::from_uuid(row.try_get("source_account_id")?),
-        AccountId::from_uuid(row.try_get("destination_account_id")?),
-        money,
-    )))
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut transfers = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let currency: Option<String> = row.try_get("currency")?;
+        let currency = currency.map(|code| parse_currency(&code)).transpose()?;
+        let amount: Option<Decimal> = row.try_get("amount")?;
+        let money = match (amount, currency) {
+            (Some(amount), Some(currency)) => {
+                Some(Money::new(amount, currency).map_err(|error| decode_error("amount", error))?)
+            }
+            _ => None,
+        };
+        let kind: String = row.try_get("kind")?;
+        let status: String = row.try_get("status")?;
+        let reason: Option<String> = row.try_get("rejection_reason")?;
+        let record = TransferRecord {
+            id: TransferId::from_uuid(row.try_get("id")?),
+            kind: TransferKind::from_code(&kind).ok_or_else(|| decode_error("kind", UnknownCode(kind)))?,
+            status: TransferStatus::from_code(&status).ok_or_else(|| decode_error("status", UnknownCode(status)))?,
+            rejection_reason: reason.as_deref().and_then(RejectionReason::from_code),
+            source_account_id: row.try_get::<Option<Uuid>, _>("source_account_id")?.map(AccountId::from_uuid),
+            destination_account_id: row.try_get::<Option<Uuid>, _>("destination_account_id")?.map(AccountId::from_uuid),
+            money,
+            related_transfer_id: row.try_get::<Option<Uuid>, _>("related_transfer_id")?.map(TransferId::from_uuid),
+            expires_at: row.try_get("expires_at")?,
+            settled_amount: row.try_get("settled_amount")?,
+            requested_at: row.try_get("requested_at")?,
+            fingerprint: row.try_get("request_fingerprint")?,
+            position: None,
+            reversed: row.try_get("reversed")?,
+        };
+        transfers.insert(record.id, record);
+    }
+    Ok(transfers)
 }
 
-/// Locks the accounts in ascending id order: every processor takes its locks
-/// in the same global order, so two transfers in opposite directions cannot
-/// deadlock.
+/// Locks the accounts in ascending id order.
 async fn lock_accounts(connection: &mut PgConnection, ids: &[AccountId]) -> Result<Vec<AccountState>, sqlx::Error> {
-    let mut ids: Vec<uuid::Uuid> = ids.iter().map(AccountId::as_uuid).collect();
+    let mut ids: Vec<Uuid> = ids.iter().map(AccountId::as_uuid).collect();
     ids.sort_unstable();
     ids.dedup();
     let rows = sqlx::query(
@@ -241,81 +189,234 @@ async fn lock_accounts(connection: &mut PgConnection, ids: &[AccountId]) -> Resu
         .collect()
 }
 
+async fn load_account_commands(
+    connection: &mut PgConnection,
+    commands: &[(Command, Position)],
+) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+    let ids: Vec<Uuid> = commands
+        .iter()
+        .filter(|(command, _)| {
+            matches!(
+                command,
+                Command::AccountFrozen(_)
+                    | Command::AccountUnfrozen(_)
+                    | Command::AccountClosed(_)
+                    | Command::AccountOverdraftLimitSet(_)
+            )
+        })
+        .map(|(command, _)| command.id())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("select id, request_fingerprint from account_commands where id = any($1)")
+            .bind(&ids)
+            .fetch_all(&mut *connection)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+fn status_code(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "active",
+        AccountStatus::Frozen => "frozen",
+        AccountStatus::Closed => "closed",
+    }
+}
+
+async fn write_changes(connection: &mut PgConnection, changes: &Changes) -> Result<(), sqlx::Error> {
+    if !changes.new_transfers.is_empty() {
+        let transfers = &changes.new_transfers;
+        let position = |record: &TransferRecord| {
+            record.position.clone().unwrap_or(Position { topic: String::new(), partition: 0, offset: 0 })
+        };
+        sqlx::query(
+            r"insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                                     amount, currency, related_transfer_id, expires_at, settled_amount,
+                                     requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
+              select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                                   $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
+                                   $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::bigint[])",
+        )
+        .bind(transfers.iter().map(|t| t.id.as_uuid()).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.kind.code()).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.status.code()).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.rejection_reason.map(RejectionReason::code)).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.source_account_id.map(|id| id.as_uuid())).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.destination_account_id.map(|id| id.as_uuid())).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.money.map(|money| money.amount().value())).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.money.map(|money| money.currency().code())).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.related_transfer_id.map(|id| id.as_uuid())).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.expires_at).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.settled_amount).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.requested_at).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| position(t).topic).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| position(t).partition).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| position(t).offset).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
+    }
+
+    if !changes.settled_holds.is_empty() {
+        let holds = &changes.settled_holds;
+        sqlx::query(
+            r"update transfers set status = settled.status, settled_amount = settled.amount
+              from unnest($1::uuid[], $2::text[], $3::numeric[]) as settled (id, status, amount)
+              where transfers.id = settled.id and transfers.status = 'held'",
+        )
+        .bind(holds.iter().map(|(id, _, _)| id.as_uuid()).collect::<Vec<_>>())
+        .bind(holds.iter().map(|(_, status, _)| status.code()).collect::<Vec<_>>())
+        .bind(holds.iter().map(|(_, _, amount)| *amount).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
+    }
+
+    if !changes.entries.is_empty() {
+        let entries = &changes.entries;
+        sqlx::query(
+            r"insert into entries (transfer_id, account_id, amount, currency, balance_after)
+              select * from unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::text[], $5::numeric[])",
+        )
+        .bind(entries.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|(_, entry)| entry.account_id.as_uuid()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|(_, entry)| entry.amount).collect::<Vec<_>>())
+        .bind(entries.iter().map(|(_, entry)| entry.currency.code()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|(_, entry)| entry.balance_after).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
+    }
+
+    if !changes.accounts.is_empty() {
+        // One row update per touched account, however many transfers of the
+        // batch moved it: a hot merchant account costs one update per batch.
+        let accounts = &changes.accounts;
+        sqlx::query(
+            r"update accounts set balance = changed.balance, held = changed.held, status = changed.status,
+                                  overdraft_limit = changed.overdraft_limit, updated_at = now()
+              from unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::numeric[])
+                   as changed (id, balance, held, status, overdraft_limit)
+              where accounts.id = changed.id",
+        )
+        .bind(accounts.iter().map(|a| a.id.as_uuid()).collect::<Vec<_>>())
+        .bind(accounts.iter().map(|a| a.balance).collect::<Vec<_>>())
+        .bind(accounts.iter().map(|a| a.held).collect::<Vec<_>>())
+        .bind(accounts.iter().map(|a| status_code(a.status)).collect::<Vec<_>>())
+        .bind(accounts.iter().map(|a| a.overdraft_limit).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
+    }
+
+    if !changes.account_commands.is_empty() {
+        let commands = &changes.account_commands;
+        sqlx::query(
+            r"insert into account_commands (id, account_id, command_type, status, rejection_reason,
+                                            request_fingerprint, requested_at, kafka_topic, kafka_partition, kafka_offset)
+              select id, account_id, command_type, case when reason is null then 'completed' else 'rejected' end,
+                     reason, fingerprint, requested_at, topic, partition, kafka_offset
+              from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                          $7::text[], $8::int[], $9::bigint[])
+                   as c (id, account_id, command_type, reason, fingerprint, requested_at, topic, partition, kafka_offset)",
+        )
+        .bind(commands.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.account_id.as_uuid()).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.command_type).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.rejection_reason.map(RejectionReason::code)).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.requested_at).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.position.topic.as_str()).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.position.partition).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.position.offset).collect::<Vec<_>>())
+        .execute(&mut *connection)
+        .await?;
+    }
+
+    if !changes.events.is_empty() {
+        let events = &changes.events;
+        let payloads = events
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        sqlx::query(
+            r"insert into outbox (destination, event_type, message_key, payload)
+              select 'events', event_type, message_key, payload
+              from unnest($1::text[], $2::text[], $3::jsonb[]) as event (event_type, message_key, payload)",
+        )
+        .bind(events.iter().map(Event::type_name).collect::<Vec<_>>())
+        .bind(events.iter().map(event_key).collect::<Vec<_>>())
+        .bind(payloads)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The Kafka key of an event: the account it is about (the one debited, or
+/// the one funded by a deposit), so one account's events stay ordered.
+fn event_key(event: &Event) -> String {
+    let account = match event {
+        Event::TransferCompleted(e) if e.kind == TransferKind::Deposit => Some(e.destination_account_id),
+        Event::TransferCompleted(e) => Some(e.source_account_id),
+        Event::TransferRejected(e) if e.kind == TransferKind::Deposit => e.destination_account_id,
+        Event::TransferRejected(e) => e.source_account_id,
+        Event::TransferHeld(e) => Some(e.source_account_id),
+        Event::TransferVoided(e) => Some(e.source_account_id),
+        Event::AccountStatusChanged(e) => Some(e.account_id),
+        Event::AccountOverdraftLimitChanged(e) => Some(e.account_id),
+        Event::AccountCommandRejected(e) => Some(e.account_id),
+    };
+    match (account, event) {
+        (Some(account), _) => account.to_string(),
+        (None, Event::TransferRejected(e)) => e.transfer_id.to_string(),
+        (None, _) => String::new(),
+    }
+}
+
+/// Stores, per partition, the offset after the last message of the batch. It
+/// never moves backwards: a late, redelivered message (whose effect is a
+/// no-op) must not rewind the partition.
+async fn store_offsets(
+    connection: &mut PgConnection,
+    scope: &OffsetScope,
+    positions: &[Position],
+) -> Result<(), sqlx::Error> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for position in positions {
+        let entry = next.entry((position.topic.as_str(), position.partition)).or_insert(0);
+        *entry = (*entry).max(position.offset + 1);
+    }
+    if next.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        r"insert into consumer_offsets (cluster_id, consumer_group, topic, partition, next_offset)
+          select $1, $2, topic, partition, next_offset
+          from unnest($3::text[], $4::int[], $5::bigint[]) as offsets (topic, partition, next_offset)
+          on conflict (cluster_id, consumer_group, topic, partition) do update
+          set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset), updated_at = now()",
+    )
+    .bind(&scope.cluster_id)
+    .bind(&scope.consumer_group)
+    .bind(next.keys().map(|(topic, _)| *topic).collect::<Vec<_>>())
+    .bind(next.keys().map(|(_, partition)| *partition).collect::<Vec<_>>())
+    .bind(next.values().copied().collect::<Vec<_>>())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown code {0:?}")]
+struct UnknownCode(String);
+
 fn parse_currency(code: &str) -> Result<Currency, sqlx::Error> {
     code.trim().parse().map_err(|error| decode_error("currency", error))
 }
 
 fn decode_error(column: &str, error: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
     sqlx::Error::ColumnDecode { index: column.to_owned(), source: Box::new(error) }
-}
-
-fn completed_event(movement: &Movement) -> Event {
-    Event::TransferCompleted(TransferCompleted {
-        version: V1,
-        transfer_id: movement.transfer_id,
-        kind: movement.kind,
-        source_account_id: movement.source_account_id,
-        destination_account_id: movement.destination_account_id,
-        money: movement.money,
-        completed_at: Utc::now(),
-    })
-}
-
-fn rejected_event(movement: &Movement, reason: RejectionReason) -> Event {
-    Event::TransferRejected(TransferRejected {
-        version: V1,
-        transfer_id: movement.transfer_id,
-        kind: movement.kind,
-        reason,
-        source_account_id: movement.source_account_id,
-        destination_account_id: movement.destination_account_id,
-        money: movement.money,
-        rejected_at: Utc::now(),
-    })
-}
-
-/// Queues an event for the outbox relay, keyed by the account it is about
-/// (the one debited, or the one funded by a deposit).
-async fn write_event(connection: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
-    let key = match event {
-        Event::TransferCompleted(TransferCompleted { kind: TransferKind::Deposit, destination_account_id, .. })
-        | Event::TransferRejected(TransferRejected { kind: TransferKind::Deposit, destination_account_id, .. }) => {
-            destination_account_id
-        }
-        Event::TransferCompleted(TransferCompleted { source_account_id, .. })
-        | Event::TransferRejected(TransferRejected { source_account_id, .. }) => source_account_id,
-    };
-    let payload = serde_json::to_value(event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    sqlx::query(r"insert into outbox (destination, event_type, message_key, payload) values ('events', $1, $2, $3)")
-        .bind(event.type_name())
-        .bind(key.to_string())
-        .bind(payload)
-        .execute(connection)
-        .await?;
-    Ok(())
-}
-
-/// Records that every message of the partition up to `position` is done.
-/// It never moves backwards: a late, redelivered message (whose effect is a
-/// no-op) must not rewind the partition.
-///
-/// # Errors
-/// Database errors.
-pub async fn store_offset(connection: &mut PgConnection, position: &Position) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        r"insert into consumer_offsets (cluster_id, consumer_group, topic, partition, next_offset)
-          values ($1, $2, $3, $4, $5)
-          on conflict (cluster_id, consumer_group, topic, partition) do update
-          set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset), updated_at = now()",
-    )
-    .bind(&position.cluster_id)
-    .bind(&position.consumer_group)
-    .bind(&position.topic)
-    .bind(position.partition)
-    .bind(position.offset + 1)
-    .execute(connection)
-    .await?;
-    Ok(())
 }
 
 /// The stored next offsets of `topic` for this cluster and group, by partition.

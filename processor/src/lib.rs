@@ -3,18 +3,23 @@
 //!
 //! - [`decide`] is the pure business logic: given the accounts, is a
 //!   transfer applied or rejected, and with which entries.
-//! - [`ledger`] writes one decision in one Postgres transaction, together
-//!   with the consumer offset, so the commit is the single point of truth.
+//! - [`engine`] applies a batch of commands in memory, in partition order,
+//!   over the locked accounts: holds, posts, voids, reversals, account
+//!   commands.
+//! - [`ledger`] runs a batch in one Postgres transaction: lock the touched
+//!   accounts in id order, run the engine, write its changes with set-based
+//!   statements, store the consumer offsets, commit. The commit is the
+//!   single point of truth.
 //! - [`consumer`] runs the Kafka loop on a thread of its own, seeks to the
 //!   offsets stored in Postgres on every assignment, and sends what it
 //!   cannot decode to the dead-letter topic.
 //!
-//! One command per transaction for now; batching is issue #3.
 
 pub mod config;
 pub mod consumer;
 pub mod decide;
 pub mod decode;
+pub mod engine;
 pub mod ledger;
 pub mod metrics;
 

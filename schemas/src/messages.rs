@@ -57,15 +57,50 @@ pub enum Command {
     /// Only admin and ops principals may publish it.
     #[serde(rename = "account.deposited")]
     AccountDeposited(AccountDeposited),
+    /// Reserve funds on the source for a later post or void (two-phase).
+    #[serde(rename = "transfer.hold")]
+    TransferHold(TransferHold),
+    /// Capture all or part of a pending hold.
+    #[serde(rename = "transfer.post")]
+    TransferPost(TransferPost),
+    /// Release a pending hold.
+    #[serde(rename = "transfer.void")]
+    TransferVoid(TransferVoid),
+    /// Correct a completed transfer with a new one in the other direction,
+    /// at most once.
+    #[serde(rename = "transfer.reverse")]
+    TransferReverse(TransferReverse),
+    /// Block debits from an account; credits still arrive.
+    #[serde(rename = "account.frozen")]
+    AccountFrozen(AccountStatusCommand),
+    /// Lift a freeze.
+    #[serde(rename = "account.unfrozen")]
+    AccountUnfrozen(AccountStatusCommand),
+    /// Close an account for good; it must be empty.
+    #[serde(rename = "account.closed")]
+    AccountClosed(AccountStatusCommand),
+    /// Set or remove an account's overdraft limit.
+    #[serde(rename = "account.overdraft_limit_set")]
+    AccountOverdraftLimitSet(AccountOverdraftLimitSet),
 }
 
 impl Command {
-    /// The id under which the processor applies the command at most once.
+    /// The id under which the processor applies the command at most once:
+    /// the transfer id of a money movement, the command id of an account
+    /// command.
     #[must_use]
-    pub fn transfer_id(&self) -> TransferId {
+    pub fn id(&self) -> uuid::Uuid {
         match self {
-            Command::TransferRequested(command) => command.transfer_id,
-            Command::AccountDeposited(command) => command.transfer_id,
+            Command::TransferRequested(command) => command.transfer_id.as_uuid(),
+            Command::AccountDeposited(command) => command.transfer_id.as_uuid(),
+            Command::TransferHold(command) => command.transfer_id.as_uuid(),
+            Command::TransferPost(command) => command.transfer_id.as_uuid(),
+            Command::TransferVoid(command) => command.transfer_id.as_uuid(),
+            Command::TransferReverse(command) => command.transfer_id.as_uuid(),
+            Command::AccountFrozen(command) | Command::AccountUnfrozen(command) | Command::AccountClosed(command) => {
+                command.command_id
+            }
+            Command::AccountOverdraftLimitSet(command) => command.command_id,
         }
     }
 
@@ -74,10 +109,24 @@ impl Command {
     /// only the system account, so it is keyed by the funded account instead
     /// (one hot system key would crowd a single partition).
     #[must_use]
-    pub fn partition_key(&self) -> AccountId {
+    ///
+    /// A post or void names the hold's source account so that it lands in
+    /// the hold's partition, after the hold. A reversal debits the original
+    /// transfer's destination, which the command does not name; it is keyed
+    /// by the original transfer id instead (the row locks keep balances
+    /// right whatever the order).
+    pub fn partition_key(&self) -> String {
         match self {
-            Command::TransferRequested(command) => command.source_account_id,
-            Command::AccountDeposited(command) => command.account_id,
+            Command::TransferRequested(command) => command.source_account_id.to_string(),
+            Command::AccountDeposited(command) => command.account_id.to_string(),
+            Command::TransferHold(command) => command.source_account_id.to_string(),
+            Command::TransferPost(command) => command.source_account_id.to_string(),
+            Command::TransferVoid(command) => command.source_account_id.to_string(),
+            Command::TransferReverse(command) => command.original_transfer_id.to_string(),
+            Command::AccountFrozen(command) | Command::AccountUnfrozen(command) | Command::AccountClosed(command) => {
+                command.account_id.to_string()
+            }
+            Command::AccountOverdraftLimitSet(command) => command.account_id.to_string(),
         }
     }
 
@@ -87,6 +136,14 @@ impl Command {
         match self {
             Command::TransferRequested(_) => "transfer.requested",
             Command::AccountDeposited(_) => "account.deposited",
+            Command::TransferHold(_) => "transfer.hold",
+            Command::TransferPost(_) => "transfer.post",
+            Command::TransferVoid(_) => "transfer.void",
+            Command::TransferReverse(_) => "transfer.reverse",
+            Command::AccountFrozen(_) => "account.frozen",
+            Command::AccountUnfrozen(_) => "account.unfrozen",
+            Command::AccountClosed(_) => "account.closed",
+            Command::AccountOverdraftLimitSet(_) => "account.overdraft_limit_set",
         }
     }
 }
@@ -112,6 +169,77 @@ pub struct AccountDeposited {
     pub requested_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferHold {
+    pub version: V1,
+    pub transfer_id: TransferId,
+    pub source_account_id: AccountId,
+    pub destination_account_id: AccountId,
+    pub money: Money,
+    /// After this instant the processor releases the hold by itself.
+    pub expires_at: DateTime<Utc>,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferPost {
+    pub version: V1,
+    /// The id of the capture itself.
+    pub transfer_id: TransferId,
+    pub hold_id: TransferId,
+    /// The hold's source account (the partition key).
+    pub source_account_id: AccountId,
+    /// How much to capture; the whole hold when absent. The rest is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub money: Option<Money>,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferVoid {
+    pub version: V1,
+    /// The id of the release itself.
+    pub transfer_id: TransferId,
+    pub hold_id: TransferId,
+    /// The hold's source account (the partition key).
+    pub source_account_id: AccountId,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferReverse {
+    pub version: V1,
+    /// The id of the correcting transfer.
+    pub transfer_id: TransferId,
+    pub original_transfer_id: TransferId,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountStatusCommand {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountOverdraftLimitSet {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    /// How far below zero the account may go; absent removes the overdraft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft_limit: Option<Money>,
+    pub requested_at: DateTime<Utc>,
+}
+
 /// Why the processor refused a command. The codes are stable: clients match
 /// on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -131,6 +259,25 @@ pub enum RejectionReason {
     AccountClosed,
     /// The transfer id was already used for a different request.
     IdempotencyKeyReused,
+    /// A post or void names no hold of that source account.
+    HoldNotFound,
+    /// The hold expired before the post (or the hold was asked to expire in
+    /// the past).
+    HoldExpired,
+    /// The hold was already posted, voided or expired.
+    HoldAlreadySettled,
+    /// A post asks for more than the hold reserved.
+    AmountExceedsHold,
+    /// A reversal names no known transfer.
+    TransferNotFound,
+    /// Only completed transfers, deposits, posts can be reversed.
+    TransferNotReversible,
+    /// The transfer was already reversed.
+    AlreadyReversed,
+    /// An account with money or holds on it cannot be closed.
+    AccountNotEmpty,
+    /// Only a frozen account can be unfrozen.
+    AccountNotFrozen,
 }
 
 impl RejectionReason {
@@ -145,6 +292,15 @@ impl RejectionReason {
             RejectionReason::AccountFrozen => "account_frozen",
             RejectionReason::AccountClosed => "account_closed",
             RejectionReason::IdempotencyKeyReused => "idempotency_key_reused",
+            RejectionReason::HoldNotFound => "hold_not_found",
+            RejectionReason::HoldExpired => "hold_expired",
+            RejectionReason::HoldAlreadySettled => "hold_already_settled",
+            RejectionReason::AmountExceedsHold => "amount_exceeds_hold",
+            RejectionReason::TransferNotFound => "transfer_not_found",
+            RejectionReason::TransferNotReversible => "transfer_not_reversible",
+            RejectionReason::AlreadyReversed => "already_reversed",
+            RejectionReason::AccountNotEmpty => "account_not_empty",
+            RejectionReason::AccountNotFrozen => "account_not_frozen",
         }
     }
 
@@ -157,6 +313,15 @@ impl RejectionReason {
         RejectionReason::AccountFrozen,
         RejectionReason::AccountClosed,
         RejectionReason::IdempotencyKeyReused,
+        RejectionReason::HoldNotFound,
+        RejectionReason::HoldExpired,
+        RejectionReason::HoldAlreadySettled,
+        RejectionReason::AmountExceedsHold,
+        RejectionReason::TransferNotFound,
+        RejectionReason::TransferNotReversible,
+        RejectionReason::AlreadyReversed,
+        RejectionReason::AccountNotEmpty,
+        RejectionReason::AccountNotFrozen,
     ];
 
     /// Parses a stored code.
@@ -174,6 +339,58 @@ pub enum TransferKind {
     Transfer,
     /// From the system cash-in account into an account.
     Deposit,
+    /// A reservation of funds (two-phase, first phase).
+    Hold,
+    /// The capture of a hold (second phase).
+    Post,
+    /// The release of a hold.
+    Void,
+    /// The correction of a completed transfer.
+    Reversal,
+}
+
+impl TransferKind {
+    /// The stable code, as in the JSON and the database.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            TransferKind::Transfer => "transfer",
+            TransferKind::Deposit => "deposit",
+            TransferKind::Hold => "hold",
+            TransferKind::Post => "post",
+            TransferKind::Void => "void",
+            TransferKind::Reversal => "reversal",
+        }
+    }
+
+    /// Parses a stored code.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::Transfer, Self::Deposit, Self::Hold, Self::Post, Self::Void, Self::Reversal]
+            .into_iter()
+            .find(|kind| kind.code() == code)
+    }
+}
+
+/// Why a hold was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VoidReason {
+    /// A `transfer.void` asked for it.
+    Requested,
+    /// Its expiry passed; the processor released it.
+    Expired,
+}
+
+/// An account's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    Active,
+    /// Debits are refused; credits arrive.
+    Frozen,
+    /// Everything is refused.
+    Closed,
 }
 
 /// Something that happened to the ledger, published to `ledger.events` by the
@@ -185,6 +402,16 @@ pub enum Event {
     TransferCompleted(TransferCompleted),
     #[serde(rename = "transfer.rejected")]
     TransferRejected(TransferRejected),
+    #[serde(rename = "transfer.held")]
+    TransferHeld(TransferHeld),
+    #[serde(rename = "transfer.voided")]
+    TransferVoided(TransferVoided),
+    #[serde(rename = "account.status_changed")]
+    AccountStatusChanged(AccountStatusChanged),
+    #[serde(rename = "account.overdraft_limit_changed")]
+    AccountOverdraftLimitChanged(AccountOverdraftLimitChanged),
+    #[serde(rename = "account.command_rejected")]
+    AccountCommandRejected(AccountCommandRejected),
 }
 
 impl Event {
@@ -194,6 +421,11 @@ impl Event {
         match self {
             Event::TransferCompleted(_) => "transfer.completed",
             Event::TransferRejected(_) => "transfer.rejected",
+            Event::TransferHeld(_) => "transfer.held",
+            Event::TransferVoided(_) => "transfer.voided",
+            Event::AccountStatusChanged(_) => "account.status_changed",
+            Event::AccountOverdraftLimitChanged(_) => "account.overdraft_limit_changed",
+            Event::AccountCommandRejected(_) => "account.command_rejected",
         }
     }
 }
@@ -207,6 +439,9 @@ pub struct TransferCompleted {
     pub source_account_id: AccountId,
     pub destination_account_id: AccountId,
     pub money: Money,
+    /// The hold a post captured, or the transfer a reversal corrected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related_transfer_id: Option<TransferId>,
     pub completed_at: DateTime<Utc>,
 }
 
@@ -217,9 +452,74 @@ pub struct TransferRejected {
     pub transfer_id: TransferId,
     pub kind: TransferKind,
     pub reason: RejectionReason,
+    /// Absent when the command did not say (a post or void of an unknown
+    /// hold, a reversal of an unknown transfer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_account_id: Option<AccountId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_account_id: Option<AccountId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub money: Option<Money>,
+    pub rejected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferHeld {
+    pub version: V1,
+    pub transfer_id: TransferId,
     pub source_account_id: AccountId,
     pub destination_account_id: AccountId,
     pub money: Money,
+    pub expires_at: DateTime<Utc>,
+    pub held_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferVoided {
+    pub version: V1,
+    /// The released hold.
+    pub hold_id: TransferId,
+    /// The `transfer.void` command that asked for it; absent on expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<TransferId>,
+    pub reason: VoidReason,
+    pub source_account_id: AccountId,
+    pub money: Money,
+    pub voided_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountStatusChanged {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    pub status: AccountStatus,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountOverdraftLimitChanged {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdraft_limit: Option<Money>,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountCommandRejected {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    /// The command's `type`, e.g. `account.closed`.
+    pub command_type: String,
+    pub reason: RejectionReason,
     pub rejected_at: DateTime<Utc>,
 }
 

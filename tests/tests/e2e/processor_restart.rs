@@ -40,15 +40,18 @@ async fn a_processor_stopped_mid_stream_and_restarted_applies_every_command_exac
             })
         })
         .collect();
-    for command in &commands {
+    let (first_half, second_half) = commands.split_at(commands.len() / 2);
+    for command in first_half {
         app.publish_command(command).await;
     }
-
     let decided_before_stop = wait_until_decided(&app, 20).await;
     app.stop_processor().await;
     let decided_at_stop = app.count("select count(*) from transfers where kind = 'transfer'").await;
     assert!(decided_at_stop >= decided_before_stop);
-    assert!(decided_at_stop < TRANSFERS, "the processor was stopped mid-stream ({decided_at_stop} decided)");
+    // The stream goes on while the processor is down.
+    for command in second_half {
+        app.publish_command(command).await;
+    }
 
     // Redeliveries of commands already applied, as a producer retry would cause.
     for command in commands.iter().take(10) {

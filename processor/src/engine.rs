@@ -1,0 +1,716 @@
+//! The in-memory ledger engine of one batch: it takes the locked accounts and
+//! the known transfers, applies the batch's commands one after another in
+//! partition order, and collects every change to write back with set-based
+//! statements. No I/O here, so the rules are tested without a database and
+//! against a simple model.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use schemas::messages::{
+    AccountCommandRejected, AccountOverdraftLimitChanged, AccountStatus, AccountStatusChanged, TransferCompleted,
+    TransferHeld, TransferKind, TransferRejected, TransferVoided, V1, VoidReason,
+};
+use schemas::{AccountId, Command, Event, Money, RejectionReason, TransferId};
+use uuid::Uuid;
+
+use crate::decide::{self, AccountState, Entry};
+
+/// Where a message sits in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The state of a transfer row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferStatus {
+    Completed,
+    Rejected,
+    /// A pending hold.
+    Held,
+    Posted,
+    Voided,
+    Expired,
+}
+
+impl TransferStatus {
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            TransferStatus::Completed => "completed",
+            TransferStatus::Rejected => "rejected",
+            TransferStatus::Held => "held",
+            TransferStatus::Posted => "posted",
+            TransferStatus::Voided => "voided",
+            TransferStatus::Expired => "expired",
+        }
+    }
+
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::Completed, Self::Rejected, Self::Held, Self::Posted, Self::Voided, Self::Expired]
+            .into_iter()
+            .find(|status| status.code() == code)
+    }
+}
+
+/// A row of `transfers`, as the engine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferRecord {
+    pub id: TransferId,
+    pub kind: TransferKind,
+    pub status: TransferStatus,
+    pub rejection_reason: Option<RejectionReason>,
+    pub source_account_id: Option<AccountId>,
+    pub destination_account_id: Option<AccountId>,
+    pub money: Option<Money>,
+    pub related_transfer_id: Option<TransferId>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub settled_amount: Option<Decimal>,
+    pub requested_at: DateTime<Utc>,
+    pub fingerprint: String,
+    /// Where the command came from; `None` for rows loaded from the database.
+    pub position: Option<Position>,
+    /// Whether a completed reversal of this transfer exists.
+    pub reversed: bool,
+}
+
+/// A row of `account_commands`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountCommandRecord {
+    pub id: Uuid,
+    pub account_id: AccountId,
+    pub command_type: &'static str,
+    pub rejection_reason: Option<RejectionReason>,
+    pub fingerprint: String,
+    pub requested_at: DateTime<Utc>,
+    pub position: Position,
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Rejected(RejectionReason),
+    /// The same command was decided before (a redelivery); nothing changed.
+    AlreadyDecided,
+}
+
+/// Everything a batch changes, to be written in one transaction.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New rows of `transfers`, in their final state.
+    pub new_transfers: Vec<TransferRecord>,
+    /// Existing holds whose status changed: (id, status, settled amount).
+    pub settled_holds: Vec<(TransferId, TransferStatus, Option<Decimal>)>,
+    pub entries: Vec<(TransferId, Entry)>,
+    /// Accounts whose balance, held amount, status or limit changed, final state.
+    pub accounts: Vec<AccountState>,
+    pub account_commands: Vec<AccountCommandRecord>,
+    pub events: Vec<Event>,
+}
+
+/// The batch's view of the ledger.
+#[derive(Debug)]
+pub struct Engine {
+    now: DateTime<Utc>,
+    accounts: HashMap<AccountId, AccountState>,
+    initial_accounts: HashMap<AccountId, AccountState>,
+    transfers: HashMap<TransferId, TransferRecord>,
+    new_transfer_order: Vec<TransferId>,
+    settled_holds: Vec<TransferId>,
+    account_commands: HashMap<Uuid, String>,
+    changes: Changes,
+}
+
+/// The canonical form of a command for duplicate detection: its JSON
+/// without `version` and `requested_at` (a retried HTTP request gets a new
+/// timestamp), keys sorted.
+#[must_use]
+pub fn fingerprint(command: &Command) -> String {
+    let mut value = serde_json::to_value(command).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("version");
+        object.remove("requested_at");
+    }
+    value.to_string()
+}
+
+impl Engine {
+    /// An engine over the locked `accounts` and the `transfers` the batch
+    /// refers to (its own ids, holds, originals), with `account_commands`
+    /// the fingerprints of account commands already decided.
+    #[must_use]
+    pub fn new(
+        now: DateTime<Utc>,
+        accounts: Vec<AccountState>,
+        transfers: Vec<TransferRecord>,
+        account_commands: HashMap<Uuid, String>,
+    ) -> Self {
+        let accounts: HashMap<AccountId, AccountState> =
+            accounts.into_iter().map(|account| (account.id, account)).collect();
+        Self {
+            now,
+            initial_accounts: accounts.clone(),
+            accounts,
+            transfers: transfers.into_iter().map(|transfer| (transfer.id, transfer)).collect(),
+            new_transfer_order: Vec::new(),
+            settled_holds: Vec::new(),
+            account_commands,
+            changes: Changes::default(),
+        }
+    }
+
+    /// The account ids a command may touch, given the transfers it refers
+    /// to (so they can be locked before the engine runs).
+    #[must_use]
+    pub fn accounts_of(command: &Command, referenced: &HashMap<TransferId, TransferRecord>) -> Vec<AccountId> {
+        let from_record = |id: &TransferId| {
+            referenced
+                .get(id)
+                .map(|record| [record.source_account_id, record.destination_account_id])
+                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+        };
+        match command {
+            Command::TransferRequested(request) => vec![request.source_account_id, request.destination_account_id],
+            Command::AccountDeposited(deposit) => {
+                vec![AccountId::cash_in(deposit.money.currency()), deposit.account_id]
+            }
+            Command::TransferHold(hold) => vec![hold.source_account_id, hold.destination_account_id],
+            Command::TransferPost(post) => {
+                let mut ids = from_record(&post.hold_id);
+                ids.push(post.source_account_id);
+                ids
+            }
+            Command::TransferVoid(void) => {
+                let mut ids = from_record(&void.hold_id);
+                ids.push(void.source_account_id);
+                ids
+            }
+            Command::TransferReverse(reverse) => from_record(&reverse.original_transfer_id),
+            Command::AccountFrozen(command) | Command::AccountUnfrozen(command) | Command::AccountClosed(command) => {
+                vec![command.account_id]
+            }
+            Command::AccountOverdraftLimitSet(command) => vec![command.account_id],
+        }
+    }
+
+    /// The transfer ids a command refers to besides its own.
+    #[must_use]
+    pub fn referenced_transfers(command: &Command) -> Vec<TransferId> {
+        match command {
+            Command::TransferPost(post) => vec![post.hold_id],
+            Command::TransferVoid(void) => vec![void.hold_id],
+            Command::TransferReverse(reverse) => vec![reverse.original_transfer_id],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Applies one command.
+    pub fn apply(&mut self, command: &Command, position: &Position) -> Outcome {
+        let fingerprint = fingerprint(command);
+        match command {
+            Command::AccountFrozen(_)
+            | Command::AccountUnfrozen(_)
+            | Command::AccountClosed(_)
+            | Command::AccountOverdraftLimitSet(_) => {
+                return self.apply_account_command(command, fingerprint, position);
+            }
+            _ => {}
+        }
+        let transfer_id = TransferId::from_uuid(command.id());
+        if let Some(previous) = self.transfers.get(&transfer_id) {
+            if previous.fingerprint == fingerprint {
+                return Outcome::AlreadyDecided;
+            }
+            // The row belongs to the first request; the refusal of this one
+            // is told through the outbox only.
+            let event = self.rejected_event(command, RejectionReason::IdempotencyKeyReused);
+            self.changes.events.push(event);
+            return Outcome::Rejected(RejectionReason::IdempotencyKeyReused);
+        }
+        let mut record = TransferRecord {
+            id: transfer_id,
+            kind: TransferKind::Transfer,
+            status: TransferStatus::Completed,
+            rejection_reason: None,
+            source_account_id: None,
+            destination_account_id: None,
+            money: None,
+            related_transfer_id: None,
+            expires_at: None,
+            settled_amount: None,
+            requested_at: self.now,
+            fingerprint,
+            position: Some(position.clone()),
+            reversed: false,
+        };
+        let result = match command {
+            Command::TransferRequested(request) => {
+                record.requested_at = request.requested_at;
+                record.source_account_id = Some(request.source_account_id);
+                record.destination_account_id = Some(request.destination_account_id);
+                record.money = Some(request.money);
+                self.movement(&record)
+            }
+            Command::AccountDeposited(deposit) => {
+                record.kind = TransferKind::Deposit;
+                record.requested_at = deposit.requested_at;
+                record.source_account_id = Some(AccountId::cash_in(deposit.money.currency()));
+                record.destination_account_id = Some(deposit.account_id);
+                record.money = Some(deposit.money);
+                self.movement(&record)
+            }
+            Command::TransferHold(hold) => {
+                record.kind = TransferKind::Hold;
+                record.status = TransferStatus::Held;
+                record.requested_at = hold.requested_at;
+                record.source_account_id = Some(hold.source_account_id);
+                record.destination_account_id = Some(hold.destination_account_id);
+                record.money = Some(hold.money);
+                record.expires_at = Some(hold.expires_at);
+                self.hold(&record)
+            }
+            Command::TransferPost(post) => {
+                record.kind = TransferKind::Post;
+                record.requested_at = post.requested_at;
+                record.related_transfer_id = Some(post.hold_id);
+                self.post(&mut record, post.source_account_id, post.money)
+            }
+            Command::TransferVoid(void) => {
+                record.kind = TransferKind::Void;
+                record.requested_at = void.requested_at;
+                record.related_transfer_id = Some(void.hold_id);
+                self.void(&mut record, void.source_account_id)
+            }
+            Command::TransferReverse(reverse) => {
+                record.kind = TransferKind::Reversal;
+                record.requested_at = reverse.requested_at;
+                record.related_transfer_id = Some(reverse.original_transfer_id);
+                self.reverse(&mut record)
+            }
+            Command::AccountFrozen(_)
+            | Command::AccountUnfrozen(_)
+            | Command::AccountClosed(_)
+            | Command::AccountOverdraftLimitSet(_) => unreachable!("handled above"),
+        };
+        let outcome = match result {
+            Ok(()) => Outcome::Applied,
+            Err(reason) => {
+                record.status = TransferStatus::Rejected;
+                record.rejection_reason = Some(reason);
+                let event = self.rejected_event(command, reason);
+                self.changes.events.push(event);
+                Outcome::Rejected(reason)
+            }
+        };
+        self.new_transfer_order.push(record.id);
+        self.transfers.insert(record.id, record);
+        outcome
+    }
+
+    fn movement(&mut self, record: &TransferRecord) -> Result<(), RejectionReason> {
+        let (Some(source_id), Some(destination_id), Some(money)) =
+            (record.source_account_id, record.destination_account_id, record.money)
+        else {
+            return Err(RejectionReason::UnknownAccount);
+        };
+        let entries = decide::decide_movement(
+            money,
+            source_id,
+            destination_id,
+            self.accounts.get(&source_id),
+            self.accounts.get(&destination_id),
+        )?;
+        self.book(record.id, entries);
+        self.changes.events.push(Event::TransferCompleted(TransferCompleted {
+            version: V1,
+            transfer_id: record.id,
+            kind: record.kind,
+            source_account_id: source_id,
+            destination_account_id: destination_id,
+            money,
+            related_transfer_id: record.related_transfer_id,
+            completed_at: self.now,
+        }));
+        Ok(())
+    }
+
+    /// Writes entries and moves the balances they describe.
+    fn book(&mut self, transfer_id: TransferId, entries: [Entry; 2]) {
+        decide::assert_balanced(&entries);
+        for entry in entries {
+            if let Some(account) = self.accounts.get_mut(&entry.account_id) {
+                account.balance += entry.amount;
+                debug_assert_eq!(account.balance, entry.balance_after);
+            }
+            self.changes.entries.push((transfer_id, entry));
+        }
+    }
+
+    fn hold(&mut self, record: &TransferRecord) -> Result<(), RejectionReason> {
+        let (Some(source_id), Some(destination_id), Some(money), Some(expires_at)) =
+            (record.source_account_id, record.destination_account_id, record.money, record.expires_at)
+        else {
+            return Err(RejectionReason::UnknownAccount);
+        };
+        let (source, _) = decide::check_pair(
+            money,
+            source_id,
+            destination_id,
+            self.accounts.get(&source_id),
+            self.accounts.get(&destination_id),
+        )?;
+        decide::check_funds(source, money.amount().value())?;
+        if expires_at <= self.now {
+            return Err(RejectionReason::HoldExpired);
+        }
+        if let Some(source) = self.accounts.get_mut(&source_id) {
+            source.held += money.amount().value();
+        }
+        self.changes.events.push(Event::TransferHeld(TransferHeld {
+            version: V1,
+            transfer_id: record.id,
+            source_account_id: source_id,
+            destination_account_id: destination_id,
+            money,
+            expires_at,
+            held_at: self.now,
+        }));
+        Ok(())
+    }
+
+    /// The pending hold `hold_id` of `source_account_id`, or why there is none.
+    fn pending_hold(
+        &mut self,
+        hold_id: TransferId,
+        source_account_id: AccountId,
+    ) -> Result<TransferRecord, RejectionReason> {
+        let hold = self
+            .transfers
+            .get(&hold_id)
+            .filter(|hold| hold.kind == TransferKind::Hold && hold.source_account_id == Some(source_account_id))
+            .cloned()
+            .ok_or(RejectionReason::HoldNotFound)?;
+        match hold.status {
+            TransferStatus::Held => {}
+            TransferStatus::Rejected => return Err(RejectionReason::HoldNotFound),
+            _ => return Err(RejectionReason::HoldAlreadySettled),
+        }
+        if hold.expires_at.is_some_and(|expires_at| expires_at <= self.now) {
+            self.release(hold_id, TransferStatus::Expired, None);
+            return Err(RejectionReason::HoldExpired);
+        }
+        Ok(hold)
+    }
+
+    /// Releases a pending hold's reservation and settles its row.
+    fn release(&mut self, hold_id: TransferId, status: TransferStatus, void_id: Option<TransferId>) {
+        let Some(hold) = self.transfers.get_mut(&hold_id) else { return };
+        debug_assert_eq!(hold.status, TransferStatus::Held);
+        hold.status = status;
+        let (Some(source_id), Some(money)) = (hold.source_account_id, hold.money) else { return };
+        if !self.new_transfer_order.contains(&hold_id) {
+            self.settled_holds.push(hold_id);
+        }
+        if let Some(source) = self.accounts.get_mut(&source_id) {
+            source.held -= money.amount().value();
+            assert!(source.held >= Decimal::ZERO, "held below zero on {source_id}");
+        }
+        if status != TransferStatus::Posted {
+            self.changes.events.push(Event::TransferVoided(TransferVoided {
+                version: V1,
+                hold_id,
+                transfer_id: void_id,
+                reason: if status == TransferStatus::Expired { VoidReason::Expired } else { VoidReason::Requested },
+                source_account_id: source_id,
+                money,
+                voided_at: self.now,
+            }));
+        }
+    }
+
+    fn post(
+        &mut self,
+        record: &mut TransferRecord,
+        source_account_id: AccountId,
+        requested: Option<Money>,
+    ) -> Result<(), RejectionReason> {
+        let hold_id = record.related_transfer_id.ok_or(RejectionReason::HoldNotFound)?;
+        let hold = self.pending_hold(hold_id, source_account_id)?;
+        let (Some(destination_id), Some(hold_money)) = (hold.destination_account_id, hold.money) else {
+            return Err(RejectionReason::HoldNotFound);
+        };
+        let money = requested.unwrap_or(hold_money);
+        record.source_account_id = Some(source_account_id);
+        record.destination_account_id = Some(destination_id);
+        record.money = Some(money);
+        if money.currency() != hold_money.currency() {
+            return Err(RejectionReason::CurrencyMismatch);
+        }
+        if money.amount() > hold_money.amount() {
+            return Err(RejectionReason::AmountExceedsHold);
+        }
+        // Funds are not checked again: the hold reserved more than the post
+        // takes, so releasing it first always covers the debit.
+        decide::check_pair(
+            money,
+            source_account_id,
+            destination_id,
+            self.accounts.get(&source_account_id),
+            self.accounts.get(&destination_id),
+        )?;
+        self.release(hold_id, TransferStatus::Posted, None);
+        if let Some(hold) = self.transfers.get_mut(&hold_id) {
+            hold.settled_amount = Some(money.amount().value());
+        }
+        let (Some(source), Some(destination)) =
+            (self.accounts.get(&source_account_id), self.accounts.get(&destination_id))
+        else {
+            return Err(RejectionReason::UnknownAccount);
+        };
+        let entries = decide::movement_entries(source, destination, money);
+        self.book(record.id, entries);
+        self.changes.events.push(Event::TransferCompleted(TransferCompleted {
+            version: V1,
+            transfer_id: record.id,
+            kind: TransferKind::Post,
+            source_account_id,
+            destination_account_id: destination_id,
+            money,
+            related_transfer_id: Some(hold_id),
+            completed_at: self.now,
+        }));
+        Ok(())
+    }
+
+    fn void(&mut self, record: &mut TransferRecord, source_account_id: AccountId) -> Result<(), RejectionReason> {
+        let hold_id = record.related_transfer_id.ok_or(RejectionReason::HoldNotFound)?;
+        let hold = self.pending_hold(hold_id, source_account_id)?;
+        record.source_account_id = hold.source_account_id;
+        record.destination_account_id = hold.destination_account_id;
+        record.money = hold.money;
+        self.release(hold_id, TransferStatus::Voided, Some(record.id));
+        Ok(())
+    }
+
+    fn reverse(&mut self, record: &mut TransferRecord) -> Result<(), RejectionReason> {
+        let original_id = record.related_transfer_id.ok_or(RejectionReason::TransferNotFound)?;
+        let original = self.transfers.get(&original_id).cloned().ok_or(RejectionReason::TransferNotFound)?;
+        let reversible = matches!(original.kind, TransferKind::Transfer | TransferKind::Deposit | TransferKind::Post)
+            && original.status == TransferStatus::Completed;
+        if !reversible {
+            return Err(RejectionReason::TransferNotReversible);
+        }
+        if original.reversed {
+            return Err(RejectionReason::AlreadyReversed);
+        }
+        // The correction runs the other way: the original's destination pays back.
+        record.source_account_id = original.destination_account_id;
+        record.destination_account_id = original.source_account_id;
+        record.money = original.money;
+        self.movement(record)?;
+        if let Some(original) = self.transfers.get_mut(&original_id) {
+            original.reversed = true;
+        }
+        Ok(())
+    }
+
+    fn apply_account_command(&mut self, command: &Command, fingerprint: String, position: &Position) -> Outcome {
+        let command_id = command.id();
+        if let Some(previous) = self.account_commands.get(&command_id) {
+            return if *previous == fingerprint {
+                Outcome::AlreadyDecided
+            } else {
+                Outcome::Rejected(RejectionReason::IdempotencyKeyReused)
+            };
+        }
+        let (account_id, requested_at) = match command {
+            Command::AccountFrozen(c) | Command::AccountUnfrozen(c) | Command::AccountClosed(c) => {
+                (c.account_id, c.requested_at)
+            }
+            Command::AccountOverdraftLimitSet(c) => (c.account_id, c.requested_at),
+            _ => unreachable!("only account commands come here"),
+        };
+        let result = self.account_change(command, account_id);
+        let outcome = match result {
+            Ok(event) => {
+                self.changes.events.push(event);
+                Outcome::Applied
+            }
+            Err(reason) => {
+                self.changes.events.push(Event::AccountCommandRejected(AccountCommandRejected {
+                    version: V1,
+                    command_id,
+                    account_id,
+                    command_type: command.type_name().to_owned(),
+                    reason,
+                    rejected_at: self.now,
+                }));
+                Outcome::Rejected(reason)
+            }
+        };
+        self.account_commands.insert(command_id, fingerprint.clone());
+        self.changes.account_commands.push(AccountCommandRecord {
+            id: command_id,
+            account_id,
+            command_type: command.type_name(),
+            rejection_reason: match outcome {
+                Outcome::Rejected(reason) => Some(reason),
+                _ => None,
+            },
+            fingerprint,
+            requested_at,
+            position: position.clone(),
+        });
+        outcome
+    }
+
+    fn account_change(&mut self, command: &Command, account_id: AccountId) -> Result<Event, RejectionReason> {
+        let now = self.now;
+        let account = self.accounts.get_mut(&account_id).ok_or(RejectionReason::UnknownAccount)?;
+        if account.status == AccountStatus::Closed {
+            return Err(RejectionReason::AccountClosed);
+        }
+        let status_changed = |command_id: Uuid, status: AccountStatus| {
+            Event::AccountStatusChanged(AccountStatusChanged {
+                version: V1,
+                command_id,
+                account_id,
+                status,
+                changed_at: now,
+            })
+        };
+        match command {
+            Command::AccountFrozen(c) => {
+                if account.status == AccountStatus::Frozen {
+                    return Err(RejectionReason::AccountFrozen);
+                }
+                account.status = AccountStatus::Frozen;
+                Ok(status_changed(c.command_id, AccountStatus::Frozen))
+            }
+            Command::AccountUnfrozen(c) => {
+                if account.status != AccountStatus::Frozen {
+                    return Err(RejectionReason::AccountNotFrozen);
+                }
+                account.status = AccountStatus::Active;
+                Ok(status_changed(c.command_id, AccountStatus::Active))
+            }
+            Command::AccountClosed(c) => {
+                if !account.balance.is_zero() || !account.held.is_zero() {
+                    return Err(RejectionReason::AccountNotEmpty);
+                }
+                account.status = AccountStatus::Closed;
+                Ok(status_changed(c.command_id, AccountStatus::Closed))
+            }
+            Command::AccountOverdraftLimitSet(c) => {
+                let limit = match c.overdraft_limit {
+                    Some(money) if money.currency() != account.currency => {
+                        return Err(RejectionReason::CurrencyMismatch);
+                    }
+                    Some(money) => money.amount().value(),
+                    None => Decimal::ZERO,
+                };
+                // A limit below what the account already uses would leave it
+                // overdrawn beyond its limit.
+                if account.balance - account.held + limit < Decimal::ZERO {
+                    return Err(RejectionReason::InsufficientFunds);
+                }
+                account.overdraft_limit = limit;
+                Ok(Event::AccountOverdraftLimitChanged(AccountOverdraftLimitChanged {
+                    version: V1,
+                    command_id: c.command_id,
+                    account_id,
+                    overdraft_limit: c.overdraft_limit,
+                    changed_at: now,
+                }))
+            }
+            _ => unreachable!("only account commands come here"),
+        }
+    }
+
+    /// Releases pending holds whose expiry has passed (found by the sweep).
+    pub fn expire_holds(&mut self, hold_ids: &[TransferId]) -> usize {
+        let mut expired = 0;
+        for hold_id in hold_ids {
+            let due = self.transfers.get(hold_id).is_some_and(|hold| {
+                hold.kind == TransferKind::Hold
+                    && hold.status == TransferStatus::Held
+                    && hold.expires_at.is_some_and(|expires_at| expires_at <= self.now)
+            });
+            if due {
+                self.release(*hold_id, TransferStatus::Expired, None);
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    fn rejected_event(&self, command: &Command, reason: RejectionReason) -> Event {
+        let (kind, source, destination, money) = match command {
+            Command::TransferRequested(c) => {
+                (TransferKind::Transfer, Some(c.source_account_id), Some(c.destination_account_id), Some(c.money))
+            }
+            Command::AccountDeposited(c) => {
+                (TransferKind::Deposit, Some(AccountId::cash_in(c.money.currency())), Some(c.account_id), Some(c.money))
+            }
+            Command::TransferHold(c) => {
+                (TransferKind::Hold, Some(c.source_account_id), Some(c.destination_account_id), Some(c.money))
+            }
+            Command::TransferPost(c) => (TransferKind::Post, Some(c.source_account_id), None, c.money),
+            Command::TransferVoid(c) => (TransferKind::Void, Some(c.source_account_id), None, None),
+            Command::TransferReverse(_) => (TransferKind::Reversal, None, None, None),
+            _ => (TransferKind::Transfer, None, None, None),
+        };
+        Event::TransferRejected(TransferRejected {
+            version: V1,
+            transfer_id: TransferId::from_uuid(command.id()),
+            kind,
+            reason,
+            source_account_id: source,
+            destination_account_id: destination,
+            money,
+            rejected_at: self.now,
+        })
+    }
+
+    /// The accounts as they stand now (for tests and the model).
+    #[must_use]
+    pub fn account(&self, id: AccountId) -> Option<&AccountState> {
+        self.accounts.get(&id)
+    }
+
+    /// Ends the batch: everything to write.
+    #[must_use]
+    pub fn finish(mut self) -> Changes {
+        let mut changed: Vec<AccountState> = self
+            .accounts
+            .values()
+            .filter(|account| self.initial_accounts.get(&account.id) != Some(*account))
+            .cloned()
+            .collect();
+        changed.sort_by_key(|account| account.id);
+        self.changes.accounts = changed;
+        let mut seen = HashSet::new();
+        self.changes.new_transfers = self
+            .new_transfer_order
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .filter_map(|id| self.transfers.get(id).cloned())
+            .collect();
+        self.changes.settled_holds = self
+            .settled_holds
+            .iter()
+            .filter_map(|id| self.transfers.get(id))
+            .map(|hold| (hold.id, hold.status, hold.settled_amount))
+            .collect();
+        self.changes
+    }
+}
