@@ -714,3 +714,302 @@ impl Engine {
         self.changes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use schemas::Currency;
+    use schemas::messages::{
+        AccountOverdraftLimitSet, AccountStatusCommand, TransferHold, TransferPost, TransferRequested, TransferReverse,
+        TransferVoid,
+    };
+
+    use super::*;
+    use crate::decide::AccountKind;
+
+    fn eur(amount: &str) -> Money {
+        Money::parse(amount, Currency::EUR).expect("valid money")
+    }
+
+    fn dec(text: &str) -> Decimal {
+        text.parse().expect("decimal")
+    }
+
+    fn account(balance: &str) -> AccountState {
+        AccountState {
+            id: AccountId::new_random(),
+            currency: Currency::EUR,
+            kind: AccountKind::Customer,
+            status: AccountStatus::Active,
+            balance: dec(balance),
+            held: Decimal::ZERO,
+            overdraft_limit: Decimal::ZERO,
+        }
+    }
+
+    fn position() -> Position {
+        Position { topic: "ledger.commands".into(), partition: 0, offset: 0 }
+    }
+
+    struct Ledger {
+        engine: Engine,
+        alice: AccountId,
+        bob: AccountId,
+    }
+
+    impl Ledger {
+        fn new(alice_balance: &str) -> Self {
+            let (alice, bob) = (account(alice_balance), account("0"));
+            let (alice_id, bob_id) = (alice.id, bob.id);
+            Self {
+                engine: Engine::new(Utc::now(), vec![alice, bob], Vec::new(), HashMap::new()),
+                alice: alice_id,
+                bob: bob_id,
+            }
+        }
+
+        fn apply(&mut self, command: &Command) -> Outcome {
+            self.engine.apply(command, &position())
+        }
+
+        fn balance_and_held(&self, id: AccountId) -> (Decimal, Decimal) {
+            let account = self.engine.account(id).expect("known account");
+            (account.balance, account.held)
+        }
+
+        fn transfer(&self, amount: &str) -> Command {
+            Command::TransferRequested(TransferRequested {
+                version: V1,
+                transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+                source_account_id: self.alice,
+                destination_account_id: self.bob,
+                money: eur(amount),
+                requested_at: Utc::now(),
+            })
+        }
+
+        fn hold(&self, amount: &str, expires_in: chrono::Duration) -> (TransferId, Command) {
+            let id = TransferId::from_uuid(Uuid::new_v4());
+            let command = Command::TransferHold(TransferHold {
+                version: V1,
+                transfer_id: id,
+                source_account_id: self.alice,
+                destination_account_id: self.bob,
+                money: eur(amount),
+                expires_at: Utc::now() + expires_in,
+                requested_at: Utc::now(),
+            });
+            (id, command)
+        }
+
+        fn post(&self, hold_id: TransferId, amount: Option<&str>) -> Command {
+            Command::TransferPost(TransferPost {
+                version: V1,
+                transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+                hold_id,
+                source_account_id: self.alice,
+                money: amount.map(eur),
+                requested_at: Utc::now(),
+            })
+        }
+
+        fn void(&self, hold_id: TransferId) -> Command {
+            Command::TransferVoid(TransferVoid {
+                version: V1,
+                transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+                hold_id,
+                source_account_id: self.alice,
+                requested_at: Utc::now(),
+            })
+        }
+
+        fn status(&self, account_id: AccountId, make: fn(AccountStatusCommand) -> Command) -> Command {
+            make(AccountStatusCommand { version: V1, command_id: Uuid::new_v4(), account_id, requested_at: Utc::now() })
+        }
+    }
+
+    fn reverse(original: TransferId) -> Command {
+        Command::TransferReverse(TransferReverse {
+            version: V1,
+            transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+            original_transfer_id: original,
+            requested_at: Utc::now(),
+        })
+    }
+
+    #[test]
+    fn a_redelivered_command_is_recognised_and_changes_nothing() {
+        let mut ledger = Ledger::new("100.00");
+        let transfer = ledger.transfer("10.00");
+        assert_eq!(ledger.apply(&transfer), Outcome::Applied);
+        assert_eq!(ledger.apply(&transfer), Outcome::AlreadyDecided);
+        assert_eq!(ledger.balance_and_held(ledger.alice).0, dec("90.00"));
+    }
+
+    #[test]
+    fn a_hold_reserves_funds_that_are_then_not_available() {
+        let mut ledger = Ledger::new("100.00");
+        let (_, hold) = ledger.hold("80.00", chrono::Duration::minutes(5));
+        assert_eq!(ledger.apply(&hold), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("100.00"), dec("80.00")));
+        let too_much = ledger.transfer("30.00");
+        assert_eq!(ledger.apply(&too_much), Outcome::Rejected(RejectionReason::InsufficientFunds));
+    }
+
+    #[test]
+    fn a_partial_post_captures_part_and_releases_the_rest() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("80.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        assert_eq!(ledger.apply(&ledger.post(hold_id, Some("30.00"))), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("70.00"), dec("0")));
+        assert_eq!(ledger.balance_and_held(ledger.bob).0, dec("30.00"));
+        // A second post of the same hold is refused.
+        assert_eq!(ledger.apply(&ledger.post(hold_id, None)), Outcome::Rejected(RejectionReason::HoldAlreadySettled));
+    }
+
+    #[test]
+    fn a_post_above_the_hold_is_refused_and_the_hold_stays() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("20.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        assert_eq!(
+            ledger.apply(&ledger.post(hold_id, Some("20.01"))),
+            Outcome::Rejected(RejectionReason::AmountExceedsHold)
+        );
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("100.00"), dec("20.00")));
+        assert_eq!(ledger.apply(&ledger.post(hold_id, None)), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("80.00"), dec("0")));
+    }
+
+    #[test]
+    fn a_void_releases_the_hold_and_moves_nothing() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("60.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        assert_eq!(ledger.apply(&ledger.void(hold_id)), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("100.00"), dec("0")));
+        assert_eq!(ledger.apply(&ledger.post(hold_id, None)), Outcome::Rejected(RejectionReason::HoldAlreadySettled));
+    }
+
+    #[test]
+    fn an_expired_hold_is_released_by_the_sweep_and_cannot_be_posted() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("60.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        // Later: the same hold, now past its expiry.
+        let mut record = ledger.engine.transfers[&hold_id].clone();
+        record.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        let alice = ledger.engine.account(ledger.alice).expect("alice").clone();
+        let bob = ledger.engine.account(ledger.bob).expect("bob").clone();
+        let mut later = Engine::new(Utc::now(), vec![alice, bob], vec![record], HashMap::new());
+        assert_eq!(later.expire_holds(&[hold_id]), 1);
+        assert_eq!(later.account(ledger.alice).expect("alice").held, Decimal::ZERO);
+        let post = ledger.post(hold_id, None);
+        assert_eq!(later.apply(&post, &position()), Outcome::Rejected(RejectionReason::HoldAlreadySettled));
+        let changes = later.finish();
+        assert_eq!(changes.settled_holds, vec![(hold_id, TransferStatus::Expired, None)]);
+    }
+
+    #[test]
+    fn a_hold_that_expires_before_the_post_is_released_by_the_post() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("60.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        ledger.engine.transfers.get_mut(&hold_id).expect("hold").expires_at =
+            Some(Utc::now() - chrono::Duration::seconds(1));
+        assert_eq!(ledger.apply(&ledger.post(hold_id, None)), Outcome::Rejected(RejectionReason::HoldExpired));
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("100.00"), dec("0")));
+    }
+
+    #[test]
+    fn a_post_of_another_accounts_hold_is_not_found() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("10.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        let mut post = ledger.post(hold_id, None);
+        if let Command::TransferPost(post) = &mut post {
+            post.source_account_id = ledger.bob;
+        }
+        assert_eq!(ledger.apply(&post), Outcome::Rejected(RejectionReason::HoldNotFound));
+    }
+
+    #[test]
+    fn a_reversal_pays_back_once_and_the_second_is_refused() {
+        let mut ledger = Ledger::new("100.00");
+        let transfer = ledger.transfer("25.00");
+        ledger.apply(&transfer);
+        let original = TransferId::from_uuid(transfer.id());
+        assert_eq!(ledger.apply(&reverse(original)), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice).0, dec("100.00"));
+        assert_eq!(ledger.balance_and_held(ledger.bob).0, dec("0.00"));
+        assert_eq!(ledger.apply(&reverse(original)), Outcome::Rejected(RejectionReason::AlreadyReversed));
+        assert_eq!(
+            ledger.apply(&reverse(TransferId::from_uuid(Uuid::new_v4()))),
+            Outcome::Rejected(RejectionReason::TransferNotFound)
+        );
+    }
+
+    #[test]
+    fn a_frozen_account_cannot_send_and_a_closed_one_nothing_at_all() {
+        let mut ledger = Ledger::new("100.00");
+        assert_eq!(ledger.apply(&ledger.status(ledger.alice, Command::AccountFrozen)), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.transfer("1.00")), Outcome::Rejected(RejectionReason::AccountFrozen));
+        assert_eq!(
+            ledger.apply(&ledger.status(ledger.alice, Command::AccountFrozen)),
+            Outcome::Rejected(RejectionReason::AccountFrozen)
+        );
+        assert_eq!(ledger.apply(&ledger.status(ledger.alice, Command::AccountUnfrozen)), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.transfer("1.00")), Outcome::Applied);
+        assert_eq!(
+            ledger.apply(&ledger.status(ledger.alice, Command::AccountClosed)),
+            Outcome::Rejected(RejectionReason::AccountNotEmpty)
+        );
+        // Bob has 1.00; send it back, then close Bob's account.
+        let mut back = ledger.transfer("1.00");
+        if let Command::TransferRequested(request) = &mut back {
+            std::mem::swap(&mut request.source_account_id, &mut request.destination_account_id);
+        }
+        assert_eq!(ledger.apply(&back), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.status(ledger.bob, Command::AccountClosed)), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.transfer("1.00")), Outcome::Rejected(RejectionReason::AccountClosed));
+    }
+
+    #[test]
+    fn an_overdraft_limit_lets_an_account_go_below_zero_down_to_the_limit() {
+        let mut ledger = Ledger::new("10.00");
+        let limit = Command::AccountOverdraftLimitSet(AccountOverdraftLimitSet {
+            version: V1,
+            command_id: Uuid::new_v4(),
+            account_id: ledger.alice,
+            overdraft_limit: Some(eur("50.00")),
+            requested_at: Utc::now(),
+        });
+        assert_eq!(ledger.apply(&limit), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.transfer("60.00")), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice).0, dec("-50.00"));
+        assert_eq!(ledger.apply(&ledger.transfer("0.01")), Outcome::Rejected(RejectionReason::InsufficientFunds));
+        // Removing the limit while overdrawn is refused.
+        let remove = Command::AccountOverdraftLimitSet(AccountOverdraftLimitSet {
+            version: V1,
+            command_id: Uuid::new_v4(),
+            account_id: ledger.alice,
+            overdraft_limit: None,
+            requested_at: Utc::now(),
+        });
+        assert_eq!(ledger.apply(&remove), Outcome::Rejected(RejectionReason::InsufficientFunds));
+    }
+
+    #[test]
+    fn the_changes_hold_one_update_per_touched_account_and_balanced_entries() {
+        let mut ledger = Ledger::new("100.00");
+        for _ in 0..10 {
+            ledger.apply(&ledger.transfer("1.00"));
+        }
+        let changes = ledger.engine.finish();
+        assert_eq!(changes.accounts.len(), 2);
+        assert_eq!(changes.new_transfers.len(), 10);
+        assert_eq!(changes.entries.len(), 20);
+        let sum: Decimal = changes.entries.iter().map(|(_, entry)| entry.amount).sum();
+        assert_eq!(sum, Decimal::ZERO);
+    }
+}
