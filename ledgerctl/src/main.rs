@@ -37,6 +37,11 @@ enum Command {
     /// Run ingest, processor and outbox relay in one process, on an embedded
     /// Kafka mock cluster unless KAFKA_BROKERS is set.
     Dev(dev::DevArgs),
+    /// Check the ledger's invariants (DATABASE_URL): balances equal their
+    /// entries, every transfer balances, money is conserved per currency, no
+    /// account is below its limit, held amounts match pending holds. Exits
+    /// non-zero on any violation.
+    Verify,
     /// Host only a Kafka mock cluster and print its bootstrap address, to
     /// explore with kcat or to run the tests in external-broker mode
     /// (`KAFKA_BROKERS=<address> cargo test`). It auto-creates topics.
@@ -106,6 +111,18 @@ async fn main() -> anyhow::Result<()> {
             println!("topics ready: {}, {}, {}", kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events);
         }
         Command::Dev(args) => dev::run(args).await?,
+        Command::Verify => {
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            let problems = processor::verify::problems(&pool).await.context("verifying the ledger")?;
+            if problems.is_empty() {
+                println!("ledger verified: no violations");
+            } else {
+                for problem in &problems {
+                    println!("VIOLATION {problem}");
+                }
+                anyhow::bail!("{} violation(s) found", problems.len());
+            }
+        }
         Command::KafkaMock { brokers } => {
             let topics = KafkaConfig::topics_from_env()?;
             let mock = platform::kafka::MockKafka::start(brokers, &topics, 4)?;

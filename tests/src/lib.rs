@@ -442,36 +442,10 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query")
     }
 
-    /// Recomputes every balance from the entries and checks the ledger's
-    /// invariants; returns the problems found (empty when all hold).
+    /// The ledger's invariants, as `ledgerctl verify` checks them; empty
+    /// when all hold.
     pub async fn ledger_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let mismatched: Vec<(Uuid, Decimal, Decimal)> = sqlx::query_as(
-            r"select a.id, a.balance, coalesce(sum(e.amount), 0)
-              from accounts a left join entries e on e.account_id = a.id
-              group by a.id having a.balance <> coalesce(sum(e.amount), 0)",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .expect("balance query");
-        problems.extend(
-            mismatched
-                .iter()
-                .map(|(id, stored, computed)| format!("account {id}: balance {stored}, entries sum {computed}")),
-        );
-        let unbalanced: Vec<(Uuid,)> =
-            sqlx::query_as("select transfer_id from entries group by transfer_id, currency having sum(amount) <> 0")
-                .fetch_all(&self.pool)
-                .await
-                .expect("entries query");
-        problems.extend(unbalanced.iter().map(|(id,)| format!("transfer {id}: entries do not sum to zero")));
-        let overdrawn: Vec<(Uuid,)> =
-            sqlx::query_as("select id from accounts where kind = 'customer' and balance - held + overdraft_limit < 0")
-                .fetch_all(&self.pool)
-                .await
-                .expect("overdraft query");
-        problems.extend(overdrawn.iter().map(|(id,)| format!("account {id} is overdrawn")));
-        problems
+        processor::verify::problems(&self.pool).await.expect("verify queries")
     }
 }
 
