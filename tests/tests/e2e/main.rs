@@ -5,5 +5,6 @@
 mod auth;
 mod dead_letters;
 mod events;
+mod model;
 mod processor_restart;
 mod transfers;
