@@ -208,6 +208,17 @@ impl TestApp {
         self.processor = Some(processor::Processor::start(config, self.pool.clone()).expect("processor"));
     }
 
+    /// Another processor in the test's consumer group, owned by the caller.
+    ///
+    /// # Panics
+    /// When the Kafka clients cannot be created.
+    #[must_use]
+    pub fn spawn_processor(&self) -> processor::Processor {
+        let mut config = processor::ProcessorConfig::new(self.kafka.clone());
+        config.consumer_group.clone_from(&self.consumer_group);
+        processor::Processor::start(config, self.pool.clone()).expect("processor")
+    }
+
     /// Stops the processor and waits until it has left the group.
     ///
     /// # Panics
@@ -385,6 +396,27 @@ impl TestApp {
     pub async fn publish_raw(&self, key: &str, payload: &[u8]) {
         let record = FutureRecord::to(&self.kafka.topics.commands).key(key).payload(payload);
         self.producer.send(record, Duration::from_secs(10)).await.expect("publish");
+    }
+
+    /// Publishes many commands at once (in flight together), keyed as ingest would.
+    ///
+    /// # Panics
+    /// When the broker refuses one.
+    pub async fn publish_commands(&self, commands: &[schemas::Command]) {
+        let payloads: Vec<(String, Vec<u8>)> = commands
+            .iter()
+            .map(|command| (command.partition_key(), serde_json::to_vec(command).expect("serializes")))
+            .collect();
+        for chunk in payloads.chunks(1_000) {
+            let sends = chunk.iter().map(|(key, payload)| {
+                let record =
+                    FutureRecord::to(&self.kafka.topics.commands).key(key.as_str()).payload(payload.as_slice());
+                self.producer.send(record, Duration::from_secs(30))
+            });
+            for result in futures::future::join_all(sends).await {
+                result.expect("publish");
+            }
+        }
     }
 
     /// Publishes a command to the command topic, keyed as ingest would.

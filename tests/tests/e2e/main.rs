@@ -5,6 +5,7 @@
 mod auth;
 mod dead_letters;
 mod events;
+mod group;
 mod model;
 mod processor_restart;
 mod transfers;
