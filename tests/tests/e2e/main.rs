@@ -6,6 +6,7 @@ mod auth;
 mod dead_letters;
 mod events;
 mod group;
+mod ledger_features;
 mod model;
 mod processor_restart;
 mod transfers;
