@@ -58,8 +58,8 @@ const PGBENCH_DATABASE: &str = "ledgerline_pgbench";
 /// The mock cluster is fresh every run, so a fixed namespace cannot collide.
 const TOPIC_NAMESPACE: &str = "bench";
 
-/// Connections of each pool the bench opens (the processor applies one
-/// command at a time; the SQL ceiling uses one connection).
+/// Connections of each pool the bench opens: the processor and the SQL
+/// ceiling each write on one connection at a time, so a few suffice.
 const POOL_SIZE_MAX: u32 = 4;
 /// How long a query waits for a pooled connection.
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
