@@ -1,6 +1,8 @@
 //! `ledgerctl`, the operator's tool: migrate the database, create API
-//! clients and topics, and run the whole stack in one process (`dev`).
+//! clients and topics, run the whole stack in one process (`dev`), and
+//! benchmark the processor (`bench`).
 
+mod bench;
 mod dev;
 
 use anyhow::Context as _;
@@ -50,6 +52,12 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         brokers: i32,
     },
+    /// Benchmarks on the Postgres server of DATABASE_URL, in databases of
+    /// their own.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,8 +88,14 @@ enum TopicsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    platform::telemetry::init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // A benchmark's stdout is its result, which a log line would corrupt.
+    if matches!(cli.command, Command::Bench { .. }) {
+        platform::telemetry::init_on_stderr();
+    } else {
+        platform::telemetry::init();
+    }
+    match cli.command {
         Command::Migrate { create_database } => {
             let database = DatabaseConfig::from_env()?;
             if create_database {
@@ -129,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
             println!("KAFKA_BROKERS={}", mock.bootstrap_servers());
             platform::shutdown::signal().await;
         }
+        Command::Bench { command } => bench::run(command).await?,
     }
     Ok(())
 }
