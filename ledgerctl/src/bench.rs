@@ -132,9 +132,10 @@ pub struct ProcessorArgs {
     /// Duration of the pgbench TPC-B run, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pgbench_seconds: u64,
-    /// Partitions of the command topic.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=256))]
-    partitions: i32,
+    /// Partitions of the command topic. By default enough that no partition
+    /// holds more than the mock cluster keeps (see `MOCK_PARTITION_BYTES_MAX`).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    partitions: Option<i32>,
     /// The longest the processor may take to apply every transfer, in seconds.
     #[arg(long, default_value_t = 7_200, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     processor_timeout_s: u64,
@@ -453,14 +454,40 @@ struct ProcessorRun {
     rejected: u64,
 }
 
+/// librdkafka's mock cluster keeps at most 5 MiB per partition and deletes
+/// older messages beyond that (`rdkafka_mock.c`), like a retention limit. A
+/// pre-filled topic must stay below it, or commands vanish unapplied.
+const MOCK_PARTITION_BYTES_MAX: u64 = 5 * 1024 * 1024;
+
+/// A generous upper bound of one command's size on the mock's log.
+const COMMAND_BYTES_MAX: u64 = 512;
+
+impl ProcessorArgs {
+    /// The partitions the command topic needs so that no partition overflows
+    /// the mock's log: at least 4, and with room to spare.
+    fn partitions(&self) -> anyhow::Result<i32> {
+        let needed = (self.transfers * COMMAND_BYTES_MAX).div_ceil(MOCK_PARTITION_BYTES_MAX * 3 / 4);
+        let needed = i32::try_from(needed.max(4)).context("too many partitions")?;
+        match self.partitions {
+            None => Ok(needed),
+            Some(partitions) if partitions >= needed => Ok(partitions),
+            Some(partitions) => anyhow::bail!(
+                "{partitions} partitions cannot hold {} commands on the mock cluster (5 MiB each); use at least {needed}",
+                self.transfers
+            ),
+        }
+    }
+}
+
 async fn measure_processor(server: &Server, args: &ProcessorArgs) -> anyhow::Result<ProcessorRun> {
     let pool = server.create_ledger(PROCESSOR_DATABASE, args.accounts).await?;
     let topics = Topics::namespaced(TOPIC_NAMESPACE);
-    let mock = MockKafka::start(1, &topics, args.partitions)?;
+    let partitions = args.partitions()?;
+    let mock = MockKafka::start(1, &topics, partitions)?;
     let kafka = KafkaConfig::new(mock.bootstrap_servers(), topics);
     eprintln!(
         "processor: publishing {} commands to {} ({} partitions)",
-        args.transfers, kafka.topics.commands, args.partitions
+        args.transfers, kafka.topics.commands, partitions
     );
     publish(&kafka, Workload::new(args.transfers, args.accounts, args.hot_share)).await?;
 
@@ -855,7 +882,7 @@ impl BenchReport {
             transfers: args.transfers,
             accounts: args.accounts,
             hot_share: args.hot_share,
-            partitions: args.partitions,
+            partitions: args.partitions().unwrap_or_default(),
             transfers_per_s,
             elapsed_s: processor.worker.elapsed_s,
             batches: processor.worker.batches,

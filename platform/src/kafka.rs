@@ -97,7 +97,11 @@ impl KafkaConfig {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            // Partitions are always assigned at an explicit position (the
+            // offset stored in Postgres, or the beginning). If that position
+            // is gone from the log (retention deleted commands never
+            // applied), resetting would skip them silently: fail loudly.
+            .set("auto.offset.reset", "error")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set("enable.partition.eof", "false")
             // librdkafka's 500 ms default is the latency floor on a broker

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use platform::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
@@ -314,6 +314,16 @@ impl Worker {
                         }
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                    Some(Err(KafkaError::MessageConsumption(
+                        code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
+                    ))) => {
+                        tracing::error!(
+                            error = %code,
+                            "a partition's next command is no longer in Kafka: retention deleted commands that were \
+                             never applied. The partition is stopped rather than skipped; restore the commands, or \
+                             move the stored offset deliberately after accounting for the lost ones"
+                        );
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "consumer error"),
                 }
                 if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
