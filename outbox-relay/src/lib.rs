@@ -88,8 +88,8 @@ pub async fn run(config: RelayConfig, pool: PgPool, shutdown: CancellationToken)
 /// Database failures (publishing failures are recorded on the rows instead).
 pub async fn relay_batch(config: &RelayConfig, pool: &PgPool, producer: &FutureProducer) -> anyhow::Result<usize> {
     let mut transaction = pool.begin().await.context("starting a relay transaction")?;
-    let rows: Vec<(i64, String, String, serde_json::Value)> = sqlx::query_as(
-        r"select id, event_type, message_key, payload from outbox
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        r"select id, event_type, message_key, payload::text from outbox
           where delivered_at is null and destination = 'events'
           order by id limit $1 for update skip locked",
     )
@@ -103,13 +103,12 @@ pub async fn relay_batch(config: &RelayConfig, pool: &PgPool, producer: &FutureP
     let timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
     let sends = rows.iter().map(|(id, event_type, key, payload)| {
         let outbox_id = id.to_string();
-        let body = payload.to_string();
+        let body = payload.as_str();
         async move {
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id.as_str()) })
                 .insert(Header { key: "ledgerline-event-type", value: Some(event_type.as_str()) });
-            let record =
-                FutureRecord::to(&config.kafka.topics.events).key(key.as_str()).payload(body.as_str()).headers(headers);
+            let record = FutureRecord::to(&config.kafka.topics.events).key(key.as_str()).payload(body).headers(headers);
             producer.send(record, timeout).await.map(|_| ()).map_err(|(error, _)| error.to_string())
         }
     });

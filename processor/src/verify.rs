@@ -90,5 +90,18 @@ pub async fn problems(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
             .into_iter()
             .map(|(id, kind, status, count)| format!("transfer {id} ({kind}, {status}) has {count} entries")),
     );
+    // Entries have no foreign keys (their triggers would cost more than the
+    // inserts); their references are checked here instead.
+    let orphans: Vec<(i64, Uuid, Uuid)> = sqlx::query_as(
+        r"select e.id, e.transfer_id, e.account_id from entries e
+          where not exists (select 1 from transfers t where t.id = e.transfer_id)
+             or not exists (select 1 from accounts a where a.id = e.account_id)
+          limit 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    problems.extend(orphans.into_iter().map(|(id, transfer, account)| {
+        format!("entry {id} refers to a missing transfer {transfer} or account {account}")
+    }));
     Ok(problems)
 }
