@@ -139,6 +139,9 @@ pub struct ProcessorArgs {
     /// The longest the processor may take to apply every transfer, in seconds.
     #[arg(long, default_value_t = 7_200, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     processor_timeout_s: u64,
+    /// Processors in one consumer group applying the transfers together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    processors: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,6 +161,9 @@ pub struct WorkerArgs {
     /// The longest to wait for them, in seconds.
     #[arg(long)]
     timeout_s: u64,
+    /// Processors in the consumer group.
+    #[arg(long, default_value_t = 1)]
+    processors: usize,
 }
 
 fn parse_share(text: &str) -> Result<f64, String> {
@@ -506,6 +512,8 @@ async fn measure_processor(server: &Server, args: &ProcessorArgs) -> anyhow::Res
         &args.transfers.to_string(),
         "--timeout-s",
         &args.processor_timeout_s.to_string(),
+        "--processors",
+        &args.processors.to_string(),
     ]);
     let timeout = Duration::from_secs(args.processor_timeout_s) + ASSIGNMENT_TIMEOUT + WORKER_EXIT_MARGIN;
     let output = run_child(worker, timeout, "the processor worker").await?;
@@ -566,19 +574,25 @@ async fn delivered(delivery: DeliveryFuture) -> anyhow::Result<()> {
 async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let pool = Server::from_env()?.connect(&args.database).await?;
     let kafka = KafkaConfig::new(args.brokers, Topics::namespaced(&args.topic_namespace));
-    let mut processor = Processor::start(ProcessorConfig::new(kafka), pool)?;
-    anyhow::ensure!(
-        processor.wait_until_assigned(ASSIGNMENT_TIMEOUT).await,
-        "the processor got no partitions within {} s",
-        ASSIGNMENT_TIMEOUT.as_secs()
-    );
-    let metrics = processor.metrics();
+    let mut processors = (0..args.processors.max(1))
+        .map(|_| Processor::start(ProcessorConfig::new(kafka.clone()), pool.clone()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for processor in &processors {
+        anyhow::ensure!(
+            processor.wait_until_assigned(ASSIGNMENT_TIMEOUT).await,
+            "a processor got no partitions within {} s",
+            ASSIGNMENT_TIMEOUT.as_secs()
+        );
+    }
+    let metrics: Vec<_> = processors.iter().map(Processor::metrics).collect();
+    let commands_total = || metrics.iter().map(|metrics| metrics.commands_total()).sum::<u64>();
+    let dead_letters_total = || metrics.iter().map(|metrics| metrics.dead_letters_total()).sum::<u64>();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
     let (mut last_count, mut last_progress, mut last_report) = (0, started, started);
     loop {
         // A dead-lettered command is done too; the parent refuses the run.
-        let count = metrics.commands_total() + metrics.dead_letters_total();
+        let count = commands_total() + dead_letters_total();
         if count >= args.expect {
             break;
         }
@@ -597,19 +611,29 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             eprintln!("processor: {count} of {} commands after {:.0} s", args.expect, started.elapsed().as_secs_f64());
             last_report = now;
         }
+        let waits = processors.iter_mut().map(|processor| Box::pin(processor.wait()));
         tokio::select! {
-            result = processor.wait() => anyhow::bail!("the processor stopped on its own: {result:?}"),
+            (result, _, _) = futures::future::select_all(waits) => {
+                anyhow::bail!("a processor stopped on its own: {result:?}")
+            }
             () = tokio::time::sleep(COUNTER_POLL_INTERVAL) => {}
         }
     }
     let elapsed = started.elapsed();
-    processor.stop().await.context("stopping the processor")?;
+    for processor in processors {
+        processor.stop().await.context("stopping a processor")?;
+    }
     let report = WorkerReport {
-        commands: metrics.commands_total(),
-        dead_letters: metrics.dead_letters_total(),
+        commands: commands_total(),
+        dead_letters: dead_letters_total(),
         elapsed_s: elapsed.as_secs_f64(),
-        commit_p99_ms: metrics.commit_latency_quantile(990).map(milliseconds),
-        batches: metrics.batches_total(),
+        // With several processors, the worst of their p99s.
+        commit_p99_ms: metrics
+            .iter()
+            .filter_map(|metrics| metrics.commit_latency_quantile(990))
+            .max()
+            .map(milliseconds),
+        batches: metrics.iter().map(|metrics| metrics.batches_total()).sum(),
         rss_peak_mb: kibibytes_to_mebibytes(peak_rss_kib()?),
     };
     println!("{}", serde_json::to_string(&report).context("serializing the worker's result")?);
@@ -855,6 +879,7 @@ struct BenchReport {
     accounts: u64,
     hot_share: f64,
     partitions: i32,
+    processors: u64,
     transfers_per_s: f64,
     elapsed_s: f64,
     batches: u64,
@@ -883,6 +908,7 @@ impl BenchReport {
             accounts: args.accounts,
             hot_share: args.hot_share,
             partitions: args.partitions().unwrap_or_default(),
+            processors: args.processors,
             transfers_per_s,
             elapsed_s: processor.worker.elapsed_s,
             batches: processor.worker.batches,
