@@ -59,19 +59,15 @@ impl IngestConfig {
         Ok(Self {
             jwt_issuer: config::var_or("LEDGERLINE_JWT_ISSUER", defaults.jwt_issuer.clone())?,
             jwt_audience: config::var_or("LEDGERLINE_JWT_AUDIENCE", defaults.jwt_audience.clone())?,
-            token_ttl_s: config::check_range(
-                "LEDGERLINE_TOKEN_TTL_S",
-                config::var_or("LEDGERLINE_TOKEN_TTL_S", defaults.token_ttl_s)?,
-                30..=900,
-            )?,
-            body_size_max_bytes: config::check_range(
+            token_ttl_s: config::limit("LEDGERLINE_TOKEN_TTL_S", defaults.token_ttl_s, 30..=900)?,
+            body_size_max_bytes: config::limit(
                 "LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES",
-                config::var_or("LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES", defaults.body_size_max_bytes)?,
+                defaults.body_size_max_bytes,
                 1024..=1024 * 1024,
             )?,
-            request_timeout_ms: config::check_range(
+            request_timeout_ms: config::limit(
                 "LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS",
-                config::var_or("LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS", defaults.request_timeout_ms)?,
+                defaults.request_timeout_ms,
                 100..=120_000,
             )?,
             ..defaults

@@ -38,14 +38,10 @@ impl RelayConfig {
     pub fn from_env(kafka: KafkaConfig) -> Result<Self, ConfigError> {
         let defaults = Self::new(kafka);
         Ok(Self {
-            batch_size_max: config::check_range(
-                "LEDGERLINE_RELAY_BATCH_SIZE_MAX",
-                config::var_or("LEDGERLINE_RELAY_BATCH_SIZE_MAX", defaults.batch_size_max)?,
-                1..=10_000,
-            )?,
-            poll_interval_ms: config::check_range(
+            batch_size_max: config::limit("LEDGERLINE_RELAY_BATCH_SIZE_MAX", defaults.batch_size_max, 1..=10_000)?,
+            poll_interval_ms: config::limit(
                 "LEDGERLINE_RELAY_POLL_INTERVAL_MS",
-                config::var_or("LEDGERLINE_RELAY_POLL_INTERVAL_MS", defaults.poll_interval_ms)?,
+                defaults.poll_interval_ms,
                 10..=60_000,
             )?,
             kafka: defaults.kafka,

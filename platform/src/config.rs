@@ -75,6 +75,19 @@ pub fn secret_optional(name: &str) -> Result<Option<SecretString>, ConfigError> 
     }
 }
 
+/// The value of `name` (or `default`), checked against its documented range:
+/// the usual shape of a limit.
+///
+/// # Errors
+/// When the variable does not parse or is out of range.
+pub fn limit<T>(name: &str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+    T::Err: Display,
+{
+    check_range(name, var_or(name, default)?, range)
+}
+
 /// Checks that a limit is within its documented range.
 ///
 /// # Errors

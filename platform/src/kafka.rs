@@ -48,16 +48,10 @@ impl KafkaConfig {
             return Ok(None);
         };
         let mut kafka = Self::new(brokers, Self::topics_from_env()?);
-        kafka.produce_timeout_ms = config::check_range(
-            "LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS",
-            config::var_or("LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS", kafka.produce_timeout_ms)?,
-            100..=300_000,
-        )?;
-        kafka.session_timeout_ms = config::check_range(
-            "LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS",
-            config::var_or("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", kafka.session_timeout_ms)?,
-            1_000..=300_000,
-        )?;
+        kafka.produce_timeout_ms =
+            config::limit("LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS", kafka.produce_timeout_ms, 100..=300_000)?;
+        kafka.session_timeout_ms =
+            config::limit("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", kafka.session_timeout_ms, 1_000..=300_000)?;
         Ok(Some(kafka))
     }
 

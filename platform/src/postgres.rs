@@ -30,16 +30,8 @@ impl DatabaseConfig {
         let url = config::secret_optional("DATABASE_URL")?.unwrap_or_else(|| SecretString::from(DATABASE_URL_DEFAULT));
         Ok(Self {
             url,
-            pool_size_max: config::check_range(
-                "LEDGERLINE_DB_POOL_SIZE_MAX",
-                config::var_or("LEDGERLINE_DB_POOL_SIZE_MAX", 10)?,
-                1..=200,
-            )?,
-            acquire_timeout_ms: config::check_range(
-                "LEDGERLINE_DB_ACQUIRE_TIMEOUT_MS",
-                config::var_or("LEDGERLINE_DB_ACQUIRE_TIMEOUT_MS", 5_000)?,
-                10..=60_000,
-            )?,
+            pool_size_max: config::limit("LEDGERLINE_DB_POOL_SIZE_MAX", 10, 1..=200)?,
+            acquire_timeout_ms: config::limit("LEDGERLINE_DB_ACQUIRE_TIMEOUT_MS", 5_000, 10..=60_000)?,
         })
     }
 

@@ -54,34 +54,30 @@ impl ProcessorConfig {
         let defaults = Self::new(kafka);
         Ok(Self {
             consumer_group: config::var_or("LEDGERLINE_PROCESSOR_GROUP", defaults.consumer_group)?,
-            poll_timeout_ms: config::check_range(
+            poll_timeout_ms: config::limit(
                 "LEDGERLINE_PROCESSOR_POLL_TIMEOUT_MS",
-                config::var_or("LEDGERLINE_PROCESSOR_POLL_TIMEOUT_MS", defaults.poll_timeout_ms)?,
+                defaults.poll_timeout_ms,
                 1..=10_000,
             )?,
-            retry_backoff_max_ms: config::check_range(
+            retry_backoff_max_ms: config::limit(
                 "LEDGERLINE_PROCESSOR_RETRY_BACKOFF_MAX_MS",
-                config::var_or("LEDGERLINE_PROCESSOR_RETRY_BACKOFF_MAX_MS", defaults.retry_backoff_max_ms)?,
+                defaults.retry_backoff_max_ms,
                 10..=60_000,
             )?,
-            apply_attempts_max: config::check_range(
+            apply_attempts_max: config::limit(
                 "LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX",
-                config::var_or("LEDGERLINE_PROCESSOR_APPLY_ATTEMPTS_MAX", defaults.apply_attempts_max)?,
+                defaults.apply_attempts_max,
                 1..=100,
             )?,
-            batch_size_max: config::check_range(
-                "LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX",
-                config::var_or("LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX", defaults.batch_size_max)?,
-                1..=20_000,
-            )?,
-            batch_linger_ms: config::check_range(
+            batch_size_max: config::limit("LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX", defaults.batch_size_max, 1..=20_000)?,
+            batch_linger_ms: config::limit(
                 "LEDGERLINE_PROCESSOR_BATCH_LINGER_MS",
-                config::var_or("LEDGERLINE_PROCESSOR_BATCH_LINGER_MS", defaults.batch_linger_ms)?,
+                defaults.batch_linger_ms,
                 0..=10_000,
             )?,
-            hold_sweep_interval_ms: config::check_range(
+            hold_sweep_interval_ms: config::limit(
                 "LEDGERLINE_PROCESSOR_HOLD_SWEEP_INTERVAL_MS",
-                config::var_or("LEDGERLINE_PROCESSOR_HOLD_SWEEP_INTERVAL_MS", defaults.hold_sweep_interval_ms)?,
+                defaults.hold_sweep_interval_ms,
                 10..=3_600_000,
             )?,
             kafka: defaults.kafka,

@@ -79,6 +79,24 @@ pub struct TransferRecord {
     pub reversed: bool,
 }
 
+impl TransferRecord {
+    /// Fills in what a movement-like command says about itself.
+    fn describe(
+        &mut self,
+        kind: TransferKind,
+        requested_at: DateTime<Utc>,
+        source: AccountId,
+        destination: AccountId,
+        money: Money,
+    ) {
+        self.kind = kind;
+        self.requested_at = requested_at;
+        self.source_account_id = Some(source);
+        self.destination_account_id = Some(destination);
+        self.money = Some(money);
+    }
+}
+
 /// A row of `account_commands`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountCommandRecord {
@@ -254,27 +272,34 @@ impl Engine {
         };
         let result = match command {
             Command::TransferRequested(request) => {
-                record.requested_at = request.requested_at;
-                record.source_account_id = Some(request.source_account_id);
-                record.destination_account_id = Some(request.destination_account_id);
-                record.money = Some(request.money);
+                record.describe(
+                    TransferKind::Transfer,
+                    request.requested_at,
+                    request.source_account_id,
+                    request.destination_account_id,
+                    request.money,
+                );
                 self.movement(&record)
             }
             Command::AccountDeposited(deposit) => {
-                record.kind = TransferKind::Deposit;
-                record.requested_at = deposit.requested_at;
-                record.source_account_id = Some(AccountId::cash_in(deposit.money.currency()));
-                record.destination_account_id = Some(deposit.account_id);
-                record.money = Some(deposit.money);
+                record.describe(
+                    TransferKind::Deposit,
+                    deposit.requested_at,
+                    AccountId::cash_in(deposit.money.currency()),
+                    deposit.account_id,
+                    deposit.money,
+                );
                 self.movement(&record)
             }
             Command::TransferHold(hold) => {
-                record.kind = TransferKind::Hold;
+                record.describe(
+                    TransferKind::Hold,
+                    hold.requested_at,
+                    hold.source_account_id,
+                    hold.destination_account_id,
+                    hold.money,
+                );
                 record.status = TransferStatus::Held;
-                record.requested_at = hold.requested_at;
-                record.source_account_id = Some(hold.source_account_id);
-                record.destination_account_id = Some(hold.destination_account_id);
-                record.money = Some(hold.money);
                 record.expires_at = Some(hold.expires_at);
                 self.hold(&record)
             }
