@@ -550,13 +550,6 @@ impl Engine {
 
     fn apply_account_command(&mut self, command: &Command, fingerprint: String, position: &Position) -> Outcome {
         let command_id = command.id();
-        if let Some(previous) = self.account_commands.get(&command_id) {
-            return if *previous == fingerprint {
-                Outcome::AlreadyDecided
-            } else {
-                Outcome::Rejected(RejectionReason::IdempotencyKeyReused)
-            };
-        }
         let (account_id, requested_at) = match command {
             Command::AccountFrozen(c) | Command::AccountUnfrozen(c) | Command::AccountClosed(c) => {
                 (c.account_id, c.requested_at)
@@ -564,6 +557,22 @@ impl Engine {
             Command::AccountOverdraftLimitSet(c) => (c.account_id, c.requested_at),
             _ => unreachable!("only account commands come here"),
         };
+        if let Some(previous) = self.account_commands.get(&command_id) {
+            if *previous == fingerprint {
+                return Outcome::AlreadyDecided;
+            }
+            // The row belongs to the first command; this one is refused
+            // through the outbox only.
+            self.changes.events.push(Event::AccountCommandRejected(AccountCommandRejected {
+                version: V1,
+                command_id,
+                account_id,
+                command_type: command.type_name().to_owned(),
+                reason: RejectionReason::IdempotencyKeyReused,
+                rejected_at: self.now,
+            }));
+            return Outcome::Rejected(RejectionReason::IdempotencyKeyReused);
+        }
         let result = self.account_change(command, account_id);
         let outcome = match result {
             Ok(event) => {
@@ -972,6 +981,23 @@ mod tests {
             ledger.apply(&reverse(TransferId::from_uuid(Uuid::new_v4()))),
             Outcome::Rejected(RejectionReason::TransferNotFound)
         );
+    }
+
+    #[test]
+    fn an_account_command_id_reused_for_another_command_is_refused_with_an_event() {
+        let mut ledger = Ledger::new("100.00");
+        let freeze = ledger.status(ledger.alice, Command::AccountFrozen);
+        let Command::AccountFrozen(body) = &freeze else { unreachable!("built as a freeze") };
+        let close = Command::AccountClosed(body.clone());
+        assert_eq!(ledger.apply(&freeze), Outcome::Applied);
+        assert_eq!(ledger.apply(&freeze), Outcome::AlreadyDecided);
+        assert_eq!(ledger.apply(&close), Outcome::Rejected(RejectionReason::IdempotencyKeyReused));
+        let changes = ledger.engine.finish();
+        assert_eq!(changes.account_commands.len(), 1);
+        assert!(changes.events.iter().any(|event| matches!(
+            event,
+            Event::AccountCommandRejected(AccountCommandRejected { reason: RejectionReason::IdempotencyKeyReused, .. })
+        )));
     }
 
     #[test]
