@@ -28,7 +28,7 @@ use tokio::runtime::Handle;
 use crate::config::ProcessorConfig;
 use crate::decode::{self, DeadLetterReason};
 use crate::engine::Outcome;
-use crate::ledger::{self, OffsetScope, Position};
+use crate::ledger::{self, BatchResult, OffsetScope, Position};
 use crate::metrics::ProcessorMetrics;
 
 /// A running processor. Stop it with [`Processor::stop`]; dropping it stops
@@ -56,6 +56,8 @@ impl Processor {
         let context = OffsetsInPostgres {
             assigned_partitions: assigned_sender,
             generation: AtomicU64::new(0),
+            in_flight: Mutex::new(None),
+            in_flight_result: Mutex::new(None),
             runtime: runtime.clone(),
             pool: pool.clone(),
             consumer_group: config.consumer_group.clone(),
@@ -146,6 +148,34 @@ struct OffsetsInPostgres {
     /// Bumped on every assignment change, so the loop can tell that the
     /// messages it polled before belong to an old assignment.
     generation: AtomicU64,
+    /// The batch being committed while the next one is polled.
+    in_flight: Mutex<Option<BatchTask>>,
+    /// Its result, when a revocation had to wait for it.
+    in_flight_result: Mutex<Option<Result<BatchResult, sqlx::Error>>>,
+}
+
+type BatchTask = tokio::task::JoinHandle<Result<BatchResult, sqlx::Error>>;
+
+impl OffsetsInPostgres {
+    /// Waits for the batch in flight, if any, keeping its result for the
+    /// loop. Called before partitions are given up, so a batch never commits
+    /// after its partitions moved to another processor.
+    fn settle_in_flight(&self) {
+        let Some(task) = self.in_flight.lock().ok().and_then(|mut slot| slot.take()) else { return };
+        let result = self
+            .runtime
+            .block_on(task)
+            .unwrap_or_else(|error| Err(sqlx::Error::Protocol(format!("the batch task failed: {error}"))));
+        if let Ok(mut slot) = self.in_flight_result.lock() {
+            *slot = Some(result);
+        }
+    }
+
+    /// The result of the batch in flight, waiting for it if needed.
+    fn take_in_flight_result(&self) -> Option<Result<BatchResult, sqlx::Error>> {
+        self.settle_in_flight();
+        self.in_flight_result.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 impl ClientContext for OffsetsInPostgres {}
@@ -219,9 +249,10 @@ impl ConsumerContext for OffsetsInPostgres {
                 };
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Batches are applied on the polling thread, outside `poll`,
-                // so none is in flight here; the loop drops what it polled
-                // but did not apply (see the generation counter).
+                // The batch in flight finishes before the partitions go; the
+                // loop drops what it polled but did not apply (see the
+                // generation counter), and the next owner reads it again.
+                self.settle_in_flight();
                 tracing::info!(partitions = partitions.count(), "revoked");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "unassign failed");
@@ -230,6 +261,7 @@ impl ConsumerContext for OffsetsInPostgres {
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
+                self.settle_in_flight();
                 let _ = consumer.unassign();
             }
         }
@@ -252,6 +284,14 @@ struct Item {
     command: Result<Command, DeadLetterReason>,
     /// Kept only for dead letters, which republish the original bytes.
     original: Option<OwnedMessage>,
+}
+
+/// A batch whose transaction runs on the runtime.
+struct Pending {
+    batch: Vec<Item>,
+    commands: Vec<(Command, Position)>,
+    positions: Vec<Position>,
+    sweep: bool,
 }
 
 impl Item {
@@ -280,9 +320,13 @@ impl Worker {
         let mut last_sweep: Option<Instant> = None;
         let mut batch: Vec<Item> = Vec::with_capacity(self.config.batch_size_max);
         let mut generation = self.consumer.context().generation.load(Ordering::Acquire);
+        // The batch committing on the runtime while the next one is polled
+        // and decoded on this thread.
+        let mut pending: Option<Pending> = None;
 
         while !self.stop.is_cancelled() {
             if let Some(failure) = self.consumer.context().failure.lock().ok().and_then(|mut slot| slot.take()) {
+                self.finish(&scope, pending.take());
                 return Err(failure);
             }
             // Collect a batch: up to batch_size_max messages, or whatever
@@ -297,13 +341,17 @@ impl Worker {
                     // The assignment changed inside this poll. Messages polled
                     // before it may belong to revoked partitions; they are not
                     // applied and their offsets are not stored, so whoever
-                    // owns the partitions now reads them again.
+                    // owns the partitions now reads them again. The batch in
+                    // flight was finished by the revocation.
                     if !batch.is_empty() {
                         tracing::info!(dropped = batch.len(), "rebalance: dropping the unapplied batch");
                     }
                     batch.clear();
                     deadline = None;
                     generation = current;
+                    if let Some(abandoned) = pending.take() {
+                        self.settle_after_rebalance(abandoned);
+                    }
                 }
                 match polled {
                     Some(Ok(message)) => {
@@ -334,25 +382,107 @@ impl Worker {
                 {
                     break;
                 }
+                if batch.is_empty() && pending.is_some() {
+                    // Nothing new: settle the batch in flight now rather
+                    // than after a whole poll timeout.
+                    break;
+                }
+            }
+            // The previous batch must be committed before the next starts:
+            // they may touch the same accounts, in partition order.
+            if !self.finish(&scope, pending.take()) {
+                break;
             }
             let sweep = last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval);
             if batch.is_empty() && !sweep {
                 continue;
             }
-            if !self.apply(&scope, &batch, sweep) {
-                // Stopped while retrying: nothing of the batch is stored, so
-                // it is delivered again.
-                break;
-            }
             if sweep {
                 last_sweep = Some(Instant::now());
             }
-            self.commit_to_kafka(&batch);
-            batch.clear();
+            match self.start(&scope, std::mem::take(&mut batch), sweep) {
+                Some(started) => pending = Some(started),
+                // Stopped while dead-lettering: nothing of the batch is
+                // stored, so it is delivered again.
+                None => break,
+            }
         }
+        self.finish(&scope, pending.take());
         tracing::info!("processor stopping");
         self.consumer.unsubscribe();
         Ok(())
+    }
+
+    /// Dead-letters what cannot be decoded, then starts committing the rest,
+    /// with the offsets of all, on the runtime. `None` when a stop
+    /// interrupted the dead-lettering.
+    fn start(&self, scope: &OffsetScope, batch: Vec<Item>, sweep: bool) -> Option<Pending> {
+        for item in &batch {
+            if let (Err(reason), Some(original)) = (&item.command, &item.original)
+                && !self.dead_letter(original, &item.position, reason)
+            {
+                return None;
+            }
+        }
+        let commands: Vec<(Command, Position)> = batch
+            .iter()
+            .filter_map(|item| item.command.as_ref().ok().map(|command| (command.clone(), item.position.clone())))
+            .collect();
+        let positions: Vec<Position> = batch.iter().map(|item| item.position.clone()).collect();
+        let task = {
+            let (pool, scope, commands, positions) =
+                (self.pool.clone(), scope.clone(), commands.clone(), positions.clone());
+            self.runtime.spawn(async move { ledger::apply_batch(&pool, &scope, &commands, &positions, sweep).await })
+        };
+        if let Ok(mut slot) = self.consumer.context().in_flight.lock() {
+            *slot = Some(task);
+        }
+        Some(Pending { batch, commands, positions, sweep })
+    }
+
+    /// Waits for the batch in flight and completes it: retried on an
+    /// operating failure, applied one by one on a data failure. Returns
+    /// false when a stop interrupted a retry (nothing of it is stored, so it
+    /// is delivered again).
+    fn finish(&self, scope: &OffsetScope, pending: Option<Pending>) -> bool {
+        let Some(pending) = pending else { return true };
+        let result = self.consumer.context().take_in_flight_result();
+        let done = match result {
+            Some(Ok(result)) => {
+                self.metrics.record_batch(pending.commands.len(), result.elapsed);
+                self.log_outcomes(&pending.commands, &result);
+                true
+            }
+            Some(Err(error)) if is_data_failure(&error) => {
+                tracing::error!(%error, commands = pending.commands.len(), "the database refused the batch; applying its commands one by one");
+                self.apply_one_by_one(scope, &pending.commands, &pending.positions)
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "applying a batch failed; retrying");
+                self.apply(scope, &pending.commands, &pending.positions, pending.sweep)
+            }
+            None => self.apply(scope, &pending.commands, &pending.positions, pending.sweep),
+        };
+        if done {
+            self.commit_to_kafka(&pending.batch);
+        }
+        done
+    }
+
+    /// After a rebalance: the revocation waited for the batch in flight. If
+    /// it committed, it counts; if not, it is abandoned, not retried: its
+    /// partitions are read again from the stored offsets by their owner.
+    fn settle_after_rebalance(&self, pending: Pending) {
+        match self.consumer.context().take_in_flight_result() {
+            Some(Ok(result)) => {
+                self.metrics.record_batch(pending.commands.len(), result.elapsed);
+                self.log_outcomes(&pending.commands, &result);
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, commands = pending.commands.len(), "rebalance: abandoning the failed batch; its commands are read again");
+            }
+            None => {}
+        }
     }
 
     fn fetch_cluster_id(&self) -> anyhow::Result<String> {
@@ -367,41 +497,34 @@ impl Worker {
         }
     }
 
-    /// Dead-letters what cannot be decoded, then applies the rest in one
-    /// transaction with the offsets of all. Returns false when a stop
-    /// interrupted it before it was done.
-    fn apply(&self, scope: &OffsetScope, batch: &[Item], sweep: bool) -> bool {
-        for item in batch {
-            if let (Err(reason), Some(original)) = (&item.command, &item.original)
-                && !self.dead_letter(original, &item.position, reason)
-            {
-                return false;
-            }
-        }
-        let commands: Vec<(Command, Position)> = batch
-            .iter()
-            .filter_map(|item| item.command.as_ref().ok().map(|command| (command.clone(), item.position.clone())))
-            .collect();
-        let positions: Vec<Position> = batch.iter().map(|item| item.position.clone()).collect();
+    /// Applies a batch on this thread until it commits: retries operating
+    /// failures with backoff, falls back to one by one on a data failure.
+    /// Returns false when a stop interrupted it.
+    fn apply(
+        &self,
+        scope: &OffsetScope,
+        commands: &[(Command, Position)],
+        positions: &[Position],
+        sweep: bool,
+    ) -> bool {
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         loop {
-            let started = Instant::now();
-            match self.runtime.block_on(ledger::apply_batch(&self.pool, scope, &commands, &positions, sweep)) {
-                Ok(result) => {
-                    self.metrics.record_batch(commands.len(), started.elapsed());
-                    self.log_outcomes(&commands, &result);
-                    return true;
-                }
-                Err(error) if is_data_failure(&error) => {
-                    tracing::error!(%error, commands = commands.len(), "the database refused the batch; applying its commands one by one");
-                    return self.apply_one_by_one(scope, &commands, &positions);
-                }
-                Err(error) => tracing::warn!(%error, "applying a batch failed; retrying"),
-            }
             if self.stop.is_cancelled() {
                 return false;
             }
             backoff.sleep();
+            match self.runtime.block_on(ledger::apply_batch(&self.pool, scope, commands, positions, sweep)) {
+                Ok(result) => {
+                    self.metrics.record_batch(commands.len(), result.elapsed);
+                    self.log_outcomes(commands, &result);
+                    return true;
+                }
+                Err(error) if is_data_failure(&error) => {
+                    tracing::error!(%error, commands = commands.len(), "the database refused the batch; applying its commands one by one");
+                    return self.apply_one_by_one(scope, commands, positions);
+                }
+                Err(error) => tracing::warn!(%error, "applying a batch failed; retrying"),
+            }
         }
     }
 
@@ -414,7 +537,6 @@ impl Worker {
             let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
             let mut data_failures = 0;
             loop {
-                let started = Instant::now();
                 match self.runtime.block_on(ledger::apply_batch(
                     &self.pool,
                     scope,
@@ -423,7 +545,7 @@ impl Worker {
                     false,
                 )) {
                     Ok(result) => {
-                        self.metrics.record_batch(1, started.elapsed());
+                        self.metrics.record_batch(1, result.elapsed);
                         self.log_outcomes(&single, &result);
                         break;
                     }

@@ -38,6 +38,8 @@ pub const EXPIRED_HOLDS_PER_BATCH_MAX: i64 = 500;
 pub struct BatchResult {
     pub outcomes: Vec<Outcome>,
     pub holds_expired: usize,
+    /// From BEGIN to COMMIT.
+    pub elapsed: std::time::Duration,
 }
 
 /// Applies `commands` (in partition order) and stores the next offset of
@@ -121,7 +123,7 @@ pub async fn apply_batch(
         commit_ms = (started.elapsed() - written).as_millis(),
         "batch timings"
     );
-    Ok(BatchResult { outcomes, holds_expired })
+    Ok(BatchResult { outcomes, holds_expired, elapsed: started.elapsed() })
 }
 
 async fn load_transfers(

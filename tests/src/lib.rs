@@ -494,6 +494,20 @@ impl std::fmt::Debug for TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        // The processor must leave the group while the broker still exists:
+        // a consumer closing against a vanished broker polls forever in
+        // rdkafka's `BaseConsumer::drop` (fede1024/rust-rdkafka#509), and the
+        // test runtime waits for that blocking thread. So wait for it here,
+        // before `_broker` is dropped, bounded so a stuck close fails loudly.
+        if let Some(processor) = self.processor.take() {
+            tokio::task::block_in_place(|| {
+                let stopped = tokio::runtime::Handle::current()
+                    .block_on(tokio::time::timeout(Duration::from_secs(60), processor.stop()));
+                if stopped.is_err() {
+                    tracing::error!("the processor did not stop within 60 s of the test's end");
+                }
+            });
+        }
     }
 }
 
