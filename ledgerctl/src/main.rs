@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         brokers: i32,
     },
+    /// Inspect the outbox (DATABASE_URL): backlog, failures, dead rows; put
+    /// dead rows back for delivery.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Benchmarks on the Postgres server of DATABASE_URL, in databases of
     /// their own.
     Bench {
@@ -70,6 +76,27 @@ enum ClientsCommand {
         /// Space- or comma-separated scopes, e.g. "accounts:read transfers:write".
         #[arg(long)]
         scopes: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Backlog, retrying and dead rows, age of the oldest pending row, and
+    /// failures by destination and reason, as JSON.
+    Status,
+    /// The oldest dead rows with their last error, as JSON lines.
+    Dead {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Put dead rows back in their lanes with a fresh attempt budget.
+    Retry {
+        /// Outbox ids of dead rows.
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        ids: Vec<i64>,
+        /// Every dead row.
+        #[arg(long)]
+        all_dead: bool,
     },
 }
 
@@ -142,6 +169,29 @@ async fn main() -> anyhow::Result<()> {
             let mock = platform::kafka::MockKafka::start(brokers, &topics, 4)?;
             println!("KAFKA_BROKERS={}", mock.bootstrap_servers());
             platform::shutdown::signal().await;
+        }
+        Command::Outbox { command } => {
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            match command {
+                OutboxCommand::Status => {
+                    let status = outbox_relay::admin::status(&pool).await.context("reading the outbox")?;
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                }
+                OutboxCommand::Dead { limit } => {
+                    for row in outbox_relay::admin::dead_rows(&pool, limit).await.context("reading the outbox")? {
+                        println!("{}", serde_json::to_string(&row)?);
+                    }
+                }
+                OutboxCommand::Retry { ids, all_dead } => {
+                    let which = if all_dead {
+                        outbox_relay::admin::Retry::AllDead
+                    } else {
+                        outbox_relay::admin::Retry::Ids(ids)
+                    };
+                    let count = outbox_relay::admin::retry(&pool, &which).await.context("retrying dead rows")?;
+                    println!("{count} dead row(s) put back for delivery");
+                }
+            }
         }
         Command::Bench { command } => bench::run(command).await?,
     }

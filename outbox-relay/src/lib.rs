@@ -1,12 +1,22 @@
 //! The outbox relay: delivers rows of the transactional outbox to Kafka
-//! (`ledger.events`), at least once, with the outbox id in a header so
-//! consumers can drop duplicates.
+//! (`ledger.events`), at least once, through an idempotent producer, keyed
+//! by account, with the outbox id in a header so consumers can drop
+//! duplicates.
 //!
-//! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several relays can run
-//! side by side without delivering a row twice in the normal case. This is
-//! the skeleton's relay: events to Kafka only, polling. External payments,
-//! webhooks, retries with backoff, dead rows and `LISTEN/NOTIFY` are issue #5.
+//! Several relays can run side by side. Each round claims lanes of the
+//! outbox (see [`outbox`]): rows of one account stay in order, a failing row
+//! backs off with jitter and holds back its lane, and after `attempts_max`
+//! failures it is dead and visible to operators ([`admin`]). Relays wake on
+//! Postgres `NOTIFY` when rows are written, and poll as a fallback.
+//!
+//! External payments and webhooks (issue #5) are not delivered yet: the
+//! outbox only accepts the `events` destination.
 
+pub mod admin;
+pub mod outbox;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,23 +24,49 @@ use futures::future::join_all;
 use platform::CancellationToken;
 use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+
+use crate::outbox::{Attempt, Counts, RetryPolicy, Row};
+
+/// The channel the outbox trigger notifies on insert.
+pub const NOTIFY_CHANNEL: &str = "ledgerline_outbox";
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub kafka: KafkaConfig,
     /// `LEDGERLINE_RELAY_BATCH_SIZE_MAX`: rows claimed per transaction.
     pub batch_size_max: i64,
-    /// `LEDGERLINE_RELAY_POLL_INTERVAL_MS`: the pause when the outbox is empty.
+    /// `LEDGERLINE_RELAY_LANES_PER_CLAIM_MAX`: lanes one claim takes, out of
+    /// 64; fewer leave lanes for other relays.
+    pub lanes_per_claim_max: usize,
+    /// `LEDGERLINE_RELAY_POLL_INTERVAL_MS`: the longest pause between rounds
+    /// when no notification arrives (a fallback, and the clock for retries).
     pub poll_interval_ms: u64,
+    /// `LEDGERLINE_RELAY_ATTEMPTS_MAX`: failed attempts before a row is dead.
+    pub attempts_max: i32,
+    /// `LEDGERLINE_RELAY_BACKOFF_BASE_MS`: the pause after a first failure,
+    /// doubled at each further one.
+    pub backoff_base_ms: u64,
+    /// `LEDGERLINE_RELAY_BACKOFF_MAX_MS`: the longest pause between attempts.
+    pub backoff_max_ms: u64,
 }
 
 impl RelayConfig {
     #[must_use]
     pub fn new(kafka: KafkaConfig) -> Self {
-        Self { kafka, batch_size_max: 500, poll_interval_ms: 200 }
+        Self {
+            kafka,
+            batch_size_max: 500,
+            lanes_per_claim_max: 32,
+            poll_interval_ms: 1_000,
+            attempts_max: 12,
+            backoff_base_ms: 500,
+            backoff_max_ms: 300_000,
+        }
     }
 
     /// # Errors
@@ -39,96 +75,210 @@ impl RelayConfig {
         let defaults = Self::new(kafka);
         Ok(Self {
             batch_size_max: config::limit("LEDGERLINE_RELAY_BATCH_SIZE_MAX", defaults.batch_size_max, 1..=10_000)?,
+            lanes_per_claim_max: config::limit(
+                "LEDGERLINE_RELAY_LANES_PER_CLAIM_MAX",
+                defaults.lanes_per_claim_max,
+                1..=64,
+            )?,
             poll_interval_ms: config::limit(
                 "LEDGERLINE_RELAY_POLL_INTERVAL_MS",
                 defaults.poll_interval_ms,
                 10..=60_000,
             )?,
+            attempts_max: config::limit("LEDGERLINE_RELAY_ATTEMPTS_MAX", defaults.attempts_max, 1..=1_000)?,
+            backoff_base_ms: config::limit("LEDGERLINE_RELAY_BACKOFF_BASE_MS", defaults.backoff_base_ms, 1..=60_000)?,
+            backoff_max_ms: config::limit("LEDGERLINE_RELAY_BACKOFF_MAX_MS", defaults.backoff_max_ms, 1..=86_400_000)?,
             kafka: defaults.kafka,
         })
     }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts_max: self.attempts_max,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms.max(self.backoff_base_ms),
+        }
+    }
 }
 
-/// Relays until `shutdown` is cancelled. A failed round is logged and
-/// retried after the poll interval; nothing is lost, since undelivered rows
-/// stay pending.
+/// One relay's counters since it started.
+#[derive(Debug, Default)]
+pub struct RelayMetrics {
+    pub delivered_total: AtomicU64,
+    pub failed_total: AtomicU64,
+    pub dead_total: AtomicU64,
+    pub rounds_total: AtomicU64,
+    pub notifications_total: AtomicU64,
+}
+
+impl RelayMetrics {
+    fn add(&self, counts: Counts) {
+        let add = |counter: &AtomicU64, value: usize| {
+            counter.fetch_add(u64::try_from(value).unwrap_or(u64::MAX), Ordering::Relaxed);
+        };
+        add(&self.delivered_total, counts.delivered);
+        add(&self.failed_total, counts.failed);
+        add(&self.dead_total, counts.dead);
+        self.rounds_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Relays until `shutdown` is cancelled.
 ///
 /// # Errors
 /// When the producer cannot be created.
 pub async fn run(config: RelayConfig, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_metrics(config, pool, shutdown, Arc::new(RelayMetrics::default())).await
+}
+
+/// [`run`], counting into `metrics`. A failed round is logged and retried
+/// after the poll interval; nothing is lost, since undelivered rows stay
+/// pending.
+///
+/// # Errors
+/// When the producer cannot be created.
+pub async fn run_with_metrics(
+    config: RelayConfig,
+    pool: PgPool,
+    shutdown: CancellationToken,
+    metrics: Arc<RelayMetrics>,
+) -> anyhow::Result<()> {
     let producer: FutureProducer = config.kafka.producer().create().context("creating the relay producer")?;
     tracing::info!(topic = %config.kafka.topics.events, "outbox relay started");
-    let idle = Duration::from_millis(config.poll_interval_ms);
+    let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
     while !shutdown.is_cancelled() {
-        let delivered = match relay_batch(&config, &pool, &producer).await {
-            Ok(count) => count,
+        let busy = match relay_round(&config, &pool, &producer).await {
+            Ok(round) => {
+                metrics.add(round.counts);
+                round.busy
+            }
             Err(error) => {
                 tracing::warn!(error = ?error, "relaying the outbox failed; retrying");
-                0
+                false
             }
         };
-        if delivered == 0 {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(idle) => {}
-            }
+        if !busy && wake.wait(&shutdown).await {
+            metrics.notifications_total.fetch_add(1, Ordering::Relaxed);
         }
     }
     tracing::info!("outbox relay stopped");
     Ok(())
 }
 
-/// Claims, publishes and marks one batch; returns how many rows were delivered.
-///
-/// # Errors
-/// Database failures (publishing failures are recorded on the rows instead).
-pub async fn relay_batch(config: &RelayConfig, pool: &PgPool, producer: &FutureProducer) -> anyhow::Result<usize> {
-    let mut transaction = pool.begin().await.context("starting a relay transaction")?;
-    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-        r"select id, event_type, message_key, payload::text from outbox
-          where delivered_at is null and destination = 'events'
-          order by id limit $1 for update skip locked",
-    )
-    .bind(config.batch_size_max)
-    .fetch_all(&mut *transaction)
-    .await
-    .context("claiming outbox rows")?;
-    if rows.is_empty() {
-        return Ok(0);
+/// Waits for the next round: a notification, the poll interval, or the stop.
+struct Wake {
+    pool: PgPool,
+    listener: Option<PgListener>,
+    poll: Duration,
+}
+
+impl Wake {
+    fn new(pool: PgPool, poll: Duration) -> Self {
+        Self { pool, listener: None, poll }
     }
-    let timeout = Duration::from_millis(config.kafka.produce_timeout_ms);
-    let sends = rows.iter().map(|(id, event_type, key, payload)| {
-        let outbox_id = id.to_string();
-        let body = payload.as_str();
-        async move {
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id.as_str()) })
-                .insert(Header { key: "ledgerline-event-type", value: Some(event_type.as_str()) });
-            let record = FutureRecord::to(&config.kafka.topics.events).key(key.as_str()).payload(body).headers(headers);
-            producer.send(record, timeout).await.map(|_| ()).map_err(|(error, _)| error.to_string())
-        }
-    });
-    let results = join_all(sends).await;
-    let mut delivered = Vec::new();
-    for ((id, ..), result) in rows.iter().zip(results) {
-        match result {
-            Ok(()) => delivered.push(*id),
-            Err(error) => {
-                tracing::warn!(outbox_id = id, %error, "delivering an outbox row failed");
-                sqlx::query("update outbox set attempts = attempts + 1, last_error = $2 where id = $1")
-                    .bind(id)
-                    .bind(error)
-                    .execute(&mut *transaction)
-                    .await
-                    .context("recording a delivery failure")?;
+
+    /// Returns whether a notification woke it. Right after (re)connecting
+    /// the listener it returns at once: rows written before `LISTEN` took
+    /// effect sent no notification this relay heard, so a round must look.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        if self.listener.is_none() {
+            match listen(&self.pool).await {
+                Ok(listener) => {
+                    self.listener = Some(listener);
+                    return false;
+                }
+                Err(error) => tracing::warn!(%error, "LISTEN failed; polling until it works"),
             }
         }
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(self.poll) => {}
+            }
+            return false;
+        };
+        let notified = tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(self.poll) => false,
+            received = listener.recv() => match received {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "the LISTEN connection failed; reconnecting");
+                    self.listener = None;
+                    false
+                }
+            },
+        };
+        // One round serves every notification that arrived meanwhile.
+        if let Some(listener) = self.listener.as_mut() {
+            while listener.next_buffered().is_some() {}
+        }
+        notified
     }
-    sqlx::query("update outbox set delivered_at = now(), attempts = attempts + 1 where id = any($1)")
-        .bind(&delivered)
-        .execute(&mut *transaction)
+}
+
+async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub counts: Counts,
+    /// The claim was full: go again without waiting.
+    pub busy: bool,
+}
+
+/// Claims, publishes and records one round.
+///
+/// # Errors
+/// Database failures (delivery failures are recorded on the rows instead).
+pub async fn relay_round(config: &RelayConfig, pool: &PgPool, producer: &FutureProducer) -> anyhow::Result<Round> {
+    let mut transaction = pool.begin().await.context("starting a relay transaction")?;
+    let claim = outbox::claim(&mut transaction, config.lanes_per_claim_max, config.batch_size_max)
         .await
-        .context("marking outbox rows delivered")?;
+        .context("claiming outbox rows")?;
+    if claim.rows.is_empty() {
+        return Ok(Round::default());
+    }
+    let sends = claim.rows.iter().map(|row| publish(config, producer, row));
+    let results = outbox::settle_lanes(&claim.rows, join_all(sends).await);
+    let counts = outbox::record(&mut transaction, &claim.rows, &results, &config.retry_policy())
+        .await
+        .context("recording deliveries")?;
     transaction.commit().await.context("committing the relay transaction")?;
-    Ok(delivered.len())
+    let busy = i64::try_from(claim.rows.len()).unwrap_or(i64::MAX) >= config.batch_size_max
+        || claim.lanes_locked >= config.lanes_per_claim_max;
+    Ok(Round { counts, busy })
+}
+
+/// Sends one row. The futures of a claim are polled in id order, so the
+/// producer enqueues them in that order; with idempotence on, it keeps the
+/// order per partition across its own retries.
+async fn publish(config: &RelayConfig, producer: &FutureProducer, row: &Row) -> Attempt {
+    if row.destination != "events" {
+        return Attempt::Failed {
+            code: "unknown_destination".into(),
+            error: format!("no delivery for destination {:?}", row.destination),
+        };
+    }
+    let outbox_id = row.id.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id.as_str()) })
+        .insert(Header { key: "ledgerline-event-type", value: Some(row.event_type.as_str()) });
+    let record = FutureRecord::to(&config.kafka.topics.events)
+        .key(row.message_key.as_str())
+        .payload(row.payload.as_str())
+        .headers(headers);
+    match producer.send(record, Duration::from_millis(config.kafka.produce_timeout_ms)).await {
+        Ok(_) => Attempt::Delivered,
+        Err((error, _)) => Attempt::Failed { code: kafka_error_code(&error), error: error.to_string() },
+    }
+}
+
+/// A stable reason for a Kafka failure: librdkafka's error code name.
+fn kafka_error_code(error: &KafkaError) -> String {
+    error.rdkafka_error_code().map_or_else(|| "kafka_error".to_owned(), |code| format!("kafka:{code:?}"))
 }

@@ -158,6 +158,19 @@ impl TestApp {
     /// # Panics
     /// When any part fails to start: the test cannot run.
     pub async fn spawn() -> Self {
+        Self::spawn_with(true).await
+    }
+
+    /// Starts ingest and a processor but no outbox relay, for tests that run
+    /// relays of their own.
+    ///
+    /// # Panics
+    /// When any part fails to start: the test cannot run.
+    pub async fn spawn_without_relay() -> Self {
+        Self::spawn_with(false).await
+    }
+
+    async fn spawn_with(relay: bool) -> Self {
         platform::telemetry::init();
         let database = TestDatabase::create().await.expect("test database");
         let broker = TestBroker::start().await.expect("test broker");
@@ -175,7 +188,13 @@ impl TestApp {
         let address = format!("http://{}", application.local_addr().expect("address"));
         let shutdown = CancellationToken::new();
         tokio::spawn(application.run_until(shutdown.clone()));
-        tokio::spawn(outbox_relay::run(outbox_relay::RelayConfig::new(kafka.clone()), pool.clone(), shutdown.clone()));
+        if relay {
+            tokio::spawn(outbox_relay::run(
+                outbox_relay::RelayConfig::new(kafka.clone()),
+                pool.clone(),
+                shutdown.clone(),
+            ));
+        }
 
         let consumer_group = format!("{}-processor", kafka.topics.commands);
         let mut app = Self {

@@ -9,4 +9,5 @@ mod group;
 mod ledger_features;
 mod model;
 mod processor_restart;
+mod relay;
 mod transfers;

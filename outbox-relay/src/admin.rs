@@ -1,0 +1,121 @@
+//! What operators see of the outbox and what they may do to it: the backlog
+//! and its age, failures by destination and reason, dead rows, and retrying
+//! them (`ledgerctl outbox …`). Delivery rates are per relay, in
+//! [`crate::RelayMetrics`].
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// The state of the outbox, from the database (the same for every relay).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Rows not yet delivered and not dead.
+    pub pending: i64,
+    /// Of those, rows backing off after a failure.
+    pub retrying: i64,
+    /// Rows that failed `attempts_max` times, waiting for an operator.
+    pub dead: i64,
+    /// Age of the oldest pending row, in seconds (0 when none is pending).
+    pub oldest_pending_age_s: f64,
+    /// Pending or dead rows whose last attempt failed, by destination and
+    /// reason.
+    pub failing: Vec<Failing>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Failing {
+    pub destination: String,
+    pub code: String,
+    pub rows: i64,
+    pub dead: i64,
+}
+
+/// # Errors
+/// Database failures.
+pub async fn status(pool: &PgPool) -> sqlx::Result<Status> {
+    let (pending, retrying, oldest_pending_age_s): (i64, i64, f64) = sqlx::query_as(
+        r"select count(*),
+                 count(*) filter (where next_attempt_at > now()),
+                 coalesce(extract(epoch from now() - min(created_at))::double precision, 0)
+          from outbox where delivered_at is null and dead_at is null",
+    )
+    .fetch_one(pool)
+    .await?;
+    let dead: i64 =
+        sqlx::query_scalar("select count(*) from outbox where dead_at is not null and delivered_at is null")
+            .fetch_one(pool)
+            .await?;
+    let failing: Vec<Failing> = sqlx::query_as(
+        r"select destination, coalesce(last_error_code, 'unknown') as code, count(*) as rows,
+                 count(*) filter (where dead_at is not null) as dead
+          from outbox
+          where delivered_at is null and last_error is not null
+          group by 1, 2 order by 3 desc",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Status { pending, retrying, dead, oldest_pending_age_s, failing })
+}
+
+/// A dead row, for an operator to inspect.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeadRow {
+    pub id: i64,
+    pub destination: String,
+    pub event_type: String,
+    pub message_key: String,
+    pub attempts: i32,
+    pub last_error_code: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub dead_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The oldest `limit` dead rows.
+///
+/// # Errors
+/// Database failures.
+pub async fn dead_rows(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<DeadRow>> {
+    sqlx::query_as(
+        r"select id, destination, event_type, message_key, attempts, last_error_code, last_error, created_at, dead_at
+          from outbox where dead_at is not null and delivered_at is null
+          order by id limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Which dead rows to retry.
+#[derive(Debug, Clone)]
+pub enum Retry {
+    Ids(Vec<i64>),
+    AllDead,
+}
+
+/// Puts dead rows back in their lanes with a fresh attempt budget; returns
+/// how many. A retried row goes out behind the rows its lane delivered
+/// meanwhile: consumers that need strict order per account see it late,
+/// with its original outbox id and event time.
+///
+/// # Errors
+/// Database failures.
+pub async fn retry(pool: &PgPool, which: &Retry) -> sqlx::Result<u64> {
+    let query = match which {
+        Retry::Ids(ids) => sqlx::query(
+            r"update outbox set dead_at = null, attempts = 0, next_attempt_at = null
+              where id = any($1) and dead_at is not null and delivered_at is null",
+        )
+        .bind(ids.clone()),
+        Retry::AllDead => sqlx::query(
+            r"update outbox set dead_at = null, attempts = 0, next_attempt_at = null
+              where dead_at is not null and delivered_at is null",
+        ),
+    };
+    let result = query.execute(pool).await?;
+    if result.rows_affected() > 0 {
+        // Wake the relays now rather than at their next poll.
+        sqlx::query("select pg_notify($1, '')").bind(crate::NOTIFY_CHANNEL).execute(pool).await?;
+    }
+    Ok(result.rows_affected())
+}

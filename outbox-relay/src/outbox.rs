@@ -1,0 +1,299 @@
+//! The outbox table as the relay works it: claiming rows by lane, and
+//! recording what became of each attempt.
+//!
+//! Ordering: the rows of one message key (one account) share a lane (a
+//! generated column, see the migration). A relay claims whole lanes with a
+//! transaction advisory lock, the `SKIP LOCKED` of lanes, and sends a lane's
+//! rows in id order. The first failure in a lane stops it: the failed row
+//! waits out its backoff at the head of the lane and the rows behind it
+//! wait too, so no consumer sees an account's later event before an earlier
+//! one. A row that keeps failing is declared dead after `attempts_max`
+//! attempts and leaves the lane for an operator (see [`crate::admin`]).
+
+use std::collections::HashSet;
+
+use rand::Rng as _;
+use rand::seq::SliceRandom as _;
+use sqlx::PgConnection;
+
+/// Lanes in the outbox; the generated `lane` column uses the same count.
+pub const LANES: i32 = 64;
+
+/// The first key of the two-key advisory locks on lanes ("LLOB"), so they
+/// cannot collide with another application's advisory locks on the database.
+const LANE_LOCK_CLASS: i32 = 0x4c4c_4f42;
+
+/// One claimed row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Row {
+    pub id: i64,
+    pub lane: i16,
+    pub destination: String,
+    pub event_type: String,
+    pub message_key: String,
+    pub payload: String,
+    pub attempts: i32,
+    /// False when the row is still backing off from a failure.
+    pub due: bool,
+}
+
+/// What a claim holds: rows in id order, from lanes this transaction locked.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub rows: Vec<Row>,
+    /// How many lanes were locked; when it reaches the limit there may be
+    /// more due lanes than one claim takes.
+    pub lanes_locked: usize,
+}
+
+/// Locks up to `lanes_max` lanes whose oldest pending row is due (in random
+/// order, so relays side by side spread over the lanes) and claims up to
+/// `rows_max` of their pending rows, stopping each lane at its first row
+/// that is not due. The locks last until the transaction ends.
+///
+/// # Errors
+/// Database failures.
+pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i64) -> sqlx::Result<Claim> {
+    // One index probe per lane: the head of each lane, and whether it is due.
+    let mut due_lanes: Vec<i32> = sqlx::query_scalar(
+        r"select lanes.lane from generate_series(0, $1 - 1) as lanes (lane)
+          cross join lateral (
+              select next_attempt_at from outbox
+              where lane = lanes.lane and delivered_at is null and dead_at is null
+              order by id limit 1
+          ) as head
+          where head.next_attempt_at is null or head.next_attempt_at <= now()",
+    )
+    .bind(LANES)
+    .fetch_all(&mut *connection)
+    .await?;
+    due_lanes.shuffle(&mut rand::thread_rng());
+
+    let mut locked: Vec<i16> = Vec::new();
+    for lane in due_lanes {
+        if locked.len() >= lanes_max {
+            break;
+        }
+        let got: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1, $2)")
+            .bind(LANE_LOCK_CLASS)
+            .bind(lane)
+            .fetch_one(&mut *connection)
+            .await?;
+        if got {
+            locked.push(i16::try_from(lane).unwrap_or_default());
+        }
+    }
+    if locked.is_empty() {
+        return Ok(Claim::default());
+    }
+    // Within a locked lane no other relay holds rows; SKIP LOCKED only keeps
+    // a claim from queueing behind an operator's statement on the table.
+    let rows: Vec<Row> = sqlx::query_as(
+        r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
+                 coalesce(next_attempt_at <= now(), true) as due
+          from outbox
+          where lane = any($1) and delivered_at is null and dead_at is null
+          order by id limit $2
+          for update skip locked",
+    )
+    .bind(&locked)
+    .bind(rows_max)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(Claim { rows: heads_of_lanes(rows), lanes_locked: locked.len() })
+}
+
+/// Keeps, for each lane, the rows before its first row that is not due: a
+/// row backing off holds back the rest of its lane.
+fn heads_of_lanes(rows: Vec<Row>) -> Vec<Row> {
+    let mut blocked: HashSet<i16> = HashSet::new();
+    rows.into_iter()
+        .filter(|row| {
+            if !row.due {
+                blocked.insert(row.lane);
+            }
+            !blocked.contains(&row.lane)
+        })
+        .collect()
+}
+
+/// What one attempt at a row came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Delivered,
+    Failed {
+        code: String,
+        error: String,
+    },
+    /// Not attempted, or attempted after a failure earlier in its lane:
+    /// left pending, to be sent again in order.
+    HeldBack,
+}
+
+/// Orders the results of a claim by lane: after a lane's first failure,
+/// every later row of that lane is held back, whatever its own result.
+#[must_use]
+pub fn settle_lanes(rows: &[Row], results: Vec<Attempt>) -> Vec<Attempt> {
+    let mut failed: HashSet<i16> = HashSet::new();
+    rows.iter()
+        .zip(results)
+        .map(|(row, result)| {
+            if failed.contains(&row.lane) {
+                return Attempt::HeldBack;
+            }
+            if matches!(result, Attempt::Failed { .. }) {
+                failed.insert(row.lane);
+            }
+            result
+        })
+        .collect()
+}
+
+/// Retry policy for failed rows.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts_max: i32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl RetryPolicy {
+    /// The pause before the next attempt after `attempts` failed ones:
+    /// exponential, capped, with jitter over its upper half so relays that
+    /// failed together do not retry together.
+    #[must_use]
+    pub fn backoff_ms(&self, attempts: i32) -> u64 {
+        let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        let ceiling = self.backoff_base_ms.saturating_mul(1_u64 << exponent).min(self.backoff_max_ms).max(1);
+        rand::thread_rng().gen_range(ceiling.div_ceil(2)..=ceiling)
+    }
+}
+
+/// Records the attempts of a claim in its transaction.
+///
+/// # Errors
+/// Database failures.
+pub async fn record(
+    connection: &mut PgConnection,
+    rows: &[Row],
+    attempts: &[Attempt],
+    policy: &RetryPolicy,
+) -> sqlx::Result<Counts> {
+    let mut counts = Counts::default();
+    let mut delivered: Vec<i64> = Vec::new();
+    for (row, attempt) in rows.iter().zip(attempts) {
+        match attempt {
+            Attempt::Delivered => delivered.push(row.id),
+            Attempt::HeldBack => counts.held_back += 1,
+            Attempt::Failed { code, error } => {
+                let attempts = row.attempts.saturating_add(1);
+                let dead = attempts >= policy.attempts_max;
+                let backoff_ms = i64::try_from(policy.backoff_ms(attempts)).unwrap_or(i64::MAX);
+                if dead {
+                    counts.dead += 1;
+                    tracing::error!(
+                        outbox_id = row.id,
+                        attempts,
+                        code,
+                        error,
+                        "outbox row is dead; an operator must retry it"
+                    );
+                } else {
+                    counts.failed += 1;
+                    tracing::warn!(
+                        outbox_id = row.id,
+                        attempts,
+                        code,
+                        error,
+                        backoff_ms,
+                        "delivering an outbox row failed"
+                    );
+                }
+                sqlx::query(
+                    r"update outbox set attempts = $2, last_error = $3, last_error_code = $4,
+                          next_attempt_at = now() + make_interval(secs => $5::double precision / 1000),
+                          dead_at = case when $6 then now() end
+                      where id = $1",
+                )
+                .bind(row.id)
+                .bind(attempts)
+                .bind(error)
+                .bind(code)
+                .bind(backoff_ms)
+                .bind(dead)
+                .execute(&mut *connection)
+                .await?;
+            }
+        }
+    }
+    if !delivered.is_empty() {
+        sqlx::query(
+            r"update outbox set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null
+              where id = any($1)",
+        )
+        .bind(&delivered)
+        .execute(&mut *connection)
+        .await?;
+    }
+    counts.delivered = delivered.len();
+    Ok(counts)
+}
+
+/// What a round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub delivered: usize,
+    pub failed: usize,
+    pub dead: usize,
+    pub held_back: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, lane: i16, due: bool) -> Row {
+        Row {
+            id,
+            lane,
+            destination: "events".into(),
+            event_type: "transfer.completed".into(),
+            message_key: format!("key-{lane}"),
+            payload: "{}".into(),
+            attempts: 0,
+            due,
+        }
+    }
+
+    fn failed() -> Attempt {
+        Attempt::Failed { code: "kafka:MessageSizeTooLarge".into(), error: "too large".into() }
+    }
+
+    #[test]
+    fn a_row_backing_off_holds_back_its_lane_only() {
+        let rows = vec![row(1, 3, true), row(2, 5, false), row(3, 3, true), row(4, 5, true), row(5, 7, true)];
+        let kept: Vec<i64> = heads_of_lanes(rows).iter().map(|row| row.id).collect();
+        assert_eq!(kept, vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn after_a_failure_the_rest_of_its_lane_is_held_back_even_if_sent() {
+        let rows = vec![row(1, 3, true), row(2, 3, true), row(3, 4, true), row(4, 3, true)];
+        let results = vec![failed(), Attempt::Delivered, Attempt::Delivered, Attempt::Delivered];
+        assert_eq!(
+            settle_lanes(&rows, results),
+            vec![failed(), Attempt::HeldBack, Attempt::Delivered, Attempt::HeldBack]
+        );
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_is_capped_and_jittered_in_its_upper_half() {
+        let policy = RetryPolicy { attempts_max: 10, backoff_base_ms: 100, backoff_max_ms: 5_000 };
+        for _ in 0..200 {
+            assert!((50..=100).contains(&policy.backoff_ms(1)));
+            assert!((200..=400).contains(&policy.backoff_ms(3)));
+            assert!((2_500..=5_000).contains(&policy.backoff_ms(9)));
+            assert!((2_500..=5_000).contains(&policy.backoff_ms(i32::MAX)));
+        }
+    }
+}
