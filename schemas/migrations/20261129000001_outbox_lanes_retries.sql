@@ -2,13 +2,14 @@
 -- backoff, dead rows, and a wake-up on insert.
 
 -- A lane groups the rows of many message keys (accounts); the rows of one
--- key always share a lane. One relay at a time works a lane (a transaction
+-- key for one destination always share a lane, and destinations hash apart,
+-- so a payment provider that is down does not hold back Kafka events. One relay at a time works a lane (a transaction
 -- advisory lock), in id order, and a failing row holds back the rest of its
 -- lane: that is how the events of one account stay ordered while several
 -- relays run side by side. 64 lanes bound the parallelism; changing the
 -- count needs a drained outbox, since rows would change lanes.
 alter table outbox
-    add column lane smallint not null generated always as (((hashtext(message_key) % 64) + 64) % 64) stored,
+    add column lane smallint not null generated always as (((hashtext(destination || ':' || message_key) % 64) + 64) % 64) stored,
     -- Null: due now. Set after a failed attempt, with backoff and jitter.
     add column next_attempt_at timestamptz,
     -- Set after attempts_max failures: the row leaves its lane for an
