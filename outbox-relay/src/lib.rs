@@ -9,11 +9,15 @@
 //! failures it is dead and visible to operators ([`admin`]). Relays wake on
 //! Postgres `NOTIFY` when rows are written, and poll as a fallback.
 //!
-//! External payments and webhooks (issue #5) are not delivered yet: the
-//! outbox only accepts the `events` destination.
+//! External payments are on their way: [`provider`] is the payment
+//! provider's client and [`fake_provider`] a provider to test it against,
+//! but the relay does not deliver payment rows yet, and webhooks are not
+//! built (issue #5); the outbox only accepts the `events` destination.
 
 pub mod admin;
+pub mod fake_provider;
 pub mod outbox;
+pub mod provider;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

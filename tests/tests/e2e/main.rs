@@ -9,5 +9,6 @@ mod group;
 mod ledger_features;
 mod model;
 mod processor_restart;
+mod provider;
 mod relay;
 mod transfers;

@@ -113,7 +113,10 @@ async fn a_failing_row_holds_back_its_account_goes_dead_and_an_operator_can_retr
     let lane_of = |key: String| {
         let pool = app.pool.clone();
         async move {
-            sqlx::query_scalar::<_, i32>("select ((hashtext('events:' || $1) % 64) + 64) % 64").bind(key).fetch_one(&pool).await
+            sqlx::query_scalar::<_, i32>("select ((hashtext('events:' || $1) % 64) + 64) % 64")
+                .bind(key)
+                .fetch_one(&pool)
+                .await
         }
     };
     while lane_of(other_account.clone()).await.expect("lane") == lane_of(account.clone()).await.expect("lane") {

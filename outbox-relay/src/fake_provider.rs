@@ -1,0 +1,240 @@
+//! A fake payment provider, for tests and `ledgerctl dev`: a real HTTP
+//! server with an OAuth2 client-credentials token endpoint and a payments
+//! endpoint that honours `Idempotency-Key`, switchable between modes (pay,
+//! reject, accept for later, fail with 503 and `Retry-After`, answer slowly).
+//! It counts what it saw, so tests can check that a payment was made once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use base64::Engine as _;
+use platform::CancellationToken;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::provider::PaymentOrder;
+
+/// How the provider answers payment orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Pays at once: 201 `settled`.
+    Settle,
+    /// Refuses for good: 422 `rejected` with `creditor_account_closed`.
+    Reject,
+    /// Takes the order; the outcome would come by callback: 202 `pending`.
+    Pending,
+    /// Down: 503, with `Retry-After` when given.
+    Unavailable { retry_after_s: Option<u64> },
+    /// Pays, but only after this long.
+    Slow { delay_ms: u64 },
+}
+
+/// What the provider saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub tokens_issued: u64,
+    pub payment_requests: u64,
+    pub unauthorized_requests: u64,
+    /// Distinct payments actually made (settled), by idempotency key.
+    pub payments_made: u64,
+    /// Idempotency keys seen with a final answer.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    mode: Mode,
+    client_id: String,
+    client_secret: String,
+    token_ttl_s: u64,
+    tokens: HashMap<String, Instant>,
+    stats: Stats,
+    /// Final answers by idempotency key: the order and what was answered.
+    answers: HashMap<String, (PaymentOrder, StatusCode, serde_json::Value)>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn lock(state: &Shared) -> MutexGuard<'_, Inner> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A running fake provider; it stops when dropped.
+#[derive(Debug)]
+pub struct FakeProvider {
+    address: SocketAddr,
+    state: Shared,
+    shutdown: CancellationToken,
+}
+
+impl FakeProvider {
+    /// Listens on `address` (port 0 for any) with these client credentials.
+    ///
+    /// # Errors
+    /// When the address cannot be bound.
+    pub async fn start(address: SocketAddr, client_id: &str, client_secret: &str) -> anyhow::Result<Self> {
+        let state: Shared = Arc::new(Mutex::new(Inner {
+            mode: Mode::Settle,
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            token_ttl_s: 300,
+            tokens: HashMap::new(),
+            stats: Stats::default(),
+            answers: HashMap::new(),
+        }));
+        let app = Router::new()
+            .route("/oauth/token", post(issue_token))
+            .route("/v1/payments", post(order_payment))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the fake provider stopped");
+            }
+        });
+        tracing::info!(%address, "fake payment provider listening");
+        Ok(Self { address, state, shutdown })
+    }
+
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    #[must_use]
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.address)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        lock(&self.state).mode = mode;
+    }
+
+    /// Lifetime of the tokens issued from now on.
+    pub fn set_token_ttl_s(&self, seconds: u64) {
+        lock(&self.state).token_ttl_s = seconds;
+    }
+
+    /// Invalidates every token issued so far, as a key rotation would.
+    pub fn revoke_tokens(&self) {
+        lock(&self.state).tokens.clear();
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let inner = lock(&self.state);
+        let mut stats = inner.stats.clone();
+        stats.keys = inner.answers.keys().cloned().collect();
+        stats.keys.sort();
+        stats
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    grant_type: String,
+}
+
+async fn issue_token(State(state): State<Shared>, headers: HeaderMap, Form(request): Form<TokenRequest>) -> Response {
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
+        .and_then(|decoded| String::from_utf8(decoded).ok());
+    let mut inner = lock(&state);
+    let expected = format!("{}:{}", inner.client_id, inner.client_secret);
+    if credentials.as_deref() != Some(expected.as_str()) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_client" }))).into_response();
+    }
+    if request.grant_type != "client_credentials" {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "unsupported_grant_type" }))).into_response();
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let ttl_s = inner.token_ttl_s;
+    inner.tokens.insert(token.clone(), Instant::now() + Duration::from_secs(ttl_s));
+    inner.stats.tokens_issued += 1;
+    Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": ttl_s })).into_response()
+}
+
+async fn order_payment(State(state): State<Shared>, headers: HeaderMap, Json(order): Json<PaymentOrder>) -> Response {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let key = headers.get("idempotency-key").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let mode = {
+        let mut inner = lock(&state);
+        inner.stats.payment_requests += 1;
+        let valid =
+            bearer.as_ref().and_then(|token| inner.tokens.get(token)).is_some_and(|expiry| Instant::now() < *expiry);
+        if !valid {
+            inner.stats.unauthorized_requests += 1;
+            return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_token" }))).into_response();
+        }
+        let Some(key) = key.as_ref() else {
+            return (StatusCode::BAD_REQUEST, Json(json!({ "error": "idempotency_key_required" }))).into_response();
+        };
+        if let Some((first, status, body)) = inner.answers.get(key) {
+            if *first != order {
+                return (StatusCode::BAD_REQUEST, Json(json!({ "error": "idempotency_key_reused" }))).into_response();
+            }
+            // The same order again: the first answer, and no second payment.
+            return (*status, Json(body.clone())).into_response();
+        }
+        inner.mode
+    };
+    let (status, body) = match mode {
+        Mode::Unavailable { retry_after_s } => {
+            let mut response =
+                (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable" }))).into_response();
+            if let Some(seconds) = retry_after_s
+                && let Ok(value) = seconds.to_string().parse()
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        Mode::Reject => {
+            (StatusCode::UNPROCESSABLE_ENTITY, json!({ "status": "rejected", "code": "creditor_account_closed" }))
+        }
+        Mode::Pending => {
+            (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": format!("fp-{}", order.payment_id) }))
+        }
+        Mode::Settle | Mode::Slow { .. } => {
+            if let Mode::Slow { delay_ms } = mode {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            (StatusCode::CREATED, json!({ "status": "settled", "reference": format!("fp-{}", order.payment_id) }))
+        }
+    };
+    let mut inner = lock(&state);
+    let key = key.unwrap_or_default();
+    // Two concurrent first requests with one key: the first to finish wins.
+    if let Some((_, status, body)) = inner.answers.get(&key) {
+        return (*status, Json(body.clone())).into_response();
+    }
+    if status == StatusCode::CREATED {
+        inner.stats.payments_made += 1;
+    }
+    inner.answers.insert(key, (order, status, body.clone()));
+    (status, Json(body)).into_response()
+}

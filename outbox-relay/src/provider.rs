@@ -1,0 +1,268 @@
+//! The client of an external payment provider: pays out to other banks.
+//!
+//! It authenticates with the OAuth2 client-credentials grant. The token is
+//! cached, refreshed `token_refresh_margin_s` before it expires, and
+//! refreshed once more if the provider answers 401 anyway (a revoked or
+//! rotated key); a second 401 is an error, never a loop. Every payment
+//! carries an `Idempotency-Key` (the outbox id): a retry after a lost answer
+//! or a relay crash asks for the same payment, and the provider pays once.
+//!
+//! Answers are sorted into what the relay can act on: settled (post the
+//! hold), rejected (void it), accepted for later (wait for the callback), or
+//! a failure to retry, with the provider's `Retry-After` when it gave one.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Where and how to reach one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// A short name, used in callback URLs and metrics.
+    pub name: String,
+    /// The provider's API base, e.g. `https://api.provider.example`.
+    pub base_url: String,
+    /// Its OAuth2 token endpoint.
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Deadline of one HTTP call, connection included.
+    pub timeout_ms: u64,
+    /// How long before its expiry a token is replaced.
+    pub token_refresh_margin_s: u64,
+}
+
+/// A payment order, as sent to the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentOrder {
+    /// Our id of the payment (the hold's transfer id).
+    pub payment_id: String,
+    /// A decimal string, never a float.
+    pub amount: String,
+    pub currency: String,
+    pub creditor_name: String,
+    pub creditor_iban: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remittance_information: Option<String>,
+}
+
+/// What the provider did with a payment order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentAnswer {
+    /// Paid out: the hold is posted.
+    Settled { provider_reference: String },
+    /// Refused for good (closed account, invalid IBAN, sanctions…): the hold
+    /// is voided and the money is available again.
+    Rejected { code: String },
+    /// Taken, with the outcome to come by callback.
+    Pending { provider_reference: String },
+}
+
+/// A call that did not produce an answer; worth retrying later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProviderFailure {
+    /// Stable, for metrics: `timeout`, `connect`, `http_503`, `unauthorized`, …
+    pub code: String,
+    pub message: String,
+    /// The provider's `Retry-After`, when it sent one.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ProviderFailure {
+    fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into(), retry_after_ms: None }
+    }
+
+    fn from_reqwest(error: &reqwest::Error) -> Self {
+        let code = if error.is_timeout() {
+            "timeout"
+        } else if error.is_connect() {
+            "connect"
+        } else if error.is_decode() {
+            "bad_answer"
+        } else {
+            "http_error"
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+#[derive(Debug)]
+struct CachedToken {
+    secret: SecretString,
+    refresh_at: Instant,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    /// Seconds; absent means the provider does not say: assume five minutes.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PaymentAnswerBody {
+    status: String,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// A provider's client; share one per provider (it caches the token).
+#[derive(Debug)]
+pub struct ProviderClient {
+    config: ProviderConfig,
+    http: reqwest::Client,
+    token: tokio::sync::Mutex<Option<CachedToken>>,
+}
+
+impl ProviderClient {
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(config: ProviderConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms))
+            .build()?;
+        Ok(Self { config, http, token: tokio::sync::Mutex::new(None) })
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Orders a payment under `idempotency_key`.
+    ///
+    /// # Errors
+    /// A [`ProviderFailure`] when no answer came back that settles the order
+    /// one way or the other.
+    pub async fn pay(&self, idempotency_key: &str, order: &PaymentOrder) -> Result<PaymentAnswer, ProviderFailure> {
+        let url = format!("{}/v1/payments", self.config.base_url.trim_end_matches('/'));
+        let mut refreshed = false;
+        loop {
+            let token = self.token(refreshed).await?;
+            let response = self
+                .http
+                .post(&url)
+                .bearer_auth(token.expose_secret())
+                .header("Idempotency-Key", idempotency_key)
+                .json(order)
+                .send()
+                .await
+                .map_err(|error| ProviderFailure::from_reqwest(&error))?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED {
+                if refreshed {
+                    return Err(ProviderFailure::new("unauthorized", "the provider refused a freshly issued token"));
+                }
+                // The cached token was revoked or the key rotated: one fresh
+                // token, one more try.
+                refreshed = true;
+                continue;
+            }
+            let retry_after_ms = retry_after_ms(response.headers());
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::CONFLICT {
+                // 409: the same idempotency key is still being processed.
+                let mut failure =
+                    ProviderFailure::new(format!("http_{}", status.as_u16()), format!("provider answered {status}"));
+                failure.retry_after_ms = retry_after_ms;
+                return Err(failure);
+            }
+            if status.is_client_error() && status != StatusCode::UNPROCESSABLE_ENTITY {
+                // Our request is wrong (a reused key with another order, a
+                // malformed field): retried until dead, for an operator.
+                let detail = response.text().await.unwrap_or_default();
+                return Err(ProviderFailure::new(
+                    format!("http_{}", status.as_u16()),
+                    format!("provider answered {status}: {}", detail.chars().take(500).collect::<String>()),
+                ));
+            }
+            let body: PaymentAnswerBody =
+                response.json().await.map_err(|error| ProviderFailure::from_reqwest(&error))?;
+            return match (status.as_u16(), body.status.as_str()) {
+                (200 | 201, "settled") => {
+                    Ok(PaymentAnswer::Settled { provider_reference: body.reference.unwrap_or_default() })
+                }
+                (200..=202, "pending") => {
+                    Ok(PaymentAnswer::Pending { provider_reference: body.reference.unwrap_or_default() })
+                }
+                (200 | 201 | 422, "rejected") => {
+                    Ok(PaymentAnswer::Rejected { code: body.code.unwrap_or_else(|| "rejected".to_owned()) })
+                }
+                _ => Err(ProviderFailure::new(
+                    format!("http_{}", status.as_u16()),
+                    format!("unexpected answer {status} with status {:?}", body.status),
+                )),
+            };
+        }
+    }
+
+    /// The cached token, or a new one when it is due for refresh or `renew`.
+    async fn token(&self, renew: bool) -> Result<SecretString, ProviderFailure> {
+        let mut cached = self.token.lock().await;
+        if !renew
+            && let Some(token) = cached.as_ref()
+            && Instant::now() < token.refresh_at
+        {
+            return Ok(token.secret.clone());
+        }
+        let response = self
+            .http
+            .post(&self.config.token_url)
+            .basic_auth(&self.config.client_id, Some(self.config.client_secret.expose_secret()))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .map_err(|error| ProviderFailure::from_reqwest(&error))?;
+        if !response.status().is_success() {
+            let mut failure =
+                ProviderFailure::new("token_refused", format!("the token endpoint answered {}", response.status()));
+            failure.retry_after_ms = retry_after_ms(response.headers());
+            return Err(failure);
+        }
+        let answer: TokenAnswer = response.json().await.map_err(|error| ProviderFailure::from_reqwest(&error))?;
+        if answer.token_type.as_deref().is_some_and(|kind| !kind.eq_ignore_ascii_case("bearer")) {
+            return Err(ProviderFailure::new("token_refused", "the token endpoint issued a non-bearer token"));
+        }
+        let lifetime_s = answer.expires_in.unwrap_or(300);
+        let refresh_at =
+            Instant::now() + Duration::from_secs(lifetime_s.saturating_sub(self.config.token_refresh_margin_s));
+        let secret = SecretString::from(answer.access_token);
+        *cached = Some(CachedToken { secret: secret.clone(), refresh_at });
+        tracing::debug!(provider = %self.config.name, lifetime_s, "fetched a provider token");
+        Ok(secret)
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and is
+/// ignored: the relay's own backoff applies), capped at an hour.
+fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
+    let seconds: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(seconds.min(3_600) * 1_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after_ms(&headers), None);
+        headers.insert(RETRY_AFTER, "7".parse().expect("header"));
+        assert_eq!(retry_after_ms(&headers), Some(7_000));
+        headers.insert(RETRY_AFTER, "999999".parse().expect("header"));
+        assert_eq!(retry_after_ms(&headers), Some(3_600_000));
+        headers.insert(RETRY_AFTER, "Wed, 21 Oct 2026 07:28:00 GMT".parse().expect("header"));
+        assert_eq!(retry_after_ms(&headers), None);
+    }
+}
