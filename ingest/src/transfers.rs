@@ -1,4 +1,5 @@
-//! Transfers: submit one (idempotently), read its status.
+//! Transfers: submit one (idempotently), or a payout to another bank, and
+//! read its status.
 //!
 //! The transfer id is derived from (client, `Idempotency-Key`), so a retried
 //! request is the same transfer. The request is recorded in
@@ -13,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
-use schemas::messages::{TransferRequested, V1};
-use schemas::{AccountId, Command, Currency, IdempotencyKey, Money, Operation, TransferId};
+use schemas::messages::{TransferExternal, TransferRequested, V1};
+use schemas::{AccountId, Command, Creditor, Currency, IdempotencyKey, Money, Operation, Remittance, TransferId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -26,7 +27,10 @@ use crate::startup::AppState;
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/transfers", post(submit_transfer)).route("/v1/transfers/{transfer_id}", get(get_transfer))
+    Router::new()
+        .route("/v1/transfers", post(submit_transfer))
+        .route("/v1/transfers/{transfer_id}", get(get_transfer))
+        .route("/v1/payouts", post(submit_payout))
 }
 
 /// # Errors
@@ -85,18 +89,7 @@ async fn submit_transfer(
     let money = Money::parse(&request.amount, request.currency)
         .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
 
-    // A client moves money only out of its own accounts. The processor checks
-    // everything else (existence of the destination, currency, funds).
-    let owns_source: bool =
-        sqlx::query_scalar("select exists (select 1 from accounts where id = $1 and owner_client_id = $2)")
-            .bind(request.source_account_id)
-            .bind(principal.client_id)
-            .fetch_one(&state.pool)
-            .await?;
-    if !owns_source {
-        return Err(ApiError::not_found("account_not_found", "no such source account"));
-    }
-
+    owned_source(&state, &principal, request.source_account_id).await?;
     let transfer_id = TransferId::derive(Operation::Transfer, principal.client_id, &key);
     let command = Command::TransferRequested(TransferRequested {
         version: V1,
@@ -112,6 +105,67 @@ async fn submit_transfer(
         "destination_account_id": request.destination_account_id,
         "amount": money.amount().to_string(),
         "currency": money.currency(),
+    });
+    accept(&state, &principal, &key, &command, canonical, &request_id.0).await
+}
+
+/// A client moves money only out of its own accounts. The processor checks
+/// everything else (existence of the destination, currency, funds).
+async fn owned_source(state: &AppState, principal: &Principal, source_account_id: Uuid) -> Result<(), ApiError> {
+    let owns_source: bool =
+        sqlx::query_scalar("select exists (select 1 from accounts where id = $1 and owner_client_id = $2)")
+            .bind(source_account_id)
+            .bind(principal.client_id)
+            .fetch_one(&state.pool)
+            .await?;
+    if owns_source { Ok(()) } else { Err(ApiError::not_found("account_not_found", "no such source account")) }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayoutRequest {
+    source_account_id: Uuid,
+    /// A decimal string, e.g. "12.50".
+    amount: String,
+    currency: Currency,
+    /// `{"name": "...", "iban": "..."}`; the IBAN's check digits are verified.
+    creditor: Creditor,
+    remittance_information: Option<Remittance>,
+}
+
+/// A payout to an account at another bank: the processor holds the funds,
+/// the relay orders the payment from the provider, and the provider's
+/// answer posts or voids the hold. Follow it at the `Location`.
+async fn submit_payout(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Json<PayoutRequest>, JsonRejection>,
+) -> Result<Accepted, ApiError> {
+    principal.require(Scope::TransfersWrite)?;
+    let key = required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let money = Money::parse(&request.amount, request.currency)
+        .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
+    owned_source(&state, &principal, request.source_account_id).await?;
+    let transfer_id = TransferId::derive(Operation::Payout, principal.client_id, &key);
+    let canonical = serde_json::json!({
+        "kind": "payout",
+        "source_account_id": request.source_account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+        "creditor": &request.creditor,
+        "remittance_information": &request.remittance_information,
+    });
+    let command = Command::TransferExternal(TransferExternal {
+        version: V1,
+        transfer_id,
+        source_account_id: AccountId::from_uuid(request.source_account_id),
+        money,
+        creditor: request.creditor,
+        remittance_information: request.remittance_information,
+        requested_at: Utc::now(),
     });
     accept(&state, &principal, &key, &command, canonical, &request_id.0).await
 }

@@ -3,7 +3,8 @@
 //! It hosts librdkafka's mock cluster (unless `KAFKA_BROKERS` names a real
 //! broker), creates and migrates the database, registers a well-known
 //! development API client, and runs ingest, processor and outbox relay until
-//! Ctrl-C or SIGTERM. Never point it at production data: the development
+//! Ctrl-C or SIGTERM. Unless `LEDGERLINE_PROVIDER_BASE_URL` names a payment
+//! provider, it also runs the fake provider, which settles every payout. Never point it at production data: the development
 //! client's secret is public.
 
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
+use outbox_relay::fake_provider::FakeProvider;
+use outbox_relay::provider::ProviderConfig;
 use platform::kafka::{KafkaConfig, MockKafka};
 use platform::postgres::DatabaseConfig;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -20,6 +23,9 @@ use uuid::Uuid;
 /// walkthrough works verbatim.
 pub const DEV_CLIENT_ID: Uuid = Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0001);
 pub const DEV_CLIENT_SECRET_DEFAULT: &str = "ledgerline-dev-secret";
+/// The relay's credentials at the embedded fake payment provider.
+const FAKE_PROVIDER_CLIENT_ID: &str = "ledgerline-dev";
+const FAKE_PROVIDER_SECRET: &str = "fake-provider-dev-secret";
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -68,13 +74,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let application = ingest::Application::build(&ingest_config, pool.clone()).await?;
     let address = application.local_addr()?;
 
+    let mut relay_config = outbox_relay::RelayConfig::from_env(kafka.clone())?;
+    // Lives as long as this binding.
+    let _fake_provider = match relay_config.provider {
+        Some(_) => None,
+        None => {
+            let any_port: SocketAddr = "127.0.0.1:0".parse()?;
+            let provider = FakeProvider::start(any_port, FAKE_PROVIDER_CLIENT_ID, FAKE_PROVIDER_SECRET).await?;
+            relay_config.provider = Some(ProviderConfig {
+                name: "fake".into(),
+                base_url: provider.base_url(),
+                token_url: provider.token_url(),
+                client_id: FAKE_PROVIDER_CLIENT_ID.into(),
+                client_secret: SecretString::from(FAKE_PROVIDER_SECRET.to_owned()),
+                timeout_ms: 10_000,
+                token_refresh_margin_s: 60,
+            });
+            Some(provider)
+        }
+    };
+    let provider_url = relay_config.provider.as_ref().map(|provider| provider.base_url.clone()).unwrap_or_default();
+
     let mut processor =
         processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, pool.clone())?;
-    let relay = tokio::spawn(outbox_relay::run(
-        outbox_relay::RelayConfig::from_env(kafka.clone())?,
-        pool.clone(),
-        shutdown.clone(),
-    ));
+    let relay = tokio::spawn(outbox_relay::run(relay_config, pool.clone(), shutdown.clone()));
     let server = tokio::spawn(application.run_until(shutdown.clone()));
     // The first consumer-group join takes a few seconds; a transfer sent
     // before it would wait in Kafka. Announce readiness only after it.
@@ -89,6 +112,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  Kafka          {}  (topics {}, {}, {})",
         kafka.brokers, kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events
     );
+    println!("  Payouts        via {provider_url}");
     println!("  API client     client_id={DEV_CLIENT_ID}");
     println!("                 client_secret={}", secret.expose_secret());
     println!(

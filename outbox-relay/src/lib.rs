@@ -9,14 +9,19 @@
 //! failures it is dead and visible to operators ([`admin`]). Relays wake on
 //! Postgres `NOTIFY` when rows are written, and poll as a fallback.
 //!
-//! External payments are on their way: [`provider`] is the payment
-//! provider's client and [`fake_provider`] a provider to test it against,
-//! but the relay does not deliver payment rows yet, and webhooks are not
-//! built (issue #5); the outbox only accepts the `events` destination.
+//! Rows of the `payments` destination are payment orders (a
+//! `transfer.external` whose funds the processor holds). The relay orders
+//! each from the payment provider ([`provider`]) with the outbox id as the
+//! idempotency key and turns the answer into a `transfer.post` (settled) or
+//! `transfer.void` (rejected) command of the hold, with ids derived from
+//! the payout, so a repeated answer is applied once. A circuit breaker stops
+//! calling a provider that keeps failing. Webhooks and provider callbacks
+//! are not built yet (issue #5).
 
 pub mod admin;
 pub mod fake_provider;
 pub mod outbox;
+pub mod payments;
 pub mod provider;
 
 use std::sync::Arc;
@@ -57,6 +62,11 @@ pub struct RelayConfig {
     pub backoff_base_ms: u64,
     /// `LEDGERLINE_RELAY_BACKOFF_MAX_MS`: the longest pause between attempts.
     pub backoff_max_ms: u64,
+    /// The payment provider, when `LEDGERLINE_PROVIDER_BASE_URL` is set;
+    /// without one, payment rows fail until dead.
+    pub provider: Option<provider::ProviderConfig>,
+    /// Breaker and concurrency of provider calls.
+    pub payments: payments::PaymentsConfig,
 }
 
 impl RelayConfig {
@@ -70,6 +80,8 @@ impl RelayConfig {
             attempts_max: 12,
             backoff_base_ms: 500,
             backoff_max_ms: 300_000,
+            provider: None,
+            payments: payments::PaymentsConfig::default(),
         }
     }
 
@@ -92,6 +104,8 @@ impl RelayConfig {
             attempts_max: config::limit("LEDGERLINE_RELAY_ATTEMPTS_MAX", defaults.attempts_max, 1..=1_000)?,
             backoff_base_ms: config::limit("LEDGERLINE_RELAY_BACKOFF_BASE_MS", defaults.backoff_base_ms, 1..=60_000)?,
             backoff_max_ms: config::limit("LEDGERLINE_RELAY_BACKOFF_MAX_MS", defaults.backoff_max_ms, 1..=86_400_000)?,
+            provider: provider::ProviderConfig::from_env()?,
+            payments: payments::PaymentsConfig::from_env()?,
             kafka: defaults.kafka,
         })
     }
@@ -148,10 +162,11 @@ pub async fn run_with_metrics(
     metrics: Arc<RelayMetrics>,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = config.kafka.producer().create().context("creating the relay producer")?;
-    tracing::info!(topic = %config.kafka.topics.events, "outbox relay started");
+    let payments = payments::Payments::new(&config, producer.clone())?;
+    tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
     let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
     while !shutdown.is_cancelled() {
-        let busy = match relay_round(&config, &pool, &producer).await {
+        let busy = match relay_round(&config, &pool, &producer, &payments).await {
             Ok(round) => {
                 metrics.add(round.counts);
                 round.busy
@@ -239,7 +254,12 @@ pub struct Round {
 ///
 /// # Errors
 /// Database failures (delivery failures are recorded on the rows instead).
-pub async fn relay_round(config: &RelayConfig, pool: &PgPool, producer: &FutureProducer) -> anyhow::Result<Round> {
+pub async fn relay_round(
+    config: &RelayConfig,
+    pool: &PgPool,
+    producer: &FutureProducer,
+    payments: &payments::Payments,
+) -> anyhow::Result<Round> {
     let mut transaction = pool.begin().await.context("starting a relay transaction")?;
     let claim = outbox::claim(&mut transaction, config.lanes_per_claim_max, config.batch_size_max)
         .await
@@ -247,7 +267,17 @@ pub async fn relay_round(config: &RelayConfig, pool: &PgPool, producer: &FutureP
     if claim.rows.is_empty() {
         return Ok(Round::default());
     }
-    let sends = claim.rows.iter().map(|row| publish(config, producer, row));
+    let sends = claim.rows.iter().map(|row| async move {
+        match row.destination.as_str() {
+            "events" => publish(config, producer, row).await,
+            "payments" => payments.deliver(row).await,
+            other => Attempt::Failed {
+                code: "unknown_destination".into(),
+                error: format!("no delivery for destination {other:?}"),
+                retry_after_ms: None,
+            },
+        }
+    });
     let results = outbox::settle_lanes(&claim.rows, join_all(sends).await);
     let counts = outbox::record(&mut transaction, &claim.rows, &results, &config.retry_policy())
         .await
@@ -262,12 +292,6 @@ pub async fn relay_round(config: &RelayConfig, pool: &PgPool, producer: &FutureP
 /// producer enqueues them in that order; with idempotence on, it keeps the
 /// order per partition across its own retries.
 async fn publish(config: &RelayConfig, producer: &FutureProducer, row: &Row) -> Attempt {
-    if row.destination != "events" {
-        return Attempt::Failed {
-            code: "unknown_destination".into(),
-            error: format!("no delivery for destination {:?}", row.destination),
-        };
-    }
     let outbox_id = row.id.to_string();
     let headers = OwnedHeaders::new()
         .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id.as_str()) })
@@ -278,11 +302,13 @@ async fn publish(config: &RelayConfig, producer: &FutureProducer, row: &Row) -> 
         .headers(headers);
     match producer.send(record, Duration::from_millis(config.kafka.produce_timeout_ms)).await {
         Ok(_) => Attempt::Delivered,
-        Err((error, _)) => Attempt::Failed { code: kafka_error_code(&error), error: error.to_string() },
+        Err((error, _)) => {
+            Attempt::Failed { code: kafka_error_code(&error), error: error.to_string(), retry_after_ms: None }
+        }
     }
 }
 
 /// A stable reason for a Kafka failure: librdkafka's error code name.
-fn kafka_error_code(error: &KafkaError) -> String {
+pub(crate) fn kafka_error_code(error: &KafkaError) -> String {
     error.rdkafka_error_code().map_or_else(|| "kafka_error".to_owned(), |code| format!("kafka:{code:?}"))
 }

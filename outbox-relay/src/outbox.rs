@@ -121,9 +121,11 @@ fn heads_of_lanes(rows: Vec<Row>) -> Vec<Row> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
     Delivered,
+    /// `retry_after_ms`: the destination asked to wait at least this long.
     Failed {
         code: String,
         error: String,
+        retry_after_ms: Option<u64>,
     },
     /// Not attempted, or attempted after a failure earlier in its lane:
     /// left pending, to be sent again in order.
@@ -185,10 +187,11 @@ pub async fn record(
         match attempt {
             Attempt::Delivered => delivered.push(row.id),
             Attempt::HeldBack => counts.held_back += 1,
-            Attempt::Failed { code, error } => {
+            Attempt::Failed { code, error, retry_after_ms } => {
                 let attempts = row.attempts.saturating_add(1);
                 let dead = attempts >= policy.attempts_max;
-                let backoff_ms = i64::try_from(policy.backoff_ms(attempts)).unwrap_or(i64::MAX);
+                let backoff_ms =
+                    i64::try_from(policy.backoff_ms(attempts).max(retry_after_ms.unwrap_or(0))).unwrap_or(i64::MAX);
                 if dead {
                     counts.dead += 1;
                     tracing::error!(
@@ -266,7 +269,7 @@ mod tests {
     }
 
     fn failed() -> Attempt {
-        Attempt::Failed { code: "kafka:MessageSizeTooLarge".into(), error: "too large".into() }
+        Attempt::Failed { code: "kafka:MessageSizeTooLarge".into(), error: "too large".into(), retry_after_ms: None }
     }
 
     #[test]

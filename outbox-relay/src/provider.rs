@@ -13,6 +13,8 @@
 
 use std::time::{Duration, Instant};
 
+use platform::config::{self, ConfigError};
+
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -70,6 +72,37 @@ pub struct ProviderFailure {
     pub message: String,
     /// The provider's `Retry-After`, when it sent one.
     pub retry_after_ms: Option<u64>,
+}
+
+impl ProviderConfig {
+    /// The provider named by `LEDGERLINE_PROVIDER_*`, if
+    /// `LEDGERLINE_PROVIDER_BASE_URL` is set.
+    ///
+    /// # Errors
+    /// When a variable is malformed, out of range, or missing while the
+    /// base URL is set.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let Some(base_url) = config::var_optional::<String>("LEDGERLINE_PROVIDER_BASE_URL")? else {
+            return Ok(None);
+        };
+        let required = |name: &str| {
+            config::var_optional::<String>(name)?
+                .ok_or_else(|| ConfigError::new(name, "is required with LEDGERLINE_PROVIDER_BASE_URL"))
+        };
+        let token_url = config::var_optional::<String>("LEDGERLINE_PROVIDER_TOKEN_URL")?
+            .unwrap_or_else(|| format!("{}/oauth/token", base_url.trim_end_matches('/')));
+        Ok(Some(Self {
+            name: config::var_or("LEDGERLINE_PROVIDER_NAME", "provider".to_owned())?,
+            token_url,
+            client_id: required("LEDGERLINE_PROVIDER_CLIENT_ID")?,
+            client_secret: config::secret_optional("LEDGERLINE_PROVIDER_CLIENT_SECRET")?.ok_or_else(|| {
+                ConfigError::new("LEDGERLINE_PROVIDER_CLIENT_SECRET", "is required with LEDGERLINE_PROVIDER_BASE_URL")
+            })?,
+            timeout_ms: config::limit("LEDGERLINE_PROVIDER_TIMEOUT_MS", 10_000, 100..=120_000)?,
+            token_refresh_margin_s: config::limit("LEDGERLINE_PROVIDER_TOKEN_REFRESH_MARGIN_S", 60, 0..=3_600)?,
+            base_url,
+        }))
+    }
 }
 
 impl ProviderFailure {

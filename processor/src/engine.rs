@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::messages::{
-    AccountCommandRejected, AccountOverdraftLimitChanged, AccountStatus, AccountStatusChanged, TransferCompleted,
-    TransferHeld, TransferKind, TransferRejected, TransferVoided, V1, VoidReason,
+    AccountCommandRejected, AccountOverdraftLimitChanged, AccountStatus, AccountStatusChanged, PaymentRequested,
+    TransferCompleted, TransferHeld, TransferKind, TransferRejected, TransferVoided, V1, VoidReason,
 };
 use schemas::{AccountId, Command, Event, Money, RejectionReason, TransferId};
 use uuid::Uuid;
@@ -130,6 +130,9 @@ pub struct Changes {
     pub accounts: Vec<AccountState>,
     pub account_commands: Vec<AccountCommandRecord>,
     pub events: Vec<Event>,
+    /// Payouts whose funds are held, for the relay to order from the
+    /// payment provider (the outbox's `payments` destination).
+    pub payments: Vec<PaymentRequested>,
 }
 
 /// The batch's view of the ledger.
@@ -217,6 +220,9 @@ impl Engine {
                 vec![command.account_id]
             }
             Command::AccountOverdraftLimitSet(command) => vec![command.account_id],
+            Command::TransferExternal(payout) => {
+                vec![payout.source_account_id, AccountId::external_clearing(payout.money.currency())]
+            }
         }
     }
 
@@ -321,6 +327,30 @@ impl Engine {
                 record.related_transfer_id = Some(reverse.original_transfer_id);
                 self.reverse(&mut record)
             }
+            Command::TransferExternal(payout) => {
+                record.describe(
+                    TransferKind::Payout,
+                    payout.requested_at,
+                    payout.source_account_id,
+                    AccountId::external_clearing(payout.money.currency()),
+                    payout.money,
+                );
+                record.status = TransferStatus::Held;
+                let held = self.hold(&record);
+                if held.is_ok() {
+                    // Asked of the provider only once the funds are safe.
+                    self.changes.payments.push(PaymentRequested {
+                        version: V1,
+                        payment_id: record.id,
+                        source_account_id: payout.source_account_id,
+                        money: payout.money,
+                        creditor: payout.creditor.clone(),
+                        remittance_information: payout.remittance_information.clone(),
+                        requested_at: payout.requested_at,
+                    });
+                }
+                held
+            }
             Command::AccountFrozen(_)
             | Command::AccountUnfrozen(_)
             | Command::AccountClosed(_)
@@ -380,12 +410,15 @@ impl Engine {
         }
     }
 
+    /// Reserves a hold's or a payout's funds on the source. A payout has no
+    /// expiry.
     fn hold(&mut self, record: &TransferRecord) -> Result<(), RejectionReason> {
-        let (Some(source_id), Some(destination_id), Some(money), Some(expires_at)) =
-            (record.source_account_id, record.destination_account_id, record.money, record.expires_at)
+        let (Some(source_id), Some(destination_id), Some(money)) =
+            (record.source_account_id, record.destination_account_id, record.money)
         else {
             return Err(RejectionReason::UnknownAccount);
         };
+        let expires_at = record.expires_at;
         let (source, _) = decide::check_pair(
             money,
             source_id,
@@ -394,7 +427,7 @@ impl Engine {
             self.accounts.get(&destination_id),
         )?;
         decide::check_funds(source, money.amount().value())?;
-        if expires_at <= self.now {
+        if expires_at.is_some_and(|expires_at| expires_at <= self.now) {
             return Err(RejectionReason::HoldExpired);
         }
         if let Some(source) = self.accounts.get_mut(&source_id) {
@@ -403,6 +436,7 @@ impl Engine {
         self.changes.events.push(Event::TransferHeld(TransferHeld {
             version: V1,
             transfer_id: record.id,
+            kind: record.kind,
             source_account_id: source_id,
             destination_account_id: destination_id,
             money,
@@ -421,7 +455,10 @@ impl Engine {
         let hold = self
             .transfers
             .get(&hold_id)
-            .filter(|hold| hold.kind == TransferKind::Hold && hold.source_account_id == Some(source_account_id))
+            .filter(|hold| {
+                matches!(hold.kind, TransferKind::Hold | TransferKind::Payout)
+                    && hold.source_account_id == Some(source_account_id)
+            })
             .cloned()
             .ok_or(RejectionReason::HoldNotFound)?;
         match hold.status {
@@ -701,6 +738,12 @@ impl Engine {
             Command::TransferPost(c) => (TransferKind::Post, Some(c.source_account_id), None, c.money),
             Command::TransferVoid(c) => (TransferKind::Void, Some(c.source_account_id), None, None),
             Command::TransferReverse(_) => (TransferKind::Reversal, None, None, None),
+            Command::TransferExternal(c) => (
+                TransferKind::Payout,
+                Some(c.source_account_id),
+                Some(AccountId::external_clearing(c.money.currency())),
+                Some(c.money),
+            ),
             _ => (TransferKind::Transfer, None, None, None),
         };
         Event::TransferRejected(TransferRejected {

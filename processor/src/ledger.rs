@@ -383,6 +383,24 @@ async fn write_changes(connection: &mut PgConnection, changes: &Changes) -> Resu
         .execute(&mut *connection)
         .await?;
     }
+    if !changes.payments.is_empty() {
+        let payloads = changes
+            .payments
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        sqlx::query(
+            r"insert into outbox (destination, event_type, message_key, payload)
+              select 'payments', $1, message_key, payload::json
+              from unnest($2::text[], $3::text[]) as payment (message_key, payload)",
+        )
+        .bind(schemas::messages::PaymentRequested::TYPE)
+        .bind(changes.payments.iter().map(|payment| payment.source_account_id.to_string()).collect::<Vec<_>>())
+        .bind(payloads)
+        .execute(&mut *connection)
+        .await?;
+    }
     tracing::debug!(
         transfers_ms,
         entries_ms,

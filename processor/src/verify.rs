@@ -63,7 +63,7 @@ pub async fn problems(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         r"select a.id, a.held, coalesce(h.total, 0)
           from accounts a
           left join (select source_account_id, sum(amount) as total from transfers
-                     where kind = 'hold' and status = 'held' group by source_account_id) h
+                     where kind in ('hold', 'payout') and status = 'held' group by source_account_id) h
                  on h.source_account_id = a.id
           where a.held <> coalesce(h.total, 0)",
     )

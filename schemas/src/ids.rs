@@ -59,6 +59,16 @@ impl AccountId {
         Self(Uuid::from_u128((1_u128 << 48) | code))
     }
 
+    /// The system external-clearing account of `currency`: payouts to other
+    /// banks are credited to it when the provider settles them (it stands
+    /// for the money on its way out through the provider). Seeded by a
+    /// migration: `00000000-0000-0000-0002-` and the currency code in hex.
+    #[must_use]
+    pub fn external_clearing(currency: crate::Currency) -> Self {
+        let code = currency.code().bytes().fold(0_u128, |accumulated, byte| (accumulated << 8) | u128::from(byte));
+        Self(Uuid::from_u128((2_u128 << 48) | code))
+    }
+
     /// The id of the account a client opens with an idempotency key, so a
     /// retried "open account" request opens one account, not two.
     #[must_use]
@@ -89,6 +99,7 @@ pub enum Operation {
     Transfer,
     Deposit,
     OpenAccount,
+    Payout,
 }
 
 impl Operation {
@@ -98,6 +109,7 @@ impl Operation {
             Operation::Transfer => "transfer",
             Operation::Deposit => "deposit",
             Operation::OpenAccount => "account",
+            Operation::Payout => "payout",
         };
         let name = format!("{operation}/{client_id}/{}", key.as_str());
         Uuid::new_v5(&TRANSFER_ID_NAMESPACE, name.as_bytes())
@@ -227,6 +239,14 @@ mod tests {
     #[test]
     fn the_cash_in_account_id_matches_the_one_the_migration_seeds() {
         assert_eq!(AccountId::cash_in(crate::Currency::EUR).to_string(), "00000000-0000-0000-0001-000000455552");
+    }
+
+    #[test]
+    fn the_external_clearing_account_id_matches_the_one_the_migration_seeds() {
+        assert_eq!(
+            AccountId::external_clearing(crate::Currency::EUR).to_string(),
+            "00000000-0000-0000-0002-000000455552"
+        );
     }
 
     #[test]

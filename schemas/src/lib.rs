@@ -10,11 +10,13 @@
 pub mod ids;
 pub mod messages;
 pub mod money;
+pub mod payee;
 pub mod topics;
 
 pub use ids::{AccountId, IdempotencyKey, Operation, TransferId};
 pub use messages::{Command, Event, RejectionReason};
 pub use money::{Amount, Currency, Money, MoneyError};
+pub use payee::{Creditor, Iban, Remittance};
 pub use topics::Topics;
 
 /// The embedded SQL migrations of the ledger database, applied by
@@ -30,5 +32,6 @@ pub fn json_schemas() -> Vec<(&'static str, serde_json::Value)> {
     vec![
         ("command.schema.json", to_value(schemars::schema_for!(Command))),
         ("event.schema.json", to_value(schemars::schema_for!(Event))),
+        ("payment-requested.schema.json", to_value(schemars::schema_for!(messages::PaymentRequested))),
     ]
 }

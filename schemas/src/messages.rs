@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::payee::{Creditor, Remittance};
 use crate::{AccountId, Money, TransferId};
 
 /// Version 1 of a message's shape: serializes as `1` and refuses anything else.
@@ -82,6 +83,11 @@ pub enum Command {
     /// Set or remove an account's overdraft limit.
     #[serde(rename = "account.overdraft_limit_set")]
     AccountOverdraftLimitSet(AccountOverdraftLimitSet),
+    /// Pay out to an account at another bank through the payment provider:
+    /// the funds are held at once and settled (posted or voided) by the
+    /// provider's answer, never by expiry.
+    #[serde(rename = "transfer.external")]
+    TransferExternal(TransferExternal),
 }
 
 impl Command {
@@ -101,6 +107,7 @@ impl Command {
                 command.command_id
             }
             Command::AccountOverdraftLimitSet(command) => command.command_id,
+            Command::TransferExternal(command) => command.transfer_id.as_uuid(),
         }
     }
 
@@ -127,6 +134,7 @@ impl Command {
                 command.account_id.to_string()
             }
             Command::AccountOverdraftLimitSet(command) => command.account_id.to_string(),
+            Command::TransferExternal(command) => command.source_account_id.to_string(),
         }
     }
 
@@ -144,6 +152,7 @@ impl Command {
             Command::AccountUnfrozen(_) => "account.unfrozen",
             Command::AccountClosed(_) => "account.closed",
             Command::AccountOverdraftLimitSet(_) => "account.overdraft_limit_set",
+            Command::TransferExternal(_) => "transfer.external",
         }
     }
 }
@@ -180,6 +189,44 @@ pub struct TransferHold {
     /// After this instant the processor releases the hold by itself.
     pub expires_at: DateTime<Utc>,
     pub requested_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferExternal {
+    pub version: V1,
+    /// The payout's id; also the id of its hold, which the provider's
+    /// answer posts or voids.
+    pub transfer_id: TransferId,
+    pub source_account_id: AccountId,
+    pub money: Money,
+    pub creditor: Creditor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remittance_information: Option<Remittance>,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// What the processor asks the outbox relay to pay out, once the funds of a
+/// `transfer.external` are held: the payload of a `payment.requested` row of
+/// the outbox's `payments` destination. The relay orders the payment from
+/// the provider with the outbox id as the idempotency key, and turns the
+/// answer into a `transfer.post` or `transfer.void` of the hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequested {
+    pub version: V1,
+    /// The payout's transfer id, which is its hold's id.
+    pub payment_id: TransferId,
+    pub source_account_id: AccountId,
+    pub money: Money,
+    pub creditor: Creditor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remittance_information: Option<Remittance>,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl PaymentRequested {
+    pub const TYPE: &'static str = "payment.requested";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -347,6 +394,9 @@ pub enum TransferKind {
     Void,
     /// The correction of a completed transfer.
     Reversal,
+    /// Funds held for a payment to another bank (`transfer.external`),
+    /// settled by the provider's answer; it has no expiry.
+    Payout,
 }
 
 impl TransferKind {
@@ -360,13 +410,14 @@ impl TransferKind {
             TransferKind::Post => "post",
             TransferKind::Void => "void",
             TransferKind::Reversal => "reversal",
+            TransferKind::Payout => "payout",
         }
     }
 
     /// Parses a stored code.
     #[must_use]
     pub fn from_code(code: &str) -> Option<Self> {
-        [Self::Transfer, Self::Deposit, Self::Hold, Self::Post, Self::Void, Self::Reversal]
+        [Self::Transfer, Self::Deposit, Self::Hold, Self::Post, Self::Void, Self::Reversal, Self::Payout]
             .into_iter()
             .find(|kind| kind.code() == code)
     }
@@ -468,10 +519,14 @@ pub struct TransferRejected {
 pub struct TransferHeld {
     pub version: V1,
     pub transfer_id: TransferId,
+    /// `hold`, or `payout` for the funds of a payment to another bank.
+    pub kind: TransferKind,
     pub source_account_id: AccountId,
     pub destination_account_id: AccountId,
     pub money: Money,
-    pub expires_at: DateTime<Utc>,
+    /// When the processor releases it by itself; a payout has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
     pub held_at: DateTime<Utc>,
 }
 

@@ -8,6 +8,7 @@ mod events;
 mod group;
 mod ledger_features;
 mod model;
+mod payouts;
 mod processor_restart;
 mod provider;
 mod relay;

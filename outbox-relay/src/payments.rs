@@ -1,0 +1,225 @@
+//! Delivering `payments` rows: order the payment from the provider, then
+//! tell the ledger how it ended with a `transfer.post` or `transfer.void`
+//! command of the payout's hold.
+//!
+//! Exactly-once payment rests on two keys. The provider receives the outbox
+//! id as `Idempotency-Key`, so ordering the same row again (after a crash
+//! between the provider's answer and the row's commit, or a lost answer)
+//! pays once. The settling command's id is derived from the payout, so the
+//! same answer relayed twice is applied once by the processor.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use platform::config::{self, ConfigError};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use schemas::messages::{PaymentRequested, TransferPost, TransferVoid, V1};
+use schemas::{Command, TransferId};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::RelayConfig;
+use crate::outbox::{Attempt, Row};
+use crate::provider::{PaymentAnswer, PaymentOrder, ProviderClient};
+
+/// Limits on the calls to the provider.
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentsConfig {
+    /// `LEDGERLINE_PROVIDER_CONCURRENCY_MAX`: calls in flight at once.
+    pub concurrency_max: usize,
+    /// `LEDGERLINE_PROVIDER_BREAKER_FAILURES_MAX`: consecutive failures that
+    /// open the circuit breaker.
+    pub breaker_failures_max: u32,
+    /// `LEDGERLINE_PROVIDER_BREAKER_OPEN_MS`: how long an open breaker lets
+    /// no call through; then one trial call decides.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self { concurrency_max: 8, breaker_failures_max: 5, breaker_open_ms: 30_000 }
+    }
+}
+
+impl PaymentsConfig {
+    /// # Errors
+    /// When a variable is malformed or out of range.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
+            concurrency_max: config::limit("LEDGERLINE_PROVIDER_CONCURRENCY_MAX", defaults.concurrency_max, 1..=256)?,
+            breaker_failures_max: config::limit(
+                "LEDGERLINE_PROVIDER_BREAKER_FAILURES_MAX",
+                defaults.breaker_failures_max,
+                1..=1_000,
+            )?,
+            breaker_open_ms: config::limit(
+                "LEDGERLINE_PROVIDER_BREAKER_OPEN_MS",
+                defaults.breaker_open_ms,
+                10..=3_600_000,
+            )?,
+        })
+    }
+}
+
+/// A circuit breaker for one destination: after `failures_max` failures in
+/// a row it opens for `open_for`, during which rows wait without spending
+/// attempts; then calls go through again and one success closes it.
+#[derive(Debug)]
+struct Breaker {
+    failures_in_row: u32,
+    open_until: Option<Instant>,
+}
+
+/// The relay's side of the payment provider.
+pub struct Payments {
+    client: Option<ProviderClient>,
+    producer: FutureProducer,
+    commands_topic: String,
+    produce_timeout: Duration,
+    permits: Semaphore,
+    breaker: Mutex<Breaker>,
+    config: PaymentsConfig,
+}
+
+impl Payments {
+    /// # Errors
+    /// When the provider's HTTP client cannot be built.
+    pub fn new(config: &RelayConfig, producer: FutureProducer) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: config.provider.clone().map(ProviderClient::new).transpose()?,
+            producer,
+            commands_topic: config.kafka.topics.commands.clone(),
+            produce_timeout: Duration::from_millis(config.kafka.produce_timeout_ms),
+            permits: Semaphore::new(config.payments.concurrency_max),
+            breaker: Mutex::new(Breaker { failures_in_row: 0, open_until: None }),
+            config: config.payments,
+        })
+    }
+
+    /// Orders one payment and relays its outcome to the ledger.
+    pub async fn deliver(&self, row: &Row) -> Attempt {
+        let Some(client) = self.client.as_ref() else {
+            return failed("no_provider", "no payment provider is configured (LEDGERLINE_PROVIDER_BASE_URL)", None);
+        };
+        let payment: PaymentRequested = match serde_json::from_str(&row.payload) {
+            Ok(payment) => payment,
+            Err(error) => return failed("bad_payload", &format!("not a payment.requested: {error}"), None),
+        };
+        if self.breaker_open() {
+            // Not an attempt: the row keeps its budget for when the
+            // provider is back.
+            return Attempt::HeldBack;
+        }
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Attempt::HeldBack;
+        };
+        let order = PaymentOrder {
+            payment_id: payment.payment_id.to_string(),
+            amount: payment.money.amount().value().to_string(),
+            currency: payment.money.currency().code().to_owned(),
+            creditor_name: payment.creditor.name.clone(),
+            creditor_iban: payment.creditor.iban.to_string(),
+            remittance_information: payment.remittance_information.as_ref().map(|text| text.as_str().to_owned()),
+        };
+        let answer = client.pay(&row.id.to_string(), &order).await;
+        self.record_call(answer.is_ok());
+        let command = match answer {
+            Ok(PaymentAnswer::Settled { provider_reference }) => {
+                tracing::info!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment settled");
+                settling_command(&payment, true)
+            }
+            Ok(PaymentAnswer::Rejected { code }) => {
+                tracing::warn!(outbox_id = row.id, payment_id = %payment.payment_id, code, "payment rejected by the provider");
+                settling_command(&payment, false)
+            }
+            Ok(PaymentAnswer::Pending { provider_reference }) => {
+                // The outcome comes by callback, which is not built yet: the
+                // hold stays until an operator posts or voids it.
+                tracing::warn!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment pending at the provider");
+                return Attempt::Delivered;
+            }
+            Err(failure) => return failed(&failure.code, &failure.message, failure.retry_after_ms),
+        };
+        self.publish(&command).await
+    }
+
+    async fn publish(&self, command: &Command) -> Attempt {
+        let payload = match serde_json::to_string(command) {
+            Ok(payload) => payload,
+            Err(error) => return failed("bad_command", &error.to_string(), None),
+        };
+        let key = command.partition_key();
+        let record = FutureRecord::to(&self.commands_topic).key(&key).payload(&payload);
+        match self.producer.send(record, self.produce_timeout).await {
+            Ok(_) => Attempt::Delivered,
+            Err((error, _)) => failed(&crate::kafka_error_code(&error), &error.to_string(), None),
+        }
+    }
+
+    fn breaker_open(&self) -> bool {
+        let Ok(breaker) = self.breaker.lock() else { return false };
+        breaker.open_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn record_call(&self, succeeded: bool) {
+        let Ok(mut breaker) = self.breaker.lock() else { return };
+        if succeeded {
+            if breaker.open_until.is_some() {
+                tracing::info!("payment provider answering again: circuit breaker closed");
+            }
+            *breaker = Breaker { failures_in_row: 0, open_until: None };
+            return;
+        }
+        breaker.failures_in_row = breaker.failures_in_row.saturating_add(1);
+        if breaker.failures_in_row >= self.config.breaker_failures_max {
+            breaker.open_until = Some(Instant::now() + Duration::from_millis(self.config.breaker_open_ms));
+            tracing::warn!(
+                failures_in_row = breaker.failures_in_row,
+                open_ms = self.config.breaker_open_ms,
+                "payment provider failing: circuit breaker open"
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Payments")
+            .field("client", &self.client)
+            .field("commands_topic", &self.commands_topic)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn failed(code: &str, error: &str, retry_after_ms: Option<u64>) -> Attempt {
+    Attempt::Failed { code: code.to_owned(), error: error.to_owned(), retry_after_ms }
+}
+
+/// The command that settles a payout's hold: its id is derived from the
+/// payout, so relaying the same answer twice applies it once.
+#[must_use]
+pub fn settling_command(payment: &PaymentRequested, settled: bool) -> Command {
+    let derive = |what: &[u8]| TransferId::from_uuid(Uuid::new_v5(&payment.payment_id.as_uuid(), what));
+    if settled {
+        Command::TransferPost(TransferPost {
+            version: V1,
+            transfer_id: derive(b"ledgerline.payout.settled"),
+            hold_id: payment.payment_id,
+            source_account_id: payment.source_account_id,
+            money: None,
+            requested_at: Utc::now(),
+        })
+    } else {
+        Command::TransferVoid(TransferVoid {
+            version: V1,
+            transfer_id: derive(b"ledgerline.payout.rejected"),
+            hold_id: payment.payment_id,
+            source_account_id: payment.source_account_id,
+            requested_at: Utc::now(),
+        })
+    }
+}

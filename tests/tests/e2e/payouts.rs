@@ -1,0 +1,285 @@
+//! Payouts to other banks, end to end: `POST /v1/payouts` → processor holds
+//! the funds and writes a payment order to the outbox → relay orders it from
+//! the (fake) provider over OAuth2 → the answer posts or voids the hold.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ledgerline_tests::{TestApp, WAIT_MAX, unique_key};
+use outbox_relay::RelayConfig;
+use outbox_relay::fake_provider::{FakeProvider, Mode};
+use outbox_relay::provider::ProviderConfig;
+use platform::CancellationToken;
+use rust_decimal::Decimal;
+use schemas::{AccountId, Currency};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const PROVIDER_CLIENT_ID: &str = "ledgerline";
+const PROVIDER_SECRET: &str = "payout-test-secret";
+const IBAN: &str = "DE89370400440532013000";
+
+struct Payouts {
+    app: TestApp,
+    provider: FakeProvider,
+}
+
+impl Payouts {
+    async fn start() -> Self {
+        let app = TestApp::spawn_without_relay().await;
+        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let provider = FakeProvider::start(any_port, PROVIDER_CLIENT_ID, PROVIDER_SECRET).await.expect("fake provider");
+        Self { app, provider }
+    }
+
+    fn relay_config(&self) -> RelayConfig {
+        let mut config = RelayConfig::new(self.app.kafka.clone());
+        config.provider = Some(ProviderConfig {
+            name: "fake".into(),
+            base_url: self.provider.base_url(),
+            token_url: self.provider.token_url(),
+            client_id: PROVIDER_CLIENT_ID.into(),
+            client_secret: SecretString::from(PROVIDER_SECRET.to_owned()),
+            timeout_ms: 2_000,
+            token_refresh_margin_s: 0,
+        });
+        config.poll_interval_ms = 50;
+        config.backoff_base_ms = 100;
+        config.backoff_max_ms = 400;
+        config
+    }
+
+    fn start_relay(&self, config: RelayConfig) -> CancellationToken {
+        let stop = CancellationToken::new();
+        tokio::spawn(outbox_relay::run(config, self.app.pool.clone(), stop.clone()));
+        stop
+    }
+
+    async fn funded_account(&self, amount: &str) -> Uuid {
+        let account = self.app.open_account("EUR").await;
+        self.app.fund(account, amount, "EUR").await;
+        account
+    }
+
+    async fn payout(&self, source: Uuid, amount: &str, key: &str) -> reqwest::Response {
+        self.app
+            .http()
+            .post(self.app.url("/v1/payouts"))
+            .bearer_auth(self.app.token().await)
+            .header("Idempotency-Key", key)
+            .json(&json!({
+                "source_account_id": source,
+                "amount": amount,
+                "currency": "EUR",
+                "creditor": { "name": "Jane Doe", "iban": IBAN },
+                "remittance_information": "invoice 42",
+            }))
+            .send()
+            .await
+            .expect("payout request")
+    }
+
+    async fn submit(&self, source: Uuid, amount: &str) -> String {
+        let response = self.payout(source, amount, &unique_key("payout")).await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.expect("JSON");
+        body["transfer_id"].as_str().expect("transfer id").to_owned()
+    }
+
+    /// Waits until the payout's status is one of `statuses`.
+    async fn wait_for_status(&self, transfer_id: &str, statuses: &[&str]) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            let body: Value = self.app.get_transfer(transfer_id).await.json().await.expect("JSON");
+            if statuses.iter().any(|status| body["status"] == *status) {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "payout {transfer_id} stuck at {}", body["status"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn available(&self, account: Uuid) -> Decimal {
+        let account = self.app.account(account).await;
+        account["available"].as_str().expect("available").parse().expect("decimal")
+    }
+
+    async fn clearing_balance(&self) -> Decimal {
+        sqlx::query_scalar("select balance from accounts where id = $1")
+            .bind(AccountId::external_clearing(Currency::EUR).as_uuid())
+            .fetch_one(&self.app.pool)
+            .await
+            .expect("clearing account")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_payout_moves_the_money_to_clearing_once() {
+    let payouts = Payouts::start().await;
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+
+    let settled = payouts.wait_for_status(&payout, &["posted", "voided", "rejected"]).await;
+    assert_eq!(settled["status"], "posted", "{settled}");
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(6000, 2));
+    assert_eq!(payouts.available(alice).await, Decimal::new(6000, 2));
+    assert_eq!(payouts.clearing_balance().await, Decimal::new(4000, 2));
+    let stats = payouts.provider.stats();
+    assert_eq!((stats.payments_made, stats.tokens_issued), (1, 1));
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_payout_gives_the_money_back() {
+    let payouts = Payouts::start().await;
+    payouts.provider.set_mode(Mode::Reject);
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+
+    let settled = payouts.wait_for_status(&payout, &["posted", "voided", "rejected"]).await;
+    assert_eq!(settled["status"], "voided", "{settled}");
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(10000, 2));
+    assert_eq!(payouts.available(alice).await, Decimal::new(10000, 2), "nothing left on hold");
+    assert_eq!(payouts.clearing_balance().await, Decimal::ZERO);
+    assert_eq!(payouts.provider.stats().payments_made, 0);
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_beyond_the_balance_is_rejected_and_never_reaches_the_provider() {
+    let payouts = Payouts::start().await;
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("10.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+    let decided = payouts.app.wait_for_decision(&payout).await;
+    assert_eq!(
+        (decided["status"].as_str(), decided["reason"].as_str()),
+        (Some("rejected"), Some("insufficient_funds"))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(payouts.provider.stats().payment_requests, 0);
+    assert_eq!(payouts.app.count("select count(*) from outbox where destination = 'payments'").await, 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payouts_wait_while_the_provider_is_down_and_complete_when_it_returns() {
+    let payouts = Payouts::start().await;
+    payouts.provider.set_mode(Mode::Unavailable { retry_after_s: None });
+    let mut config = payouts.relay_config();
+    // Opens after 3 failures in a row, for 300 ms at a time.
+    config.payments.breaker_failures_max = 3;
+    config.payments.breaker_open_ms = 300;
+    config.attempts_max = 1_000;
+    // Retries as fast as the 50 ms poll allows, so only the breaker can
+    // keep the number of calls down.
+    config.backoff_base_ms = 10;
+    config.backoff_max_ms = 20;
+    let stop = payouts.start_relay(config);
+    let alice = payouts.funded_account("100.00").await;
+    let first = payouts.submit(alice, "10.00").await;
+    let second = payouts.submit(alice, "15.00").await;
+
+    // Down for a while: the funds stay held, nothing is lost.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(payouts.wait_for_status(&first, &["held"]).await["status"], "held");
+    assert_eq!(payouts.available(alice).await, Decimal::new(7500, 2));
+    let while_down = payouts.provider.stats().payment_requests;
+    assert!(while_down >= 3, "the relay tried: {while_down} calls");
+    // The breaker spared the provider: without it, 1.5 s of retries every
+    // 50 ms would be about 30 calls; with it, 3 and then one per 300 ms.
+    assert!(while_down <= 15, "{while_down} calls in 1.5 s: the breaker did not hold back");
+
+    payouts.provider.set_mode(Mode::Settle);
+    for payout in [&first, &second] {
+        assert_eq!(payouts.wait_for_status(payout, &["posted", "voided"]).await["status"], "posted");
+    }
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(7500, 2));
+    assert_eq!(payouts.provider.stats().payments_made, 2);
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_dies_after_the_provider_paid_pays_once_on_restart() {
+    let payouts = Payouts::start().await;
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+    payouts.wait_for_status(&payout, &["posted"]).await;
+    stop.cancel();
+
+    // The relay's transaction marks the row delivered after the provider
+    // answered; a crash before its commit leaves the row pending, exactly
+    // as this does. A new relay delivers it again.
+    let reopened = payouts
+        .app
+        .count("with row as (update outbox set delivered_at = null where destination = 'payments' returning 1) select count(*) from row")
+        .await;
+    assert_eq!(reopened, 1);
+    let restarted = payouts.start_relay(payouts.relay_config());
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while payouts.app.count("select count(*) from outbox where destination = 'payments' and delivered_at is null").await
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the reopened row was not delivered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The processor decides the repeated post too (as already decided).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    restarted.cancel();
+
+    let stats = payouts.provider.stats();
+    assert_eq!(stats.payment_requests, 2, "the provider was asked twice");
+    assert_eq!(stats.payments_made, 1, "and paid once: same idempotency key");
+    assert_eq!(stats.keys.len(), 1);
+    assert_eq!(
+        payouts.app.count("select count(*) from transfers where kind = 'post'").await,
+        1,
+        "the hold was posted once"
+    );
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(6000, 2));
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_request_is_validated_and_idempotent() {
+    let payouts = Payouts::start().await;
+    let alice = payouts.funded_account("100.00").await;
+    let key = unique_key("payout");
+    let first = payouts.payout(alice, "40.00", &key).await;
+    let again = payouts.payout(alice, "40.00", &key).await;
+    assert_eq!((first.status(), again.status()), (reqwest::StatusCode::ACCEPTED, reqwest::StatusCode::ACCEPTED));
+    let (first, again): (Value, Value) = (first.json().await.expect("JSON"), again.json().await.expect("JSON"));
+    assert_eq!(first["transfer_id"], again["transfer_id"]);
+    let reused = payouts.payout(alice, "41.00", &key).await;
+    assert_eq!(reused.status(), 422);
+
+    for (iban, name) in [("DE88370400440532013000", "Jane Doe"), (IBAN, ""), (IBAN, &"x".repeat(141))] {
+        let response = payouts
+            .app
+            .http()
+            .post(payouts.app.url("/v1/payouts"))
+            .bearer_auth(payouts.app.token().await)
+            .header("Idempotency-Key", unique_key("bad"))
+            .json(&json!({
+                "source_account_id": alice,
+                "amount": "1.00",
+                "currency": "EUR",
+                "creditor": { "name": name, "iban": iban },
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert!(response.status().is_client_error(), "{iban} / {name:?}: {}", response.status());
+        assert_eq!(
+            response.headers().get("content-type").and_then(|value| value.to_str().ok()),
+            Some("application/problem+json")
+        );
+    }
+}
