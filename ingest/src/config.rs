@@ -24,6 +24,21 @@ pub struct IngestConfig {
     /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
     /// this long is answered with 503 (Kafka publishing included).
     pub request_timeout_ms: u64,
+    /// The payment provider allowed to call back, when
+    /// `LEDGERLINE_PROVIDER_CALLBACK_SECRET` is set.
+    pub provider_callback: Option<ProviderCallback>,
+}
+
+/// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
+#[derive(Debug, Clone)]
+pub struct ProviderCallback {
+    /// `LEDGERLINE_PROVIDER_NAME`: the `{name}` in the callback URL.
+    pub name: String,
+    /// `LEDGERLINE_PROVIDER_CALLBACK_SECRET` (or `_FILE`): the HMAC key.
+    pub secret: SecretString,
+    /// `LEDGERLINE_PROVIDER_CALLBACK_TOLERANCE_S`: how far a callback's
+    /// timestamp may be from now before it is refused as stale.
+    pub tolerance_s: i64,
 }
 
 impl IngestConfig {
@@ -41,6 +56,7 @@ impl IngestConfig {
             token_ttl_s: 900,
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            provider_callback: None,
         }
     }
 
@@ -70,6 +86,14 @@ impl IngestConfig {
                 defaults.request_timeout_ms,
                 100..=120_000,
             )?,
+            provider_callback: match config::secret_optional("LEDGERLINE_PROVIDER_CALLBACK_SECRET")? {
+                None => None,
+                Some(secret) => Some(ProviderCallback {
+                    name: config::var_or("LEDGERLINE_PROVIDER_NAME", "provider".to_owned())?,
+                    secret,
+                    tolerance_s: config::limit("LEDGERLINE_PROVIDER_CALLBACK_TOLERANCE_S", 300, 10..=3_600)?,
+                }),
+            },
             ..defaults
         })
     }

@@ -55,6 +55,10 @@ impl ApiError {
         Self::Client { status: StatusCode::NOT_FOUND, code, title: "Not found", detail: detail.into() }
     }
 
+    pub fn unauthorized(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Unauthenticated { code, detail: detail.into() }
+    }
+
     pub fn invalid_token(detail: impl Into<String>) -> Self {
         Self::Unauthenticated { code: "invalid_token", detail: detail.into() }
     }

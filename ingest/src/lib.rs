@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod callbacks;
 pub mod config;
 pub mod context;
 pub mod error;

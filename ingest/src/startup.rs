@@ -23,6 +23,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub publisher: Publisher,
     pub jwt: Arc<JwtKeys>,
+    pub provider_callback: Option<Arc<crate::config::ProviderCallback>>,
 }
 
 /// The server, bound and ready to run. Binding first lets a test ask for
@@ -46,6 +47,7 @@ impl Application {
                 &config.jwt_audience,
                 config.token_ttl_s,
             )?),
+            provider_callback: config.provider_callback.clone().map(Arc::new),
         };
         let listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
@@ -79,6 +81,7 @@ fn router(state: AppState, config: &IngestConfig) -> Router {
         .merge(crate::auth::router())
         .merge(crate::accounts::router())
         .merge(crate::transfers::router())
+        .merge(crate::callbacks::router())
         .merge(crate::health::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

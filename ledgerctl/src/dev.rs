@@ -26,6 +26,7 @@ pub const DEV_CLIENT_SECRET_DEFAULT: &str = "ledgerline-dev-secret";
 /// The relay's credentials at the embedded fake payment provider.
 const FAKE_PROVIDER_CLIENT_ID: &str = "ledgerline-dev";
 const FAKE_PROVIDER_SECRET: &str = "fake-provider-dev-secret";
+const FAKE_PROVIDER_CALLBACK_SECRET: &str = "fake-provider-dev-callback-secret";
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -69,14 +70,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut random = [0_u8; 32];
     OsRng.fill_bytes(&mut random);
     let generated = SecretString::from(random.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
-    let mut ingest_config = ingest::IngestConfig::from_env(kafka.clone(), Some(generated))?;
-    ingest_config.http_addr = args.http_addr;
-    let application = ingest::Application::build(&ingest_config, pool.clone()).await?;
-    let address = application.local_addr()?;
-
     let mut relay_config = outbox_relay::RelayConfig::from_env(kafka.clone())?;
     // Lives as long as this binding.
-    let _fake_provider = match relay_config.provider {
+    let fake_provider = match relay_config.provider {
         Some(_) => None,
         None => {
             let any_port: SocketAddr = "127.0.0.1:0".parse()?;
@@ -93,6 +89,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             Some(provider)
         }
     };
+    let mut ingest_config = ingest::IngestConfig::from_env(kafka.clone(), Some(generated))?;
+    ingest_config.http_addr = args.http_addr;
+    if fake_provider.is_some() && ingest_config.provider_callback.is_none() {
+        ingest_config.provider_callback = Some(ingest::config::ProviderCallback {
+            name: "fake".into(),
+            secret: SecretString::from(FAKE_PROVIDER_CALLBACK_SECRET.to_owned()),
+            tolerance_s: 300,
+        });
+    }
+    let application = ingest::Application::build(&ingest_config, pool.clone()).await?;
+    let address = application.local_addr()?;
+    if let Some(provider) = &fake_provider {
+        provider.set_callbacks(&format!("http://{address}/v1/providers/fake/callbacks"), FAKE_PROVIDER_CALLBACK_SECRET);
+    }
+
     let provider_url = relay_config.provider.as_ref().map(|provider| provider.base_url.clone()).unwrap_or_default();
 
     let mut processor =

@@ -1,7 +1,8 @@
 //! A fake payment provider, for tests and `ledgerctl dev`: a real HTTP
 //! server with an OAuth2 client-credentials token endpoint and a payments
 //! endpoint that honours `Idempotency-Key`, switchable between modes (pay,
-//! reject, accept for later, fail with 503 and `Retry-After`, answer slowly).
+//! reject, accept for later, accept and call back (possibly more than once),
+//! fail with 503 and `Retry-After`, answer slowly).
 //! It counts what it saw, so tests can check that a payment was made once.
 
 use std::collections::HashMap;
@@ -34,6 +35,9 @@ pub enum Mode {
     Unavailable { retry_after_s: Option<u64> },
     /// Pays, but only after this long.
     Slow { delay_ms: u64 },
+    /// Answers 202 `pending`, then after `delay_ms` POSTs a signed callback
+    /// with the outcome (`paid` or not) to the callback URL, `copies` times.
+    Callback { paid: bool, copies: u32, delay_ms: u64 },
 }
 
 /// What the provider saw.
@@ -42,6 +46,9 @@ pub struct Stats {
     pub tokens_issued: u64,
     pub payment_requests: u64,
     pub unauthorized_requests: u64,
+    /// Callbacks sent, and how many ingest answered with a 2xx.
+    pub callbacks_sent: u64,
+    pub callbacks_accepted: u64,
     /// Distinct payments actually made (settled), by idempotency key.
     pub payments_made: u64,
     /// Idempotency keys seen with a final answer.
@@ -58,6 +65,8 @@ struct Inner {
     stats: Stats,
     /// Final answers by idempotency key: the order and what was answered.
     answers: HashMap<String, (PaymentOrder, StatusCode, serde_json::Value)>,
+    /// Where callbacks go, and the HMAC key they are signed with.
+    callbacks: Option<(String, String)>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -88,6 +97,7 @@ impl FakeProvider {
             tokens: HashMap::new(),
             stats: Stats::default(),
             answers: HashMap::new(),
+            callbacks: None,
         }));
         let app = Router::new()
             .route("/oauth/token", post(issue_token))
@@ -124,6 +134,13 @@ impl FakeProvider {
     /// Lifetime of the tokens issued from now on.
     pub fn set_token_ttl_s(&self, seconds: u64) {
         lock(&self.state).token_ttl_s = seconds;
+    }
+
+    /// Where `Mode::Callback` sends its callbacks (a full URL, e.g.
+    /// `http://127.0.0.1:8080/v1/providers/fake/callbacks`) and the secret
+    /// it signs them with.
+    pub fn set_callbacks(&self, url: &str, secret: &str) {
+        lock(&self.state).callbacks = Some((url.to_owned(), secret.to_owned()));
     }
 
     /// Invalidates every token issued so far, as a key rotation would.
@@ -219,6 +236,10 @@ async fn order_payment(State(state): State<Shared>, headers: HeaderMap, Json(ord
         Mode::Pending => {
             (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": format!("fp-{}", order.payment_id) }))
         }
+        Mode::Callback { paid, copies, delay_ms } => {
+            tokio::spawn(call_back(state.clone(), order.payment_id.clone(), paid, copies, delay_ms));
+            (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": format!("fp-{}", order.payment_id) }))
+        }
         Mode::Settle | Mode::Slow { .. } => {
             if let Mode::Slow { delay_ms } = mode {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -232,9 +253,41 @@ async fn order_payment(State(state): State<Shared>, headers: HeaderMap, Json(ord
     if let Some((_, status, body)) = inner.answers.get(&key) {
         return (*status, Json(body.clone())).into_response();
     }
-    if status == StatusCode::CREATED {
+    if status == StatusCode::CREATED || matches!(mode, Mode::Callback { paid: true, .. }) {
         inner.stats.payments_made += 1;
     }
     inner.answers.insert(key, (order, status, body.clone()));
     (status, Json(body)).into_response()
+}
+
+/// Tells ingest how a pending payment ended, `copies` times, signed.
+async fn call_back(state: Shared, payment_id: String, paid: bool, copies: u32, delay_ms: u64) {
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    let Some((url, secret)) = lock(&state).callbacks.clone() else {
+        tracing::warn!("the fake provider has no callback URL; the outcome is not told");
+        return;
+    };
+    let body = json!({
+        "payment_id": payment_id,
+        "status": if paid { "settled" } else { "rejected" },
+        "reference": format!("fp-{payment_id}"),
+    })
+    .to_string();
+    let client = reqwest::Client::new();
+    for _ in 0..copies {
+        let signature =
+            platform::signature::sign_callback(secret.as_bytes(), chrono::Utc::now().timestamp(), body.as_bytes());
+        let sent = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("provider-signature", signature)
+            .body(body.clone())
+            .send()
+            .await;
+        let mut inner = lock(&state);
+        inner.stats.callbacks_sent += 1;
+        if sent.is_ok_and(|response| response.status().is_success()) {
+            inner.stats.callbacks_accepted += 1;
+        }
+    }
 }

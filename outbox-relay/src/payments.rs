@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use platform::config::{self, ConfigError};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use schemas::messages::{PaymentRequested, TransferPost, TransferVoid, V1};
-use schemas::{Command, TransferId};
+use schemas::Command;
+use schemas::messages::{PaymentRequested, payout_settlement};
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 use crate::RelayConfig;
 use crate::outbox::{Attempt, Row};
@@ -128,11 +127,11 @@ impl Payments {
         let command = match answer {
             Ok(PaymentAnswer::Settled { provider_reference }) => {
                 tracing::info!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment settled");
-                settling_command(&payment, true)
+                payout_settlement(payment.payment_id, payment.source_account_id, true, Utc::now())
             }
             Ok(PaymentAnswer::Rejected { code }) => {
                 tracing::warn!(outbox_id = row.id, payment_id = %payment.payment_id, code, "payment rejected by the provider");
-                settling_command(&payment, false)
+                payout_settlement(payment.payment_id, payment.source_account_id, false, Utc::now())
             }
             Ok(PaymentAnswer::Pending { provider_reference }) => {
                 // The outcome comes by callback, which is not built yet: the
@@ -197,29 +196,4 @@ impl std::fmt::Debug for Payments {
 
 fn failed(code: &str, error: &str, retry_after_ms: Option<u64>) -> Attempt {
     Attempt::Failed { code: code.to_owned(), error: error.to_owned(), retry_after_ms }
-}
-
-/// The command that settles a payout's hold: its id is derived from the
-/// payout, so relaying the same answer twice applies it once.
-#[must_use]
-pub fn settling_command(payment: &PaymentRequested, settled: bool) -> Command {
-    let derive = |what: &[u8]| TransferId::from_uuid(Uuid::new_v5(&payment.payment_id.as_uuid(), what));
-    if settled {
-        Command::TransferPost(TransferPost {
-            version: V1,
-            transfer_id: derive(b"ledgerline.payout.settled"),
-            hold_id: payment.payment_id,
-            source_account_id: payment.source_account_id,
-            money: None,
-            requested_at: Utc::now(),
-        })
-    } else {
-        Command::TransferVoid(TransferVoid {
-            version: V1,
-            transfer_id: derive(b"ledgerline.payout.rejected"),
-            hold_id: payment.payment_id,
-            source_account_id: payment.source_account_id,
-            requested_at: Utc::now(),
-        })
-    }
 }

@@ -229,6 +229,39 @@ impl PaymentRequested {
     pub const TYPE: &'static str = "payment.requested";
 }
 
+/// The command that settles a payout's hold once the provider has decided:
+/// `transfer.post` when it paid, `transfer.void` when it refused. Its id is
+/// derived from the payout, so the same outcome told twice (the provider's
+/// synchronous answer and its callback, a retried delivery, a duplicate
+/// callback) is applied once.
+#[must_use]
+pub fn payout_settlement(
+    payment_id: TransferId,
+    source_account_id: AccountId,
+    paid: bool,
+    requested_at: DateTime<Utc>,
+) -> Command {
+    let derive = |what: &[u8]| TransferId::from_uuid(uuid::Uuid::new_v5(&payment_id.as_uuid(), what));
+    if paid {
+        Command::TransferPost(TransferPost {
+            version: V1,
+            transfer_id: derive(b"ledgerline.payout.settled"),
+            hold_id: payment_id,
+            source_account_id,
+            money: None,
+            requested_at,
+        })
+    } else {
+        Command::TransferVoid(TransferVoid {
+            version: V1,
+            transfer_id: derive(b"ledgerline.payout.rejected"),
+            hold_id: payment_id,
+            source_account_id,
+            requested_at,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransferPost {

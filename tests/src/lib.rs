@@ -36,6 +36,9 @@ pub const COMMAND_PARTITIONS: i32 = 4;
 
 /// The JWT signing secret of test apps, so tests can forge tokens.
 pub const JWT_SECRET: &str = "test-signing-secret-that-is-at-least-32-bytes";
+/// Ingest accepts payment-provider callbacks at
+/// `/v1/providers/fake/callbacks` signed with this secret.
+pub const PROVIDER_CALLBACK_SECRET: &str = "test-provider-callback-secret";
 
 /// A database of its own for one test, dropped afterwards.
 #[derive(Debug)]
@@ -179,11 +182,16 @@ impl TestApp {
 
         let client =
             ingest::auth::create_client(&pool, "test-client", ingest::auth::Scope::ALL).await.expect("API client");
-        let config = ingest::IngestConfig::new(
+        let mut config = ingest::IngestConfig::new(
             "127.0.0.1:0".parse().expect("address"),
             kafka.clone(),
             SecretString::from(JWT_SECRET.to_owned()),
         );
+        config.provider_callback = Some(ingest::config::ProviderCallback {
+            name: "fake".into(),
+            secret: SecretString::from(PROVIDER_CALLBACK_SECRET.to_owned()),
+            tolerance_s: 300,
+        });
         let application = ingest::Application::build(&config, pool.clone()).await.expect("ingest");
         let address = format!("http://{}", application.local_addr().expect("address"));
         let shutdown = CancellationToken::new();

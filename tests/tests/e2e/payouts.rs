@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ledgerline_tests::{TestApp, WAIT_MAX, unique_key};
+use ledgerline_tests::{PROVIDER_CALLBACK_SECRET, TestApp, WAIT_MAX, unique_key};
 use outbox_relay::RelayConfig;
 use outbox_relay::fake_provider::{FakeProvider, Mode};
 use outbox_relay::provider::ProviderConfig;
@@ -282,4 +282,101 @@ async fn a_payout_request_is_validated_and_idempotent() {
             Some("application/problem+json")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_payout_is_settled_by_signed_callbacks_and_a_duplicate_changes_nothing() {
+    let payouts = Payouts::start().await;
+    payouts.provider.set_callbacks(&payouts.app.url("/v1/providers/fake/callbacks"), PROVIDER_CALLBACK_SECRET);
+    payouts.provider.set_mode(Mode::Callback { paid: true, copies: 2, delay_ms: 300 });
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+
+    assert_eq!(payouts.wait_for_status(&payout, &["posted", "voided"]).await["status"], "posted");
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while payouts.provider.stats().callbacks_sent < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the second callback was never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The duplicate is accepted (the provider must not retry it) and
+    // decided as already decided.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = payouts.provider.stats();
+    assert_eq!((stats.callbacks_sent, stats.callbacks_accepted), (2, 2));
+    assert_eq!(payouts.app.count("select count(*) from transfers where kind = 'post'").await, 1);
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(6000, 2));
+    assert_eq!(payouts.clearing_balance().await, Decimal::new(4000, 2));
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_without_a_valid_fresh_signature_are_refused() {
+    let payouts = Payouts::start().await;
+    payouts.provider.set_mode(Mode::Pending);
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+    payouts.wait_for_status(&payout, &["held"]).await;
+
+    let body = json!({ "payment_id": payout, "status": "settled" }).to_string();
+    let now = chrono::Utc::now().timestamp();
+    let send = |name: &'static str, signature: Option<String>, body: String| {
+        let request = payouts
+            .app
+            .http()
+            .post(payouts.app.url(&format!("/v1/providers/{name}/callbacks")))
+            .header("content-type", "application/json")
+            .body(body);
+        let request = match signature {
+            Some(signature) => request.header("provider-signature", signature),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.expect("callback");
+            let status = response.status().as_u16();
+            let problem: Value = response.json().await.expect("problem+json");
+            (status, problem["code"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let sign =
+        |secret: &str, at: i64, body: &str| platform::signature::sign_callback(secret.as_bytes(), at, body.as_bytes());
+    let cases = [
+        ("fake", None, body.clone(), (401, "signature_malformed")),
+        ("fake", Some(sign("another-secret", now, &body)), body.clone(), (401, "signature_invalid")),
+        (
+            "fake",
+            Some(sign(PROVIDER_CALLBACK_SECRET, now, &body)),
+            body.replace("settled", "rejected"),
+            (401, "signature_invalid"),
+        ),
+        ("fake", Some(sign(PROVIDER_CALLBACK_SECRET, now - 3_600, &body)), body.clone(), (401, "signature_stale")),
+        ("other", Some(sign(PROVIDER_CALLBACK_SECRET, now, &body)), body.clone(), (404, "provider_not_found")),
+    ];
+    for (name, signature, body, (status, code)) in cases {
+        assert_eq!(send(name, signature, body).await, (status, code.to_owned()));
+    }
+    let unknown = json!({ "payment_id": Uuid::new_v4(), "status": "settled" }).to_string();
+    assert_eq!(
+        send("fake", Some(sign(PROVIDER_CALLBACK_SECRET, now, &unknown)), unknown).await,
+        (404, "payment_not_found".to_owned())
+    );
+    let odd = json!({ "payment_id": payout, "status": "maybe" }).to_string();
+    assert_eq!(
+        send("fake", Some(sign(PROVIDER_CALLBACK_SECRET, now, &odd)), odd).await,
+        (422, "invalid_callback_status".to_owned())
+    );
+
+    // None of that moved money; a valid one does.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(payouts.wait_for_status(&payout, &["held"]).await["status"], "held");
+    let rejected = json!({ "payment_id": payout, "status": "rejected", "code": "creditor_account_closed" }).to_string();
+    assert_eq!(
+        send("fake", Some(sign(PROVIDER_CALLBACK_SECRET, now, &rejected)), rejected).await,
+        (202, String::new())
+    );
+    assert_eq!(payouts.wait_for_status(&payout, &["posted", "voided"]).await["status"], "voided");
+    assert_eq!(payouts.available(alice).await, Decimal::new(10000, 2));
+    stop.cancel();
 }

@@ -1,0 +1,107 @@
+//! Callbacks of the payment provider: `POST /v1/providers/{name}/callbacks`.
+//!
+//! A provider that answered a payout with "pending" tells its outcome here
+//! later. The request carries no bearer token; it is authenticated by an
+//! HMAC-SHA256 signature of the exact body with a timestamp
+//! (`Provider-Signature: t=…,v1=…`, see [`platform::signature`]), and a
+//! timestamp outside the tolerance is refused as a replay. The outcome
+//! becomes the same `transfer.post` or `transfer.void` the relay would
+//! publish for a synchronous answer, with the same derived id: a duplicate
+//! callback, or a callback after a synchronous answer, is applied once.
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use chrono::Utc;
+use schemas::messages::payout_settlement;
+use schemas::{AccountId, TransferId};
+use secrecy::ExposeSecret as _;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::context::RequestId;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub const SIGNATURE_HEADER: &str = "provider-signature";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/providers/{name}/callbacks", post(callback))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Callback {
+    /// Our payout id, as sent in the payment order.
+    payment_id: Uuid,
+    /// `settled` or `rejected`.
+    status: String,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(name) = path?;
+    // An unknown provider and an unconfigured one look the same.
+    let provider = state
+        .provider_callback
+        .as_ref()
+        .filter(|provider| provider.name == name)
+        .ok_or_else(|| ApiError::not_found("provider_not_found", "no such payment provider"))?;
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    platform::signature::verify_callback(
+        provider.secret.expose_secret().as_bytes(),
+        signature,
+        &body,
+        Utc::now().timestamp(),
+        provider.tolerance_s,
+    )
+    .map_err(|error| {
+        tracing::warn!(provider = %name, code = error.code(), "refused a provider callback");
+        ApiError::unauthorized(error.code(), error.to_string())
+    })?;
+    let callback: Callback = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request("invalid_callback", format!("not a payment callback: {error}")))?;
+    let paid = match callback.status.as_str() {
+        "settled" => true,
+        "rejected" => false,
+        other => {
+            return Err(ApiError::unprocessable(
+                "invalid_callback_status",
+                format!("status {other:?} is neither settled nor rejected"),
+            ));
+        }
+    };
+    // The payout must be applied before its outcome can be: a callback that
+    // overtakes it gets 404 and the provider calls again.
+    let source: Option<Uuid> =
+        sqlx::query_scalar("select source_account_id from transfers where id = $1 and kind = 'payout'")
+            .bind(callback.payment_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let source = source.ok_or_else(|| ApiError::not_found("payment_not_found", "no such payout"))?;
+    let command =
+        payout_settlement(TransferId::from_uuid(callback.payment_id), AccountId::from_uuid(source), paid, Utc::now());
+    state.publisher.publish(&command, &request_id.0).await?;
+    tracing::info!(
+        provider = %name,
+        payment_id = %callback.payment_id,
+        paid,
+        reference = callback.reference.as_deref().unwrap_or_default(),
+        code = callback.code.as_deref().unwrap_or_default(),
+        "provider callback accepted"
+    );
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "accepted" }))))
+}
