@@ -41,11 +41,19 @@ pub enum Scope {
     TransfersRead,
     /// Fund any account from the system cash-in account. Admin and ops only.
     DepositsWrite,
+    /// Register, list and remove the client's webhook endpoints.
+    WebhooksManage,
 }
 
 impl Scope {
-    pub const ALL: &'static [Scope] =
-        &[Scope::AccountsWrite, Scope::AccountsRead, Scope::TransfersWrite, Scope::TransfersRead, Scope::DepositsWrite];
+    pub const ALL: &'static [Scope] = &[
+        Scope::AccountsWrite,
+        Scope::AccountsRead,
+        Scope::TransfersWrite,
+        Scope::TransfersRead,
+        Scope::DepositsWrite,
+        Scope::WebhooksManage,
+    ];
 
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -55,6 +63,7 @@ impl Scope {
             Scope::TransfersWrite => "transfers:write",
             Scope::TransfersRead => "transfers:read",
             Scope::DepositsWrite => "deposits:write",
+            Scope::WebhooksManage => "webhooks:manage",
         }
     }
 

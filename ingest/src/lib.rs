@@ -15,6 +15,7 @@ pub mod health;
 pub mod publish;
 pub mod startup;
 pub mod transfers;
+pub mod webhooks;
 
 pub use config::IngestConfig;
 pub use startup::Application;

@@ -82,6 +82,7 @@ fn router(state: AppState, config: &IngestConfig) -> Router {
         .merge(crate::accounts::router())
         .merge(crate::transfers::router())
         .merge(crate::callbacks::router())
+        .merge(crate::webhooks::router())
         .merge(crate::health::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -15,14 +15,17 @@
 //! idempotency key and turns the answer into a `transfer.post` (settled) or
 //! `transfer.void` (rejected) command of the hold, with ids derived from
 //! the payout, so a repeated answer is applied once. A circuit breaker stops
-//! calling a provider that keeps failing. Webhooks and provider callbacks
-//! are not built yet (issue #5).
+//! calling a provider that keeps failing.
+//!
+//! Publishing an event also fans it out into `webhooks` rows, one per
+//! endpoint that subscribed to it, delivered signed ([`webhooks`]).
 
 pub mod admin;
 pub mod fake_provider;
 pub mod outbox;
 pub mod payments;
 pub mod provider;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +70,8 @@ pub struct RelayConfig {
     pub provider: Option<provider::ProviderConfig>,
     /// Breaker and concurrency of provider calls.
     pub payments: payments::PaymentsConfig,
+    /// Timeouts and concurrency of webhook deliveries.
+    pub webhooks: webhooks::WebhooksConfig,
 }
 
 impl RelayConfig {
@@ -82,6 +87,7 @@ impl RelayConfig {
             backoff_max_ms: 300_000,
             provider: None,
             payments: payments::PaymentsConfig::default(),
+            webhooks: webhooks::WebhooksConfig::default(),
         }
     }
 
@@ -106,6 +112,7 @@ impl RelayConfig {
             backoff_max_ms: config::limit("LEDGERLINE_RELAY_BACKOFF_MAX_MS", defaults.backoff_max_ms, 1..=86_400_000)?,
             provider: provider::ProviderConfig::from_env()?,
             payments: payments::PaymentsConfig::from_env()?,
+            webhooks: webhooks::WebhooksConfig::from_env()?,
             kafka: defaults.kafka,
         })
     }
@@ -163,10 +170,11 @@ pub async fn run_with_metrics(
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = config.kafka.producer().create().context("creating the relay producer")?;
     let payments = payments::Payments::new(&config, producer.clone())?;
+    let webhooks = webhooks::Webhooks::new(config.webhooks)?;
     tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
     let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
     while !shutdown.is_cancelled() {
-        let busy = match relay_round(&config, &pool, &producer, &payments).await {
+        let busy = match relay_round(&config, &pool, &producer, &payments, &webhooks).await {
             Ok(round) => {
                 metrics.add(round.counts);
                 round.busy
@@ -259,6 +267,7 @@ pub async fn relay_round(
     pool: &PgPool,
     producer: &FutureProducer,
     payments: &payments::Payments,
+    webhooks: &webhooks::Webhooks,
 ) -> anyhow::Result<Round> {
     let mut transaction = pool.begin().await.context("starting a relay transaction")?;
     let claim = outbox::claim(&mut transaction, config.lanes_per_claim_max, config.batch_size_max)
@@ -267,10 +276,13 @@ pub async fn relay_round(
     if claim.rows.is_empty() {
         return Ok(Round::default());
     }
+    let endpoints = webhooks::endpoints_of(&mut transaction, &claim.rows).await.context("reading webhook endpoints")?;
+    let endpoints = &endpoints;
     let sends = claim.rows.iter().map(|row| async move {
         match row.destination.as_str() {
             "events" => publish(config, producer, row).await,
             "payments" => payments.deliver(row).await,
+            "webhooks" => webhooks.deliver(row, endpoints).await,
             other => Attempt::Failed {
                 code: "unknown_destination".into(),
                 error: format!("no delivery for destination {other:?}"),
@@ -282,6 +294,14 @@ pub async fn relay_round(
     let counts = outbox::record(&mut transaction, &claim.rows, &results, &config.retry_policy())
         .await
         .context("recording deliveries")?;
+    let published: Vec<i64> = claim
+        .rows
+        .iter()
+        .zip(&results)
+        .filter(|(row, result)| row.destination == "events" && **result == Attempt::Delivered)
+        .map(|(row, _)| row.id)
+        .collect();
+    webhooks::fan_out(&mut transaction, &published).await.context("fanning events out to webhooks")?;
     transaction.commit().await.context("committing the relay transaction")?;
     let busy = i64::try_from(claim.rows.len()).unwrap_or(i64::MAX) >= config.batch_size_max
         || claim.lanes_locked >= config.lanes_per_claim_max;

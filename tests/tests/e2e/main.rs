@@ -13,3 +13,4 @@ mod processor_restart;
 mod provider;
 mod relay;
 mod transfers;
+mod webhooks;

@@ -1,0 +1,156 @@
+//! Webhook endpoints of API clients: register one for the event types it
+//! wants (the signing secret is shown once), list them, remove one.
+//!
+//! Deliveries are the relay's: it signs each event with the endpoint's
+//! secret following Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature`); the README shows how a receiver verifies them.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Scope};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The event types an endpoint may subscribe to: what the ledger tells.
+pub const EVENT_TYPES: &[&str] = &[
+    "transfer.completed",
+    "transfer.rejected",
+    "transfer.held",
+    "transfer.voided",
+    "account.status_changed",
+    "account.overdraft_limit_changed",
+    "account.command_rejected",
+];
+
+/// Endpoints one client may have.
+pub const ENDPOINTS_PER_CLIENT_MAX: i64 = 20;
+const URL_LENGTH_MAX: usize = 2_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/webhooks", get(list).post(register)).route("/v1/webhooks/{endpoint_id}", delete(remove))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    url: String,
+    event_types: Vec<String>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Endpoint {
+    id: Uuid,
+    url: String,
+    event_types: Vec<String>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+struct Registered {
+    #[serde(flatten)]
+    endpoint: Endpoint,
+    /// Shown once: the receiver verifies signatures with it.
+    secret: String,
+}
+
+fn validate(registration: &Registration) -> Result<(), ApiError> {
+    let url = registration.url.as_str();
+    if url.len() > URL_LENGTH_MAX || !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ApiError::unprocessable(
+            "invalid_webhook_url",
+            "the URL must be http(s) and at most 2000 characters",
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::unprocessable("invalid_webhook_url", "the URL must not contain spaces"));
+    }
+    if registration.event_types.is_empty() || registration.event_types.len() > EVENT_TYPES.len() {
+        return Err(ApiError::unprocessable("invalid_event_types", "name at least one event type"));
+    }
+    if let Some(unknown) = registration.event_types.iter().find(|kind| !EVENT_TYPES.contains(&kind.as_str())) {
+        return Err(ApiError::unprocessable(
+            "invalid_event_types",
+            format!("unknown event type {unknown:?}; known: {}", EVENT_TYPES.join(" ")),
+        ));
+    }
+    Ok(())
+}
+
+async fn register(
+    State(state): State<AppState>,
+    principal: Principal,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require(Scope::WebhooksManage)?;
+    let Json(mut registration) = body?;
+    validate(&registration)?;
+    registration.event_types.sort();
+    registration.event_types.dedup();
+    let count: i64 =
+        sqlx::query_scalar("select count(*) from webhook_endpoints where api_client_id = $1 and disabled_at is null")
+            .bind(principal.client_id)
+            .fetch_one(&state.pool)
+            .await?;
+    if count >= ENDPOINTS_PER_CLIENT_MAX {
+        return Err(ApiError::unprocessable("too_many_webhooks", "remove an endpoint before adding another"));
+    }
+    let mut key = [0_u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+    let endpoint: Endpoint = sqlx::query_as(
+        r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret)
+          values ($1, $2, $3, $4, $5) returning id, url, event_types, created_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(principal.client_id)
+    .bind(&registration.url)
+    .bind(&registration.event_types)
+    .bind(&secret)
+    .fetch_one(&state.pool)
+    .await?;
+    tracing::info!(endpoint_id = %endpoint.id, client_id = %principal.client_id, "webhook endpoint registered");
+    Ok((StatusCode::CREATED, Json(Registered { endpoint, secret })))
+}
+
+async fn list(State(state): State<AppState>, principal: Principal) -> Result<impl IntoResponse, ApiError> {
+    principal.require(Scope::WebhooksManage)?;
+    let endpoints: Vec<Endpoint> = sqlx::query_as(
+        r"select id, url, event_types, created_at from webhook_endpoints
+          where api_client_id = $1 and disabled_at is null order by created_at",
+    )
+    .bind(principal.client_id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(serde_json::json!({ "endpoints": endpoints })))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require(Scope::WebhooksManage)?;
+    let Path(endpoint_id) = path?;
+    let removed = sqlx::query(
+        r"update webhook_endpoints set disabled_at = now()
+          where id = $1 and api_client_id = $2 and disabled_at is null",
+    )
+    .bind(endpoint_id)
+    .bind(principal.client_id)
+    .execute(&state.pool)
+    .await?;
+    if removed.rows_affected() == 0 {
+        return Err(ApiError::not_found("webhook_not_found", "no such webhook endpoint"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,233 @@
+//! Webhooks end to end: a client registers an endpoint, the ledger's events
+//! about its accounts arrive signed (Standard Webhooks), in order, retried
+//! after a failure under the same id, verifiable with the documented
+//! algorithm, and a replayed one is detectably stale.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use ledgerline_tests::{TestApp, WAIT_MAX, unique_key};
+use platform::signature::{self, SignatureError};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    timestamp: i64,
+    signature: String,
+    body: String,
+    answered: u16,
+}
+
+#[derive(Debug, Default)]
+struct Receiver {
+    received: Vec<Received>,
+    /// Answer 503 to this many requests first.
+    failures_left: u32,
+}
+
+type Shared = Arc<Mutex<Receiver>>;
+
+async fn receive(State(state): State<Shared>, headers: HeaderMap, body: String) -> StatusCode {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+    let mut receiver = state.lock().expect("receiver");
+    let status = if receiver.failures_left > 0 {
+        receiver.failures_left -= 1;
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    receiver.received.push(Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp").parse().unwrap_or_default(),
+        signature: header("webhook-signature"),
+        body,
+        answered: status.as_u16(),
+    });
+    status
+}
+
+async fn start_receiver(failures_first: u32) -> (String, Shared) {
+    let state: Shared = Arc::new(Mutex::new(Receiver { received: Vec::new(), failures_left: failures_first }));
+    let app = axum::Router::new().route("/hook", post(receive)).with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, state)
+}
+
+async fn register(app: &TestApp, url: &str, event_types: &[&str]) -> Value {
+    let response = app
+        .http()
+        .post(app.url("/v1/webhooks"))
+        .bearer_auth(app.token().await)
+        .json(&json!({ "url": url, "event_types": event_types }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(response.status(), 201);
+    response.json().await.expect("JSON")
+}
+
+fn accepted(state: &Shared) -> Vec<Received> {
+    state.lock().expect("receiver").received.iter().filter(|r| r.answered < 300).cloned().collect()
+}
+
+async fn wait_for_accepted(state: &Shared, count: usize) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        let received = accepted(state);
+        if received.len() >= count {
+            return received;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {count} webhooks arrived", received.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_signed_in_order_retried_under_the_same_id_and_a_replay_is_stale() {
+    let app = TestApp::spawn().await;
+    let (url, state) = start_receiver(1).await;
+    let endpoint = register(&app, &url, &["transfer.completed", "transfer.rejected"]).await;
+    let secret = endpoint["secret"].as_str().expect("secret shown once");
+    assert!(secret.starts_with("whsec_"));
+
+    let (alice, bob) = (app.open_account("EUR").await, app.open_account("EUR").await);
+    app.fund(alice, "10.00", "EUR").await;
+    let ok: Value = app.transfer(alice, bob, "4.00", "EUR", &unique_key("ok")).await.json().await.expect("JSON");
+    let no: Value = app.transfer(alice, bob, "400.00", "EUR", &unique_key("no")).await.json().await.expect("JSON");
+    app.wait_for_decision(ok["transfer_id"].as_str().expect("id")).await;
+    app.wait_for_decision(no["transfer_id"].as_str().expect("id")).await;
+
+    // The deposit's completion, the transfer's, the rejection.
+    let received = wait_for_accepted(&state, 3).await;
+    assert_eq!(received.len(), 3);
+    let all = state.lock().expect("receiver").received.clone();
+    assert_eq!(all[0].answered, 503);
+    assert_eq!(all[0].id, received[0].id, "the retry carries the same webhook-id");
+
+    let key = signature::webhook_key(secret).expect("key");
+    let now = chrono::Utc::now().timestamp();
+    let mut ids = Vec::new();
+    for webhook in &received {
+        assert_eq!(
+            signature::verify_webhook(
+                &key,
+                &webhook.id,
+                webhook.timestamp,
+                &webhook.signature,
+                webhook.body.as_bytes(),
+                now,
+                300
+            ),
+            Ok(()),
+            "{webhook:?}"
+        );
+        // The same request captured and replayed an hour later.
+        assert_eq!(
+            signature::verify_webhook(
+                &key,
+                &webhook.id,
+                webhook.timestamp,
+                &webhook.signature,
+                webhook.body.as_bytes(),
+                now + 3_600,
+                300
+            ),
+            Err(SignatureError::Stale)
+        );
+        let tampered = webhook.body.replace("4.00", "9.00");
+        if tampered != webhook.body {
+            assert_eq!(
+                signature::verify_webhook(
+                    &key,
+                    &webhook.id,
+                    webhook.timestamp,
+                    &webhook.signature,
+                    tampered.as_bytes(),
+                    now,
+                    300
+                ),
+                Err(SignatureError::Mismatch)
+            );
+        }
+        serde_json::from_str::<schemas::Event>(&webhook.body).expect("the body is a ledger event");
+        ids.push(webhook.id.trim_start_matches("evt_").parse::<i64>().expect("evt_<outbox id>"));
+    }
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "in order: {ids:?}");
+    let types: Vec<String> = received
+        .iter()
+        .map(|webhook| {
+            serde_json::from_str::<Value>(&webhook.body).expect("JSON")["type"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["transfer.completed", "transfer.completed", "transfer.rejected"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_validated_scoped_listed_and_removed() {
+    let app = TestApp::spawn().await;
+    let (url, state) = start_receiver(0).await;
+    for (body, code) in [
+        (json!({ "url": "ftp://example.com/hook", "event_types": ["transfer.completed"] }), "invalid_webhook_url"),
+        (json!({ "url": url, "event_types": [] }), "invalid_event_types"),
+        (json!({ "url": url, "event_types": ["transfer.teleported"] }), "invalid_event_types"),
+    ] {
+        let response = app
+            .http()
+            .post(app.url("/v1/webhooks"))
+            .bearer_auth(app.token().await)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 422);
+        assert_eq!(response.json::<Value>().await.expect("problem")["code"], code);
+    }
+    let narrow = app.token_with(Some("accounts:read")).await;
+    let response = app.http().get(app.url("/v1/webhooks")).bearer_auth(narrow).send().await.expect("request");
+    assert_eq!(response.status(), 403);
+
+    let endpoint = register(&app, &url, &["transfer.completed"]).await;
+    let listed: Value = app
+        .http()
+        .get(app.url("/v1/webhooks"))
+        .bearer_auth(app.token().await)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(listed["endpoints"].as_array().expect("endpoints").len(), 1);
+    assert!(listed["endpoints"][0].get("secret").is_none(), "the secret is shown only once");
+
+    let alice = app.open_account("EUR").await;
+    app.fund(alice, "10.00", "EUR").await;
+    wait_for_accepted(&state, 1).await;
+
+    let id = endpoint["id"].as_str().expect("id");
+    let removed = app
+        .http()
+        .delete(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(app.token().await)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(removed.status(), 204);
+    let again = app
+        .http()
+        .delete(app.url(&format!("/v1/webhooks/{id}")))
+        .bearer_auth(app.token().await)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(again.status(), 404);
+    app.fund(alice, "5.00", "EUR").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(accepted(&state).len(), 1, "nothing after removal");
+}
