@@ -72,6 +72,9 @@ pub struct RelayConfig {
     pub payments: payments::PaymentsConfig,
     /// Timeouts and concurrency of webhook deliveries.
     pub webhooks: webhooks::WebhooksConfig,
+    /// `LEDGERLINE_RELAY_REPORT_INTERVAL_MS`: how often the relay logs its
+    /// rates and the outbox's backlog (`outbox relay report`).
+    pub report_interval_ms: u64,
 }
 
 impl RelayConfig {
@@ -88,6 +91,7 @@ impl RelayConfig {
             provider: None,
             payments: payments::PaymentsConfig::default(),
             webhooks: webhooks::WebhooksConfig::default(),
+            report_interval_ms: 60_000,
         }
     }
 
@@ -113,6 +117,11 @@ impl RelayConfig {
             provider: provider::ProviderConfig::from_env()?,
             payments: payments::PaymentsConfig::from_env()?,
             webhooks: webhooks::WebhooksConfig::from_env()?,
+            report_interval_ms: config::limit(
+                "LEDGERLINE_RELAY_REPORT_INTERVAL_MS",
+                defaults.report_interval_ms,
+                1_000..=3_600_000,
+            )?,
             kafka: defaults.kafka,
         })
     }
@@ -173,7 +182,9 @@ pub async fn run_with_metrics(
     let webhooks = webhooks::Webhooks::new(config.webhooks)?;
     tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
     let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
+    let mut report = Report::new(Duration::from_millis(config.report_interval_ms));
     while !shutdown.is_cancelled() {
+        report.maybe_log(&pool, &metrics).await;
         let busy = match relay_round(&config, &pool, &producer, &payments, &webhooks).await {
             Ok(round) => {
                 metrics.add(round.counts);
@@ -190,6 +201,52 @@ pub async fn run_with_metrics(
     }
     tracing::info!("outbox relay stopped");
     Ok(())
+}
+
+/// The periodic report: this relay's deliveries and failures per minute
+/// since the last one, and the outbox's backlog, its age, and failures by
+/// destination and reason (see [`admin::status`]).
+struct Report {
+    interval: Duration,
+    last: std::time::Instant,
+    delivered: u64,
+    failed: u64,
+}
+
+impl Report {
+    fn new(interval: Duration) -> Self {
+        Self { interval, last: std::time::Instant::now(), delivered: 0, failed: 0 }
+    }
+
+    async fn maybe_log(&mut self, pool: &PgPool, metrics: &RelayMetrics) {
+        let elapsed = self.last.elapsed();
+        if elapsed < self.interval {
+            return;
+        }
+        let (delivered, failed) =
+            (metrics.delivered_total.load(Ordering::Relaxed), metrics.failed_total.load(Ordering::Relaxed));
+        // Per minute, in integers: the workspace keeps floats out of the code.
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
+        let per_minute = |count: u64| count.saturating_mul(60_000) / elapsed_ms;
+        let (delivered_per_min, failed_per_min) =
+            (per_minute(delivered - self.delivered), per_minute(failed - self.failed));
+        (self.last, self.delivered, self.failed) = (std::time::Instant::now(), delivered, failed);
+        match admin::status(pool).await {
+            Ok(status) => tracing::info!(
+                delivered_per_min,
+                failed_per_min,
+                pending = status.pending,
+                retrying = status.retrying,
+                dead = status.dead,
+                oldest_pending_age_s = status.oldest_pending_age_s,
+                failing = ?status.failing.iter().map(|f| format!("{}/{}={}", f.destination, f.code, f.rows)).collect::<Vec<_>>(),
+                "outbox relay report"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, delivered_per_min, failed_per_min, "outbox relay report without the backlog")
+            }
+        }
+    }
 }
 
 /// Waits for the next round: a notification, the poll interval, or the stop.
