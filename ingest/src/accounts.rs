@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::messages::{AccountDeposited, V1};
-use schemas::{AccountId, Command, Currency, Money, Operation, TransferId};
+use schemas::{AccountId, Command, Currency, Operation, TransferId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -235,8 +235,7 @@ async fn deposit(
     let Path(account_id) = path?;
     let key = transfers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
-    let money = Money::parse(&request.amount, request.currency)
-        .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
+    let money = transfers::parse_money(&request.amount, request.currency)?;
     let transfer_id = TransferId::derive(Operation::Deposit, principal.client_id, &key);
     let command = Command::AccountDeposited(AccountDeposited {
         version: V1,

@@ -86,8 +86,7 @@ async fn submit_transfer(
     principal.require(Scope::TransfersWrite)?;
     let key = required_idempotency_key(&headers)?;
     let Json(request) = body?;
-    let money = Money::parse(&request.amount, request.currency)
-        .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
+    let money = parse_money(&request.amount, request.currency)?;
 
     owned_source(&state, &principal, request.source_account_id).await?;
     let transfer_id = TransferId::derive(Operation::Transfer, principal.client_id, &key);
@@ -107,6 +106,14 @@ async fn submit_transfer(
         "currency": money.currency(),
     });
     accept(&state, &principal, &key, &command, canonical, &request_id.0).await
+}
+
+/// An amount in a currency, or 422 `invalid_amount`.
+///
+/// # Errors
+/// When the amount is not a positive decimal within the currency's scale.
+pub fn parse_money(amount: &str, currency: Currency) -> Result<Money, ApiError> {
+    Money::parse(amount, currency).map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))
 }
 
 /// A client moves money only out of its own accounts. The processor checks
@@ -146,8 +153,7 @@ async fn submit_payout(
     principal.require(Scope::TransfersWrite)?;
     let key = required_idempotency_key(&headers)?;
     let Json(request) = body?;
-    let money = Money::parse(&request.amount, request.currency)
-        .map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))?;
+    let money = parse_money(&request.amount, request.currency)?;
     owned_source(&state, &principal, request.source_account_id).await?;
     let transfer_id = TransferId::derive(Operation::Payout, principal.client_id, &key);
     let canonical = serde_json::json!({

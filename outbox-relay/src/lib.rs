@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::future::join_all;
 use platform::CancellationToken;
 use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
@@ -335,19 +334,9 @@ pub async fn relay_round(
     }
     let endpoints = webhooks::endpoints_of(&mut transaction, &claim.rows).await.context("reading webhook endpoints")?;
     let endpoints = &endpoints;
-    let sends = claim.rows.iter().map(|row| async move {
-        match row.destination.as_str() {
-            "events" => publish(config, producer, row).await,
-            "payments" => payments.deliver(row).await,
-            "webhooks" => webhooks.deliver(row, endpoints).await,
-            other => Attempt::Failed {
-                code: "unknown_destination".into(),
-                error: format!("no delivery for destination {other:?}"),
-                retry_after_ms: None,
-            },
-        }
-    });
-    let results = outbox::settle_lanes(&claim.rows, join_all(sends).await);
+    let destinations = Destinations { config, producer, payments, webhooks, endpoints };
+    let attempts = outbox::deliver_in_lane_order(&claim.rows, |row| destinations.deliver(row)).await;
+    let results = outbox::settle_lanes(&claim.rows, attempts);
     let counts = outbox::record(&mut transaction, &claim.rows, &results, &config.retry_policy())
         .await
         .context("recording deliveries")?;
@@ -363,6 +352,30 @@ pub async fn relay_round(
     let busy = i64::try_from(claim.rows.len()).unwrap_or(i64::MAX) >= config.batch_size_max
         || claim.lanes_locked >= config.lanes_per_claim_max;
     Ok(Round { counts, busy })
+}
+
+/// Where rows go, for one round.
+struct Destinations<'a> {
+    config: &'a RelayConfig,
+    producer: &'a FutureProducer,
+    payments: &'a payments::Payments,
+    webhooks: &'a webhooks::Webhooks,
+    endpoints: &'a std::collections::HashMap<uuid::Uuid, webhooks::Endpoint>,
+}
+
+impl Destinations<'_> {
+    async fn deliver(&self, row: &Row) -> Attempt {
+        match row.destination.as_str() {
+            "events" => publish(self.config, self.producer, row).await,
+            "payments" => self.payments.deliver(row).await,
+            "webhooks" => self.webhooks.deliver(row, self.endpoints).await,
+            other => Attempt::Failed {
+                code: "unknown_destination".into(),
+                error: format!("no delivery for destination {other:?}"),
+                retry_after_ms: None,
+            },
+        }
+    }
 }
 
 /// Sends one row. The futures of a claim are polled in id order, so the

@@ -132,6 +132,54 @@ pub enum Attempt {
     HeldBack,
 }
 
+/// Delivers a claim's rows with `deliver`, keeping each lane's order.
+///
+/// Kafka rows are all started at once, in id order: the producer enqueues
+/// them in that order and keeps it per partition. An HTTP call gives no
+/// such guarantee (concurrent requests arrive in any order), so the rows of
+/// other destinations go one after the other within a lane, lanes side by
+/// side, and a lane stops at its first failure (the rest is held back).
+pub async fn deliver_in_lane_order<'a, F, Fut>(rows: &'a [Row], deliver: F) -> Vec<Attempt>
+where
+    F: Fn(&'a Row) -> Fut,
+    Fut: std::future::Future<Output = Attempt>,
+{
+    let mut lanes: Vec<(i16, Vec<usize>)> = Vec::new();
+    let mut kafka: Vec<usize> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        if row.destination == "events" {
+            kafka.push(index);
+        } else if let Some((_, indexes)) = lanes.iter_mut().find(|(lane, _)| *lane == row.lane) {
+            indexes.push(index);
+        } else {
+            lanes.push((row.lane, vec![index]));
+        }
+    }
+    let deliver = &deliver;
+    let kafka = async move {
+        let sent = futures::future::join_all(kafka.iter().map(|index| deliver(&rows[*index]))).await;
+        kafka.into_iter().zip(sent).collect::<Vec<_>>()
+    };
+    let http = lanes.into_iter().map(|(_, indexes)| async move {
+        let mut done = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let attempt = deliver(&rows[index]).await;
+            let failed = matches!(attempt, Attempt::Failed { .. });
+            done.push((index, attempt));
+            if failed {
+                break;
+            }
+        }
+        done
+    });
+    let (kafka, http) = futures::future::join(kafka, futures::future::join_all(http)).await;
+    let mut results = vec![Attempt::HeldBack; rows.len()];
+    for (index, attempt) in kafka.into_iter().chain(http.into_iter().flatten()) {
+        results[index] = attempt;
+    }
+    results
+}
+
 /// Orders the results of a claim by lane: after a lane's first failure,
 /// every later row of that lane is held back, whatever its own result.
 #[must_use]
@@ -287,6 +335,31 @@ mod tests {
             settle_lanes(&rows, results),
             vec![failed(), Attempt::HeldBack, Attempt::Delivered, Attempt::HeldBack]
         );
+    }
+
+    #[tokio::test]
+    async fn http_rows_of_a_lane_go_one_at_a_time_and_stop_at_a_failure() {
+        let mut rows = vec![row(1, 3, true), row(2, 3, true), row(3, 3, true), row(4, 5, true)];
+        for row in &mut rows {
+            row.destination = "webhooks".into();
+        }
+        let in_flight = std::sync::atomic::AtomicUsize::new(0);
+        let calls = std::sync::Mutex::new(Vec::new());
+        let results = deliver_in_lane_order(&rows, |row| {
+            let (in_flight, calls) = (&in_flight, &calls);
+            async move {
+                let concurrent = in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                calls.lock().expect("calls").push((row.id, concurrent));
+                if row.id == 2 { failed() } else { Attempt::Delivered }
+            }
+        })
+        .await;
+        assert_eq!(results, vec![Attempt::Delivered, failed(), Attempt::HeldBack, Attempt::Delivered]);
+        let calls = calls.into_inner().expect("calls");
+        let lane_3: Vec<i64> = calls.iter().map(|(id, _)| *id).filter(|id| *id != 4).collect();
+        assert_eq!(lane_3, vec![1, 2], "in order, and row 3 never sent after row 2 failed");
     }
 
     #[test]

@@ -365,38 +365,34 @@ async fn write_changes(connection: &mut PgConnection, changes: &Changes) -> Resu
         .await?;
     }
 
-    if !changes.events.is_empty() {
-        let events = &changes.events;
-        let payloads = events
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-        sqlx::query(
-            r"insert into outbox (destination, event_type, message_key, payload)
-              select 'events', event_type, message_key, payload::json
-              from unnest($1::text[], $2::text[], $3::text[]) as event (event_type, message_key, payload)",
-        )
-        .bind(events.iter().map(Event::type_name).collect::<Vec<_>>())
-        .bind(events.iter().map(event_key).collect::<Vec<_>>())
-        .bind(payloads)
-        .execute(&mut *connection)
-        .await?;
+    // Events for ledger.events and payment orders for the provider, in one
+    // statement, in the order they were decided.
+    let encode = |error: serde_json::Error| sqlx::Error::Encode(Box::new(error));
+    let rows = changes.events.len() + changes.payments.len();
+    let (mut destinations, mut types, mut keys, mut payloads) =
+        (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
+    for event in &changes.events {
+        destinations.push("events");
+        types.push(event.type_name());
+        keys.push(event_key(event));
+        payloads.push(serde_json::to_string(event).map_err(encode)?);
     }
-    if !changes.payments.is_empty() {
-        let payloads = changes
-            .payments
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    for payment in &changes.payments {
+        destinations.push("payments");
+        types.push(schemas::messages::PaymentRequested::TYPE);
+        keys.push(payment.source_account_id.to_string());
+        payloads.push(serde_json::to_string(payment).map_err(encode)?);
+    }
+    if rows > 0 {
         sqlx::query(
             r"insert into outbox (destination, event_type, message_key, payload)
-              select 'payments', $1, message_key, payload::json
-              from unnest($2::text[], $3::text[]) as payment (message_key, payload)",
+              select destination, event_type, message_key, payload::json
+              from unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                   as row (destination, event_type, message_key, payload)",
         )
-        .bind(schemas::messages::PaymentRequested::TYPE)
-        .bind(changes.payments.iter().map(|payment| payment.source_account_id.to_string()).collect::<Vec<_>>())
+        .bind(destinations)
+        .bind(types)
+        .bind(keys)
         .bind(payloads)
         .execute(&mut *connection)
         .await?;

@@ -211,22 +211,12 @@ async fn endpoints_are_validated_scoped_listed_and_removed() {
     wait_for_accepted(&state, 1).await;
 
     let id = endpoint["id"].as_str().expect("id");
-    let removed = app
-        .http()
-        .delete(app.url(&format!("/v1/webhooks/{id}")))
-        .bearer_auth(app.token().await)
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(removed.status(), 204);
-    let again = app
-        .http()
-        .delete(app.url(&format!("/v1/webhooks/{id}")))
-        .bearer_auth(app.token().await)
-        .send()
-        .await
-        .expect("delete");
-    assert_eq!(again.status(), 404);
+    let remove = || async {
+        let request = app.http().delete(app.url(&format!("/v1/webhooks/{id}"))).bearer_auth(app.token().await);
+        request.send().await.expect("delete").status()
+    };
+    assert_eq!(remove().await, 204);
+    assert_eq!(remove().await, 404, "already removed");
     app.fund(alice, "5.00", "EUR").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(accepted(&state).len(), 1, "nothing after removal");
