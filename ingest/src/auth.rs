@@ -7,13 +7,14 @@
 //! checked against a dummy hash so the answer takes as long either way.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 use anyhow::Context as _;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::routing::post;
@@ -186,6 +187,7 @@ impl FromRequestParts<AppState> for Principal {
             .map_err(|_| ApiError::invalid_token("the access token has no valid subject"))?;
         // Unknown scope names (from a newer version) are ignored, not fatal.
         let scopes = data.claims.scope.split_whitespace().filter_map(|text| Scope::parse(text).ok()).collect();
+        state.limits.clients.check(&client_id).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
         Ok(Self { client_id, scopes })
     }
 }
@@ -231,9 +233,12 @@ fn invalid_client() -> ApiError {
 
 async fn issue_token(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    // Before any secret is checked: guessing is throttled per address.
+    state.limits.token_ips.check(&peer.ip()).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
     let Form(request) = form?;
     if request.grant_type != "client_credentials" {
         return Err(ApiError::bad_request("unsupported_grant_type", "only grant_type=client_credentials is supported"));

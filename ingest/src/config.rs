@@ -6,6 +6,8 @@ use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
 use secrecy::SecretString;
 
+use crate::limits::RateLimit;
+
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     /// `LEDGERLINE_HTTP_ADDR`: where to listen; port 0 picks a free port.
@@ -24,6 +26,12 @@ pub struct IngestConfig {
     /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
     /// this long is answered with 503 (Kafka publishing included).
     pub request_timeout_ms: u64,
+    /// `LEDGERLINE_RATE_LIMIT_PER_S` and `LEDGERLINE_RATE_LIMIT_BURST`: each
+    /// API client's token bucket on authenticated routes.
+    pub client_rate_limit: RateLimit,
+    /// `LEDGERLINE_TOKEN_RATE_LIMIT_PER_S` and `LEDGERLINE_TOKEN_RATE_LIMIT_BURST`:
+    /// each client IP's bucket on the token endpoint.
+    pub token_ip_rate_limit: RateLimit,
     /// The payment provider allowed to call back, when
     /// `LEDGERLINE_PROVIDER_CALLBACK_SECRET` is set.
     pub provider_callback: Option<ProviderCallback>,
@@ -56,6 +64,8 @@ impl IngestConfig {
             token_ttl_s: 900,
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            client_rate_limit: RateLimit { rate_per_s: 200, burst: 400 },
+            token_ip_rate_limit: RateLimit { rate_per_s: 2, burst: 20 },
             provider_callback: None,
         }
     }
@@ -86,6 +96,26 @@ impl IngestConfig {
                 defaults.request_timeout_ms,
                 100..=120_000,
             )?,
+            client_rate_limit: RateLimit {
+                rate_per_s: config::limit(
+                    "LEDGERLINE_RATE_LIMIT_PER_S",
+                    defaults.client_rate_limit.rate_per_s,
+                    1..=1_000_000,
+                )?,
+                burst: config::limit("LEDGERLINE_RATE_LIMIT_BURST", defaults.client_rate_limit.burst, 1..=1_000_000)?,
+            },
+            token_ip_rate_limit: RateLimit {
+                rate_per_s: config::limit(
+                    "LEDGERLINE_TOKEN_RATE_LIMIT_PER_S",
+                    defaults.token_ip_rate_limit.rate_per_s,
+                    1..=10_000,
+                )?,
+                burst: config::limit(
+                    "LEDGERLINE_TOKEN_RATE_LIMIT_BURST",
+                    defaults.token_ip_rate_limit.burst,
+                    1..=10_000,
+                )?,
+            },
             provider_callback: match config::secret_optional("LEDGERLINE_PROVIDER_CALLBACK_SECRET")? {
                 None => None,
                 Some(secret) => Some(ProviderCallback {

@@ -31,6 +31,8 @@ pub enum ApiError {
     Unauthenticated { code: &'static str, detail: String },
     #[error("missing scope {0}")]
     InsufficientScope(&'static str),
+    #[error("too many requests")]
+    RateLimited { retry_after_s: u64 },
     #[error("the message broker is unavailable")]
     BrokerUnavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -142,6 +144,13 @@ impl IntoResponse for ApiError {
                 "Forbidden",
                 Some(format!("this operation needs the scope {scope}")),
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="insufficient_scope""#))),
+            ),
+            ApiError::RateLimited { retry_after_s } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                Some(format!("slow down; retry in {retry_after_s} s")),
+                Some((header::RETRY_AFTER, HeaderValue::from(retry_after_s))),
             ),
             ApiError::BrokerUnavailable(error) => {
                 tracing::error!(error = ?error, "publishing to Kafka failed");

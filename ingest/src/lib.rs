@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod publish;
 pub mod startup;
 pub mod transfers;

@@ -1,5 +1,6 @@
 //! Building and running the HTTP server.
 
+use crate::limits::RateLimiter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,19 @@ pub struct AppState {
     pub publisher: Publisher,
     pub jwt: Arc<JwtKeys>,
     pub provider_callback: Option<Arc<crate::config::ProviderCallback>>,
+    pub limits: Arc<Limits>,
+}
+
+/// Keys one limiter remembers at most (a bound on its memory).
+const RATE_LIMIT_KEYS_MAX: usize = 100_000;
+
+/// The rate limiters of this ingest instance.
+#[derive(Debug)]
+pub struct Limits {
+    /// Per API client, on every authenticated route.
+    pub clients: RateLimiter<uuid::Uuid>,
+    /// Per client IP, on the token endpoint.
+    pub token_ips: RateLimiter<std::net::IpAddr>,
 }
 
 /// The server, bound and ready to run. Binding first lets a test ask for
@@ -48,6 +62,10 @@ impl Application {
                 config.token_ttl_s,
             )?),
             provider_callback: config.provider_callback.clone().map(Arc::new),
+            limits: Arc::new(Limits {
+                clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),
+                token_ips: RateLimiter::new(config.token_ip_rate_limit, RATE_LIMIT_KEYS_MAX),
+            }),
         };
         let listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
@@ -68,7 +86,8 @@ impl Application {
     /// When the server fails.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr()?, "ingest listening");
-        axum::serve(self.listener, self.router)
+        // The peer address feeds the per-IP limit of the token endpoint.
+        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
             .context("serving HTTP")
@@ -102,5 +121,25 @@ fn router(state: AppState, config: &IngestConfig) -> Router {
             }
         }))
         .layer(axum::middleware::from_fn(crate::context::middleware))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Headers on every answer, errors included. The API serves JSON to
+/// programs: nothing may be sniffed, framed, cached or sent as a referrer.
+/// No CORS headers are ever sent, so browsers on other origins cannot call
+/// the API (there is no browser front end to allow yet).
+async fn security_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
 }

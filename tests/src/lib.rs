@@ -161,7 +161,15 @@ impl TestApp {
     /// # Panics
     /// When any part fails to start: the test cannot run.
     pub async fn spawn() -> Self {
-        Self::spawn_with(true).await
+        Self::spawn_with(true, |_| {}).await
+    }
+
+    /// Starts everything, with ingest's settings changed by `configure`.
+    ///
+    /// # Panics
+    /// When any part fails to start: the test cannot run.
+    pub async fn spawn_configured(configure: impl FnOnce(&mut ingest::IngestConfig)) -> Self {
+        Self::spawn_with(true, configure).await
     }
 
     /// Starts ingest and a processor but no outbox relay, for tests that run
@@ -170,10 +178,10 @@ impl TestApp {
     /// # Panics
     /// When any part fails to start: the test cannot run.
     pub async fn spawn_without_relay() -> Self {
-        Self::spawn_with(false).await
+        Self::spawn_with(false, |_| {}).await
     }
 
-    async fn spawn_with(relay: bool) -> Self {
+    async fn spawn_with(relay: bool, configure: impl FnOnce(&mut ingest::IngestConfig)) -> Self {
         platform::telemetry::init();
         let database = TestDatabase::create().await.expect("test database");
         let broker = TestBroker::start().await.expect("test broker");
@@ -192,6 +200,7 @@ impl TestApp {
             secret: SecretString::from(PROVIDER_CALLBACK_SECRET.to_owned()),
             tolerance_s: 300,
         });
+        configure(&mut config);
         let application = ingest::Application::build(&config, pool.clone()).await.expect("ingest");
         let address = format!("http://{}", application.local_addr().expect("address"));
         let shutdown = CancellationToken::new();

@@ -4,6 +4,7 @@
 
 mod auth;
 mod dead_letters;
+mod edge;
 mod events;
 mod group;
 mod ledger_features;

@@ -1,0 +1,93 @@
+//! The HTTP edge: rate limits per API client and per IP on the token
+//! endpoint (429 with `Retry-After`, problem+json), and the security
+//! headers on every answer.
+
+use std::time::Duration;
+
+use ingest::limits::RateLimit;
+use ledgerline_tests::TestApp;
+use secrecy::ExposeSecret as _;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_api_client_has_its_own_token_bucket() {
+    let app =
+        TestApp::spawn_configured(|config| config.client_rate_limit = RateLimit { rate_per_s: 1, burst: 3 }).await;
+    let account = app.open_account("EUR").await; // the first token of three
+    let get = |token: String| {
+        let request = app.http().get(app.url(&format!("/v1/accounts/{account}"))).bearer_auth(token);
+        async move { request.send().await.expect("request") }
+    };
+    let token = app.token().await;
+    assert_eq!(get(token.clone()).await.status(), 200);
+    assert_eq!(get(token.clone()).await.status(), 200);
+    let limited = get(token.clone()).await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers().get("retry-after").and_then(|value| value.to_str().ok()), Some("1"));
+    assert_eq!(
+        limited.headers().get("content-type").and_then(|value| value.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let problem: Value = limited.json().await.expect("problem");
+    assert_eq!(problem["code"], "rate_limited");
+    assert!(problem["request_id"].is_string());
+
+    // Another client is not slowed down by the first.
+    let other =
+        ingest::auth::create_client(&app.pool, "other", &[ingest::auth::Scope::AccountsRead]).await.expect("client");
+    let response = app.request_token(&other.id.to_string(), other.secret.expose_secret(), None).await;
+    let other_token =
+        response.json::<Value>().await.expect("token")["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(get(other_token).await.status(), 404, "served (and not its account), not limited");
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(get(token).await.status(), 200, "a token came back after a second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_endpoint_is_throttled_per_address_before_any_secret_is_checked() {
+    let app =
+        TestApp::spawn_configured(|config| config.token_ip_rate_limit = RateLimit { rate_per_s: 1, burst: 2 }).await;
+    let client_id = app.client_id.to_string();
+    // Cheap refusals (no password hash to check), so the bucket has no
+    // time to refill between them.
+    for _ in 0..2 {
+        let response = app
+            .http()
+            .post(app.url("/v1/oauth/token"))
+            .form(&[("grant_type", "password"), ("username", "a"), ("password", "b")])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 400);
+    }
+    let limited = app.request_token(&client_id, app.client_secret.expose_secret(), None).await;
+    assert_eq!(limited.status(), 429, "even the right secret waits");
+    assert!(limited.headers().get("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_security_headers_and_no_cors_grant() {
+    let app = TestApp::spawn().await;
+    let token = app.token().await;
+    let ok =
+        app.http().get(app.url("/health/live")).header("origin", "https://evil.example").send().await.expect("live");
+    let problem = app
+        .http()
+        .get(app.url("/v1/accounts/not-a-uuid"))
+        .bearer_auth(token)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("problem");
+    assert_eq!(problem.status(), 404);
+    for response in [&ok, &problem] {
+        let header = |name: &str| response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        assert_eq!(header("x-frame-options").as_deref(), Some("DENY"));
+        assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"));
+        assert_eq!(header("cache-control").as_deref(), Some("no-store"));
+        assert!(header("content-security-policy").is_some_and(|policy| policy.contains("default-src 'none'")));
+        assert_eq!(header("access-control-allow-origin"), None);
+    }
+}
