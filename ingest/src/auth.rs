@@ -150,6 +150,58 @@ impl JwtKeys {
     }
 }
 
+/// What a customer's access token says. `token_use` keeps it apart from an
+/// API client's token (which has `scope` instead) whatever the decoder.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CustomerClaims {
+    iss: String,
+    aud: String,
+    pub sub: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+    pub role: String,
+    token_use: String,
+}
+
+impl JwtKeys {
+    const CUSTOMER_ACCESS: &'static str = "customer_access";
+
+    /// An access token for a user, valid `token_ttl_s` (at most 15 minutes).
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn issue_customer(&self, user_id: Uuid, role: &str) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = CustomerClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user_id.to_string(),
+            iat: now,
+            exp: now + i64::try_from(self.token_ttl_s).unwrap_or(i64::MAX),
+            jti: Uuid::new_v4().to_string(),
+            role: role.to_owned(),
+            token_use: Self::CUSTOMER_ACCESS.to_owned(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing a token")
+    }
+
+    /// Checks a customer's access token: signature (HS256 only: `alg: none`
+    /// or another algorithm is refused), issuer, audience, expiry, and that
+    /// it is a customer access token.
+    ///
+    /// # Errors
+    /// 401 `invalid_token` on any failure.
+    pub fn decode_customer(&self, token: &str) -> Result<CustomerClaims, ApiError> {
+        let data = jsonwebtoken::decode::<CustomerClaims>(token, &self.decoding, &self.validation)
+            .map_err(|error| ApiError::invalid_token(format!("the access token is not valid: {error}")))?;
+        if data.claims.token_use != Self::CUSTOMER_ACCESS {
+            return Err(ApiError::invalid_token("not a customer access token"));
+        }
+        Ok(data.claims)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     iss: String,
@@ -192,7 +244,9 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+/// # Errors
+/// 401 when the header is missing or not a bearer token.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let missing = || ApiError::Unauthenticated {
         code: "unauthenticated",
         detail: "send an access token: Authorization: Bearer <token>".into(),
@@ -324,20 +378,33 @@ pub async fn verify_client(
         }
         Err(_) => None,
     };
-    let hash = stored.as_ref().map_or_else(|| DUMMY_HASH.clone(), |(_, hash, _)| hash.clone());
-    let secret = Arc::new(secret);
-    let matches = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|parsed| Argon2::default().verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok())
-    })
-    .await
-    .context("verifying a client secret")?;
+    let hash = stored.as_ref().map(|(_, hash, _)| hash.clone());
+    let matches = verify_secret(hash, secret).await?;
     Ok(match stored {
         Some((id, _, scopes)) if matches => {
             Some(ApiClient { id, scopes: scopes.iter().filter_map(|text| Scope::parse(text).ok()).collect() })
         }
         _ => None,
     })
+}
+
+/// Checks `secret` against an argon2id PHC `hash` on the blocking pool; with
+/// no hash (an unknown id) it checks a dummy one, so an unknown id costs the
+/// same time as a wrong secret, and answers false.
+///
+/// # Errors
+/// When the blocking task fails.
+pub async fn verify_secret(hash: Option<String>, secret: SecretString) -> Result<bool, ApiError> {
+    let known = hash.is_some();
+    let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+    let secret = Arc::new(secret);
+    let matches = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .is_ok_and(|parsed| Argon2::default().verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .context("verifying a secret")?;
+    Ok(known && matches)
 }
 
 /// argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: the OWASP

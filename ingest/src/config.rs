@@ -26,6 +26,9 @@ pub struct IngestConfig {
     /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
     /// this long is answered with 503 (Kafka publishing included).
     pub request_timeout_ms: u64,
+    /// `LEDGERLINE_REFRESH_TOKEN_TTL_S`: lifetime of a customer's refresh
+    /// token (each use replaces it).
+    pub refresh_token_ttl_s: u64,
     /// `LEDGERLINE_RATE_LIMIT_PER_S` and `LEDGERLINE_RATE_LIMIT_BURST`: each
     /// API client's token bucket on authenticated routes.
     pub client_rate_limit: RateLimit,
@@ -64,6 +67,7 @@ impl IngestConfig {
             token_ttl_s: 900,
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            refresh_token_ttl_s: 30 * 24 * 3600,
             client_rate_limit: RateLimit { rate_per_s: 200, burst: 400 },
             token_ip_rate_limit: RateLimit { rate_per_s: 2, burst: 20 },
             provider_callback: None,
@@ -95,6 +99,11 @@ impl IngestConfig {
                 "LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS",
                 defaults.request_timeout_ms,
                 100..=120_000,
+            )?,
+            refresh_token_ttl_s: config::limit(
+                "LEDGERLINE_REFRESH_TOKEN_TTL_S",
+                defaults.refresh_token_ttl_s,
+                300..=90 * 24 * 3600,
             )?,
             client_rate_limit: RateLimit {
                 rate_per_s: config::limit(

@@ -26,6 +26,8 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub provider_callback: Option<Arc<crate::config::ProviderCallback>>,
     pub limits: Arc<Limits>,
+    /// Lifetime of a customer's refresh token.
+    pub refresh_token_ttl_s: u64,
 }
 
 /// Keys one limiter remembers at most (a bound on its memory).
@@ -62,6 +64,7 @@ impl Application {
                 config.token_ttl_s,
             )?),
             provider_callback: config.provider_callback.clone().map(Arc::new),
+            refresh_token_ttl_s: config.refresh_token_ttl_s,
             limits: Arc::new(Limits {
                 clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),
                 token_ips: RateLimiter::new(config.token_ip_rate_limit, RATE_LIMIT_KEYS_MAX),
@@ -102,6 +105,7 @@ fn router(state: AppState, config: &IngestConfig) -> Router {
         .merge(crate::transfers::router())
         .merge(crate::callbacks::router())
         .merge(crate::webhooks::router())
+        .merge(crate::customers::router())
         .merge(crate::health::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -3,6 +3,7 @@
 //! suite links once.
 
 mod auth;
+mod customers;
 mod dead_letters;
 mod edge;
 mod events;

@@ -1,0 +1,292 @@
+//! Customers' sessions: register, log in, refresh, log out, and who am I.
+//!
+//! A login gives a short-lived access JWT (`LEDGERLINE_TOKEN_TTL_S`, at most
+//! 15 minutes) and an opaque refresh token (`LEDGERLINE_REFRESH_TOKEN_TTL_S`),
+//! stored only as a SHA-256. Refresh tokens rotate: each use retires the
+//! token and issues the next of its family; presenting a retired token again
+//! revokes the family (someone else has a copy). Logout revokes the family.
+//!
+//! Not built yet (issue #4): customer-owned accounts, roles beyond the
+//! stored `role`, password change and reset, the transaction PIN, the audit
+//! log.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use rand::RngCore as _;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::net::SocketAddr;
+use uuid::Uuid;
+
+use crate::auth::{bearer_token, hash_secret, verify_secret};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub const PASSWORD_LENGTH_MIN: usize = 12;
+pub const PASSWORD_LENGTH_MAX: usize = 128;
+const EMAIL_LENGTH_MAX: usize = 254;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/me", get(me))
+}
+
+/// A logged-in customer (or staff member), from a customer access token.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub role: String,
+}
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let claims = state.jwt.decode_customer(bearer_token(&parts.headers)?)?;
+        let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::invalid_token("the token has no valid subject"))?;
+        state.limits.clients.check(&id).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+        Ok(Self { id, role: claims.role })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: SecretString,
+}
+
+/// Lower-cased and trimmed; one `@` with something on both sides; no spaces
+/// or control characters. Deliverability is for the reset mail to prove.
+fn normalize_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    let invalid = || ApiError::unprocessable("invalid_email", "give an email address like name@example.com");
+    if email.len() > EMAIL_LENGTH_MAX || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid());
+    }
+    match email.split_once('@') {
+        Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') => Ok(email),
+        _ => Err(invalid()),
+    }
+}
+
+fn check_password(password: &SecretString) -> Result<(), ApiError> {
+    let length = password.expose_secret().chars().count();
+    if !(PASSWORD_LENGTH_MIN..=PASSWORD_LENGTH_MAX).contains(&length) {
+        return Err(ApiError::unprocessable(
+            "weak_password",
+            format!("a password has {PASSWORD_LENGTH_MIN} to {PASSWORD_LENGTH_MAX} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn throttle_address(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
+    state.limits.token_ips.check(&peer.ip()).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    throttle_address(&state, peer)?;
+    let Json(credentials) = body?;
+    let email = normalize_email(&credentials.email)?;
+    check_password(&credentials.password)?;
+    let password = credentials.password;
+    let hash = tokio::task::spawn_blocking(move || hash_secret(&password)).await.map_err(anyhow::Error::new)??;
+    let id = Uuid::new_v4();
+    let inserted =
+        sqlx::query("insert into users (id, email, password_hash) values ($1, $2, $3) on conflict (email) do nothing")
+            .bind(id)
+            .bind(&email)
+            .bind(&hash)
+            .execute(&state.pool)
+            .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(ApiError::Client {
+            status: StatusCode::CONFLICT,
+            code: "email_taken",
+            title: "Conflict",
+            detail: "an account with this email exists; log in or reset the password".into(),
+        });
+    }
+    tracing::info!(user_id = %id, "customer registered");
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": id, "email": email }))))
+}
+
+#[derive(Debug, Serialize)]
+struct Session {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: String,
+    refresh_expires_at: DateTime<Utc>,
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Issues an access token and the next refresh token of `family_id`.
+async fn open_session(
+    state: &AppState,
+    user_id: Uuid,
+    role: &str,
+    family_id: Uuid,
+    connection: &mut sqlx::PgConnection,
+) -> Result<Session, ApiError> {
+    let mut bytes = [0_u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let refresh_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let ttl_s = i64::try_from(state.refresh_token_ttl_s).unwrap_or(i64::MAX);
+    let expires_at = Utc::now() + Duration::seconds(ttl_s);
+    sqlx::query(
+        "insert into refresh_tokens (id, family_id, user_id, token_hash, expires_at) values ($1, $2, $3, $4, $5)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(family_id)
+    .bind(user_id)
+    .bind(token_hash(&refresh_token))
+    .bind(expires_at)
+    .execute(&mut *connection)
+    .await?;
+    Ok(Session {
+        access_token: state.jwt.issue_customer(user_id, role)?,
+        token_type: "Bearer",
+        expires_in: state.jwt.token_ttl_s,
+        refresh_token,
+        refresh_expires_at: expires_at,
+    })
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<Json<Session>, ApiError> {
+    throttle_address(&state, peer)?;
+    let Json(credentials) = body?;
+    let email = credentials.email.trim().to_lowercase();
+    let stored: Option<(Uuid, String, String)> =
+        sqlx::query_as("select id, password_hash, role from users where email = $1 and disabled_at is null")
+            .bind(&email)
+            .fetch_optional(&state.pool)
+            .await?;
+    // An unknown email costs a hash check too, and answers the same.
+    let matches = verify_secret(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password).await?;
+    let Some((user_id, _, role)) = stored.filter(|_| matches) else {
+        tracing::info!(%peer, "failed login");
+        return Err(ApiError::unauthorized("invalid_credentials", "the email or the password is wrong"));
+    };
+    let mut connection = state.pool.acquire().await?;
+    let session = open_session(&state, user_id, &role, Uuid::new_v4(), &mut connection).await?;
+    tracing::info!(%user_id, "customer logged in");
+    Ok(Json(session))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshRequest {
+    refresh_token: SecretString,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    body: Result<Json<RefreshRequest>, JsonRejection>,
+) -> Result<Json<Session>, ApiError> {
+    let Json(request) = body?;
+    let mut transaction = state.pool.begin().await?;
+    type Row = (Uuid, Uuid, Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>, String);
+    let row: Option<Row> = sqlx::query_as(
+        r"select token.id, token.family_id, token.user_id, token.used_at, token.revoked_at, token.expires_at, user_.role
+          from refresh_tokens token join users user_ on user_.id = token.user_id
+          where token.token_hash = $1 and user_.disabled_at is null
+          for update of token",
+    )
+    .bind(token_hash(request.refresh_token.expose_secret()))
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let invalid = || ApiError::unauthorized("invalid_refresh_token", "log in again");
+    let Some((id, family_id, user_id, used_at, revoked_at, expires_at, role)) = row else { return Err(invalid()) };
+    if revoked_at.is_some() || expires_at <= Utc::now() {
+        return Err(invalid());
+    }
+    if used_at.is_some() {
+        // A retired token came back: whoever holds the family now, it is not
+        // only its owner. End every session of the family.
+        sqlx::query("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null")
+            .bind(family_id)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        tracing::warn!(%user_id, %family_id, "refresh token reused; the session family is revoked");
+        return Err(ApiError::unauthorized("refresh_token_reused", "this session was ended; log in again"));
+    }
+    sqlx::query("update refresh_tokens set used_at = now() where id = $1").bind(id).execute(&mut *transaction).await?;
+    let session = open_session(&state, user_id, &role, family_id, &mut transaction).await?;
+    transaction.commit().await?;
+    Ok(Json(session))
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    body: Result<Json<RefreshRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(request) = body?;
+    // Unknown or already revoked: nothing to do, and nothing to tell.
+    sqlx::query(
+        r"update refresh_tokens set revoked_at = now()
+          where revoked_at is null
+            and family_id = (select family_id from refresh_tokens where token_hash = $1)",
+    )
+    .bind(token_hash(request.refresh_token.expose_secret()))
+    .execute(&state.pool)
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
+    let email: Option<String> = sqlx::query_scalar("select email from users where id = $1 and disabled_at is null")
+        .bind(user.id)
+        .fetch_optional(&state.pool)
+        .await?;
+    let email = email.ok_or_else(|| ApiError::invalid_token("this user no longer exists"))?;
+    Ok(Json(serde_json::json!({ "user_id": user.id, "email": email, "role": user.role })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized_or_refused() {
+        assert_eq!(normalize_email("  Jane.Doe@Example.COM ").expect("valid"), "jane.doe@example.com");
+        for bad in ["", "jane", "@example.com", "jane@", "jane@localhost", "ja ne@example.com", "a@b@c.com"] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(normalize_email(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn passwords_have_12_to_128_characters() {
+        let password = |text: &str| SecretString::from(text.to_owned());
+        assert!(check_password(&password("short-pass1")).is_err());
+        assert!(check_password(&password("long-enough-1")).is_ok());
+        assert!(check_password(&password(&"x".repeat(129))).is_err());
+        assert!(check_password(&password("ünïcødé-wørds")).is_ok(), "characters, not bytes");
+    }
+}

@@ -1,0 +1,144 @@
+//! Customers' sessions: register, login, rotating refresh tokens with reuse
+//! detection, logout, and access tokens that resist tampering.
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ledgerline_tests::{JWT_SECRET, TestApp};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery";
+
+async fn post(app: &TestApp, path: &str, body: &Value) -> (u16, Value) {
+    let response = app.http().post(app.url(path)).json(body).send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn me(app: &TestApp, token: &str) -> (u16, Value) {
+    let response = app.http().get(app.url("/v1/me")).bearer_auth(token).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn register_and_login(app: &TestApp, email: &str) -> Value {
+    let (status, _) = post(app, "/v1/auth/register", &json!({ "email": email, "password": PASSWORD })).await;
+    assert_eq!(status, 201);
+    let (status, session) = post(app, "/v1/auth/login", &json!({ "email": email, "password": PASSWORD })).await;
+    assert_eq!(status, 200, "{session}");
+    session
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_registers_logs_in_and_refresh_tokens_rotate_with_reuse_detection() {
+    let app = TestApp::spawn().await;
+    let session = register_and_login(&app, "Jane.Doe@Example.com").await;
+    assert!(session["expires_in"].as_u64().is_some_and(|seconds| seconds <= 900));
+    let (status, who) = me(&app, session["access_token"].as_str().expect("token")).await;
+    assert_eq!(status, 200);
+    assert_eq!((who["email"].as_str(), who["role"].as_str()), (Some("jane.doe@example.com"), Some("customer")));
+
+    let first = session["refresh_token"].clone();
+    let (status, rotated) = post(&app, "/v1/auth/refresh", &json!({ "refresh_token": first })).await;
+    assert_eq!(status, 200);
+    assert_ne!(rotated["refresh_token"], first, "a new refresh token each time");
+    assert_eq!(me(&app, rotated["access_token"].as_str().expect("token")).await.0, 200);
+
+    // The retired token comes back: the family is revoked, the newest too.
+    let (status, problem) = post(&app, "/v1/auth/refresh", &json!({ "refresh_token": first })).await;
+    assert_eq!((status, problem["code"].as_str()), (401, Some("refresh_token_reused")));
+    let (status, problem) = post(&app, "/v1/auth/refresh", &json!({ "refresh_token": rotated["refresh_token"] })).await;
+    assert_eq!((status, problem["code"].as_str()), (401, Some("invalid_refresh_token")));
+
+    // Logging in again starts a new family; logout ends it.
+    let (_, again) =
+        post(&app, "/v1/auth/login", &json!({ "email": "jane.doe@example.com", "password": PASSWORD })).await;
+    let (status, _) = post(&app, "/v1/auth/logout", &json!({ "refresh_token": again["refresh_token"] })).await;
+    assert_eq!(status, 204);
+    let (status, _) = post(&app, "/v1/auth/refresh", &json!({ "refresh_token": again["refresh_token"] })).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_validated_and_a_failed_login_does_not_say_why() {
+    let app = TestApp::spawn().await;
+    for (body, status, code) in [
+        (json!({ "email": "jane@example.com", "password": "too-short" }), 422, "weak_password"),
+        (json!({ "email": "not-an-email", "password": PASSWORD }), 422, "invalid_email"),
+        (json!({ "email": "jane@example.com", "password": PASSWORD, "role": "admin" }), 422, "invalid_body"),
+    ] {
+        let (got, problem) = post(&app, "/v1/auth/register", &body).await;
+        assert_eq!((got, problem["code"].as_str()), (status, Some(code)), "{body}");
+    }
+    register_and_login(&app, "jane@example.com").await;
+    let (status, problem) =
+        post(&app, "/v1/auth/register", &json!({ "email": "JANE@example.com", "password": PASSWORD })).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("email_taken")));
+
+    let (wrong_status, wrong) =
+        post(&app, "/v1/auth/login", &json!({ "email": "jane@example.com", "password": "wrong password!" })).await;
+    let (unknown_status, unknown) =
+        post(&app, "/v1/auth/login", &json!({ "email": "nobody@example.com", "password": PASSWORD })).await;
+    assert_eq!((wrong_status, unknown_status), (401, 401));
+    assert_eq!(wrong["code"], unknown["code"]);
+    assert_eq!(wrong["detail"], unknown["detail"]);
+}
+
+fn sign(claims: &Value, secret: &str, algorithm: Algorithm) -> String {
+    jsonwebtoken::encode(&Header::new(algorithm), claims, &EncodingKey::from_secret(secret.as_bytes())).expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_expired_foreign_and_misused_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let session = register_and_login(&app, "jane@example.com").await;
+    let access = session["access_token"].as_str().expect("token").to_owned();
+    let (_, who) = me(&app, &access).await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |overrides: Value| {
+        let mut claims = json!({
+            "iss": "ledgerline", "aud": "ledgerline-api", "sub": who["user_id"], "iat": now, "exp": now + 600,
+            "jti": "x", "role": "customer", "token_use": "customer_access",
+        });
+        for (key, value) in overrides.as_object().expect("object") {
+            claims[key] = value.clone();
+        }
+        claims
+    };
+    // The same claims, properly signed, pass: the cases below fail for their
+    // one defect only.
+    assert_eq!(me(&app, &sign(&claims(json!({})), JWT_SECRET, Algorithm::HS256)).await.0, 200);
+
+    let (header, rest) = access.split_once('.').expect("a JWT");
+    let (payload, signature) = rest.split_once('.').expect("a JWT");
+    let flipped =
+        format!("{header}.{payload}.{}{}", if signature.starts_with('A') { "B" } else { "A" }, &signature[1..]);
+    let encode = |value: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string());
+    let alg_none =
+        format!("{}.{}.", encode(&json!({ "alg": "none", "typ": "JWT" })), encode(&claims(json!({ "role": "admin" }))));
+    let cases = [
+        ("bad signature", flipped),
+        ("alg none", alg_none),
+        ("another key", sign(&claims(json!({})), "another-secret-that-is-also-32-bytes-long", Algorithm::HS256)),
+        ("expired", sign(&claims(json!({ "exp": now - 120, "iat": now - 1_000 })), JWT_SECRET, Algorithm::HS256)),
+        ("wrong audience", sign(&claims(json!({ "aud": "another-api" })), JWT_SECRET, Algorithm::HS256)),
+        ("wrong issuer", sign(&claims(json!({ "iss": "someone-else" })), JWT_SECRET, Algorithm::HS256)),
+        ("HS512", sign(&claims(json!({})), JWT_SECRET, Algorithm::HS512)),
+        ("not an access token", sign(&claims(json!({ "token_use": "refresh" })), JWT_SECRET, Algorithm::HS256)),
+        ("a refresh token", session["refresh_token"].as_str().expect("refresh").to_owned()),
+        ("an API client's token", app.token().await),
+    ];
+    for (what, token) in cases {
+        let (status, problem) = me(&app, &token).await;
+        assert_eq!((status, problem["code"].as_str()), (401, Some("invalid_token")), "{what}");
+    }
+    // And a customer's token opens no API client route.
+    let response = app
+        .http()
+        .get(app.url(&format!("/v1/accounts/{}", uuid::Uuid::new_v4())))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+}
