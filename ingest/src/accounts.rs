@@ -35,7 +35,7 @@ pub fn format_amount(value: Decimal, currency: Currency) -> String {
     value.to_string()
 }
 
-fn parse_currency(code: &str) -> Result<Currency, ApiError> {
+pub(crate) fn parse_currency(code: &str) -> Result<Currency, ApiError> {
     code.trim()
         .parse()
         .map_err(|error: schemas::MoneyError| ApiError::Internal(anyhow::anyhow!("stored currency: {error}")))
@@ -63,9 +63,9 @@ pub struct AccountView {
 }
 
 #[derive(sqlx::FromRow)]
-struct AccountRow {
+pub(crate) struct AccountRow {
     id: Uuid,
-    currency: String,
+    pub(crate) currency: String,
     status: String,
     balance: Decimal,
     held: Decimal,
@@ -74,7 +74,7 @@ struct AccountRow {
 }
 
 impl AccountRow {
-    fn view(self) -> Result<AccountView, ApiError> {
+    pub(crate) fn view(self) -> Result<AccountView, ApiError> {
         let currency = parse_currency(&self.currency)?;
         Ok(AccountView {
             id: self.id,

@@ -6,9 +6,9 @@
 //! token and issues the next of its family; presenting a retired token again
 //! revokes the family (someone else has a copy). Logout revokes the family.
 //!
-//! Not built yet (issue #4): customer-owned accounts, roles beyond the
-//! stored `role`, password change and reset, the transaction PIN, the audit
-//! log.
+//! Customers' own accounts are in [`crate::customer_accounts`]. Not built
+//! yet (issue #4): customer transfers with the transaction PIN, roles beyond
+//! the stored `role`, password change and reset, the audit log.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, State};

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod callbacks;
 pub mod config;
 pub mod context;
+pub mod customer_accounts;
 pub mod customers;
 pub mod error;
 pub mod health;

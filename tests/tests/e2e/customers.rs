@@ -142,3 +142,85 @@ async fn tampered_expired_foreign_and_misused_tokens_are_refused() {
         .expect("request");
     assert_eq!(response.status(), 401);
 }
+
+async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    let response = app.http().get(app.url(path)).bearer_auth(token).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_sees_only_their_accounts_and_pages_through_their_history() {
+    let app = TestApp::spawn().await;
+    let jane = register_and_login(&app, "jane@example.com").await["access_token"].as_str().expect("token").to_owned();
+    let john = register_and_login(&app, "john@example.com").await["access_token"].as_str().expect("token").to_owned();
+
+    let open = |key: &'static str| {
+        let request = app
+            .http()
+            .post(app.url("/v1/me/accounts"))
+            .bearer_auth(&jane)
+            .header("Idempotency-Key", key)
+            .json(&json!({ "currency": "EUR" }));
+        async move {
+            let response = request.send().await.expect("open");
+            (response.status().as_u16(), response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (status, account) = open("first").await;
+    assert_eq!(status, 201);
+    let (status, again) = open("first").await;
+    assert_eq!((status, &again["id"]), (200, &account["id"]), "a retry opens nothing new");
+    let account_id = account["id"].as_str().expect("id").to_owned();
+    let (_, listed) = get(&app, "/v1/me/accounts", &jane).await;
+    assert_eq!(listed["accounts"].as_array().expect("accounts").len(), 1);
+
+    // Nobody else sees it: not another customer, not an API client.
+    assert_eq!(get(&app, &format!("/v1/me/accounts/{account_id}"), &john).await.0, 404);
+    assert_eq!(get(&app, &format!("/v1/me/accounts/{account_id}/history"), &john).await.0, 404);
+    assert_eq!(get(&app, &format!("/v1/accounts/{account_id}"), &app.token().await).await.0, 404);
+    assert_eq!(get(&app, "/v1/me/accounts", &john).await.1["accounts"], json!([]));
+
+    // Two deposits, then five payments in from a business account.
+    let jane_account: uuid::Uuid = account_id.parse().expect("uuid");
+    app.fund(jane_account, "10.00", "EUR").await;
+    app.fund(jane_account, "20.00", "EUR").await;
+    let business = app.open_account("EUR").await;
+    app.fund(business, "100.00", "EUR").await;
+    for n in 0..5 {
+        let response = app.transfer(business, jane_account, "1.00", "EUR", &format!("pay-{n}-{business}")).await;
+        let body: Value = response.json().await.expect("JSON");
+        app.wait_for_decision(body["transfer_id"].as_str().expect("id")).await;
+    }
+    let (_, read) = get(&app, &format!("/v1/me/accounts/{account_id}"), &jane).await;
+    assert_eq!(read["balance"], "35.00");
+
+    let history = |query: String| {
+        let path = format!("/v1/me/accounts/{account_id}/history?{query}");
+        let token = jane.clone();
+        let app = &app;
+        async move { get(app, &path, &token).await }
+    };
+    let (status, first) = history("limit=3".into()).await;
+    assert_eq!(status, 200);
+    let cursor = first["next_cursor"].as_str().expect("more pages").to_owned();
+    let (_, second) = history(format!("limit=3&cursor={cursor}")).await;
+    let cursor = second["next_cursor"].as_str().expect("a third page").to_owned();
+    let (_, third) = history(format!("limit=3&cursor={cursor}")).await;
+    assert!(third["next_cursor"].is_null(), "the last page says so");
+    let items: Vec<Value> =
+        [first, second, third].iter().flat_map(|page| page["items"].as_array().expect("items").clone()).collect();
+    assert_eq!(items.len(), 7, "every movement once across the pages");
+    let balances: Vec<&str> = items.iter().map(|item| item["balance_after"].as_str().expect("balance")).collect();
+    assert_eq!(balances, ["35.00", "34.00", "33.00", "32.00", "31.00", "30.00", "10.00"], "newest first");
+    assert_eq!(items[0]["counterparty_account_id"], json!(business));
+
+    let count = |page: &Value| page["items"].as_array().expect("items").len();
+    assert_eq!(count(&history("direction=debit".into()).await.1), 0);
+    assert_eq!(count(&history("direction=credit".into()).await.1), 7);
+    assert_eq!(count(&history(format!("counterparty={business}")).await.1), 5);
+    assert_eq!(count(&history("from=2100-01-01T00:00:00Z".into()).await.1), 0);
+    let (status, problem) = history("cursor=forged".into()).await;
+    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_cursor")));
+    assert_eq!(history("limit=1000".into()).await.0, 400);
+}

@@ -1,0 +1,233 @@
+//! A customer's own accounts: open one, list them, read one, and its
+//! history with cursor pagination and filters. Another customer's account,
+//! or an API client's, answers 404 like one that does not exist.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use schemas::{AccountId, Currency};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::accounts::{AccountRow, format_amount, parse_currency};
+use crate::customers::User;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::transfers;
+
+/// Accounts one customer may open.
+pub const ACCOUNTS_PER_USER_MAX: i64 = 20;
+/// The most history items one page returns.
+pub const HISTORY_LIMIT_MAX: i64 = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/me/accounts", get(list).post(open))
+        .route("/v1/me/accounts/{account_id}", get(read))
+        .route("/v1/me/accounts/{account_id}/history", get(history))
+}
+
+async fn own_account(state: &AppState, user: &User, account_id: Uuid) -> Result<AccountRow, ApiError> {
+    sqlx::query_as::<_, AccountRow>(
+        r"select id, currency, status, balance, held, overdraft_limit, created_at
+          from accounts where id = $1 and owner_user_id = $2",
+    )
+    .bind(account_id)
+    .bind(user.id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenRequest {
+    currency: Currency,
+}
+
+/// Opens an account for the customer; with an `Idempotency-Key`, a retry
+/// returns the same account.
+async fn open(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    body: Result<Json<OpenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let account_id = match transfers::optional_idempotency_key(&headers)? {
+        Some(key) => AccountId::derive(user.id, &key),
+        None => AccountId::new_random(),
+    };
+    let count: i64 = sqlx::query_scalar("select count(*) from accounts where owner_user_id = $1")
+        .bind(user.id)
+        .fetch_one(&state.pool)
+        .await?;
+    if count >= ACCOUNTS_PER_USER_MAX {
+        return Err(ApiError::unprocessable("too_many_accounts", "close an account before opening another"));
+    }
+    let inserted = sqlx::query(
+        r"insert into accounts (id, currency, kind, owner_user_id) values ($1, $2, 'customer', $3)
+          on conflict (id) do nothing",
+    )
+    .bind(account_id.as_uuid())
+    .bind(request.currency.code())
+    .bind(user.id)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    let account = own_account(&state, &user, account_id.as_uuid()).await?;
+    if account.currency.trim() != request.currency.code() {
+        return Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key opened an account in another currency",
+        ));
+    }
+    let status = if inserted == 1 { StatusCode::CREATED } else { StatusCode::OK };
+    let location = format!("/v1/me/accounts/{account_id}");
+    Ok((status, [(header::LOCATION, location)], Json(account.view()?)).into_response())
+}
+
+async fn list(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
+    let rows: Vec<AccountRow> = sqlx::query_as(
+        r"select id, currency, status, balance, held, overdraft_limit, created_at
+          from accounts where owner_user_id = $1 order by created_at, id",
+    )
+    .bind(user.id)
+    .fetch_all(&state.pool)
+    .await?;
+    let accounts = rows.into_iter().map(AccountRow::view).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(serde_json::json!({ "accounts": accounts })))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    user: User,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(account_id) = path?;
+    Ok(Json(own_account(&state, &user, account_id).await?.view()?))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Direction {
+    Debit,
+    Credit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<i64>,
+    /// From the previous page's `next_cursor`.
+    cursor: Option<String>,
+    direction: Option<Direction>,
+    /// Inclusive lower and exclusive upper bounds of `created_at`.
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    counterparty: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryItem {
+    transfer_id: Uuid,
+    kind: String,
+    /// Negative for money out, positive for money in.
+    amount: String,
+    balance_after: String,
+    /// The other account of the transfer.
+    counterparty_account_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+}
+
+/// Cursors are opaque to clients: the last entry id of the page, encoded.
+fn encode_cursor(entry_id: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("e{entry_id}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix('e').and_then(|id| id.parse().ok()))
+        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave"))
+}
+
+/// The account's movements, newest first, `limit` per page (≤ 200); the
+/// answer's `next_cursor` fetches the next page, absent on the last.
+async fn history(
+    State(state): State<AppState>,
+    user: User,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(account_id) = path?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={HISTORY_LIMIT_MAX}")));
+    }
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let account = own_account(&state, &user, account_id).await?;
+    let currency = parse_currency(&account.currency)?;
+    type Row = (i64, Uuid, String, Decimal, Decimal, Option<Uuid>, DateTime<Utc>);
+    // One more than the page, to know whether another page follows.
+    let rows: Vec<Row> = sqlx::query_as(
+        r"select entry.id, entry.transfer_id, transfer.kind, entry.amount, entry.balance_after,
+                 other.account_id, entry.created_at
+          from entries entry
+          join transfers transfer on transfer.id = entry.transfer_id
+          left join entries other on other.transfer_id = entry.transfer_id and other.account_id <> entry.account_id
+          where entry.account_id = $1
+            and ($2::bigint is null or entry.id < $2)
+            and ($3::text is null or ($3 = 'debit') = (entry.amount < 0))
+            and ($4::timestamptz is null or entry.created_at >= $4)
+            and ($5::timestamptz is null or entry.created_at < $5)
+            and ($6::uuid is null or other.account_id = $6)
+          order by entry.id desc
+          limit $7",
+    )
+    .bind(account_id)
+    .bind(before)
+    .bind(query.direction.map(|direction| if direction == Direction::Debit { "debit" } else { "credit" }))
+    .bind(query.from)
+    .bind(query.to)
+    .bind(query.counterparty)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
+    let page: Vec<Row> = rows.into_iter().take(usize::try_from(limit).unwrap_or(0)).collect();
+    let next_cursor = if more { page.last().map(|row| encode_cursor(row.0)) } else { None };
+    let items: Vec<HistoryItem> = page
+        .into_iter()
+        .map(|(_, transfer_id, kind, amount, balance_after, counterparty, created_at)| HistoryItem {
+            transfer_id,
+            kind,
+            amount: format_amount(amount, currency),
+            balance_after: format_amount(balance_after, currency),
+            counterparty_account_id: counterparty,
+            created_at,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "account_id": account_id, "items": items, "next_cursor": next_cursor })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_forged_ones_are_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)).ok(), Some(42));
+        assert!(decode_cursor("42").is_err());
+        assert!(decode_cursor(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("x42")).is_err());
+    }
+}
