@@ -250,6 +250,14 @@ async fn deposit(
         "amount": money.amount().to_string(),
         "currency": money.currency(),
     });
-    let accepted: Accepted = transfers::accept(&state, &principal, &key, &command, canonical, &request_id.0).await?;
+    let accepted: Accepted = transfers::accept(
+        &state,
+        transfers::Requester::Client(principal.client_id),
+        &key,
+        &command,
+        canonical,
+        &request_id.0,
+    )
+    .await?;
     Ok(accepted.into_response())
 }

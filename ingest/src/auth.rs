@@ -166,24 +166,40 @@ pub struct CustomerClaims {
 
 impl JwtKeys {
     const CUSTOMER_ACCESS: &'static str = "customer_access";
+    const STEP_UP: &'static str = "step_up";
+    /// A step-up token's lifetime: the issue allows at most 5 minutes.
+    pub const STEP_UP_TTL_S: u64 = 300;
 
-    /// An access token for a user, valid `token_ttl_s` (at most 15 minutes).
-    ///
-    /// # Errors
-    /// When signing fails.
-    pub fn issue_customer(&self, user_id: Uuid, role: &str) -> anyhow::Result<String> {
+    fn issue_user_token(&self, user_id: Uuid, role: &str, token_use: &str, ttl_s: u64) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = CustomerClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sub: user_id.to_string(),
             iat: now,
-            exp: now + i64::try_from(self.token_ttl_s).unwrap_or(i64::MAX),
+            exp: now + i64::try_from(ttl_s).unwrap_or(i64::MAX),
             jti: Uuid::new_v4().to_string(),
             role: role.to_owned(),
-            token_use: Self::CUSTOMER_ACCESS.to_owned(),
+            token_use: token_use.to_owned(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing a token")
+    }
+
+    fn decode_user_token(&self, token: &str, token_use: &str) -> Result<CustomerClaims, String> {
+        let data = jsonwebtoken::decode::<CustomerClaims>(token, &self.decoding, &self.validation)
+            .map_err(|error| format!("the token is not valid: {error}"))?;
+        if data.claims.token_use != token_use {
+            return Err(format!("not a {token_use} token"));
+        }
+        Ok(data.claims)
+    }
+
+    /// An access token for a user, valid `token_ttl_s` (at most 15 minutes).
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn issue_customer(&self, user_id: Uuid, role: &str) -> anyhow::Result<String> {
+        self.issue_user_token(user_id, role, Self::CUSTOMER_ACCESS, self.token_ttl_s)
     }
 
     /// Checks a customer's access token: signature (HS256 only: `alg: none`
@@ -193,12 +209,30 @@ impl JwtKeys {
     /// # Errors
     /// 401 `invalid_token` on any failure.
     pub fn decode_customer(&self, token: &str) -> Result<CustomerClaims, ApiError> {
-        let data = jsonwebtoken::decode::<CustomerClaims>(token, &self.decoding, &self.validation)
-            .map_err(|error| ApiError::invalid_token(format!("the access token is not valid: {error}")))?;
-        if data.claims.token_use != Self::CUSTOMER_ACCESS {
-            return Err(ApiError::invalid_token("not a customer access token"));
+        self.decode_user_token(token, Self::CUSTOMER_ACCESS).map_err(ApiError::invalid_token)
+    }
+
+    /// A step-up token, proof that `user_id` entered the PIN in the last
+    /// [`JwtKeys::STEP_UP_TTL_S`] seconds.
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn issue_step_up(&self, user_id: Uuid, role: &str) -> anyhow::Result<String> {
+        self.issue_user_token(user_id, role, Self::STEP_UP, Self::STEP_UP_TTL_S)
+    }
+
+    /// Whether `token` is a valid step-up token of `user_id`.
+    ///
+    /// # Errors
+    /// 401 `step_up_invalid` otherwise.
+    pub fn check_step_up(&self, token: &str, user_id: Uuid) -> Result<(), ApiError> {
+        let claims = self
+            .decode_user_token(token, Self::STEP_UP)
+            .map_err(|detail| ApiError::unauthorized("step_up_invalid", detail))?;
+        if claims.sub != user_id.to_string() {
+            return Err(ApiError::unauthorized("step_up_invalid", "the step-up token is another user's"));
         }
-        Ok(data.claims)
+        Ok(())
     }
 }
 

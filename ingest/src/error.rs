@@ -31,6 +31,8 @@ pub enum ApiError {
     Unauthenticated { code: &'static str, detail: String },
     #[error("missing scope {0}")]
     InsufficientScope(&'static str),
+    #[error("locked")]
+    Locked { retry_after_s: u64 },
     #[error("too many requests")]
     RateLimited { retry_after_s: u64 },
     #[error("the message broker is unavailable")]
@@ -144,6 +146,13 @@ impl IntoResponse for ApiError {
                 "Forbidden",
                 Some(format!("this operation needs the scope {scope}")),
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="insufficient_scope""#))),
+            ),
+            ApiError::Locked { retry_after_s } => (
+                StatusCode::LOCKED,
+                "pin_locked",
+                "Locked",
+                Some(format!("too many wrong PINs; try again in {retry_after_s} s")),
+                Some((header::RETRY_AFTER, HeaderValue::from(retry_after_s))),
             ),
             ApiError::RateLimited { retry_after_s } => (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -11,6 +11,7 @@ pub mod callbacks;
 pub mod config;
 pub mod context;
 pub mod customer_accounts;
+pub mod customer_transfers;
 pub mod customers;
 pub mod error;
 pub mod health;

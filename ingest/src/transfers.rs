@@ -105,7 +105,7 @@ async fn submit_transfer(
         "amount": money.amount().to_string(),
         "currency": money.currency(),
     });
-    accept(&state, &principal, &key, &command, canonical, &request_id.0).await
+    accept(&state, Requester::Client(principal.client_id), &key, &command, canonical, &request_id.0).await
 }
 
 /// An amount in a currency, or 422 `invalid_amount`.
@@ -173,7 +173,14 @@ async fn submit_payout(
         remittance_information: request.remittance_information,
         requested_at: Utc::now(),
     });
-    accept(&state, &principal, &key, &command, canonical, &request_id.0).await
+    accept(&state, Requester::Client(principal.client_id), &key, &command, canonical, &request_id.0).await
+}
+
+/// Who submitted a request: an API client or a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    Client(Uuid),
+    User(Uuid),
 }
 
 /// Records the request under its transfer id and publishes the command,
@@ -184,7 +191,7 @@ async fn submit_payout(
 /// 503 when the broker does not take the command.
 pub async fn accept(
     state: &AppState,
-    principal: &Principal,
+    requester: Requester,
     key: &IdempotencyKey,
     command: &Command,
     canonical: serde_json::Value,
@@ -192,13 +199,20 @@ pub async fn accept(
 ) -> Result<Accepted, ApiError> {
     let transfer_id = TransferId::from_uuid(command.id());
     sqlx::query(
-        r"insert into accepted_requests (transfer_id, api_client_id, idempotency_key, request)
-          values ($1, $2, $3, $4) on conflict (transfer_id) do nothing",
+        r"insert into accepted_requests (transfer_id, api_client_id, user_id, idempotency_key, request)
+          values ($1, $2, $5, $3, $4) on conflict (transfer_id) do nothing",
     )
     .bind(transfer_id.as_uuid())
-    .bind(principal.client_id)
+    .bind(match requester {
+        Requester::Client(id) => Some(id),
+        Requester::User(_) => None,
+    })
     .bind(key.as_str())
     .bind(&canonical)
+    .bind(match requester {
+        Requester::User(id) => Some(id),
+        Requester::Client(_) => None,
+    })
     .execute(&state.pool)
     .await?;
     let (recorded, published_at): (serde_json::Value, Option<DateTime<Utc>>) =

@@ -224,3 +224,99 @@ async fn a_customer_sees_only_their_accounts_and_pages_through_their_history() {
     assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_cursor")));
     assert_eq!(history("limit=1000".into()).await.0, 400);
 }
+
+async fn send(app: &TestApp, method: reqwest::Method, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response =
+        app.http().request(method, app.url(path)).bearer_auth(token).json(body).send().await.expect("request");
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let mut body: Value = serde_json::from_str(&response.text().await.expect("body")).unwrap_or(Value::Null);
+    if let (Some(retry_after), Some(object)) = (retry_after, body.as_object_mut()) {
+        object.insert("retry_after".into(), json!(retry_after));
+    }
+    (status, body)
+}
+
+async fn customer_with_account(app: &TestApp, email: &str) -> (String, String) {
+    let token = register_and_login(app, email).await["access_token"].as_str().expect("token").to_owned();
+    let (status, account) =
+        send(app, reqwest::Method::POST, "/v1/me/accounts", &token, &json!({ "currency": "EUR" })).await;
+    assert_eq!(status, 201);
+    (token, account["id"].as_str().expect("id").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_transfer_needs_a_fresh_pin_step_up_of_the_same_user() {
+    let app = TestApp::spawn().await;
+    let (jane, jane_account) = customer_with_account(&app, "jane@example.com").await;
+    let (john, john_account) = customer_with_account(&app, "john@example.com").await;
+    app.fund(jane_account.parse().expect("uuid"), "50.00", "EUR").await;
+    let transfer = json!({
+        "source_account_id": jane_account, "destination_account_id": john_account, "amount": "5.00", "currency": "EUR",
+    });
+    let submit = |step_up: Option<String>, key: &'static str| {
+        let mut request = app
+            .http()
+            .post(app.url("/v1/me/transfers"))
+            .bearer_auth(&jane)
+            .header("Idempotency-Key", key)
+            .json(&transfer);
+        if let Some(step_up) = step_up {
+            request = request.header("x-step-up-token", step_up);
+        }
+        async move {
+            let response = request.send().await.expect("transfer");
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, problem) = submit(None, "t1").await;
+    assert_eq!((status, problem["code"].as_str()), (401, Some("step_up_required")));
+
+    // A PIN first; changing it needs the current one.
+    let pin = |pin: &str| json!({ "pin": pin });
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &pin("12")).await.0, 422);
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &pin("4821")).await.0, 204);
+    let (status, problem) = send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &pin("9999")).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("current_pin_required")));
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &john, &pin("7777")).await.0, 204);
+
+    let (status, step_up) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &pin("4821")).await;
+    assert_eq!(status, 200);
+    assert!(step_up["expires_in"].as_u64().is_some_and(|seconds| seconds <= 300));
+    let (_, johns) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &john, &pin("7777")).await;
+    for (what, token) in [("john's step-up", johns["step_up_token"].clone()), ("an access token", json!(jane))] {
+        let (status, problem) = submit(token.as_str().map(str::to_owned), "t1").await;
+        assert_eq!((status, problem["code"].as_str()), (401, Some("step_up_invalid")), "{what}");
+    }
+    let (status, accepted) = submit(step_up["step_up_token"].as_str().map(str::to_owned), "t1").await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["transfer_id"].as_str().expect("id");
+    let (status, decided) =
+        send(&app, reqwest::Method::GET, &format!("/v1/me/transfers/{id}?wait_ms=10000"), &jane, &Value::Null).await;
+    assert_eq!((status, decided["status"].as_str()), (200, Some("completed")), "the long poll waited for it");
+    assert_eq!(send(&app, reqwest::Method::GET, &format!("/v1/me/transfers/{id}"), &john, &Value::Null).await.0, 404);
+    let (_, account) =
+        send(&app, reqwest::Method::GET, &format!("/v1/me/accounts/{john_account}"), &john, &Value::Null).await;
+    assert_eq!(account["balance"], "5.00");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_pins_lock_pin_use_for_fifteen_minutes() {
+    let app = TestApp::spawn().await;
+    let (jane, _) = customer_with_account(&app, "jane@example.com").await;
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &json!({ "pin": "4821" })).await.0, 204);
+    for attempt in 1..=4 {
+        let (status, problem) =
+            send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "0000" })).await;
+        assert_eq!((status, problem["code"].as_str()), (401, Some("invalid_pin")), "attempt {attempt}");
+    }
+    let (status, problem) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "0000" })).await;
+    assert_eq!((status, problem["code"].as_str()), (423, Some("pin_locked")));
+    let retry_after: u64 = problem["retry_after"].as_str().expect("Retry-After").parse().expect("seconds");
+    assert!((890..=900).contains(&retry_after), "{retry_after}");
+    // Locked: even the right PIN, and a PIN change, wait.
+    let (status, _) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
+    assert_eq!(status, 423);
+    let change = json!({ "pin": "1111", "current_pin": "4821" });
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &change).await.0, 423);
+}

@@ -1,0 +1,266 @@
+//! The transaction PIN, the step-up token it buys, and the transfers a
+//! customer submits with it.
+//!
+//! A customer sets a PIN (4 to 8 digits, argon2id). `POST /v1/auth/pin`
+//! checks it and returns a step-up token valid 5 minutes, bound to the user;
+//! a customer's transfer needs one in `X-Step-Up-Token`. Five wrong PINs in
+//! a row lock PIN use for 15 minutes (423 `pin_locked` with `Retry-After`).
+
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use schemas::messages::{TransferRequested, V1};
+use schemas::{AccountId, Command, Currency, Operation, TransferId};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::{JwtKeys, hash_secret, verify_secret};
+use crate::context::RequestId;
+use crate::customers::User;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::transfers::{self, Requester};
+
+pub const PIN_ATTEMPTS_MAX: i32 = 5;
+pub const PIN_LOCK_S: i64 = 15 * 60;
+pub const STEP_UP_HEADER: &str = "x-step-up-token";
+/// The longest a status request may wait for the decision (below the
+/// request timeout).
+pub const WAIT_MS_MAX: u64 = 10_000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/me/pin", put(set_pin))
+        .route("/v1/auth/pin", post(step_up))
+        .route("/v1/me/transfers", post(submit))
+        .route("/v1/me/transfers/{transfer_id}", get(status))
+}
+
+fn check_pin_format(pin: &SecretString) -> Result<(), ApiError> {
+    let pin = pin.expose_secret();
+    if (4..=8).contains(&pin.len()) && pin.bytes().all(|byte| byte.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable("invalid_pin_format", "a PIN has 4 to 8 digits"))
+    }
+}
+
+/// Checks a PIN with the lockout: 423 while locked, 401 `invalid_pin` when
+/// wrong (the fifth in a row locks).
+async fn verify_pin(state: &AppState, user: &User, pin: SecretString) -> Result<(), ApiError> {
+    let (hash, locked_until): (Option<String>, Option<DateTime<Utc>>) =
+        sqlx::query_as("select pin_hash, pin_locked_until from users where id = $1")
+            .bind(user.id)
+            .fetch_one(&state.pool)
+            .await?;
+    if let Some(until) = locked_until.filter(|until| *until > Utc::now()) {
+        return Err(locked(until));
+    }
+    let Some(hash) = hash else {
+        return Err(ApiError::unprocessable("pin_not_set", "set a PIN first: PUT /v1/me/pin"));
+    };
+    if verify_secret(Some(hash), pin).await? {
+        sqlx::query("update users set pin_failed_attempts = 0 where id = $1")
+            .bind(user.id)
+            .execute(&state.pool)
+            .await?;
+        return Ok(());
+    }
+    // Counted in the database, atomically: parallel guesses cannot slip past.
+    let (attempts, locked_until): (i32, Option<DateTime<Utc>>) = sqlx::query_as(
+        r"update users set
+              pin_failed_attempts = case when pin_failed_attempts + 1 >= $2 then 0 else pin_failed_attempts + 1 end,
+              pin_locked_until = case when pin_failed_attempts + 1 >= $2
+                                      then now() + make_interval(secs => $3) else pin_locked_until end
+          where id = $1
+          returning pin_failed_attempts, pin_locked_until",
+    )
+    .bind(user.id)
+    .bind(PIN_ATTEMPTS_MAX)
+    .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
+    .fetch_one(&state.pool)
+    .await?;
+    match locked_until.filter(|until| *until > Utc::now()) {
+        Some(until) if attempts == 0 => {
+            tracing::warn!(user_id = %user.id, "PIN locked after {PIN_ATTEMPTS_MAX} wrong attempts");
+            Err(locked(until))
+        }
+        _ => {
+            tracing::info!(user_id = %user.id, attempts, "wrong PIN");
+            Err(ApiError::unauthorized(
+                "invalid_pin",
+                format!("wrong PIN; {} attempt(s) left", PIN_ATTEMPTS_MAX - attempts),
+            ))
+        }
+    }
+}
+
+fn locked(until: DateTime<Utc>) -> ApiError {
+    let seconds = u64::try_from((until - Utc::now()).num_seconds()).unwrap_or(0).max(1);
+    ApiError::Locked { retry_after_s: seconds }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPin {
+    pin: SecretString,
+    /// Required to change a PIN that is set.
+    current_pin: Option<SecretString>,
+}
+
+async fn set_pin(
+    State(state): State<AppState>,
+    user: User,
+    body: Result<Json<SetPin>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(request) = body?;
+    check_pin_format(&request.pin)?;
+    let has_pin: bool = sqlx::query_scalar("select pin_hash is not null from users where id = $1")
+        .bind(user.id)
+        .fetch_one(&state.pool)
+        .await?;
+    if has_pin {
+        let current = request
+            .current_pin
+            .ok_or_else(|| ApiError::unprocessable("current_pin_required", "give current_pin to change the PIN"))?;
+        verify_pin(&state, &user, current).await?;
+    }
+    let pin = request.pin;
+    let hash = tokio::task::spawn_blocking(move || hash_secret(&pin)).await.map_err(anyhow::Error::new)??;
+    sqlx::query("update users set pin_hash = $2, pin_failed_attempts = 0, pin_locked_until = null where id = $1")
+        .bind(user.id)
+        .bind(hash)
+        .execute(&state.pool)
+        .await?;
+    tracing::info!(user_id = %user.id, changed = has_pin, "PIN set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepUpRequest {
+    pin: SecretString,
+}
+
+async fn step_up(
+    State(state): State<AppState>,
+    user: User,
+    body: Result<Json<StepUpRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    verify_pin(&state, &user, request.pin).await?;
+    let token = state.jwt.issue_step_up(user.id, &user.role)?;
+    Ok(Json(serde_json::json!({ "step_up_token": token, "expires_in": JwtKeys::STEP_UP_TTL_S })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferRequest {
+    source_account_id: Uuid,
+    destination_account_id: Uuid,
+    amount: String,
+    currency: Currency,
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    user: User,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Result<Json<TransferRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let step_up = headers.get(STEP_UP_HEADER).and_then(|value| value.to_str().ok()).ok_or_else(|| {
+        ApiError::unauthorized("step_up_required", "enter the PIN (POST /v1/auth/pin) and send X-Step-Up-Token")
+    })?;
+    state.jwt.check_step_up(step_up, user.id)?;
+    let key = transfers::required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let money = transfers::parse_money(&request.amount, request.currency)?;
+    let owns_source: bool =
+        sqlx::query_scalar("select exists (select 1 from accounts where id = $1 and owner_user_id = $2)")
+            .bind(request.source_account_id)
+            .bind(user.id)
+            .fetch_one(&state.pool)
+            .await?;
+    if !owns_source {
+        return Err(ApiError::not_found("account_not_found", "no such source account"));
+    }
+    let transfer_id = TransferId::derive(Operation::Transfer, user.id, &key);
+    let command = Command::TransferRequested(TransferRequested {
+        version: V1,
+        transfer_id,
+        source_account_id: AccountId::from_uuid(request.source_account_id),
+        destination_account_id: AccountId::from_uuid(request.destination_account_id),
+        money,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "transfer",
+        "source_account_id": request.source_account_id,
+        "destination_account_id": request.destination_account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+    });
+    let accepted =
+        transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+    let mut response = accepted.into_response();
+    if let Ok(location) = format!("/v1/me/transfers/{transfer_id}").parse() {
+        response.headers_mut().insert(axum::http::header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    /// Wait up to this long (≤ 10 000) for the decision.
+    wait_ms: Option<u64>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    user: User,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(transfer_id) = path?;
+    let Query(query) = query?;
+    let wait_ms = query.wait_ms.unwrap_or(0);
+    if wait_ms > WAIT_MS_MAX {
+        return Err(ApiError::bad_request("invalid_query", format!("wait_ms is at most {WAIT_MS_MAX}")));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        type Row = (serde_json::Value, DateTime<Utc>, Option<String>, Option<String>, Option<DateTime<Utc>>);
+        let row: Option<Row> = sqlx::query_as(
+            r"select request.request, request.published_at, transfer.status, transfer.rejection_reason, transfer.decided_at
+              from accepted_requests request
+              left join transfers transfer on transfer.id = request.transfer_id
+              where request.transfer_id = $1 and request.user_id = $2 and request.published_at is not null",
+        )
+        .bind(transfer_id)
+        .bind(user.id)
+        .fetch_optional(&state.pool)
+        .await?;
+        let (request, accepted_at, status, reason, decided_at) =
+            row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+        if status.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(serde_json::json!({
+                "transfer_id": transfer_id,
+                "status": status.unwrap_or_else(|| "accepted".into()),
+                "reason": reason,
+                "request": request,
+                "accepted_at": accepted_at,
+                "decided_at": decided_at,
+            })));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
