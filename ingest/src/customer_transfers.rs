@@ -6,10 +6,11 @@
 //! a customer's transfer needs one in `X-Step-Up-Token`. Five wrong PINs in
 //! a row lock PIN use for 15 minutes (423 `pin_locked` with `Retry-After`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -21,6 +22,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::audit;
 use crate::auth::{JwtKeys, hash_secret, verify_secret};
 use crate::context::RequestId;
 use crate::customers::User;
@@ -54,7 +56,13 @@ fn check_pin_format(pin: &SecretString) -> Result<(), ApiError> {
 
 /// Checks a PIN with the lockout: 423 while locked, 401 `invalid_pin` when
 /// wrong (the fifth in a row locks).
-async fn verify_pin(state: &AppState, user: &User, pin: SecretString) -> Result<(), ApiError> {
+async fn verify_pin(
+    state: &AppState,
+    user: &User,
+    pin: SecretString,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Result<(), ApiError> {
     let (hash, locked_until): (Option<String>, Option<DateTime<Utc>>) =
         sqlx::query_as("select pin_hash, pin_locked_until from users where id = $1")
             .bind(user.id)
@@ -87,6 +95,19 @@ async fn verify_pin(state: &AppState, user: &User, pin: SecretString) -> Result<
     .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
     .fetch_one(&state.pool)
     .await?;
+    let locking = locked_until.is_some_and(|until| until > Utc::now()) && attempts == 0;
+    audit::record(
+        state,
+        audit::Event {
+            action: if locking { "pin.locked" } else { "pin.failed" },
+            actor_user_id: Some(user.id),
+            subject_user_id: Some(user.id),
+            peer: Some(peer),
+            request_id,
+            detail: serde_json::json!({ "failed_attempts": attempts }),
+        },
+    )
+    .await;
     match locked_until.filter(|until| *until > Utc::now()) {
         Some(until) if attempts == 0 => {
             tracing::warn!(user_id = %user.id, "PIN locked after {PIN_ATTEMPTS_MAX} wrong attempts");
@@ -118,6 +139,8 @@ struct SetPin {
 async fn set_pin(
     State(state): State<AppState>,
     user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<SetPin>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Json(request) = body?;
@@ -130,7 +153,7 @@ async fn set_pin(
         let current = request
             .current_pin
             .ok_or_else(|| ApiError::unprocessable("current_pin_required", "give current_pin to change the PIN"))?;
-        verify_pin(&state, &user, current).await?;
+        verify_pin(&state, &user, current, peer, &request_id.0).await?;
     }
     let pin = request.pin;
     let hash = tokio::task::spawn_blocking(move || hash_secret(&pin)).await.map_err(anyhow::Error::new)??;
@@ -140,6 +163,18 @@ async fn set_pin(
         .execute(&state.pool)
         .await?;
     tracing::info!(user_id = %user.id, changed = has_pin, "PIN set");
+    audit::record(
+        &state,
+        audit::Event {
+            action: if has_pin { "pin.changed" } else { "pin.set" },
+            actor_user_id: Some(user.id),
+            subject_user_id: Some(user.id),
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -152,10 +187,12 @@ struct StepUpRequest {
 async fn step_up(
     State(state): State<AppState>,
     user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<StepUpRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(request) = body?;
-    verify_pin(&state, &user, request.pin).await?;
+    verify_pin(&state, &user, request.pin, peer, &request_id.0).await?;
     let token = state.jwt.issue_step_up(user.id, &user.role)?;
     Ok(Json(serde_json::json!({ "step_up_token": token, "expires_in": JwtKeys::STEP_UP_TTL_S })))
 }

@@ -6,12 +6,14 @@
 //! token and issues the next of its family; presenting a retired token again
 //! revokes the family (someone else has a copy). Logout revokes the family.
 //!
-//! Customers' own accounts are in [`crate::customer_accounts`]. Not built
-//! yet (issue #4): customer transfers with the transaction PIN, roles beyond
-//! the stored `role`, password change and reset, the audit log.
+//! Password change and reset (a single-use token valid 30 minutes, sent as
+//! a notification through the outbox) end every session. Customers' own
+//! accounts are in [`crate::customer_accounts`], the PIN and transfers in
+//! [`crate::customer_transfers`]. Not built yet (issue #4): staff roles
+//! beyond the stored `role` (only the audit log reads it).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{ConnectInfo, Extension, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
@@ -26,7 +28,9 @@ use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
 use uuid::Uuid;
 
+use crate::audit;
 use crate::auth::{bearer_token, hash_secret, verify_secret};
+use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -41,6 +45,9 @@ pub fn router() -> Router<AppState> {
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/me", get(me))
+        .route("/v1/me/password", post(change_password))
+        .route("/v1/auth/password-reset", post(request_reset))
+        .route("/v1/auth/password-reset/confirm", post(confirm_reset))
 }
 
 /// A logged-in customer (or staff member), from a customer access token.
@@ -100,6 +107,7 @@ fn throttle_address(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> 
 async fn register(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     throttle_address(&state, peer)?;
@@ -125,6 +133,18 @@ async fn register(
         });
     }
     tracing::info!(user_id = %id, "customer registered");
+    audit::record(
+        &state,
+        audit::Event {
+            action: "user.registered",
+            actor_user_id: Some(id),
+            subject_user_id: Some(id),
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": id, "email": email }))))
 }
 
@@ -176,6 +196,7 @@ async fn open_session(
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Json<Session>, ApiError> {
     throttle_address(&state, peer)?;
@@ -188,13 +209,38 @@ async fn login(
             .await?;
     // An unknown email costs a hash check too, and answers the same.
     let matches = verify_secret(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password).await?;
+    let subject_user_id = stored.as_ref().map(|(id, _, _)| *id);
     let Some((user_id, _, role)) = stored.filter(|_| matches) else {
         tracing::info!(%peer, "failed login");
+        audit::record(
+            &state,
+            audit::Event {
+                action: "login.failed",
+                actor_user_id: None,
+                subject_user_id,
+                peer: Some(peer),
+                request_id: &request_id.0,
+                detail: serde_json::json!({ "known_user": subject_user_id.is_some() }),
+            },
+        )
+        .await;
         return Err(ApiError::unauthorized("invalid_credentials", "the email or the password is wrong"));
     };
     let mut connection = state.pool.acquire().await?;
     let session = open_session(&state, user_id, &role, Uuid::new_v4(), &mut connection).await?;
     tracing::info!(%user_id, "customer logged in");
+    audit::record(
+        &state,
+        audit::Event {
+            action: "login.succeeded",
+            actor_user_id: Some(user_id),
+            subject_user_id: Some(user_id),
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await;
     Ok(Json(session))
 }
 
@@ -206,6 +252,8 @@ struct RefreshRequest {
 
 async fn refresh(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
 ) -> Result<Json<Session>, ApiError> {
     let Json(request) = body?;
@@ -234,6 +282,18 @@ async fn refresh(
             .await?;
         transaction.commit().await?;
         tracing::warn!(%user_id, %family_id, "refresh token reused; the session family is revoked");
+        audit::record(
+            &state,
+            audit::Event {
+                action: "refresh_token.reused",
+                actor_user_id: None,
+                subject_user_id: Some(user_id),
+                peer: Some(peer),
+                request_id: &request_id.0,
+                detail: serde_json::json!({ "family_id": family_id }),
+            },
+        )
+        .await;
         return Err(ApiError::unauthorized("refresh_token_reused", "this session was ended; log in again"));
     }
     sqlx::query("update refresh_tokens set used_at = now() where id = $1").bind(id).execute(&mut *transaction).await?;
@@ -266,6 +326,186 @@ async fn me(State(state): State<AppState>, user: User) -> Result<impl IntoRespon
         .await?;
     let email = email.ok_or_else(|| ApiError::invalid_token("this user no longer exists"))?;
     Ok(Json(serde_json::json!({ "user_id": user.id, "email": email, "role": user.role })))
+}
+
+/// Ends every session of a user (all refresh-token families).
+async fn revoke_sessions(connection: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), ApiError> {
+    sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
+        .bind(user_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordChange {
+    current_password: SecretString,
+    new_password: SecretString,
+}
+
+/// Changes the password after checking the current one; every session ends
+/// (the client logs in again).
+async fn change_password(
+    State(state): State<AppState>,
+    user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<PasswordChange>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(request) = body?;
+    check_password(&request.new_password)?;
+    let hash: Option<String> =
+        sqlx::query_scalar("select password_hash from users where id = $1 and disabled_at is null")
+            .bind(user.id)
+            .fetch_optional(&state.pool)
+            .await?;
+    if !verify_secret(hash, request.current_password).await? {
+        return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
+    }
+    set_password(&state, user.id, request.new_password).await?;
+    audit::record(
+        &state,
+        audit::Event {
+            action: "password.changed",
+            actor_user_id: Some(user.id),
+            subject_user_id: Some(user.id),
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -> Result<(), ApiError> {
+    let hash = tokio::task::spawn_blocking(move || hash_secret(&password)).await.map_err(anyhow::Error::new)??;
+    let mut transaction = state.pool.begin().await?;
+    sqlx::query("update users set password_hash = $2, password_changed_at = now() where id = $1")
+        .bind(user_id)
+        .bind(hash)
+        .execute(&mut *transaction)
+        .await?;
+    revoke_sessions(&mut transaction, user_id).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// How long a reset token is valid.
+pub const RESET_TOKEN_TTL_S: i64 = 30 * 60;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    email: String,
+}
+
+/// Always 202 with the same body, whether or not the email is known; the
+/// same work is done either way (a token is drawn, an audit row written),
+/// so the answer's timing does not tell either. A known user gets the
+/// token as a `password_reset.requested` notification through the outbox.
+async fn request_reset(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<ResetRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    throttle_address(&state, peer)?;
+    let Json(request) = body?;
+    let email = request.email.trim().to_lowercase();
+    let mut bytes = [0_u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let expires_at = Utc::now() + Duration::seconds(RESET_TOKEN_TTL_S);
+    let mut transaction = state.pool.begin().await?;
+    let user: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1 and disabled_at is null")
+        .bind(&email)
+        .fetch_optional(&mut *transaction)
+        .await?;
+    if let Some(user_id) = user {
+        sqlx::query("insert into password_resets (id, user_id, token_hash, expires_at) values ($1, $2, $3, $4)")
+            .bind(Uuid::new_v4())
+            .bind(user_id)
+            .bind(token_hash(&token))
+            .bind(expires_at)
+            .execute(&mut *transaction)
+            .await?;
+        let message = serde_json::json!({
+            "type": "password_reset.requested",
+            "user_id": user_id,
+            "email": email,
+            "token": token,
+            "expires_at": expires_at,
+        });
+        sqlx::query(
+            r"insert into outbox (destination, event_type, message_key, payload)
+              values ('notifications', 'password_reset.requested', $1, $2::json)",
+        )
+        .bind(user_id.to_string())
+        .bind(message.to_string())
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await?;
+    audit::record(
+        &state,
+        audit::Event {
+            action: "password_reset.requested",
+            actor_user_id: None,
+            subject_user_id: user,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({ "known_user": user.is_some() }),
+        },
+    )
+    .await;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "accepted" }))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetConfirm {
+    token: SecretString,
+    new_password: SecretString,
+}
+
+/// Sets the new password with a valid, unused, unexpired token; every
+/// session of the user ends.
+async fn confirm_reset(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<ResetConfirm>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    throttle_address(&state, peer)?;
+    let Json(request) = body?;
+    check_password(&request.new_password)?;
+    // Used up in the same statement that checks it: a token works once.
+    let user_id: Option<Uuid> = sqlx::query_scalar(
+        r"update password_resets set used_at = now()
+          where token_hash = $1 and used_at is null and expires_at > now()
+          returning user_id",
+    )
+    .bind(token_hash(request.token.expose_secret()))
+    .fetch_optional(&state.pool)
+    .await?;
+    let user_id =
+        user_id.ok_or_else(|| ApiError::bad_request("invalid_reset_token", "the reset link is invalid or expired"))?;
+    set_password(&state, user_id, request.new_password).await?;
+    audit::record(
+        &state,
+        audit::Event {
+            action: "password_reset.completed",
+            actor_user_id: Some(user_id),
+            subject_user_id: Some(user_id),
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! processor, from the commands this service publishes.
 
 pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod callbacks;
 pub mod config;

@@ -71,6 +71,8 @@ pub struct RelayConfig {
     pub payments: payments::PaymentsConfig,
     /// Timeouts and concurrency of webhook deliveries.
     pub webhooks: webhooks::WebhooksConfig,
+    /// Where notifications to people go (the reset link), if anywhere.
+    pub notifier: Option<webhooks::Notifier>,
     /// `LEDGERLINE_RELAY_REPORT_INTERVAL_MS`: how often the relay logs its
     /// rates and the outbox's backlog (`outbox relay report`).
     pub report_interval_ms: u64,
@@ -91,6 +93,7 @@ impl RelayConfig {
             payments: payments::PaymentsConfig::default(),
             webhooks: webhooks::WebhooksConfig::default(),
             report_interval_ms: 60_000,
+            notifier: None,
         }
     }
 
@@ -116,6 +119,7 @@ impl RelayConfig {
             provider: provider::ProviderConfig::from_env()?,
             payments: payments::PaymentsConfig::from_env()?,
             webhooks: webhooks::WebhooksConfig::from_env()?,
+            notifier: webhooks::Notifier::from_env()?,
             report_interval_ms: config::limit(
                 "LEDGERLINE_RELAY_REPORT_INTERVAL_MS",
                 defaults.report_interval_ms,
@@ -334,7 +338,8 @@ pub async fn relay_round(
     }
     let endpoints = webhooks::endpoints_of(&mut transaction, &claim.rows).await.context("reading webhook endpoints")?;
     let endpoints = &endpoints;
-    let destinations = Destinations { config, producer, payments, webhooks, endpoints };
+    let destinations =
+        Destinations { config, producer, payments, webhooks, endpoints, notifier: config.notifier.as_ref() };
     let attempts = outbox::deliver_in_lane_order(&claim.rows, |row| destinations.deliver(row)).await;
     let results = outbox::settle_lanes(&claim.rows, attempts);
     let counts = outbox::record(&mut transaction, &claim.rows, &results, &config.retry_policy())
@@ -361,6 +366,7 @@ struct Destinations<'a> {
     payments: &'a payments::Payments,
     webhooks: &'a webhooks::Webhooks,
     endpoints: &'a std::collections::HashMap<uuid::Uuid, webhooks::Endpoint>,
+    notifier: Option<&'a webhooks::Notifier>,
 }
 
 impl Destinations<'_> {
@@ -369,6 +375,7 @@ impl Destinations<'_> {
             "events" => publish(self.config, self.producer, row).await,
             "payments" => self.payments.deliver(row).await,
             "webhooks" => self.webhooks.deliver(row, self.endpoints).await,
+            "notifications" => self.webhooks.deliver_notification(row, self.notifier).await,
             other => Attempt::Failed {
                 code: "unknown_destination".into(),
                 error: format!("no delivery for destination {other:?}"),

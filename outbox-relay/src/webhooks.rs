@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use platform::config::{self, ConfigError};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sqlx::PgConnection;
 use tokio::sync::Semaphore;
@@ -149,20 +150,45 @@ impl Webhooks {
             tracing::info!(outbox_id = row.id, endpoint_id = %webhook.endpoint_id, "webhook endpoint removed; dropping");
             return Attempt::Delivered;
         };
-        let key = match platform::signature::webhook_key(&endpoint.secret) {
+        self.post_signed(
+            &endpoint.url,
+            &endpoint.secret,
+            &format!("evt_{}", webhook.event_id),
+            webhook.event.to_string(),
+        )
+        .await
+    }
+
+    /// Delivers a `notifications` row (a message to a person, such as a
+    /// password-reset link) to the bank's notification service, signed the
+    /// same way. Without one configured the row fails until dead.
+    pub async fn deliver_notification(&self, row: &Row, notifier: Option<&Notifier>) -> Attempt {
+        let Some(notifier) = notifier else {
+            return failed("no_notifier", "no notification service is configured (LEDGERLINE_NOTIFY_URL)", None);
+        };
+        self.post_signed(
+            &notifier.url,
+            notifier.secret.expose_secret(),
+            &format!("ntf_{}", row.id),
+            row.payload.clone(),
+        )
+        .await
+    }
+
+    /// POSTs `body` with the Standard Webhooks headers, signed with `secret`.
+    async fn post_signed(&self, url: &str, secret: &str, message_id: &str, body: String) -> Attempt {
+        let key = match platform::signature::webhook_key(secret) {
             Ok(key) => key,
             Err(error) => return failed("bad_secret", &error.to_string(), None),
         };
-        let body = webhook.event.to_string();
-        let message_id = format!("evt_{}", webhook.event_id);
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = platform::signature::sign_webhook(&key, &message_id, timestamp, body.as_bytes());
+        let signature = platform::signature::sign_webhook(&key, message_id, timestamp, body.as_bytes());
         let Ok(_permit) = self.permits.acquire().await else { return Attempt::HeldBack };
         let sent = self
             .http
-            .post(&endpoint.url)
+            .post(url)
             .header(CONTENT_TYPE, "application/json")
-            .header("webhook-id", &message_id)
+            .header("webhook-id", message_id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .body(body)
@@ -191,6 +217,28 @@ impl Webhooks {
                 failed(code, &error.to_string(), None)
             }
         }
+    }
+}
+
+/// The bank's notification service (mail, SMS): `LEDGERLINE_NOTIFY_URL`
+/// and its Standard Webhooks secret `LEDGERLINE_NOTIFY_SECRET` (`whsec_…`).
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    pub url: String,
+    pub secret: SecretString,
+}
+
+impl Notifier {
+    /// # Errors
+    /// When the URL is set without a well-formed secret.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let Some(url) = config::var_optional::<String>("LEDGERLINE_NOTIFY_URL")? else { return Ok(None) };
+        let secret = config::secret_optional("LEDGERLINE_NOTIFY_SECRET")?
+            .ok_or_else(|| ConfigError::new("LEDGERLINE_NOTIFY_SECRET", "is required with LEDGERLINE_NOTIFY_URL"))?;
+        if platform::signature::webhook_key(secret.expose_secret()).is_err() {
+            return Err(ConfigError::new("LEDGERLINE_NOTIFY_SECRET", "must be whsec_ followed by base64"));
+        }
+        Ok(Some(Self { url, secret }))
     }
 }
 

@@ -2,6 +2,7 @@
 //! Kafka, each test on its own database and broker. One test binary, so the
 //! suite links once.
 
+mod account_security;
 mod auth;
 mod customers;
 mod dead_letters;
