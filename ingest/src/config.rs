@@ -35,6 +35,9 @@ pub struct IngestConfig {
     /// `LEDGERLINE_TOKEN_RATE_LIMIT_PER_S` and `LEDGERLINE_TOKEN_RATE_LIMIT_BURST`:
     /// each client IP's bucket on the token endpoint.
     pub token_ip_rate_limit: RateLimit,
+    /// `LEDGERLINE_LOGIN_RATE_LIMIT_PER_MIN` and `LEDGERLINE_LOGIN_RATE_LIMIT_BURST`:
+    /// each account's (email's) bucket of login attempts, whatever the IP.
+    pub login_account_rate_limit: RateLimit,
     /// The payment provider allowed to call back, when
     /// `LEDGERLINE_PROVIDER_CALLBACK_SECRET` is set.
     pub provider_callback: Option<ProviderCallback>,
@@ -68,8 +71,9 @@ impl IngestConfig {
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
             refresh_token_ttl_s: 30 * 24 * 3600,
-            client_rate_limit: RateLimit { rate_per_s: 200, burst: 400 },
-            token_ip_rate_limit: RateLimit { rate_per_s: 2, burst: 20 },
+            client_rate_limit: RateLimit::per_second(200, 400),
+            token_ip_rate_limit: RateLimit::per_second(2, 20),
+            login_account_rate_limit: RateLimit { per_minute: 6, burst: 10 },
             provider_callback: None,
         }
     }
@@ -105,24 +109,24 @@ impl IngestConfig {
                 defaults.refresh_token_ttl_s,
                 300..=90 * 24 * 3600,
             )?,
-            client_rate_limit: RateLimit {
-                rate_per_s: config::limit(
-                    "LEDGERLINE_RATE_LIMIT_PER_S",
-                    defaults.client_rate_limit.rate_per_s,
-                    1..=1_000_000,
-                )?,
-                burst: config::limit("LEDGERLINE_RATE_LIMIT_BURST", defaults.client_rate_limit.burst, 1..=1_000_000)?,
-            },
-            token_ip_rate_limit: RateLimit {
-                rate_per_s: config::limit(
-                    "LEDGERLINE_TOKEN_RATE_LIMIT_PER_S",
-                    defaults.token_ip_rate_limit.rate_per_s,
-                    1..=10_000,
+            client_rate_limit: RateLimit::per_second(
+                config::limit("LEDGERLINE_RATE_LIMIT_PER_S", 200, 1..=1_000_000)?,
+                config::limit("LEDGERLINE_RATE_LIMIT_BURST", defaults.client_rate_limit.burst, 1..=1_000_000)?,
+            ),
+            token_ip_rate_limit: RateLimit::per_second(
+                config::limit("LEDGERLINE_TOKEN_RATE_LIMIT_PER_S", 2, 1..=10_000)?,
+                config::limit("LEDGERLINE_TOKEN_RATE_LIMIT_BURST", defaults.token_ip_rate_limit.burst, 1..=10_000)?,
+            ),
+            login_account_rate_limit: RateLimit {
+                per_minute: config::limit(
+                    "LEDGERLINE_LOGIN_RATE_LIMIT_PER_MIN",
+                    defaults.login_account_rate_limit.per_minute,
+                    1..=600,
                 )?,
                 burst: config::limit(
-                    "LEDGERLINE_TOKEN_RATE_LIMIT_BURST",
-                    defaults.token_ip_rate_limit.burst,
-                    1..=10_000,
+                    "LEDGERLINE_LOGIN_RATE_LIMIT_BURST",
+                    defaults.login_account_rate_limit.burst,
+                    1..=1_000,
                 )?,
             },
             provider_callback: match config::secret_optional("LEDGERLINE_PROVIDER_CALLBACK_SECRET")? {

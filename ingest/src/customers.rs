@@ -202,6 +202,8 @@ async fn login(
     throttle_address(&state, peer)?;
     let Json(credentials) = body?;
     let email = credentials.email.trim().to_lowercase();
+    // Per account too: a guesser spread over many addresses still waits.
+    state.limits.login_accounts.check(&email).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
     let stored: Option<(Uuid, String, String)> =
         sqlx::query_as("select id, password_hash, role from users where email = $1 and disabled_at is null")
             .bind(&email)

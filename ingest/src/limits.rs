@@ -2,7 +2,7 @@
 //! per client IP on the token endpoint (where nobody is authenticated yet,
 //! and a password-guessing client would aim).
 //!
-//! Each key has a bucket of `burst` tokens refilled at `rate_per_s`; a
+//! Each key has a bucket of `burst` tokens refilled at `per_minute`; a
 //! request takes one, and an empty bucket answers 429 with `Retry-After`.
 //! Buckets live in this process: with several ingest instances behind a
 //! load balancer, a client's effective limit is the sum over instances.
@@ -18,12 +18,25 @@ use std::time::Instant;
 /// Thousandths of a token per token.
 const MILLI: u64 = 1_000;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
-    /// Tokens added per second.
-    pub rate_per_s: u64,
+    /// Tokens added per minute.
+    pub per_minute: u64,
     /// The bucket's size: how many requests may come at once.
     pub burst: u64,
+}
+
+impl RateLimit {
+    #[must_use]
+    pub const fn per_second(rate: u64, burst: u64) -> Self {
+        Self { per_minute: rate.saturating_mul(60), burst }
+    }
+
+    /// Thousandths of a token earned in `elapsed_ms`: `per_minute` tokens
+    /// are `per_minute` × 1000 thousandths per 60 000 ms.
+    fn earned(self, elapsed_ms: u64) -> u64 {
+        elapsed_ms.saturating_mul(self.per_minute) / 60
+    }
 }
 
 #[derive(Debug)]
@@ -51,8 +64,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     fn refill(&self, bucket: &mut Bucket, now: Instant) {
         let elapsed_ms = u64::try_from(now.duration_since(bucket.refilled_at).as_millis()).unwrap_or(u64::MAX);
-        // rate_per_s tokens per second is rate_per_s thousandths per ms.
-        let added = elapsed_ms.saturating_mul(self.limit.rate_per_s);
+        let added = self.limit.earned(elapsed_ms);
         bucket.milli_tokens = bucket.milli_tokens.saturating_add(added).min(self.capacity());
         bucket.refilled_at = now;
     }
@@ -71,7 +83,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             let capacity = self.capacity();
             buckets.retain(|_, bucket| {
                 let elapsed_ms = u64::try_from(now.duration_since(bucket.refilled_at).as_millis()).unwrap_or(u64::MAX);
-                bucket.milli_tokens.saturating_add(elapsed_ms.saturating_mul(self.limit.rate_per_s)) < capacity
+                bucket.milli_tokens.saturating_add(self.limit.earned(elapsed_ms)) < capacity
             });
             if buckets.len() >= self.keys_max {
                 return Err(1);
@@ -85,7 +97,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             return Ok(());
         }
         let missing = MILLI - bucket.milli_tokens;
-        let wait_ms = missing.div_ceil(self.limit.rate_per_s.max(1));
+        let wait_ms = missing.saturating_mul(60).div_ceil(self.limit.per_minute.max(1));
         Err(wait_ms.div_ceil(1_000).max(1))
     }
 }
@@ -98,7 +110,7 @@ mod tests {
 
     #[test]
     fn a_burst_passes_then_the_rate_holds_and_keys_are_apart() {
-        let limiter = RateLimiter::new(RateLimit { rate_per_s: 2, burst: 3 }, 100);
+        let limiter = RateLimiter::new(RateLimit::per_second(2, 3), 100);
         let start = Instant::now();
         for _ in 0..3 {
             assert_eq!(limiter.check_at(&"a", start), Ok(()));
@@ -117,18 +129,29 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        let limiter = RateLimiter::new(RateLimit { rate_per_s: 1, burst: 1 }, 100);
+        let limiter = RateLimiter::new(RateLimit::per_second(1, 1), 100);
         let start = Instant::now();
         assert_eq!(limiter.check_at(&1, start), Ok(()));
         assert_eq!(limiter.check_at(&1, start + Duration::from_millis(10)), Err(1));
-        let slow = RateLimiter::new(RateLimit { rate_per_s: 0, burst: 1 }, 100);
-        assert_eq!(slow.check_at(&1, start), Ok(()));
-        assert_eq!(slow.check_at(&1, start), Err(1));
+        // A rate of zero (which config refuses) never refills; it is told
+        // as the longest wait of the slowest rate, a minute.
+        let stopped = RateLimiter::new(RateLimit::per_second(0, 1), 100);
+        assert_eq!(stopped.check_at(&1, start), Ok(()));
+        assert_eq!(stopped.check_at(&1, start), Err(60));
+    }
+
+    #[test]
+    fn slow_rates_count_in_minutes() {
+        let limiter = RateLimiter::new(RateLimit { per_minute: 6, burst: 1 }, 100);
+        let start = Instant::now();
+        assert_eq!(limiter.check_at(&1, start), Ok(()));
+        assert_eq!(limiter.check_at(&1, start + Duration::from_secs(1)), Err(9), "one token per 10 s");
+        assert_eq!(limiter.check_at(&1, start + Duration::from_secs(10)), Ok(()));
     }
 
     #[test]
     fn the_map_is_bounded_and_idle_buckets_make_room() {
-        let limiter = RateLimiter::new(RateLimit { rate_per_s: 10, burst: 1 }, 2);
+        let limiter = RateLimiter::new(RateLimit::per_second(10, 1), 2);
         let start = Instant::now();
         assert_eq!(limiter.check_at(&1, start), Ok(()));
         assert_eq!(limiter.check_at(&2, start), Ok(()));

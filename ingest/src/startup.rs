@@ -38,8 +38,10 @@ const RATE_LIMIT_KEYS_MAX: usize = 100_000;
 pub struct Limits {
     /// Per API client, on every authenticated route.
     pub clients: RateLimiter<uuid::Uuid>,
-    /// Per client IP, on the token endpoint.
+    /// Per client IP, on the token endpoint, register and login.
     pub token_ips: RateLimiter<std::net::IpAddr>,
+    /// Per account (email), on login: guessing from many addresses.
+    pub login_accounts: RateLimiter<String>,
 }
 
 /// The server, bound and ready to run. Binding first lets a test ask for
@@ -68,6 +70,7 @@ impl Application {
             limits: Arc::new(Limits {
                 clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),
                 token_ips: RateLimiter::new(config.token_ip_rate_limit, RATE_LIMIT_KEYS_MAX),
+                login_accounts: RateLimiter::new(config.login_account_rate_limit, RATE_LIMIT_KEYS_MAX),
             }),
         };
         let listener =

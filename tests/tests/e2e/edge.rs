@@ -11,8 +11,7 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_api_client_has_its_own_token_bucket() {
-    let app =
-        TestApp::spawn_configured(|config| config.client_rate_limit = RateLimit { rate_per_s: 1, burst: 3 }).await;
+    let app = TestApp::spawn_configured(|config| config.client_rate_limit = RateLimit::per_second(1, 3)).await;
     let account = app.open_account("EUR").await; // the first token of three
     let get = |token: String| {
         let request = app.http().get(app.url(&format!("/v1/accounts/{account}"))).bearer_auth(token);
@@ -46,8 +45,7 @@ async fn each_api_client_has_its_own_token_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_endpoint_is_throttled_per_address_before_any_secret_is_checked() {
-    let app =
-        TestApp::spawn_configured(|config| config.token_ip_rate_limit = RateLimit { rate_per_s: 1, burst: 2 }).await;
+    let app = TestApp::spawn_configured(|config| config.token_ip_rate_limit = RateLimit::per_second(1, 2)).await;
     let client_id = app.client_id.to_string();
     // Cheap refusals (no password hash to check), so the bucket has no
     // time to refill between them.
@@ -90,4 +88,25 @@ async fn every_answer_carries_the_security_headers_and_no_cors_grant() {
         assert!(header("content-security-policy").is_some_and(|policy| policy.contains("default-src 'none'")));
         assert_eq!(header("access-control-allow-origin"), None);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_attempts_are_throttled_per_account_whatever_the_address() {
+    let app = TestApp::spawn_configured(|config| {
+        config.login_account_rate_limit = RateLimit { per_minute: 1, burst: 3 };
+        config.token_ip_rate_limit = RateLimit::per_second(1_000, 1_000);
+    })
+    .await;
+    let login = |email: &'static str| {
+        let request = app
+            .http()
+            .post(app.url("/v1/auth/login"))
+            .json(&serde_json::json!({ "email": email, "password": "not the password" }));
+        async move { request.send().await.expect("login").status().as_u16() }
+    };
+    for _ in 0..3 {
+        assert_eq!(login("jane@example.com").await, 401);
+    }
+    assert_eq!(login("JANE@example.com").await, 429, "the same account, however spelled");
+    assert_eq!(login("john@example.com").await, 401, "another account has its own bucket");
 }
