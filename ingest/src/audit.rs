@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -82,14 +81,7 @@ async fn read(
     user: User,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if user.role != "admin" {
-        return Err(ApiError::Client {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden_role",
-            title: "Forbidden",
-            detail: "the audit log is for admins".into(),
-        });
-    }
+    crate::staff::require_role(&user, &["admin"])?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=PAGE_LIMIT_MAX).contains(&limit) {

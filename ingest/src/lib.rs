@@ -18,6 +18,7 @@ pub mod error;
 pub mod health;
 pub mod limits;
 pub mod publish;
+pub mod staff;
 pub mod startup;
 pub mod transfers;
 pub mod webhooks;

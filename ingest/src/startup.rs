@@ -112,6 +112,7 @@ fn router(state: AppState, config: &IngestConfig) -> Router {
         .merge(crate::customer_accounts::router())
         .merge(crate::customer_transfers::router())
         .merge(crate::audit::router())
+        .merge(crate::staff::router())
         .merge(crate::health::router())
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

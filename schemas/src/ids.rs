@@ -100,6 +100,8 @@ pub enum Operation {
     Deposit,
     OpenAccount,
     Payout,
+    /// A staff member's freeze, unfreeze or close.
+    AccountStatus,
 }
 
 impl Operation {
@@ -110,6 +112,7 @@ impl Operation {
             Operation::Deposit => "deposit",
             Operation::OpenAccount => "account",
             Operation::Payout => "payout",
+            Operation::AccountStatus => "account-status",
         };
         let name = format!("{operation}/{client_id}/{}", key.as_str());
         Uuid::new_v5(&TRANSFER_ID_NAMESPACE, name.as_bytes())

@@ -4,6 +4,7 @@
 
 mod account_security;
 mod auth;
+mod authz;
 mod customers;
 mod dead_letters;
 mod edge;

@@ -1,0 +1,136 @@
+//! Staff routes, by role: `support` reads any account, `admin` freezes,
+//! unfreezes and closes accounts, `ops` (and `admin`) fund accounts from
+//! cash-in. A staff route refuses other roles with 403 `forbidden_role`
+//! (the route is no secret; accounts stay 404 when they do not exist).
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use schemas::messages::{AccountDeposited, AccountStatusCommand, V1};
+use schemas::{AccountId, Command, Currency, Operation, TransferId};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::accounts::AccountRow;
+use crate::context::RequestId;
+use crate::customers::User;
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::transfers::{self, Requester};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/staff/accounts/{account_id}", get(read_account))
+        .route("/v1/staff/accounts/{account_id}/deposits", post(deposit))
+        .route("/v1/staff/accounts/{account_id}/{action}", post(change_status))
+}
+
+/// # Errors
+/// 403 `forbidden_role` unless the user has one of `roles`.
+pub fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
+    if roles.contains(&user.role.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::Client {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden_role",
+            title: "Forbidden",
+            detail: format!("this needs one of the roles {}", roles.join(", ")),
+        })
+    }
+}
+
+async fn any_account(state: &AppState, account_id: Uuid) -> Result<AccountRow, ApiError> {
+    sqlx::query_as::<_, AccountRow>(
+        "select id, currency, status, balance, held, overdraft_limit, created_at from accounts where id = $1",
+    )
+    .bind(account_id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
+}
+
+async fn read_account(
+    State(state): State<AppState>,
+    user: User,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, &["support", "admin", "ops"])?;
+    let Path(account_id) = path?;
+    Ok(Json(any_account(&state, account_id).await?.view()?))
+}
+
+async fn change_status(
+    State(state): State<AppState>,
+    user: User,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<(Uuid, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    require_role(&user, &["admin"])?;
+    let Path((account_id, action)) = path?;
+    let build: fn(AccountStatusCommand) -> Command = match action.as_str() {
+        "freeze" => Command::AccountFrozen,
+        "unfreeze" => Command::AccountUnfrozen,
+        "close" => Command::AccountClosed,
+        _ => return Err(ApiError::not_found("not_found", "no such route")),
+    };
+    let key = transfers::required_idempotency_key(&headers)?;
+    any_account(&state, account_id).await?;
+    let command_id = TransferId::derive(Operation::AccountStatus, user.id, &key).as_uuid();
+    let command = build(AccountStatusCommand {
+        version: V1,
+        command_id,
+        account_id: AccountId::from_uuid(account_id),
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({ "kind": action, "account_id": account_id });
+    let accepted =
+        transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+    tracing::info!(user_id = %user.id, %account_id, action, "account status change requested");
+    Ok(accepted.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DepositRequest {
+    amount: String,
+    currency: Currency,
+}
+
+async fn deposit(
+    State(state): State<AppState>,
+    user: User,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<DepositRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require_role(&user, &["ops", "admin"])?;
+    let Path(account_id) = path?;
+    let key = transfers::required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let money = transfers::parse_money(&request.amount, request.currency)?;
+    any_account(&state, account_id).await?;
+    let transfer_id = TransferId::derive(Operation::Deposit, user.id, &key);
+    let command = Command::AccountDeposited(AccountDeposited {
+        version: V1,
+        transfer_id,
+        account_id: AccountId::from_uuid(account_id),
+        money,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "deposit",
+        "account_id": account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+    });
+    let accepted =
+        transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+    Ok(accepted.into_response())
+}
