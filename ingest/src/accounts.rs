@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::messages::{AccountDeposited, V1};
-use schemas::{AccountId, Command, Currency, Operation, TransferId};
+use schemas::{AccountId, Command, Currency, Money, Operation, TransferId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -222,6 +222,25 @@ struct DepositRequest {
     currency: Currency,
 }
 
+/// An `account.deposited` command, and the canonical form of its request.
+#[must_use]
+pub fn deposit_command(transfer_id: TransferId, account_id: Uuid, money: Money) -> (Command, serde_json::Value) {
+    let command = Command::AccountDeposited(AccountDeposited {
+        version: V1,
+        transfer_id,
+        account_id: AccountId::from_uuid(account_id),
+        money,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "deposit",
+        "account_id": account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+    });
+    (command, canonical)
+}
+
 /// Funds any account from the system cash-in account of its currency.
 async fn deposit(
     State(state): State<AppState>,
@@ -237,19 +256,7 @@ async fn deposit(
     let Json(request) = body?;
     let money = transfers::parse_money(&request.amount, request.currency)?;
     let transfer_id = TransferId::derive(Operation::Deposit, principal.client_id, &key);
-    let command = Command::AccountDeposited(AccountDeposited {
-        version: V1,
-        transfer_id,
-        account_id: AccountId::from_uuid(account_id),
-        money,
-        requested_at: Utc::now(),
-    });
-    let canonical = serde_json::json!({
-        "kind": "deposit",
-        "account_id": account_id,
-        "amount": money.amount().to_string(),
-        "currency": money.currency(),
-    });
+    let (command, canonical) = deposit_command(transfer_id, account_id, money);
     let accepted: Accepted = transfers::accept(
         &state,
         transfers::Requester::Client(principal.client_id),

@@ -16,8 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use schemas::messages::{TransferRequested, V1};
-use schemas::{AccountId, Command, Currency, Operation, TransferId};
+use schemas::{Currency, Operation, TransferId};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -230,21 +229,8 @@ async fn submit(
         return Err(ApiError::not_found("account_not_found", "no such source account"));
     }
     let transfer_id = TransferId::derive(Operation::Transfer, user.id, &key);
-    let command = Command::TransferRequested(TransferRequested {
-        version: V1,
-        transfer_id,
-        source_account_id: AccountId::from_uuid(request.source_account_id),
-        destination_account_id: AccountId::from_uuid(request.destination_account_id),
-        money,
-        requested_at: Utc::now(),
-    });
-    let canonical = serde_json::json!({
-        "kind": "transfer",
-        "source_account_id": request.source_account_id,
-        "destination_account_id": request.destination_account_id,
-        "amount": money.amount().to_string(),
-        "currency": money.currency(),
-    });
+    let (command, canonical) =
+        transfers::transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money);
     let accepted =
         transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     let mut response = accepted.into_response();

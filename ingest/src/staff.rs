@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use schemas::messages::{AccountDeposited, AccountStatusCommand, V1};
+use schemas::messages::{AccountStatusCommand, V1};
 use schemas::{AccountId, Command, Currency, Operation, TransferId};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -117,19 +117,7 @@ async fn deposit(
     let money = transfers::parse_money(&request.amount, request.currency)?;
     any_account(&state, account_id).await?;
     let transfer_id = TransferId::derive(Operation::Deposit, user.id, &key);
-    let command = Command::AccountDeposited(AccountDeposited {
-        version: V1,
-        transfer_id,
-        account_id: AccountId::from_uuid(account_id),
-        money,
-        requested_at: Utc::now(),
-    });
-    let canonical = serde_json::json!({
-        "kind": "deposit",
-        "account_id": account_id,
-        "amount": money.amount().to_string(),
-        "currency": money.currency(),
-    });
+    let (command, canonical) = crate::accounts::deposit_command(transfer_id, account_id, money);
     let accepted =
         transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     Ok(accepted.into_response())

@@ -90,22 +90,36 @@ async fn submit_transfer(
 
     owned_source(&state, &principal, request.source_account_id).await?;
     let transfer_id = TransferId::derive(Operation::Transfer, principal.client_id, &key);
+    let (command, canonical) =
+        transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money);
+    accept(&state, Requester::Client(principal.client_id), &key, &command, canonical, &request_id.0).await
+}
+
+/// A `transfer.requested` command, and the canonical form of its request
+/// that a retry with the same key must match.
+#[must_use]
+pub fn transfer_command(
+    transfer_id: TransferId,
+    source_account_id: Uuid,
+    destination_account_id: Uuid,
+    money: Money,
+) -> (Command, serde_json::Value) {
     let command = Command::TransferRequested(TransferRequested {
         version: V1,
         transfer_id,
-        source_account_id: AccountId::from_uuid(request.source_account_id),
-        destination_account_id: AccountId::from_uuid(request.destination_account_id),
+        source_account_id: AccountId::from_uuid(source_account_id),
+        destination_account_id: AccountId::from_uuid(destination_account_id),
         money,
         requested_at: Utc::now(),
     });
     let canonical = serde_json::json!({
         "kind": "transfer",
-        "source_account_id": request.source_account_id,
-        "destination_account_id": request.destination_account_id,
+        "source_account_id": source_account_id,
+        "destination_account_id": destination_account_id,
         "amount": money.amount().to_string(),
         "currency": money.currency(),
     });
-    accept(&state, Requester::Client(principal.client_id), &key, &command, canonical, &request_id.0).await
+    (command, canonical)
 }
 
 /// An amount in a currency, or 422 `invalid_amount`.
