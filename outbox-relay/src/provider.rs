@@ -111,16 +111,7 @@ impl ProviderFailure {
     }
 
     fn from_reqwest(error: &reqwest::Error) -> Self {
-        let code = if error.is_timeout() {
-            "timeout"
-        } else if error.is_connect() {
-            "connect"
-        } else if error.is_decode() {
-            "bad_answer"
-        } else {
-            "http_error"
-        };
-        Self::new(code, error.to_string())
+        Self::new(reqwest_error_code(error), error.to_string())
     }
 }
 
@@ -166,11 +157,6 @@ impl ProviderClient {
             .connect_timeout(Duration::from_millis(config.timeout_ms))
             .build()?;
         Ok(Self { config, http, token: tokio::sync::Mutex::new(None) })
-    }
-
-    #[must_use]
-    pub fn name(&self) -> &str {
-        &self.config.name
     }
 
     /// Orders a payment under `idempotency_key`.
@@ -276,9 +262,22 @@ impl ProviderClient {
     }
 }
 
+/// A stable reason for an HTTP call that got no answer, for metrics.
+pub(crate) fn reqwest_error_code(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connect"
+    } else if error.is_decode() {
+        "bad_answer"
+    } else {
+        "http_error"
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is rare for APIs and is
 /// ignored: the relay's own backoff applies), capped at an hour.
-fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
     let seconds: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(seconds.min(3_600) * 1_000)
 }

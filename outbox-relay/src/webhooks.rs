@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use platform::config::{self, ConfigError};
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -197,25 +197,14 @@ impl Webhooks {
         match sent {
             Ok(response) if response.status().is_success() => Attempt::Delivered,
             Ok(response) => {
-                let retry_after_ms = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(|seconds| seconds.min(3_600) * 1_000);
                 let status = response.status();
-                failed(&format!("http_{}", status.as_u16()), &format!("the endpoint answered {status}"), retry_after_ms)
+                failed(
+                    &format!("http_{}", status.as_u16()),
+                    &format!("the endpoint answered {status}"),
+                    crate::provider::retry_after_ms(response.headers()),
+                )
             }
-            Err(error) => {
-                let code = if error.is_timeout() {
-                    "timeout"
-                } else if error.is_connect() {
-                    "connect"
-                } else {
-                    "http_error"
-                };
-                failed(code, &error.to_string(), None)
-            }
+            Err(error) => failed(crate::provider::reqwest_error_code(&error), &error.to_string(), None),
         }
     }
 }
