@@ -17,7 +17,7 @@ use crate::auth::{Principal, Scope};
 use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::transfers::{self, Accepted};
+use crate::transfers::{self, Accepted, Requester};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -89,15 +89,26 @@ impl AccountRow {
     }
 }
 
-/// Reads an account the principal owns; another client's account, or one
-/// that does not exist, is the same 404 (no existence leak).
-async fn owned_account(state: &AppState, principal: &Principal, account_id: Uuid) -> Result<AccountRow, ApiError> {
+/// Reads an account: one `owner` opened, or any with `None` (staff). An
+/// account of someone else, or one that does not exist, is the same 404
+/// (no existence leak).
+pub(crate) async fn find_account(
+    state: &AppState,
+    account_id: Uuid,
+    owner: Option<Requester>,
+) -> Result<AccountRow, ApiError> {
+    let (client_id, user_id) = match owner {
+        Some(Requester::Client(id)) => (Some(id), None),
+        Some(Requester::User(id)) => (None, Some(id)),
+        None => (None, None),
+    };
     sqlx::query_as::<_, AccountRow>(
-        r"select id, currency, status, balance, held, overdraft_limit, created_at
-          from accounts where id = $1 and owner_client_id = $2",
+        r"select id, currency, status, balance, held, overdraft_limit, created_at from accounts
+          where id = $1 and ($2::uuid is null or owner_client_id = $2) and ($3::uuid is null or owner_user_id = $3)",
     )
     .bind(account_id)
-    .bind(principal.client_id)
+    .bind(client_id)
+    .bind(user_id)
     .fetch_optional(&state.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
@@ -127,7 +138,7 @@ async fn open_account(
     .execute(&state.pool)
     .await?
     .rows_affected();
-    let account = owned_account(&state, &principal, account_id.as_uuid()).await?;
+    let account = find_account(&state, account_id.as_uuid(), Some(Requester::Client(principal.client_id))).await?;
     if account.currency.trim() != request.currency.code() {
         return Err(ApiError::unprocessable(
             "idempotency_key_reused",
@@ -149,7 +160,7 @@ async fn get_account(
 ) -> Result<Json<AccountView>, ApiError> {
     principal.require(Scope::AccountsRead)?;
     let Path(account_id) = path?;
-    Ok(Json(owned_account(&state, &principal, account_id).await?.view()?))
+    Ok(Json(find_account(&state, account_id, Some(Requester::Client(principal.client_id))).await?.view()?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,7 +202,7 @@ async fn list_entries(
     if !(1..=ENTRIES_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={ENTRIES_LIMIT_MAX}")));
     }
-    let account = owned_account(&state, &principal, account_id).await?;
+    let account = find_account(&state, account_id, Some(Requester::Client(principal.client_id))).await?;
     let currency = parse_currency(&account.currency)?;
     let rows: Vec<(Uuid, Decimal, Decimal, DateTime<Utc>)> = sqlx::query_as(
         r"select transfer_id, amount, balance_after, created_at from entries

@@ -34,6 +34,21 @@ pub struct Event<'a> {
     pub detail: serde_json::Value,
 }
 
+impl<'a> Event<'a> {
+    /// What a user did to their own account, with no more detail.
+    #[must_use]
+    pub fn by_user(action: &'a str, user_id: Uuid, peer: SocketAddr, request_id: &'a str) -> Self {
+        Self {
+            action,
+            actor_user_id: Some(user_id),
+            subject_user_id: Some(user_id),
+            peer: Some(peer),
+            request_id,
+            detail: serde_json::json!({}),
+        }
+    }
+}
+
 /// Records an event. A failure to record is logged, not returned: the
 /// request it describes has already happened.
 pub async fn record(state: &AppState, event: Event<'_>) {

@@ -273,7 +273,7 @@ impl FromRequestParts<AppState> for Principal {
             .map_err(|_| ApiError::invalid_token("the access token has no valid subject"))?;
         // Unknown scope names (from a newer version) are ignored, not fatal.
         let scopes = data.claims.scope.split_whitespace().filter_map(|text| Scope::parse(text).ok()).collect();
-        state.limits.clients.check(&client_id).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+        state.limits.clients.admit(&client_id)?;
         Ok(Self { client_id, scopes })
     }
 }
@@ -326,7 +326,7 @@ async fn issue_token(
     form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     // Before any secret is checked: guessing is throttled per address.
-    state.limits.token_ips.check(&peer.ip()).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    state.limits.token_ips.admit(&peer.ip())?;
     let Form(request) = form?;
     if request.grant_type != "client_credentials" {
         return Err(ApiError::bad_request("unsupported_grant_type", "only grant_type=client_credentials is supported"));
@@ -455,6 +455,15 @@ pub fn hash_secret(secret: &SecretString) -> anyhow::Result<String> {
         .map_err(|error| anyhow::anyhow!("hashing a secret: {error}"))
 }
 
+/// [`hash_secret`] on the blocking pool: argon2id spends tens of
+/// milliseconds of CPU, which must not stall the runtime's workers.
+///
+/// # Errors
+/// When hashing fails or the blocking task is lost.
+pub async fn hash_secret_blocking(secret: SecretString) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || hash_secret(&secret)).await.context("hashing a secret")?
+}
+
 /// A new client's credentials; the secret is shown once and never stored.
 #[derive(Debug)]
 pub struct NewClient {
@@ -487,10 +496,7 @@ pub async fn upsert_client(
     secret: &SecretString,
     scopes: &[Scope],
 ) -> anyhow::Result<()> {
-    let hash = {
-        let secret = secret.clone();
-        tokio::task::spawn_blocking(move || hash_secret(&secret)).await??
-    };
+    let hash = hash_secret_blocking(secret.clone()).await?;
     let scopes: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
     sqlx::query(
         r"insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)

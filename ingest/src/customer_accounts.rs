@@ -15,11 +15,11 @@ use schemas::{AccountId, Currency};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::accounts::{AccountRow, format_amount, parse_currency};
+use crate::accounts::{AccountRow, find_account, format_amount, parse_currency};
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::transfers;
+use crate::transfers::{self, Requester};
 
 /// Accounts one customer may open.
 pub const ACCOUNTS_PER_USER_MAX: i64 = 20;
@@ -31,18 +31,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/me/accounts", get(list).post(open))
         .route("/v1/me/accounts/{account_id}", get(read))
         .route("/v1/me/accounts/{account_id}/history", get(history))
-}
-
-async fn own_account(state: &AppState, user: &User, account_id: Uuid) -> Result<AccountRow, ApiError> {
-    sqlx::query_as::<_, AccountRow>(
-        r"select id, currency, status, balance, held, overdraft_limit, created_at
-          from accounts where id = $1 and owner_user_id = $2",
-    )
-    .bind(account_id)
-    .bind(user.id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +69,7 @@ async fn open(
     .execute(&state.pool)
     .await?
     .rows_affected();
-    let account = own_account(&state, &user, account_id.as_uuid()).await?;
+    let account = find_account(&state, account_id.as_uuid(), Some(Requester::User(user.id))).await?;
     if account.currency.trim() != request.currency.code() {
         return Err(ApiError::unprocessable(
             "idempotency_key_reused",
@@ -111,7 +99,7 @@ async fn read(
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(account_id) = path?;
-    Ok(Json(own_account(&state, &user, account_id).await?.view()?))
+    Ok(Json(find_account(&state, account_id, Some(Requester::User(user.id))).await?.view()?))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -175,7 +163,7 @@ async fn history(
         return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={HISTORY_LIMIT_MAX}")));
     }
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let account = own_account(&state, &user, account_id).await?;
+    let account = find_account(&state, account_id, Some(Requester::User(user.id))).await?;
     let currency = parse_currency(&account.currency)?;
     type Row = (i64, Uuid, String, Decimal, Decimal, Option<Uuid>, DateTime<Utc>);
     // One more than the page, to know whether another page follows.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::{JwtKeys, hash_secret, verify_secret};
+use crate::auth::{JwtKeys, hash_secret_blocking, verify_secret};
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
@@ -155,7 +155,7 @@ async fn set_pin(
         verify_pin(&state, &user, current, peer, &request_id.0).await?;
     }
     let pin = request.pin;
-    let hash = tokio::task::spawn_blocking(move || hash_secret(&pin)).await.map_err(anyhow::Error::new)??;
+    let hash = hash_secret_blocking(pin).await?;
     sqlx::query("update users set pin_hash = $2, pin_failed_attempts = 0, pin_locked_until = null where id = $1")
         .bind(user.id)
         .bind(hash)
@@ -164,14 +164,7 @@ async fn set_pin(
     tracing::info!(user_id = %user.id, changed = has_pin, "PIN set");
     audit::record(
         &state,
-        audit::Event {
-            action: if has_pin { "pin.changed" } else { "pin.set" },
-            actor_user_id: Some(user.id),
-            subject_user_id: Some(user.id),
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({}),
-        },
+        audit::Event::by_user(if has_pin { "pin.changed" } else { "pin.set" }, user.id, peer, &request_id.0),
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
@@ -261,28 +254,9 @@ async fn status(
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        type Row = (serde_json::Value, DateTime<Utc>, Option<String>, Option<String>, Option<DateTime<Utc>>);
-        let row: Option<Row> = sqlx::query_as(
-            r"select request.request, request.published_at, transfer.status, transfer.rejection_reason, transfer.decided_at
-              from accepted_requests request
-              left join transfers transfer on transfer.id = request.transfer_id
-              where request.transfer_id = $1 and request.user_id = $2 and request.published_at is not null",
-        )
-        .bind(transfer_id)
-        .bind(user.id)
-        .fetch_optional(&state.pool)
-        .await?;
-        let (request, accepted_at, status, reason, decided_at) =
-            row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
-        if status.is_some() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(serde_json::json!({
-                "transfer_id": transfer_id,
-                "status": status.unwrap_or_else(|| "accepted".into()),
-                "reason": reason,
-                "request": request,
-                "accepted_at": accepted_at,
-                "decided_at": decided_at,
-            })));
+        let view = transfers::transfer_view(&state, transfer_id, Requester::User(user.id)).await?;
+        if view.status != "accepted" || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(view));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

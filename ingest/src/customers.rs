@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::{bearer_token, hash_secret, verify_secret};
+use crate::auth::{bearer_token, hash_secret_blocking, verify_secret};
 use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -63,7 +63,7 @@ impl FromRequestParts<AppState> for User {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let claims = state.jwt.decode_customer(bearer_token(&parts.headers)?)?;
         let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::invalid_token("the token has no valid subject"))?;
-        state.limits.clients.check(&id).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+        state.limits.clients.admit(&id)?;
         Ok(Self { id, role: claims.role })
     }
 }
@@ -100,22 +100,18 @@ fn check_password(password: &SecretString) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn throttle_address(state: &AppState, peer: SocketAddr) -> Result<(), ApiError> {
-    state.limits.token_ips.check(&peer.ip()).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
-}
-
 async fn register(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    throttle_address(&state, peer)?;
+    state.limits.token_ips.admit(&peer.ip())?;
     let Json(credentials) = body?;
     let email = normalize_email(&credentials.email)?;
     check_password(&credentials.password)?;
     let password = credentials.password;
-    let hash = tokio::task::spawn_blocking(move || hash_secret(&password)).await.map_err(anyhow::Error::new)??;
+    let hash = hash_secret_blocking(password).await?;
     let id = Uuid::new_v4();
     let inserted =
         sqlx::query("insert into users (id, email, password_hash) values ($1, $2, $3) on conflict (email) do nothing")
@@ -133,18 +129,7 @@ async fn register(
         });
     }
     tracing::info!(user_id = %id, "customer registered");
-    audit::record(
-        &state,
-        audit::Event {
-            action: "user.registered",
-            actor_user_id: Some(id),
-            subject_user_id: Some(id),
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await;
+    audit::record(&state, audit::Event::by_user("user.registered", id, peer, &request_id.0)).await;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": id, "email": email }))))
 }
 
@@ -199,11 +184,11 @@ async fn login(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Json<Session>, ApiError> {
-    throttle_address(&state, peer)?;
+    state.limits.token_ips.admit(&peer.ip())?;
     let Json(credentials) = body?;
     let email = credentials.email.trim().to_lowercase();
     // Per account too: a guesser spread over many addresses still waits.
-    state.limits.login_accounts.check(&email).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })?;
+    state.limits.login_accounts.admit(&email)?;
     let stored: Option<(Uuid, String, String)> =
         sqlx::query_as("select id, password_hash, role from users where email = $1 and disabled_at is null")
             .bind(&email)
@@ -231,18 +216,7 @@ async fn login(
     let mut connection = state.pool.acquire().await?;
     let session = open_session(&state, user_id, &role, Uuid::new_v4(), &mut connection).await?;
     tracing::info!(%user_id, "customer logged in");
-    audit::record(
-        &state,
-        audit::Event {
-            action: "login.succeeded",
-            actor_user_id: Some(user_id),
-            subject_user_id: Some(user_id),
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await;
+    audit::record(&state, audit::Event::by_user("login.succeeded", user_id, peer, &request_id.0)).await;
     Ok(Json(session))
 }
 
@@ -366,23 +340,12 @@ async fn change_password(
         return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
     }
     set_password(&state, user.id, request.new_password).await?;
-    audit::record(
-        &state,
-        audit::Event {
-            action: "password.changed",
-            actor_user_id: Some(user.id),
-            subject_user_id: Some(user.id),
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await;
+    audit::record(&state, audit::Event::by_user("password.changed", user.id, peer, &request_id.0)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -> Result<(), ApiError> {
-    let hash = tokio::task::spawn_blocking(move || hash_secret(&password)).await.map_err(anyhow::Error::new)??;
+    let hash = hash_secret_blocking(password).await?;
     let mut transaction = state.pool.begin().await?;
     sqlx::query("update users set password_hash = $2, password_changed_at = now() where id = $1")
         .bind(user_id)
@@ -413,7 +376,7 @@ async fn request_reset(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<ResetRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    throttle_address(&state, peer)?;
+    state.limits.token_ips.admit(&peer.ip())?;
     let Json(request) = body?;
     let email = request.email.trim().to_lowercase();
     let mut bytes = [0_u8; 32];
@@ -480,7 +443,7 @@ async fn confirm_reset(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<ResetConfirm>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    throttle_address(&state, peer)?;
+    state.limits.token_ips.admit(&peer.ip())?;
     let Json(request) = body?;
     check_password(&request.new_password)?;
     // Used up in the same statement that checks it: a token works once.
@@ -495,18 +458,7 @@ async fn confirm_reset(
     let user_id =
         user_id.ok_or_else(|| ApiError::bad_request("invalid_reset_token", "the reset link is invalid or expired"))?;
     set_password(&state, user_id, request.new_password).await?;
-    audit::record(
-        &state,
-        audit::Event {
-            action: "password_reset.completed",
-            actor_user_id: Some(user_id),
-            subject_user_id: Some(user_id),
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await;
+    audit::record(&state, audit::Event::by_user("password_reset.completed", user_id, peer, &request_id.0)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -15,6 +15,8 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::error::ApiError;
+
 /// Thousandths of a token per token.
 const MILLI: u64 = 1_000;
 
@@ -62,36 +64,34 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.limit.burst.max(1) * MILLI
     }
 
-    fn refill(&self, bucket: &mut Bucket, now: Instant) {
+    /// What `bucket` holds at `now`, refills included.
+    fn level(&self, bucket: &Bucket, now: Instant) -> u64 {
         let elapsed_ms = u64::try_from(now.duration_since(bucket.refilled_at).as_millis()).unwrap_or(u64::MAX);
-        let added = self.limit.earned(elapsed_ms);
-        bucket.milli_tokens = bucket.milli_tokens.saturating_add(added).min(self.capacity());
-        bucket.refilled_at = now;
+        bucket.milli_tokens.saturating_add(self.limit.earned(elapsed_ms)).min(self.capacity())
     }
 
-    /// Takes a token for `key`, or says in how many seconds one will be there.
+    /// Takes a token for `key`.
     ///
     /// # Errors
-    /// The seconds to wait (at least 1) when the bucket is empty.
-    pub fn check(&self, key: &K) -> Result<(), u64> {
-        self.check_at(key, Instant::now())
+    /// 429 `rate_limited`, with the seconds until a token is there (at
+    /// least 1), when the bucket is empty.
+    pub fn admit(&self, key: &K) -> Result<(), ApiError> {
+        self.check_at(key, Instant::now()).map_err(|retry_after_s| ApiError::RateLimited { retry_after_s })
     }
 
     fn check_at(&self, key: &K, now: Instant) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !buckets.contains_key(key) && buckets.len() >= self.keys_max {
             let capacity = self.capacity();
-            buckets.retain(|_, bucket| {
-                let elapsed_ms = u64::try_from(now.duration_since(bucket.refilled_at).as_millis()).unwrap_or(u64::MAX);
-                bucket.milli_tokens.saturating_add(self.limit.earned(elapsed_ms)) < capacity
-            });
+            buckets.retain(|_, bucket| self.level(bucket, now) < capacity);
             if buckets.len() >= self.keys_max {
                 return Err(1);
             }
         }
         let capacity = self.capacity();
         let bucket = buckets.entry(key.clone()).or_insert(Bucket { milli_tokens: capacity, refilled_at: now });
-        self.refill(bucket, now);
+        bucket.milli_tokens = self.level(bucket, now);
+        bucket.refilled_at = now;
         if bucket.milli_tokens >= MILLI {
             bucket.milli_tokens -= MILLI;
             return Ok(());

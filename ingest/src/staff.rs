@@ -15,7 +15,7 @@ use schemas::{AccountId, Command, Currency, Operation, TransferId};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::accounts::AccountRow;
+use crate::accounts::find_account;
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
@@ -44,16 +44,6 @@ pub fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
     }
 }
 
-async fn any_account(state: &AppState, account_id: Uuid) -> Result<AccountRow, ApiError> {
-    sqlx::query_as::<_, AccountRow>(
-        "select id, currency, status, balance, held, overdraft_limit, created_at from accounts where id = $1",
-    )
-    .bind(account_id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
-}
-
 async fn read_account(
     State(state): State<AppState>,
     user: User,
@@ -61,7 +51,7 @@ async fn read_account(
 ) -> Result<impl IntoResponse, ApiError> {
     require_role(&user, &["support", "admin", "ops"])?;
     let Path(account_id) = path?;
-    Ok(Json(any_account(&state, account_id).await?.view()?))
+    Ok(Json(find_account(&state, account_id, None).await?.view()?))
 }
 
 async fn change_status(
@@ -80,7 +70,7 @@ async fn change_status(
         _ => return Err(ApiError::not_found("not_found", "no such route")),
     };
     let key = transfers::required_idempotency_key(&headers)?;
-    any_account(&state, account_id).await?;
+    find_account(&state, account_id, None).await?;
     let command_id = TransferId::derive(Operation::AccountStatus, user.id, &key).as_uuid();
     let command = build(AccountStatusCommand {
         version: V1,
@@ -115,7 +105,7 @@ async fn deposit(
     let key = transfers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
     let money = transfers::parse_money(&request.amount, request.currency)?;
-    any_account(&state, account_id).await?;
+    find_account(&state, account_id, None).await?;
     let transfer_id = TransferId::derive(Operation::Deposit, user.id, &key);
     let (command, canonical) = crate::accounts::deposit_command(transfer_id, account_id, money);
     let accepted =

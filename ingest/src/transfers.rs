@@ -254,16 +254,55 @@ pub async fn accept(
 }
 
 #[derive(Debug, Serialize)]
-struct TransferView {
+pub struct TransferView {
     transfer_id: Uuid,
     /// `accepted` until the processor decides, then `completed` or `rejected`.
-    status: String,
+    pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     request: serde_json::Value,
     accepted_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     decided_at: Option<DateTime<Utc>>,
+}
+
+/// A transfer as the requester who submitted it sees it.
+///
+/// # Errors
+/// 404 `transfer_not_found` when it is unknown, another requester's, or
+/// not yet accepted.
+pub async fn transfer_view(
+    state: &AppState,
+    transfer_id: Uuid,
+    requester: Requester,
+) -> Result<TransferView, ApiError> {
+    let (client_id, user_id) = match requester {
+        Requester::Client(id) => (Some(id), None),
+        Requester::User(id) => (None, Some(id)),
+    };
+    type Row = (serde_json::Value, DateTime<Utc>, Option<String>, Option<String>, Option<DateTime<Utc>>);
+    let row: Option<Row> = sqlx::query_as(
+        r"select request.request, request.published_at, transfer.status, transfer.rejection_reason, transfer.decided_at
+          from accepted_requests request
+          left join transfers transfer on transfer.id = request.transfer_id
+          where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)
+            and request.published_at is not null",
+    )
+    .bind(transfer_id)
+    .bind(client_id)
+    .bind(user_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (request, accepted_at, status, reason, decided_at) =
+        row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+    Ok(TransferView {
+        transfer_id,
+        status: status.unwrap_or_else(|| "accepted".into()),
+        reason,
+        request,
+        accepted_at,
+        decided_at,
+    })
 }
 
 async fn get_transfer(
@@ -273,25 +312,5 @@ async fn get_transfer(
 ) -> Result<Json<TransferView>, ApiError> {
     principal.require(Scope::TransfersRead)?;
     let Path(transfer_id) = path?;
-    type Row = (serde_json::Value, DateTime<Utc>, Option<String>, Option<String>, Option<DateTime<Utc>>);
-    let row: Option<Row> = sqlx::query_as(
-        r"select request.request, request.published_at, transfer.status, transfer.rejection_reason, transfer.decided_at
-          from accepted_requests request
-          left join transfers transfer on transfer.id = request.transfer_id
-          where request.transfer_id = $1 and request.api_client_id = $2 and request.published_at is not null",
-    )
-    .bind(transfer_id)
-    .bind(principal.client_id)
-    .fetch_optional(&state.pool)
-    .await?;
-    let (request, accepted_at, status, reason, decided_at) =
-        row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
-    Ok(Json(TransferView {
-        transfer_id,
-        status: status.unwrap_or_else(|| "accepted".into()),
-        reason,
-        request,
-        accepted_at,
-        decided_at,
-    }))
+    Ok(Json(transfer_view(&state, transfer_id, Requester::Client(principal.client_id)).await?))
 }
