@@ -20,7 +20,7 @@
 //! Publishing an event also fans it out into `webhooks` rows, one per
 //! endpoint that subscribed to it, delivered signed ([`webhooks`]).
 
-pub mod admin;
+pub use platform::outbox as admin;
 pub mod fake_provider;
 pub mod outbox;
 pub mod payments;
@@ -44,7 +44,7 @@ use sqlx::postgres::PgListener;
 use crate::outbox::{Attempt, Counts, RetryPolicy, Row};
 
 /// The channel the outbox trigger notifies on insert.
-pub const NOTIFY_CHANNEL: &str = "ledgerline_outbox";
+pub use platform::outbox::NOTIFY_CHANNEL;
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {

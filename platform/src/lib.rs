@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod outbox;
 pub mod postgres;
 pub mod shutdown;
 pub mod signature;

@@ -1,10 +1,14 @@
 //! What operators see of the outbox and what they may do to it: the backlog
 //! and its age, failures by destination and reason, dead rows, and retrying
-//! them (`ledgerctl outbox …`). Delivery rates are per relay, in
-//! [`crate::RelayMetrics`].
+//! them (`ledgerctl outbox …` and ingest's ops routes). Delivery rates are
+//! per relay, in `outbox_relay::RelayMetrics`. Here, not in the relay, so
+//! that ingest's ops routes need not depend on the relay.
 
 use serde::Serialize;
 use sqlx::PgPool;
+
+/// The channel relays `LISTEN` on; a statement trigger on `outbox` notifies it.
+pub const NOTIFY_CHANNEL: &str = "ledgerline_outbox";
 
 /// The state of the outbox, from the database (the same for every relay).
 #[derive(Debug, Clone, Serialize)]
@@ -115,7 +119,7 @@ pub async fn retry(pool: &PgPool, which: &Retry) -> sqlx::Result<u64> {
     let result = query.execute(pool).await?;
     if result.rows_affected() > 0 {
         // Wake the relays now rather than at their next poll.
-        sqlx::query("select pg_notify($1, '')").bind(crate::NOTIFY_CHANNEL).execute(pool).await?;
+        sqlx::query("select pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(pool).await?;
     }
     Ok(result.rows_affected())
 }
