@@ -4,13 +4,14 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::messages::{AccountDeposited, V1};
 use schemas::{AccountId, Command, Currency, Money, Operation, TransferId};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Scope};
@@ -19,12 +20,12 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::transfers::{self, Accepted, Requester};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/accounts", post(open_account))
-        .route("/v1/accounts/{account_id}", get(get_account))
-        .route("/v1/accounts/{account_id}/entries", get(list_entries))
-        .route("/v1/accounts/{account_id}/deposits", post(deposit))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(open_account))
+        .routes(routes!(get_account))
+        .routes(routes!(list_entries))
+        .routes(routes!(deposit))
 }
 
 /// An amount at its currency's scale, as a string ("12.50", "1000" for JPY).
@@ -41,15 +42,19 @@ pub(crate) fn parse_currency(code: &str) -> Result<Currency, ApiError> {
         .map_err(|error: schemas::MoneyError| ApiError::Internal(anyhow::anyhow!("stored currency: {error}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OpenAccountRequest {
+    /// An ISO 4217 code that Ledgerline supports.
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
 }
 
-#[derive(Debug, Serialize)]
+/// An account and its balances, as decimal strings in its currency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     id: Uuid,
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
     status: String,
     /// The ledger balance: every completed entry.
@@ -114,8 +119,36 @@ pub(crate) async fn find_account(
     .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
 }
 
-/// Opens an account. With an `Idempotency-Key`, a retry returns the account
-/// the first request opened instead of opening another.
+/// Opens an account.
+///
+/// With an `Idempotency-Key`, a retry returns the account the first request
+/// opened instead of opening another. Needs the `accounts:write` scope.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    operation_id = "open_account",
+    tag = "accounts",
+    params((
+        "Idempotency-Key" = Option<String>,
+        Header,
+        description = "Optional: a retry with the same key returns the same account"
+    )),
+    request_body = OpenAccountRequest,
+    responses(
+        (
+            status = 201,
+            description = "Opened",
+            body = AccountView,
+            headers(("Location" = String, description = "The account's URL")),
+        ),
+        (
+            status = 200,
+            description = "Already opened by an earlier request with this Idempotency-Key",
+            body = AccountView,
+            headers(("Location" = String, description = "The account's URL")),
+        ),
+    ),
+)]
 async fn open_account(
     State(state): State<AppState>,
     principal: Principal,
@@ -153,6 +186,17 @@ async fn open_account(
     Ok((status, [(header::LOCATION, location)], Json(account.view()?)).into_response())
 }
 
+/// One of the client's accounts, with its balances.
+///
+/// Needs the `accounts:read` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}",
+    operation_id = "get_account",
+    tag = "accounts",
+    params(("account_id" = Uuid, Path, description = "The account")),
+    responses((status = 200, description = "The account and its balances", body = AccountView)),
+)]
 async fn get_account(
     State(state): State<AppState>,
     principal: Principal,
@@ -163,13 +207,17 @@ async fn get_account(
     Ok(Json(find_account(&state, account_id, Some(Requester::Client(principal.client_id))).await?.view()?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EntriesQuery {
+    /// Entries per page, 1 to 200; 50 when absent.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// One ledger entry of an account.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EntryView {
     transfer_id: Uuid,
     /// Negative for a debit, positive for a credit.
@@ -178,7 +226,8 @@ struct EntryView {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+/// An account's entries, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EntriesView {
     account_id: Uuid,
     entries: Vec<EntryView>,
@@ -187,8 +236,18 @@ struct EntriesView {
 /// The most entries one page returns.
 const ENTRIES_LIMIT_MAX: i64 = 200;
 
-/// The account's ledger entries, newest first. (Cursor pagination and
-/// filters come with the customer history, issue #4.)
+/// The account's ledger entries, newest first.
+///
+/// Needs the `accounts:read` scope.
+// (Cursor pagination and filters come with the customer history, issue #4.)
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}/entries",
+    operation_id = "list_entries",
+    tag = "accounts",
+    params(("account_id" = Uuid, Path, description = "The account"), EntriesQuery),
+    responses((status = 200, description = "The newest entries", body = EntriesView)),
+)]
 async fn list_entries(
     State(state): State<AppState>,
     principal: Principal,
@@ -226,10 +285,13 @@ async fn list_entries(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DepositRequest {
+    /// A positive decimal string, at most the currency's minor units.
+    #[schema(example = "100.00")]
     amount: String,
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
 }
 
@@ -253,6 +315,26 @@ pub fn deposit_command(transfer_id: TransferId, account_id: Uuid, money: Money) 
 }
 
 /// Funds any account from the system cash-in account of its currency.
+///
+/// Needs the `deposits:write` scope. Applied by the processor: follow the
+/// transfer at the `Location`.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{account_id}/deposits",
+    operation_id = "client_deposit",
+    tag = "accounts",
+    params(
+        ("account_id" = Uuid, Path, description = "The account to fund"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    request_body = DepositRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = Accepted,
+        headers(("Location" = String, description = "The transfer's status URL")),
+    )),
+)]
 async fn deposit(
     State(state): State<AppState>,
     principal: Principal,

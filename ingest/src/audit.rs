@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::customers::User;
@@ -19,8 +20,8 @@ use crate::startup::AppState;
 
 pub const PAGE_LIMIT_MAX: i64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/admin/audit", get(read))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(read))
 }
 
 /// One event to record.
@@ -52,7 +53,23 @@ impl<'a> Event<'a> {
 /// Records an event. A failure to record is logged, not returned: the
 /// request it describes has already happened.
 pub async fn record(state: &AppState, event: Event<'_>) {
-    let written = sqlx::query(
+    let action = event.action;
+    let written = match state.pool.acquire().await {
+        Ok(mut connection) => record_in(&mut connection, event).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = written {
+        tracing::error!(%error, action, "writing the audit log failed");
+    }
+}
+
+/// Records an event as part of the caller's transaction: the change and
+/// its audit row commit together or not at all.
+///
+/// # Errors
+/// When the row cannot be written.
+pub async fn record_in(connection: &mut sqlx::PgConnection, event: Event<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
         r"insert into audit_log (action, actor_user_id, subject_user_id, ip, request_id, detail)
           values ($1, $2, $3, $4, $5, $6)",
     )
@@ -62,19 +79,21 @@ pub async fn record(state: &AppState, event: Event<'_>) {
     .bind(event.peer.map(|peer| peer.ip().to_string()))
     .bind(event.request_id)
     .bind(&event.detail)
-    .execute(&state.pool)
-    .await;
-    if let Err(error) = written {
-        tracing::error!(%error, action = event.action, "writing the audit log failed");
-    }
+    .execute(connection)
+    .await?;
+    Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
+    /// Events per page, 1 to 500; 100 when absent.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// Events with an id below this one (the previous page's last id).
     before: Option<i64>,
+    /// Only events about this user.
     subject_user_id: Option<Uuid>,
 }
 
@@ -90,7 +109,31 @@ struct Row {
     detail: serde_json::Value,
 }
 
-/// Newest first. Admins only: anyone else gets 403 (the route is no secret).
+/// The audit log, newest first (admin).
+///
+/// Admins only: anyone else gets 403 (the route is no secret).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    operation_id = "admin_audit",
+    tag = "admin",
+    params(AuditQuery),
+    responses((
+        status = 200,
+        description = "`{\"events\": [...]}`, newest first; the next page: `before` = the last `id`",
+        body = serde_json::Value,
+        example = json!({ "events": [{
+            "action": "login.succeeded",
+            "actor_user_id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
+            "at": "2025-01-01T12:00:00Z",
+            "detail": {},
+            "id": 42,
+            "ip": "203.0.113.7",
+            "request_id": "d2c1b0a9-8f7e-4d6c-9b5a-4e3f2a1b0c9d",
+            "subject_user_id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
+        }] }),
+    )),
+)]
 async fn read(
     State(state): State<AppState>,
     user: User,

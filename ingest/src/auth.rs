@@ -8,25 +8,24 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
 
 use anyhow::Context as _;
-use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore as _};
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use axum::routing::post;
-use axum::{Form, Json, Router};
+use axum::{Form, Json};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::passwords::SecretHasher;
 use crate::startup::AppState;
 
 /// What a token allows. The string forms are the OAuth2 scope values.
@@ -157,7 +156,7 @@ pub struct CustomerClaims {
     iss: String,
     aud: String,
     pub sub: String,
-    iat: i64,
+    pub iat: i64,
     exp: i64,
     jti: String,
     pub role: String,
@@ -271,9 +270,24 @@ impl FromRequestParts<AppState> for Principal {
             .map_err(|error| ApiError::invalid_token(format!("the access token is not valid: {error}")))?;
         let client_id = Uuid::parse_str(&data.claims.sub)
             .map_err(|_| ApiError::invalid_token("the access token has no valid subject"))?;
-        // Unknown scope names (from a newer version) are ignored, not fatal.
-        let scopes = data.claims.scope.split_whitespace().filter_map(|text| Scope::parse(text).ok()).collect();
         state.limits.clients.admit(&client_id)?;
+        // The client as it is now, not as it was when the token was issued:
+        // disabling a client or taking a scope away takes effect on its next
+        // request, not when its tokens expire. One primary-key read.
+        let granted: Option<Vec<String>> =
+            sqlx::query_scalar("select scopes from api_clients where id = $1 and disabled_at is null")
+                .bind(client_id)
+                .fetch_optional(&state.pool)
+                .await?;
+        let granted = granted.ok_or_else(|| ApiError::invalid_token("this API client is disabled"))?;
+        // Unknown scope names (from a newer version) are ignored, not fatal.
+        let scopes = data
+            .claims
+            .scope
+            .split_whitespace()
+            .filter(|text| granted.iter().any(|scope| scope == text))
+            .filter_map(|text| Scope::parse(text).ok())
+            .collect();
         Ok(Self { client_id, scopes })
     }
 }
@@ -294,24 +308,34 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/oauth/token", post(issue_token))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(issue_token))
 }
 
-/// The client-credentials grant of RFC 6749 §4.4.
-#[derive(Debug, Deserialize)]
+/// The client-credentials grant of RFC 6749 §4.4. The client's credentials
+/// come here or in HTTP Basic, not both.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct TokenRequest {
+    /// Only `client_credentials`.
+    #[schema(example = "client_credentials")]
     grant_type: String,
     client_id: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
     client_secret: Option<SecretString>,
+    /// Space-separated scopes, a subset of the client's; all of them when absent.
+    #[schema(example = "accounts:read transfers:write")]
     scope: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// An access token (RFC 6749 §5.1).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TokenResponse {
     access_token: String,
+    #[schema(example = "Bearer")]
     token_type: &'static str,
+    /// Seconds until the token expires.
     expires_in: u64,
+    /// The scopes granted, space-separated.
     scope: String,
 }
 
@@ -319,6 +343,19 @@ fn invalid_client() -> ApiError {
     ApiError::Unauthenticated { code: "invalid_client", detail: "unknown client or wrong secret".into() }
 }
 
+/// Issues an API client's access token (OAuth2 client credentials).
+///
+/// The client authenticates with `client_id` and `client_secret` in the form
+/// or with HTTP Basic (RFC 6749 §2.3.1), not both. Throttled per client IP.
+#[utoipa::path(
+    post,
+    path = "/v1/oauth/token",
+    operation_id = "oauth_token",
+    tag = "auth",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "The access token", body = TokenResponse)),
+    security(()),
+)]
 async fn issue_token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -340,7 +377,7 @@ async fn issue_token(
             return Err(ApiError::bad_request("invalid_request", "send credentials once, in the body or in Basic"));
         }
     };
-    let client = verify_client(&state.pool, &client_id, secret).await?.ok_or_else(invalid_client)?;
+    let client = verify_client(&state.pool, &state.hasher, &client_id, secret).await?.ok_or_else(invalid_client)?;
 
     let granted = match request.scope.as_deref().map(str::trim).filter(|scope| !scope.is_empty()) {
         None => client.scopes.clone(),
@@ -387,12 +424,6 @@ pub struct ApiClient {
     pub scopes: Vec<Scope>,
 }
 
-/// A hash of a random secret, verified when the client id is unknown so that
-/// a wrong id costs the same time as a wrong secret.
-static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
-    hash_secret(&SecretString::from("not-a-real-secret-only-for-timing".to_owned())).unwrap_or_default()
-});
-
 /// Checks a client's secret; `None` when the client is unknown, disabled, or
 /// the secret is wrong.
 ///
@@ -400,6 +431,7 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
 /// Database or hashing failures.
 pub async fn verify_client(
     pool: &PgPool,
+    hasher: &SecretHasher,
     client_id: &str,
     secret: SecretString,
 ) -> Result<Option<ApiClient>, ApiError> {
@@ -413,55 +445,13 @@ pub async fn verify_client(
         Err(_) => None,
     };
     let hash = stored.as_ref().map(|(_, hash, _)| hash.clone());
-    let matches = verify_secret(hash, secret).await?;
+    let matches = hasher.verify(hash, secret).await?;
     Ok(match stored {
         Some((id, _, scopes)) if matches => {
             Some(ApiClient { id, scopes: scopes.iter().filter_map(|text| Scope::parse(text).ok()).collect() })
         }
         _ => None,
     })
-}
-
-/// Checks `secret` against an argon2id PHC `hash` on the blocking pool; with
-/// no hash (an unknown id) it checks a dummy one, so an unknown id costs the
-/// same time as a wrong secret, and answers false.
-///
-/// # Errors
-/// When the blocking task fails.
-pub async fn verify_secret(hash: Option<String>, secret: SecretString) -> Result<bool, ApiError> {
-    let known = hash.is_some();
-    let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-    let secret = Arc::new(secret);
-    let matches = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .is_ok_and(|parsed| Argon2::default().verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok())
-    })
-    .await
-    .context("verifying a secret")?;
-    Ok(known && matches)
-}
-
-/// argon2id with the crate's defaults (19 MiB, 2 passes, 1 lane: the OWASP
-/// minimum). The parameters are stored in the PHC string, so they can be
-/// raised later without invalidating existing hashes.
-///
-/// # Errors
-/// When hashing fails.
-pub fn hash_secret(secret: &SecretString) -> anyhow::Result<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(secret.expose_secret().as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|error| anyhow::anyhow!("hashing a secret: {error}"))
-}
-
-/// [`hash_secret`] on the blocking pool: argon2id spends tens of
-/// milliseconds of CPU, which must not stall the runtime's workers.
-///
-/// # Errors
-/// When hashing fails or the blocking task is lost.
-pub async fn hash_secret_blocking(secret: SecretString) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || hash_secret(&secret)).await.context("hashing a secret")?
 }
 
 /// A new client's credentials; the secret is shown once and never stored.
@@ -475,12 +465,17 @@ pub struct NewClient {
 ///
 /// # Errors
 /// Database failures.
-pub async fn create_client(pool: &PgPool, name: &str, scopes: &[Scope]) -> anyhow::Result<NewClient> {
+pub async fn create_client(
+    pool: &PgPool,
+    hasher: &SecretHasher,
+    name: &str,
+    scopes: &[Scope],
+) -> anyhow::Result<NewClient> {
     let mut bytes = [0_u8; 32];
     OsRng.fill_bytes(&mut bytes);
     let secret = SecretString::from(format!("llsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)));
     let id = Uuid::new_v4();
-    upsert_client(pool, id, name, &secret, scopes).await?;
+    upsert_client(pool, hasher, id, name, &secret, scopes).await?;
     Ok(NewClient { id, secret })
 }
 
@@ -491,12 +486,13 @@ pub async fn create_client(pool: &PgPool, name: &str, scopes: &[Scope]) -> anyho
 /// Database failures.
 pub async fn upsert_client(
     pool: &PgPool,
+    hasher: &SecretHasher,
     id: Uuid,
     name: &str,
     secret: &SecretString,
     scopes: &[Scope],
 ) -> anyhow::Result<()> {
-    let hash = hash_secret_blocking(secret.clone()).await?;
+    let hash = hasher.hash_blocking(secret.clone()).await?;
     let scopes: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
     sqlx::query(
         r"insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)
@@ -523,16 +519,6 @@ mod tests {
             assert_eq!(Scope::parse(scope.as_str()), Ok(*scope));
         }
         assert!(Scope::parse("admin:everything").is_err());
-    }
-
-    #[test]
-    fn a_hashed_secret_verifies_and_another_does_not() {
-        let secret = SecretString::from("llsk_correct".to_owned());
-        let hash = hash_secret(&secret).expect("hashes");
-        assert!(hash.starts_with("$argon2id$"));
-        let parsed = PasswordHash::new(&hash).expect("parses");
-        assert!(Argon2::default().verify_password(b"llsk_correct", &parsed).is_ok());
-        assert!(Argon2::default().verify_password(b"llsk_wrong", &parsed).is_err());
     }
 
     #[test]

@@ -14,13 +14,14 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use chrono::Utc;
 use schemas::messages::payout_settlement;
 use schemas::{AccountId, TransferId};
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::context::RequestId;
@@ -29,23 +30,55 @@ use crate::startup::AppState;
 
 pub const SIGNATURE_HEADER: &str = "provider-signature";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/providers/{name}/callbacks", post(callback))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(callback))
 }
 
-#[derive(Debug, Deserialize)]
+/// A payment provider's report of a payout's outcome.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ProviderCallback)]
 #[serde(deny_unknown_fields)]
 struct Callback {
     /// Our payout id, as sent in the payment order.
     payment_id: Uuid,
     /// `settled` or `rejected`.
+    #[schema(example = "settled")]
     status: String,
+    /// The provider's reference of the payment.
     #[serde(default)]
     reference: Option<String>,
+    /// The provider's reason code, for a rejection.
     #[serde(default)]
     code: Option<String>,
 }
 
+/// A payment provider reports a pending payout's outcome.
+///
+/// No bearer token: the exact body is signed with HMAC-SHA256 and a
+/// timestamp in `Provider-Signature`; a timestamp outside the tolerance is
+/// refused as a replay. A duplicate callback is applied once.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/{name}/callbacks",
+    operation_id = "provider_callback",
+    tag = "providers",
+    params(
+        ("name" = String, Path, description = "The payment provider, as configured"),
+        (
+            "Provider-Signature" = String,
+            Header,
+            description = "`t=<unix seconds>,v1=<hex HMAC-SHA256>` of the timestamp and the exact body"
+        ),
+    ),
+    request_body = Callback,
+    responses((
+        status = 202,
+        description = "Accepted: the payout is posted or voided. Body: `{\"status\": \"accepted\"}`",
+        body = serde_json::Value,
+        example = json!({ "status": "accepted" }),
+    )),
+    security(()),
+)]
 async fn callback(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,

@@ -7,6 +7,8 @@ use platform::kafka::KafkaConfig;
 use secrecy::SecretString;
 
 use crate::limits::RateLimit;
+use crate::passwords::Argon2Cost;
+use crate::tls::TlsConfig;
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -41,6 +43,17 @@ pub struct IngestConfig {
     /// The payment provider allowed to call back, when
     /// `LEDGERLINE_PROVIDER_CALLBACK_SECRET` is set.
     pub provider_callback: Option<ProviderCallback>,
+    /// `LEDGERLINE_ARGON2_*`: the cost of hashing passwords, PINs and client secrets.
+    pub argon2: Argon2Cost,
+    /// `LEDGERLINE_TLS_CERT` and `LEDGERLINE_TLS_KEY`: serve HTTPS when both are set.
+    pub tls: Option<TlsConfig>,
+    /// `LEDGERLINE_HTTP_REDIRECT_ADDR`: with TLS, also listen here for plain
+    /// HTTP and redirect it to HTTPS.
+    pub redirect_http_addr: Option<SocketAddr>,
+    /// `LEDGERLINE_CORS_ORIGINS`: browser origins allowed to call the API
+    /// (comma-separated, exact, e.g. `https://app.bank.example`). Empty: no
+    /// CORS headers at all, so no other origin's page can read an answer.
+    pub cors_origins: Vec<String>,
 }
 
 /// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
@@ -75,6 +88,10 @@ impl IngestConfig {
             token_ip_rate_limit: RateLimit::per_second(2, 20),
             login_account_rate_limit: RateLimit { per_minute: 6, burst: 10 },
             provider_callback: None,
+            argon2: Argon2Cost::default(),
+            tls: None,
+            redirect_http_addr: None,
+            cors_origins: Vec::new(),
         }
     }
 
@@ -137,7 +154,78 @@ impl IngestConfig {
                     tolerance_s: config::limit("LEDGERLINE_PROVIDER_CALLBACK_TOLERANCE_S", 300, 10..=3_600)?,
                 }),
             },
+            argon2: Argon2Cost::from_env()?,
+            tls: tls_from_env()?,
+            redirect_http_addr: config::var_optional("LEDGERLINE_HTTP_REDIRECT_ADDR")?,
+            cors_origins: cors_origins(&config::var_or("LEDGERLINE_CORS_ORIGINS", String::new())?)?,
             ..defaults
         })
+        .and_then(|config| {
+            if config.redirect_http_addr.is_some() && config.tls.is_none() {
+                return Err(ConfigError::new(
+                    "LEDGERLINE_HTTP_REDIRECT_ADDR",
+                    "redirects to HTTPS, so it needs LEDGERLINE_TLS_CERT and LEDGERLINE_TLS_KEY",
+                ));
+            }
+            Ok(config)
+        })
+    }
+}
+
+fn tls_from_env() -> Result<Option<TlsConfig>, ConfigError> {
+    let cert: Option<String> = config::var_optional("LEDGERLINE_TLS_CERT")?;
+    let key: Option<String> = config::var_optional("LEDGERLINE_TLS_KEY")?;
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig { cert_path: cert.into(), key_path: key.into() })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new("LEDGERLINE_TLS_KEY", "is needed with LEDGERLINE_TLS_CERT")),
+        (None, Some(_)) => Err(ConfigError::new("LEDGERLINE_TLS_CERT", "is needed with LEDGERLINE_TLS_KEY")),
+    }
+}
+
+/// Exact origins only: a scheme, a host, maybe a port; no path, no
+/// wildcard. Allowing `*` would let any page read a customer's answers.
+///
+/// # Errors
+/// When an origin is not of that shape.
+pub fn cors_origins(text: &str) -> Result<Vec<String>, ConfigError> {
+    let name = "LEDGERLINE_CORS_ORIGINS";
+    let mut origins = Vec::new();
+    for origin in text.split(',').map(str::trim).filter(|origin| !origin.is_empty()) {
+        let uri: axum::http::Uri =
+            origin.parse().map_err(|error| ConfigError::new(name, format!("{origin:?}: {error}")))?;
+        let well_formed = matches!(uri.scheme_str(), Some("https" | "http"))
+            && uri.host().is_some_and(|host| !host.contains('*'))
+            && uri.path_and_query().is_none_or(|path| path.as_str().is_empty() || path.as_str() == "/")
+            && !origin.ends_with('/');
+        if !well_formed {
+            return Err(ConfigError::new(name, format!("{origin:?} is not an origin like https://app.example.com")));
+        }
+        origins.push(origin.to_owned());
+    }
+    Ok(origins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        assert_eq!(
+            cors_origins(" https://app.bank.example, http://localhost:5173 ").expect("origins"),
+            vec!["https://app.bank.example".to_owned(), "http://localhost:5173".to_owned()]
+        );
+        assert!(cors_origins("").expect("none").is_empty());
+        for bad in [
+            "*",
+            "https://*.bank.example",
+            "app.bank.example",
+            "https://app.bank.example/",
+            "ftp://x.example",
+            "https://app.bank.example/path",
+        ] {
+            assert!(cors_origins(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -2,20 +2,21 @@
 //! history with cursor pagination and filters. Another customer's account,
 //! or an API client's, answers 404 like one that does not exist.
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::{AccountId, Currency};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::accounts::{AccountRow, find_account, format_amount, parse_currency};
+use crate::accounts::{AccountRow, AccountView, find_account, format_amount, parse_currency};
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -26,21 +27,49 @@ pub const ACCOUNTS_PER_USER_MAX: i64 = 20;
 /// The most history items one page returns.
 pub const HISTORY_LIMIT_MAX: i64 = 200;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/me/accounts", get(list).post(open))
-        .route("/v1/me/accounts/{account_id}", get(read))
-        .route("/v1/me/accounts/{account_id}/history", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, open)).routes(routes!(read)).routes(routes!(history))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = CustomerOpenAccountRequest)]
 #[serde(deny_unknown_fields)]
 struct OpenRequest {
+    /// An ISO 4217 code that Ledgerline supports.
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
 }
 
-/// Opens an account for the customer; with an `Idempotency-Key`, a retry
-/// returns the same account.
+/// Opens an account for the customer.
+///
+/// With an `Idempotency-Key`, a retry returns the same account. A customer
+/// has at most 20 accounts.
+#[utoipa::path(
+    post,
+    path = "/v1/me/accounts",
+    operation_id = "customer_open_account",
+    tag = "customer accounts",
+    params((
+        "Idempotency-Key" = Option<String>,
+        Header,
+        description = "Optional: a retry with the same key returns the same account"
+    )),
+    request_body = OpenRequest,
+    responses(
+        (
+            status = 201,
+            description = "Opened",
+            body = AccountView,
+            headers(("Location" = String, description = "The account's URL")),
+        ),
+        (
+            status = 200,
+            description = "Already opened by an earlier request with this Idempotency-Key",
+            body = AccountView,
+            headers(("Location" = String, description = "The account's URL")),
+        ),
+    ),
+)]
 async fn open(
     State(state): State<AppState>,
     user: User,
@@ -81,6 +110,28 @@ async fn open(
     Ok((status, [(header::LOCATION, location)], Json(account.view()?)).into_response())
 }
 
+/// The customer's accounts, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/me/accounts",
+    operation_id = "customer_list_accounts",
+    tag = "customer accounts",
+    responses((
+        status = 200,
+        description = "`{\"accounts\": [AccountView]}`",
+        body = serde_json::Value,
+        example = json!({ "accounts": [{
+            "available": "100.00",
+            "balance": "100.00",
+            "created_at": "2025-01-01T12:00:00Z",
+            "currency": "EUR",
+            "held": "0.00",
+            "id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
+            "overdraft_limit": "0.00",
+            "status": "active",
+        }] }),
+    )),
+)]
 async fn list(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     let rows: Vec<AccountRow> = sqlx::query_as(
         r"select id, currency, status, balance, held, overdraft_limit, created_at
@@ -93,6 +144,15 @@ async fn list(State(state): State<AppState>, user: User) -> Result<impl IntoResp
     Ok(Json(serde_json::json!({ "accounts": accounts })))
 }
 
+/// One of the customer's accounts, with its balances.
+#[utoipa::path(
+    get,
+    path = "/v1/me/accounts/{account_id}",
+    operation_id = "customer_get_account",
+    tag = "customer accounts",
+    params(("account_id" = Uuid, Path, description = "The account")),
+    responses((status = 200, description = "The account and its balances", body = AccountView)),
+)]
 async fn read(
     State(state): State<AppState>,
     user: User,
@@ -102,23 +162,30 @@ async fn read(
     Ok(Json(find_account(&state, account_id, Some(Requester::User(user.id))).await?.view()?))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum Direction {
     Debit,
     Credit,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
+    /// Items per page, 1 to 200; 50 when absent.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// From the previous page's `next_cursor`.
     cursor: Option<String>,
+    /// Only money out (`debit`) or only money in (`credit`).
+    #[param(inline)]
     direction: Option<Direction>,
-    /// Inclusive lower and exclusive upper bounds of `created_at`.
+    /// Inclusive lower bound of `created_at`.
     from: Option<DateTime<Utc>>,
+    /// Exclusive upper bound of `created_at`.
     to: Option<DateTime<Utc>>,
+    /// Only transfers with this other account.
     counterparty: Option<Uuid>,
 }
 
@@ -148,8 +215,35 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave"))
 }
 
-/// The account's movements, newest first, `limit` per page (≤ 200); the
-/// answer's `next_cursor` fetches the next page, absent on the last.
+/// The account's movements, newest first.
+///
+/// `limit` per page (≤ 200); the answer's `next_cursor` fetches the next
+/// page, null on the last.
+#[utoipa::path(
+    get,
+    path = "/v1/me/accounts/{account_id}/history",
+    operation_id = "customer_account_history",
+    tag = "customer accounts",
+    params(("account_id" = Uuid, Path, description = "The account"), HistoryQuery),
+    responses((
+        status = 200,
+        description = "`{\"account_id\", \"items\": [...], \"next_cursor\"}`; an item's `amount` is negative \
+                       for money out",
+        body = serde_json::Value,
+        example = json!({
+            "account_id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
+            "items": [{
+                "amount": "-12.50",
+                "balance_after": "87.50",
+                "counterparty_account_id": "9a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d",
+                "created_at": "2025-01-01T12:00:00Z",
+                "kind": "transfer",
+                "transfer_id": "7d6e5f4a-3b2c-4d1e-8f9a-0b1c2d3e4f5a",
+            }],
+            "next_cursor": null,
+        }),
+    )),
+)]
 async fn history(
     State(state): State<AppState>,
     user: User,

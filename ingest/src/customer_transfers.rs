@@ -9,25 +9,26 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use schemas::{Currency, Operation, TransferId};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::{JwtKeys, hash_secret_blocking, verify_secret};
+use crate::auth::JwtKeys;
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::transfers::{self, Requester};
+use crate::transfers::{self, Accepted, Requester, TransferView};
 
 pub const PIN_ATTEMPTS_MAX: i32 = 5;
 pub const PIN_LOCK_S: i64 = 15 * 60;
@@ -36,12 +37,12 @@ pub const STEP_UP_HEADER: &str = "x-step-up-token";
 /// request timeout).
 pub const WAIT_MS_MAX: u64 = 10_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/me/pin", put(set_pin))
-        .route("/v1/auth/pin", post(step_up))
-        .route("/v1/me/transfers", post(submit))
-        .route("/v1/me/transfers/{transfer_id}", get(status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(set_pin))
+        .routes(routes!(step_up))
+        .routes(routes!(submit))
+        .routes(routes!(status))
 }
 
 fn check_pin_format(pin: &SecretString) -> Result<(), ApiError> {
@@ -73,7 +74,7 @@ async fn verify_pin(
     let Some(hash) = hash else {
         return Err(ApiError::unprocessable("pin_not_set", "set a PIN first: PUT /v1/me/pin"));
     };
-    if verify_secret(Some(hash), pin).await? {
+    if state.hasher.verify(Some(hash), pin).await? {
         sqlx::query("update users set pin_failed_attempts = 0 where id = $1")
             .bind(user.id)
             .execute(&state.pool)
@@ -127,14 +128,30 @@ fn locked(until: DateTime<Utc>) -> ApiError {
     ApiError::Locked { retry_after_s: seconds }
 }
 
-#[derive(Debug, Deserialize)]
+/// A new PIN, and the current one when one is set.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetPin {
+    /// 4 to 8 digits.
+    #[schema(value_type = String, format = Password, pattern = "^[0-9]{4,8}$")]
     pin: SecretString,
     /// Required to change a PIN that is set.
+    #[schema(value_type = Option<String>, format = Password)]
     current_pin: Option<SecretString>,
 }
 
+/// Sets or changes the transaction PIN.
+///
+/// Changing a PIN that is set needs `current_pin`, checked with the same
+/// lockout as `POST /v1/auth/pin`.
+#[utoipa::path(
+    put,
+    path = "/v1/me/pin",
+    operation_id = "set_pin",
+    tag = "customer transfers",
+    request_body = SetPin,
+    responses((status = 204, description = "The PIN is set")),
+)]
 async fn set_pin(
     State(state): State<AppState>,
     user: User,
@@ -155,7 +172,7 @@ async fn set_pin(
         verify_pin(&state, &user, current, peer, &request_id.0).await?;
     }
     let pin = request.pin;
-    let hash = hash_secret_blocking(pin).await?;
+    let hash = state.hasher.hash_blocking(pin).await?;
     sqlx::query("update users set pin_hash = $2, pin_failed_attempts = 0, pin_locked_until = null where id = $1")
         .bind(user.id)
         .bind(hash)
@@ -170,12 +187,32 @@ async fn set_pin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// The transaction PIN.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StepUpRequest {
+    #[schema(value_type = String, format = Password)]
     pin: SecretString,
 }
 
+/// Checks the PIN and returns a step-up token valid 5 minutes.
+///
+/// A customer's transfer needs the token in `X-Step-Up-Token`. Five wrong
+/// PINs in a row lock PIN use for 15 minutes (423 `pin_locked` with
+/// `Retry-After`).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/pin",
+    operation_id = "pin_step_up",
+    tag = "customer transfers",
+    request_body = StepUpRequest,
+    responses((
+        status = 200,
+        description = "`{\"step_up_token\", \"expires_in\"}`: the token and its lifetime in seconds",
+        body = serde_json::Value,
+        example = json!({ "expires_in": 300, "step_up_token": "eyJhbGciOiJIUzI1NiJ9…" }),
+    )),
+)]
 async fn step_up(
     State(state): State<AppState>,
     user: User,
@@ -189,15 +226,42 @@ async fn step_up(
     Ok(Json(serde_json::json!({ "step_up_token": token, "expires_in": JwtKeys::STEP_UP_TTL_S })))
 }
 
-#[derive(Debug, Deserialize)]
+/// A transfer from one of the customer's accounts.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = CustomerTransferRequest)]
 #[serde(deny_unknown_fields)]
 struct TransferRequest {
+    /// One of the customer's own accounts.
     source_account_id: Uuid,
     destination_account_id: Uuid,
+    /// A decimal string, e.g. "12.50".
+    #[schema(example = "12.50")]
     amount: String,
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
 }
 
+/// Submits a transfer from one of the customer's accounts.
+///
+/// Needs a step-up token (`POST /v1/auth/pin`) in `X-Step-Up-Token`.
+/// Applied by the processor: follow it at the `Location`.
+#[utoipa::path(
+    post,
+    path = "/v1/me/transfers",
+    operation_id = "customer_create_transfer",
+    tag = "customer transfers",
+    params(
+        ("X-Step-Up-Token" = String, Header, description = "From POST /v1/auth/pin, valid 5 minutes"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    request_body = TransferRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = Accepted,
+        headers(("Location" = String, description = "The transfer's status URL under /v1/me/transfers")),
+    )),
+)]
 async fn submit(
     State(state): State<AppState>,
     user: User,
@@ -233,13 +297,27 @@ async fn submit(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StatusQuery {
     /// Wait up to this long (≤ 10 000) for the decision.
+    #[param(maximum = 10_000)]
     wait_ms: Option<u64>,
 }
 
+/// A transfer the customer submitted, and its status.
+///
+/// With `wait_ms`, the answer waits up to that long while the transfer is
+/// still `accepted`.
+#[utoipa::path(
+    get,
+    path = "/v1/me/transfers/{transfer_id}",
+    operation_id = "customer_get_transfer",
+    tag = "customer transfers",
+    params(("transfer_id" = Uuid, Path, description = "The transfer"), StatusQuery),
+    responses((status = 200, description = "The transfer and its status", body = TransferView)),
+)]
 async fn status(
     State(state): State<AppState>,
     user: User,

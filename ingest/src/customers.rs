@@ -9,16 +9,17 @@
 //! Password change and reset (a single-use token valid 30 minutes, sent as
 //! a notification through the outbox) end every session. Customers' own
 //! accounts are in [`crate::customer_accounts`], the PIN and transfers in
-//! [`crate::customer_transfers`]. Not built yet (issue #4): staff roles
-//! beyond the stored `role` (only the audit log reads it).
+//! [`crate::customer_transfers`]; staff roles in [`crate::staff`] and
+//! [`crate::admin`]. The [`User`] extractor reads the user's role and
+//! status on every request, so a role change, a freeze or a new password
+//! takes effect at once, whatever access tokens are out.
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Extension, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use rand::RngCore as _;
@@ -26,10 +27,12 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::net::SocketAddr;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::audit;
-use crate::auth::{bearer_token, hash_secret_blocking, verify_secret};
+use crate::auth::bearer_token;
 use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -38,16 +41,16 @@ pub const PASSWORD_LENGTH_MIN: usize = 12;
 pub const PASSWORD_LENGTH_MAX: usize = 128;
 const EMAIL_LENGTH_MAX: usize = 254;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/refresh", post(refresh))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/me", get(me))
-        .route("/v1/me/password", post(change_password))
-        .route("/v1/auth/password-reset", post(request_reset))
-        .route("/v1/auth/password-reset/confirm", post(confirm_reset))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(request_reset))
+        .routes(routes!(confirm_reset))
 }
 
 /// A logged-in customer (or staff member), from a customer access token.
@@ -64,14 +67,36 @@ impl FromRequestParts<AppState> for User {
         let claims = state.jwt.decode_customer(bearer_token(&parts.headers)?)?;
         let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::invalid_token("the token has no valid subject"))?;
         state.limits.clients.admit(&id)?;
-        Ok(Self { id, role: claims.role })
+        // The user as they are now: a frozen user, a changed role or a new
+        // password takes effect on the next request, not when the access
+        // token expires. One primary-key read.
+        let stored: Option<(String, Option<DateTime<Utc>>, DateTime<Utc>)> =
+            sqlx::query_as("select role, disabled_at, password_changed_at from users where id = $1")
+                .bind(id)
+                .fetch_optional(&state.pool)
+                .await?;
+        let Some((role, disabled_at, password_changed_at)) = stored else {
+            return Err(ApiError::invalid_token("no such user"));
+        };
+        if disabled_at.is_some() {
+            return Err(ApiError::invalid_token("this user is frozen"));
+        }
+        if claims.iat < password_changed_at.timestamp() {
+            return Err(ApiError::invalid_token("the session ended: the password was changed"));
+        }
+        Ok(Self { id, role })
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// An email and a password.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = CustomerCredentials)]
 #[serde(deny_unknown_fields)]
 struct Credentials {
+    #[schema(example = "jane.doe@example.com")]
     email: String,
+    /// 12 to 128 characters (checked on register).
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
 }
 
@@ -100,6 +125,24 @@ fn check_password(password: &SecretString) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Registers a customer.
+///
+/// The email is normalized (trimmed, lower case); the password has 12 to 128
+/// characters. Throttled per client IP.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register",
+    operation_id = "customer_register",
+    tag = "customers",
+    request_body = Credentials,
+    responses((
+        status = 201,
+        description = "Registered: `{\"user_id\", \"email\"}`; log in next",
+        body = serde_json::Value,
+        example = json!({ "email": "jane.doe@example.com", "user_id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f" }),
+    )),
+    security(()),
+)]
 async fn register(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -111,7 +154,7 @@ async fn register(
     let email = normalize_email(&credentials.email)?;
     check_password(&credentials.password)?;
     let password = credentials.password;
-    let hash = hash_secret_blocking(password).await?;
+    let hash = state.hasher.hash_blocking(password).await?;
     let id = Uuid::new_v4();
     let inserted =
         sqlx::query("insert into users (id, email, password_hash) values ($1, $2, $3) on conflict (email) do nothing")
@@ -133,11 +176,16 @@ async fn register(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": id, "email": email }))))
 }
 
-#[derive(Debug, Serialize)]
+/// A session: a short-lived access token and the refresh token that renews it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CustomerSession)]
 struct Session {
     access_token: String,
+    #[schema(example = "Bearer")]
     token_type: &'static str,
+    /// Seconds until the access token expires.
     expires_in: u64,
+    /// Single use: each refresh returns the next one.
     refresh_token: String,
     refresh_expires_at: DateTime<Utc>,
 }
@@ -178,6 +226,19 @@ async fn open_session(
     })
 }
 
+/// Logs a customer (or staff member) in.
+///
+/// A wrong email and a wrong password answer the same. Throttled per client
+/// IP and per account.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    operation_id = "customer_login",
+    tag = "customers",
+    request_body = Credentials,
+    responses((status = 200, description = "A new session", body = Session)),
+    security(()),
+)]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -195,7 +256,7 @@ async fn login(
             .fetch_optional(&state.pool)
             .await?;
     // An unknown email costs a hash check too, and answers the same.
-    let matches = verify_secret(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password).await?;
+    let matches = state.hasher.verify(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password).await?;
     let subject_user_id = stored.as_ref().map(|(id, _, _)| *id);
     let Some((user_id, _, role)) = stored.filter(|_| matches) else {
         tracing::info!(%peer, "failed login");
@@ -220,12 +281,27 @@ async fn login(
     Ok(Json(session))
 }
 
-#[derive(Debug, Deserialize)]
+/// A session's refresh token.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RefreshRequest {
+    #[schema(value_type = String, format = Password)]
     refresh_token: SecretString,
 }
 
+/// Renews a session with its refresh token.
+///
+/// The refresh token is used up: the answer holds the next one. Presenting a
+/// used refresh token again ends the whole session (`refresh_token_reused`).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    operation_id = "customer_refresh",
+    tag = "customers",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "The renewed session", body = Session)),
+    security(()),
+)]
 async fn refresh(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -278,6 +354,18 @@ async fn refresh(
     Ok(Json(session))
 }
 
+/// Logs out: ends the session of the refresh token.
+///
+/// An unknown or already ended session answers the same.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    operation_id = "customer_logout",
+    tag = "customers",
+    request_body = RefreshRequest,
+    responses((status = 204, description = "Logged out")),
+    security(()),
+)]
 async fn logout(
     State(state): State<AppState>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
@@ -295,6 +383,23 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who the access token belongs to.
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    operation_id = "me",
+    tag = "customers",
+    responses((
+        status = 200,
+        description = "`{\"user_id\", \"email\", \"role\"}`",
+        body = serde_json::Value,
+        example = json!({
+            "email": "jane.doe@example.com",
+            "role": "customer",
+            "user_id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
+        }),
+    )),
+)]
 async fn me(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     let email: Option<String> = sqlx::query_scalar("select email from users where id = $1 and disabled_at is null")
         .bind(user.id)
@@ -313,15 +418,28 @@ async fn revoke_sessions(connection: &mut sqlx::PgConnection, user_id: Uuid) -> 
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+/// The current password and the new one.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PasswordChange {
+    #[schema(value_type = String, format = Password)]
     current_password: SecretString,
+    /// 12 to 128 characters.
+    #[schema(value_type = String, format = Password)]
     new_password: SecretString,
 }
 
-/// Changes the password after checking the current one; every session ends
-/// (the client logs in again).
+/// Changes the password after checking the current one.
+///
+/// Every session ends (the client logs in again).
+#[utoipa::path(
+    post,
+    path = "/v1/me/password",
+    operation_id = "change_password",
+    tag = "customers",
+    request_body = PasswordChange,
+    responses((status = 204, description = "Changed; every session has ended")),
+)]
 async fn change_password(
     State(state): State<AppState>,
     user: User,
@@ -336,7 +454,7 @@ async fn change_password(
             .bind(user.id)
             .fetch_optional(&state.pool)
             .await?;
-    if !verify_secret(hash, request.current_password).await? {
+    if !state.hasher.verify(hash, request.current_password).await? {
         return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
     }
     set_password(&state, user.id, request.new_password).await?;
@@ -345,7 +463,7 @@ async fn change_password(
 }
 
 async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -> Result<(), ApiError> {
-    let hash = hash_secret_blocking(password).await?;
+    let hash = state.hasher.hash_blocking(password).await?;
     let mut transaction = state.pool.begin().await?;
     sqlx::query("update users set password_hash = $2, password_changed_at = now() where id = $1")
         .bind(user_id)
@@ -360,16 +478,39 @@ async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -
 /// How long a reset token is valid.
 pub const RESET_TOKEN_TTL_S: i64 = 30 * 60;
 
-#[derive(Debug, Deserialize)]
+/// Whose password to reset.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
+    #[schema(example = "jane.doe@example.com")]
     email: String,
 }
 
-/// Always 202 with the same body, whether or not the email is known; the
-/// same work is done either way (a token is drawn, an audit row written),
-/// so the answer's timing does not tell either. A known user gets the
-/// token as a `password_reset.requested` notification through the outbox.
+/// Asks for a password reset.
+///
+/// A known user gets a single-use token, valid 30 minutes, as a
+/// notification. Always 202 with the same body, whether or not the email is
+/// known. Throttled per client IP.
+// The same work whether or not the email is known, so the timing does not
+// tell either: a token is drawn, one statement looks the email up and, for
+// a known user, stores the token's hash and queues the
+// `password_reset.requested` notification through the outbox; the audit row
+// is written in the same transaction, so both paths commit a write (a
+// read-only commit would skip the WAL flush and answer measurably faster).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/password-reset",
+    operation_id = "password_reset_request",
+    tag = "customers",
+    request_body = ResetRequest,
+    responses((
+        status = 202,
+        description = "Accepted, whether or not the email is known: `{\"status\": \"accepted\"}`",
+        body = serde_json::Value,
+        example = json!({ "status": "accepted" }),
+    )),
+    security(()),
+)]
 async fn request_reset(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -383,38 +524,33 @@ async fn request_reset(
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let expires_at = Utc::now() + Duration::seconds(RESET_TOKEN_TTL_S);
+    // The user id joins the message in SQL, where it is first known.
+    let message = serde_json::json!({
+        "type": "password_reset.requested",
+        "email": email,
+        "token": token,
+        "expires_at": expires_at,
+    });
     let mut transaction = state.pool.begin().await?;
-    let user: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1 and disabled_at is null")
-        .bind(&email)
-        .fetch_optional(&mut *transaction)
-        .await?;
-    if let Some(user_id) = user {
-        sqlx::query("insert into password_resets (id, user_id, token_hash, expires_at) values ($1, $2, $3, $4)")
-            .bind(Uuid::new_v4())
-            .bind(user_id)
-            .bind(token_hash(&token))
-            .bind(expires_at)
-            .execute(&mut *transaction)
-            .await?;
-        let message = serde_json::json!({
-            "type": "password_reset.requested",
-            "user_id": user_id,
-            "email": email,
-            "token": token,
-            "expires_at": expires_at,
-        });
-        sqlx::query(
-            r"insert into outbox (destination, event_type, message_key, payload)
-              values ('notifications', 'password_reset.requested', $1, $2::json)",
-        )
-        .bind(user_id.to_string())
-        .bind(message.to_string())
-        .execute(&mut *transaction)
-        .await?;
-    }
-    transaction.commit().await?;
-    audit::record(
-        &state,
+    let user: Option<Uuid> = sqlx::query_scalar(
+        r"with target as (select id from users where email = $1 and disabled_at is null),
+               reset as (insert into password_resets (id, user_id, token_hash, expires_at)
+                         select $2, id, $3, $4 from target returning user_id),
+               notice as (insert into outbox (destination, event_type, message_key, payload)
+                          select 'notifications', 'password_reset.requested', user_id::text,
+                                 ($5::jsonb || jsonb_build_object('user_id', user_id))::json
+                          from reset)
+          select user_id from reset",
+    )
+    .bind(&email)
+    .bind(Uuid::new_v4())
+    .bind(token_hash(&token))
+    .bind(expires_at)
+    .bind(&message)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    audit::record_in(
+        &mut transaction,
         audit::Event {
             action: "password_reset.requested",
             actor_user_id: None,
@@ -424,19 +560,35 @@ async fn request_reset(
             detail: serde_json::json!({ "known_user": user.is_some() }),
         },
     )
-    .await;
+    .await?;
+    transaction.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "accepted" }))))
 }
 
-#[derive(Debug, Deserialize)]
+/// The reset token from the notification, and the new password.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetConfirm {
+    #[schema(value_type = String, format = Password)]
     token: SecretString,
+    /// 12 to 128 characters.
+    #[schema(value_type = String, format = Password)]
     new_password: SecretString,
 }
 
-/// Sets the new password with a valid, unused, unexpired token; every
-/// session of the user ends.
+/// Sets a new password with a reset token.
+///
+/// The token must be valid, unused and unexpired; it works once. Every
+/// session of the user ends. Throttled per client IP.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/password-reset/confirm",
+    operation_id = "password_reset_confirm",
+    tag = "customers",
+    request_body = ResetConfirm,
+    responses((status = 204, description = "The password is set; every session has ended")),
+    security(()),
+)]
 async fn confirm_reset(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -6,6 +6,7 @@
 //! processor, from the commands this service publishes.
 
 pub mod accounts;
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod callbacks;
@@ -17,9 +18,13 @@ pub mod customers;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod openapi;
+pub mod ops;
+pub mod passwords;
 pub mod publish;
 pub mod staff;
 pub mod startup;
+pub mod tls;
 pub mod transfers;
 pub mod webhooks;
 

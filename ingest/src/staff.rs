@@ -3,30 +3,36 @@
 //! cash-in. A staff route refuses other roles with 403 `forbidden_role`
 //! (the route is no secret; accounts stay 404 when they do not exist).
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Extension, Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::Utc;
 use schemas::messages::{AccountStatusCommand, V1};
 use schemas::{AccountId, Command, Currency, Operation, TransferId};
 use serde::Deserialize;
+use std::net::SocketAddr;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::accounts::find_account;
+use crate::accounts::{AccountView, find_account};
+use crate::audit;
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::transfers::{self, Requester};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/staff/accounts/{account_id}", get(read_account))
-        .route("/v1/staff/accounts/{account_id}/deposits", post(deposit))
-        .route("/v1/staff/accounts/{account_id}/{action}", post(change_status))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(read_account))
+        .routes(routes!(deposit))
+        .routes(routes!(freeze))
+        .routes(routes!(unfreeze))
+        .routes(routes!(close))
 }
 
 /// # Errors
@@ -44,6 +50,15 @@ pub fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
     }
 }
 
+/// Any account, by id (support, ops, admin).
+#[utoipa::path(
+    get,
+    path = "/v1/staff/accounts/{account_id}",
+    operation_id = "staff_read_account",
+    tag = "staff",
+    params(("account_id" = Uuid, Path, description = "The account")),
+    responses((status = 200, description = "The account and its balances", body = AccountView)),
+)]
 async fn read_account(
     State(state): State<AppState>,
     user: User,
@@ -54,20 +69,108 @@ async fn read_account(
     Ok(Json(find_account(&state, account_id, None).await?.view()?))
 }
 
+/// Freezes an account (admin): it can neither send nor receive until
+/// unfrozen. Applied by the processor; 202 with the command's status URL.
+#[utoipa::path(
+    post,
+    path = "/v1/staff/accounts/{account_id}/freeze",
+    operation_id = "staff_freeze_account",
+    tag = "staff",
+    params(
+        ("account_id" = Uuid, Path, description = "The account"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    responses((status = 202, description = "Accepted; the processor applies it")),
+)]
+async fn freeze(
+    state: State<AppState>,
+    user: User,
+    peer: ConnectInfo<SocketAddr>,
+    request_id: Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Response, ApiError> {
+    change_status(state, user, peer, request_id, headers, path, StatusChange::Freeze).await
+}
+
+/// Unfreezes an account (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/staff/accounts/{account_id}/unfreeze",
+    operation_id = "staff_unfreeze_account",
+    tag = "staff",
+    params(
+        ("account_id" = Uuid, Path, description = "The account"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    responses((status = 202, description = "Accepted; the processor applies it")),
+)]
+async fn unfreeze(
+    state: State<AppState>,
+    user: User,
+    peer: ConnectInfo<SocketAddr>,
+    request_id: Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Response, ApiError> {
+    change_status(state, user, peer, request_id, headers, path, StatusChange::Unfreeze).await
+}
+
+/// Closes an account for good (admin); its balance must be zero.
+#[utoipa::path(
+    post,
+    path = "/v1/staff/accounts/{account_id}/close",
+    operation_id = "staff_close_account",
+    tag = "staff",
+    params(
+        ("account_id" = Uuid, Path, description = "The account"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    responses((status = 202, description = "Accepted; the processor applies it")),
+)]
+async fn close(
+    state: State<AppState>,
+    user: User,
+    peer: ConnectInfo<SocketAddr>,
+    request_id: Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Response, ApiError> {
+    change_status(state, user, peer, request_id, headers, path, StatusChange::Close).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum StatusChange {
+    Freeze,
+    Unfreeze,
+    Close,
+}
+
+impl StatusChange {
+    fn name(self) -> &'static str {
+        match self {
+            StatusChange::Freeze => "freeze",
+            StatusChange::Unfreeze => "unfreeze",
+            StatusChange::Close => "close",
+        }
+    }
+}
+
 async fn change_status(
     State(state): State<AppState>,
     user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
-    path: Result<Path<(Uuid, String)>, PathRejection>,
+    path: Result<Path<Uuid>, PathRejection>,
+    change: StatusChange,
 ) -> Result<Response, ApiError> {
     require_role(&user, &["admin"])?;
-    let Path((account_id, action)) = path?;
-    let build: fn(AccountStatusCommand) -> Command = match action.as_str() {
-        "freeze" => Command::AccountFrozen,
-        "unfreeze" => Command::AccountUnfrozen,
-        "close" => Command::AccountClosed,
-        _ => return Err(ApiError::not_found("not_found", "no such route")),
+    let Path(account_id) = path?;
+    let build: fn(AccountStatusCommand) -> Command = match change {
+        StatusChange::Freeze => Command::AccountFrozen,
+        StatusChange::Unfreeze => Command::AccountUnfrozen,
+        StatusChange::Close => Command::AccountClosed,
     };
     let key = transfers::required_idempotency_key(&headers)?;
     find_account(&state, account_id, None).await?;
@@ -78,20 +181,53 @@ async fn change_status(
         account_id: AccountId::from_uuid(account_id),
         requested_at: Utc::now(),
     });
+    let action = change.name();
     let canonical = serde_json::json!({ "kind": action, "account_id": account_id });
     let accepted =
         transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     tracing::info!(user_id = %user.id, %account_id, action, "account status change requested");
+    audit::record(
+        &state,
+        audit::Event {
+            action: match change {
+                StatusChange::Freeze => "account.freeze_requested",
+                StatusChange::Unfreeze => "account.unfreeze_requested",
+                StatusChange::Close => "account.close_requested",
+            },
+            actor_user_id: Some(user.id),
+            subject_user_id: None,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({ "account_id": account_id, "command_id": command_id }),
+        },
+    )
+    .await;
     Ok(accepted.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DepositRequest {
+pub struct DepositRequest {
+    /// A positive decimal string, at most the currency's minor units.
+    #[schema(example = "100.00")]
     amount: String,
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
 }
 
+/// Funds any account from the currency's cash-in system account (ops, admin).
+#[utoipa::path(
+    post,
+    path = "/v1/staff/accounts/{account_id}/deposits",
+    operation_id = "staff_deposit",
+    tag = "staff",
+    params(
+        ("account_id" = Uuid, Path, description = "The account to fund"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    request_body = DepositRequest,
+    responses((status = 202, description = "Accepted; the processor applies it")),
+)]
 async fn deposit(
     State(state): State<AppState>,
     user: User,

@@ -9,13 +9,18 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::serve::ListenerExt as _;
 use platform::CancellationToken;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::JwtKeys;
 use crate::config::IngestConfig;
 use crate::error::{ApiError, problem_response};
+use crate::passwords::SecretHasher;
 use crate::publish::Publisher;
 
 /// What every handler may use.
@@ -26,6 +31,9 @@ pub struct AppState {
     pub jwt: Arc<JwtKeys>,
     pub provider_callback: Option<Arc<crate::config::ProviderCallback>>,
     pub limits: Arc<Limits>,
+    pub hasher: SecretHasher,
+    /// For the ops routes that read the dead-letter topic.
+    pub kafka: platform::kafka::KafkaConfig,
     /// Lifetime of a customer's refresh token.
     pub refresh_token_ttl_s: u64,
 }
@@ -50,6 +58,10 @@ pub struct Limits {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    /// Set when serving HTTPS.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The plain-HTTP listener that redirects to HTTPS, when configured.
+    redirect: Option<TcpListener>,
 }
 
 impl Application {
@@ -66,6 +78,8 @@ impl Application {
                 config.token_ttl_s,
             )?),
             provider_callback: config.provider_callback.clone().map(Arc::new),
+            hasher: SecretHasher::new(config.argon2)?,
+            kafka: config.kafka.clone(),
             refresh_token_ttl_s: config.refresh_token_ttl_s,
             limits: Arc::new(Limits {
                 clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),
@@ -73,9 +87,24 @@ impl Application {
                 login_accounts: RateLimiter::new(config.login_account_rate_limit, RATE_LIMIT_KEYS_MAX),
             }),
         };
+        let tls = config.tls.as_ref().map(crate::tls::TlsConfig::server_config).transpose()?;
         let listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
-        Ok(Self { listener, router: router(state, config) })
+        let redirect = match config.redirect_http_addr {
+            Some(address) => {
+                Some(TcpListener::bind(address).await.with_context(|| format!("binding the redirect {address}"))?)
+            }
+            None => None,
+        };
+        Ok(Self { listener, router: router(state, config)?, tls, redirect })
+    }
+
+    /// The plain-HTTP redirect listener's address, when there is one.
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn redirect_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        self.redirect.as_ref().map(|listener| listener.local_addr().context("reading the bound address")).transpose()
     }
 
     /// The address actually bound.
@@ -91,29 +120,43 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(address = %self.local_addr()?, "ingest listening");
-        // The peer address feeds the per-IP limit of the token endpoint.
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("serving HTTP")
+        let address = self.local_addr()?;
+        // The peer address feeds the per-IP limits and the audit log.
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let Some(tls) = self.tls else {
+            tracing::info!(%address, "ingest listening (HTTP)");
+            return axum::serve(self.listener, service)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .context("serving HTTP");
+        };
+        if let Some(redirect) = self.redirect {
+            tracing::info!(address = %redirect.local_addr()?, "redirecting HTTP to HTTPS");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(redirect, crate::tls::redirect_router(address.port()))
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "the HTTP redirect listener failed");
+                }
+            });
+        }
+        tracing::info!(%address, "ingest listening (HTTPS)");
+        // `tap_io` only to reach axum's `ConnectInfo<SocketAddr>` for any listener.
+        let listener = crate::tls::TlsListener::new(self.listener, tls, shutdown.clone())?.tap_io(|_| ());
+        axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("serving HTTPS")
     }
 }
 
-fn router(state: AppState, config: &IngestConfig) -> Router {
+fn router(state: AppState, config: &IngestConfig) -> anyhow::Result<Router> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
-    Router::new()
-        .merge(crate::auth::router())
-        .merge(crate::accounts::router())
-        .merge(crate::transfers::router())
-        .merge(crate::callbacks::router())
-        .merge(crate::webhooks::router())
-        .merge(crate::customers::router())
-        .merge(crate::customer_accounts::router())
-        .merge(crate::customer_transfers::router())
-        .merge(crate::audit::router())
-        .merge(crate::staff::router())
-        .merge(crate::health::router())
+    let https = config.tls.is_some();
+    let (api, document) = api_router().split_for_parts();
+    let document = crate::openapi::Document::new(crate::openapi::complete(document))?;
+    Ok(Router::new()
+        .merge(api)
+        .layer(axum::Extension(document))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             problem_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed", None, None)
@@ -133,13 +176,91 @@ fn router(state: AppState, config: &IngestConfig) -> Router {
         }))
         .layer(axum::middleware::from_fn(crate::context::middleware))
         .layer(axum::middleware::from_fn(security_headers))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(move |request, next| strict_transport(https, request, next)))
+        .layer(cors(&config.cors_origins)?)
+        .with_state(state))
+}
+
+/// CORS for the configured origins only; none configured, no CORS headers
+/// at all (the layer is a no-op), so browsers keep other origins out.
+/// Bearer tokens travel in a header, never in cookies, so credentials are
+/// not allowed.
+fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(CorsLayer::new());
+    }
+    let origins = origins
+        .iter()
+        .map(|origin| HeaderValue::from_str(origin).with_context(|| format!("CORS origin {origin:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600)))
+}
+
+/// Over HTTPS, browsers are told to never try plain HTTP for a year.
+async fn strict_transport(
+    https: bool,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    if https {
+        response.headers_mut().insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    response
+}
+
+/// Every route of the API with its OpenAPI operation. Routes are added only
+/// here and only through `routes!` in the modules (a unit test checks the
+/// sources), so the document lists every route.
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .merge(documented(crate::auth::router()))
+        .merge(documented(crate::accounts::router()))
+        .merge(documented(crate::transfers::router()))
+        .merge(documented(crate::callbacks::router()))
+        .merge(documented(crate::webhooks::router()))
+        .merge(documented(crate::customers::router()))
+        .merge(documented(crate::customer_accounts::router()))
+        .merge(documented(crate::customer_transfers::router()))
+        .merge(documented(crate::audit::router()))
+        .merge(documented(crate::staff::router()))
+        .merge(documented(crate::admin::router()))
+        .merge(documented(crate::ops::router()))
+        .merge(documented(crate::health::router()))
+        .routes(routes!(crate::openapi::serve))
+}
+
+/// The OpenAPI 3.1 document served at `/openapi.json`, without a server
+/// (`ledgerctl openapi`, the committed copy's staleness test).
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::openapi::complete(api_router().into_openapi())
+}
+
+/// A module's routes, with their OpenAPI operations. Every module's
+/// `router()` goes through here.
+fn documented(router: impl Into<OpenApiRouter<AppState>>) -> OpenApiRouter<AppState> {
+    router.into()
 }
 
 /// Headers on every answer, errors included. The API serves JSON to
 /// programs: nothing may be sniffed, framed, cached or sent as a referrer.
-/// No CORS headers are ever sent, so browsers on other origins cannot call
-/// the API (there is no browser front end to allow yet).
+/// CORS headers come only from [`cors`], for configured origins.
 async fn security_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::http::{HeaderValue, header};
     let mut response = next.run(request).await;

@@ -11,12 +11,13 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use schemas::messages::{TransferExternal, TransferRequested, V1};
 use schemas::{AccountId, Command, Creditor, Currency, IdempotencyKey, Money, Operation, Remittance, TransferId};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Scope};
@@ -26,11 +27,8 @@ use crate::startup::AppState;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/transfers", post(submit_transfer))
-        .route("/v1/transfers/{transfer_id}", get(get_transfer))
-        .route("/v1/payouts", post(submit_payout))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(submit_transfer)).routes(routes!(get_transfer)).routes(routes!(submit_payout))
 }
 
 /// # Errors
@@ -52,20 +50,26 @@ pub fn optional_idempotency_key(headers: &HeaderMap) -> Result<Option<Idempotenc
         .map_err(|error| ApiError::bad_request("idempotency_key_invalid", error.to_string()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TransferRequest {
+    /// One of the client's own accounts.
     source_account_id: Uuid,
     destination_account_id: Uuid,
     /// A decimal string, e.g. "12.50".
+    #[schema(example = "12.50")]
     amount: String,
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
 }
 
 /// The answer to an accepted command: 202 with where to follow it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
+    /// Derived from the requester and the `Idempotency-Key`: a retry gets the same id.
+    #[schema(value_type = Uuid)]
     transfer_id: TransferId,
+    #[schema(example = "accepted")]
     status: &'static str,
 }
 
@@ -76,6 +80,25 @@ impl IntoResponse for Accepted {
     }
 }
 
+/// Submits a transfer from one of the client's accounts.
+///
+/// Applied by the processor: follow it at the `Location`. A retry with the
+/// same `Idempotency-Key` and body is the same transfer. Needs the
+/// `transfers:write` scope.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers",
+    operation_id = "create_transfer",
+    tag = "transfers",
+    params(("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    request_body = TransferRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = Accepted,
+        headers(("Location" = String, description = "The transfer's status URL")),
+    )),
+)]
 async fn submit_transfer(
     State(state): State<AppState>,
     principal: Principal,
@@ -142,21 +165,72 @@ async fn owned_source(state: &AppState, principal: &Principal, source_account_id
     if owns_source { Ok(()) } else { Err(ApiError::not_found("account_not_found", "no such source account")) }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PayoutRequest {
+    /// One of the client's own accounts.
     source_account_id: Uuid,
     /// A decimal string, e.g. "12.50".
+    #[schema(example = "12.50")]
     amount: String,
+    #[schema(value_type = String, example = "EUR")]
     currency: Currency,
     /// `{"name": "...", "iban": "..."}`; the IBAN's check digits are verified.
+    #[schema(schema_with = creditor_schema)]
     creditor: Creditor,
+    /// Text for the creditor: 1 to 140 characters, no control characters.
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 140)]
     remittance_information: Option<Remittance>,
 }
 
-/// A payout to an account at another bank: the processor holds the funds,
-/// the relay orders the payment from the provider, and the provider's
-/// answer posts or voids the hold. Follow it at the `Location`.
+/// The schema of a [`Creditor`], written out here: the `schemas` crate
+/// describes its types with schemars, not utoipa.
+fn creditor_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::AdditionalProperties;
+    use utoipa::openapi::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .description(Some("The receiver of the payout"))
+        .property(
+            "name",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("1 to 140 characters (the SEPA limit), no control characters"))
+                .min_length(Some(1))
+                .max_length(Some(Creditor::NAME_LENGTH_MAX))
+                .examples(["Jane Doe"]),
+        )
+        .required("name")
+        .property(
+            "iban",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("An IBAN, electronic or printed form (spaces allowed); its check digits must verify"))
+                .examples(["DE89370400440532013000"]),
+        )
+        .required("iban")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .build()
+}
+
+/// A payout to an account at another bank.
+///
+/// The processor holds the funds, the relay orders the payment from the
+/// provider, and the provider's answer posts or voids the hold. Follow it at
+/// the `Location`. Needs the `transfers:write` scope.
+#[utoipa::path(
+    post,
+    path = "/v1/payouts",
+    operation_id = "create_payout",
+    tag = "transfers",
+    params(("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    request_body = PayoutRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor holds the funds and orders the payment",
+        body = Accepted,
+        headers(("Location" = String, description = "The payout's status URL")),
+    )),
+)]
 async fn submit_payout(
     State(state): State<AppState>,
     principal: Principal,
@@ -253,16 +327,22 @@ pub async fn accept(
     Ok(Accepted { transfer_id, status: "accepted" })
 }
 
-#[derive(Debug, Serialize)]
+/// A transfer (or deposit, payout, account command) and its status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TransferView {
     transfer_id: Uuid,
     /// `accepted` until the processor decides, then `completed` or `rejected`.
+    #[schema(example = "completed")]
     pub status: String,
+    /// Why it was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     reason: Option<String>,
+    /// The request as accepted, in its canonical form.
     request: serde_json::Value,
     accepted_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     decided_at: Option<DateTime<Utc>>,
 }
 
@@ -305,6 +385,17 @@ pub async fn transfer_view(
     })
 }
 
+/// A transfer or payout the client submitted, and its status.
+///
+/// Needs the `transfers:read` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/transfers/{transfer_id}",
+    operation_id = "get_transfer",
+    tag = "transfers",
+    params(("transfer_id" = Uuid, Path, description = "The transfer, deposit or payout")),
+    responses((status = 200, description = "The transfer and its status", body = TransferView)),
+)]
 async fn get_transfer(
     State(state): State<AppState>,
     principal: Principal,

@@ -5,16 +5,17 @@
 //! secret following Standard Webhooks (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature`); the README shows how a receiver verifies them.
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{Principal, Scope};
@@ -36,18 +37,28 @@ pub const EVENT_TYPES: &[&str] = &[
 pub const ENDPOINTS_PER_CLIENT_MAX: i64 = 20;
 const URL_LENGTH_MAX: usize = 2_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/webhooks", get(list).post(register)).route("/v1/webhooks/{endpoint_id}", delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, register)).routes(routes!(remove))
 }
 
-#[derive(Debug, Deserialize)]
+/// A webhook endpoint to register.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = WebhookRegistration)]
 #[serde(deny_unknown_fields)]
 struct Registration {
+    /// An http(s) URL of at most 2000 characters.
+    #[schema(example = "https://example.com/ledgerline/webhooks", max_length = 2000)]
     url: String,
+    /// At least one of `transfer.completed`, `transfer.rejected`,
+    /// `transfer.held`, `transfer.voided`, `account.status_changed`,
+    /// `account.overdraft_limit_changed`, `account.command_rejected`.
+    #[schema(example = json!(["transfer.completed", "transfer.rejected"]))]
     event_types: Vec<String>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A registered webhook endpoint.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = WebhookEndpoint)]
 struct Endpoint {
     id: Uuid,
     url: String,
@@ -55,7 +66,9 @@ struct Endpoint {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+/// A newly registered endpoint and its signing secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RegisteredWebhook)]
 struct Registered {
     #[serde(flatten)]
     endpoint: Endpoint,
@@ -86,6 +99,18 @@ fn validate(registration: &Registration) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Registers a webhook endpoint for the event types it wants.
+///
+/// The answer holds the signing secret, shown this once. A client has at
+/// most 20 endpoints. Needs the `webhooks:manage` scope.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    operation_id = "webhook_create",
+    tag = "webhooks",
+    request_body = Registration,
+    responses((status = 201, description = "Registered; the secret is shown only here", body = Registered)),
+)]
 async fn register(
     State(state): State<AppState>,
     principal: Principal,
@@ -122,6 +147,26 @@ async fn register(
     Ok((StatusCode::CREATED, Json(Registered { endpoint, secret })))
 }
 
+/// The client's webhook endpoints, oldest first (secrets are not shown).
+///
+/// Needs the `webhooks:manage` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "webhook_list",
+    tag = "webhooks",
+    responses((
+        status = 200,
+        description = "`{\"endpoints\": [WebhookEndpoint]}`: the active endpoints",
+        body = serde_json::Value,
+        example = json!({ "endpoints": [{
+            "created_at": "2025-01-01T12:00:00Z",
+            "event_types": ["transfer.completed"],
+            "id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
+            "url": "https://example.com/ledgerline/webhooks",
+        }] }),
+    )),
+)]
 async fn list(State(state): State<AppState>, principal: Principal) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::WebhooksManage)?;
     let endpoints: Vec<Endpoint> = sqlx::query_as(
@@ -134,6 +179,17 @@ async fn list(State(state): State<AppState>, principal: Principal) -> Result<imp
     Ok(Json(serde_json::json!({ "endpoints": endpoints })))
 }
 
+/// Removes a webhook endpoint: no more deliveries go to it.
+///
+/// Needs the `webhooks:manage` scope.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{endpoint_id}",
+    operation_id = "webhook_delete",
+    tag = "webhooks",
+    params(("endpoint_id" = Uuid, Path, description = "The endpoint")),
+    responses((status = 204, description = "Removed")),
+)]
 async fn remove(
     State(state): State<AppState>,
     principal: Principal,

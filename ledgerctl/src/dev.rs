@@ -63,7 +63,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
 
     let secret = SecretString::from(args.client_secret);
-    ingest::auth::upsert_client(&pool, DEV_CLIENT_ID, "ledgerctl-dev", &secret, ingest::auth::Scope::ALL).await?;
+    let hasher = ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::from_env()?)?;
+    ingest::auth::upsert_client(&pool, &hasher, DEV_CLIENT_ID, "ledgerctl-dev", &secret, ingest::auth::Scope::ALL)
+        .await?;
 
     // A fresh signing key per start unless one is configured: tokens from an
     // earlier run stop working, which is what a developer expects.

@@ -31,6 +31,14 @@ enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Manage users' roles (DATABASE_URL); admins do the rest over the API.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Print the HTTP API's OpenAPI 3.1 document (what ingest serves at
+    /// /openapi.json).
+    Openapi,
     /// Manage Kafka topics (KAFKA_BROKERS).
     Topics {
         #[command(subcommand)]
@@ -63,6 +71,18 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Give a registered user a role: how the first admin is made.
+    SetRole {
+        #[arg(long)]
+        email: String,
+        /// customer, support, admin or ops.
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -141,7 +161,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             anyhow::ensure!(!scopes.is_empty(), "give at least one scope");
             let pool = DatabaseConfig::from_env()?.connect().await?;
-            let client = ingest::auth::create_client(&pool, &name, &scopes).await?;
+            let hasher = ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::from_env()?)?;
+            let client = ingest::auth::create_client(&pool, &hasher, &name, &scopes).await?;
             println!("client_id={}", client.id);
             println!("client_secret={}", client.secret.expose_secret());
             eprintln!("Store the secret now: it is not shown again.");
@@ -152,6 +173,14 @@ async fn main() -> anyhow::Result<()> {
             println!("topics ready: {}, {}, {}", kafka.topics.commands, kafka.topics.commands_dlq, kafka.topics.events);
         }
         Command::Dev(args) => dev::run(args).await?,
+        Command::Users { command: UsersCommand::SetRole { email, role } } => {
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            let before = ingest::admin::set_role_by_email(&pool, &email, &role).await?;
+            println!("{email}: {before} -> {role}");
+        }
+        Command::Openapi => {
+            println!("{}", ingest::startup::openapi().to_pretty_json()?);
+        }
         Command::Verify => {
             let pool = DatabaseConfig::from_env()?.connect().await?;
             let problems = processor::verify::problems(&pool).await.context("verifying the ledger")?;

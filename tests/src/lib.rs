@@ -139,7 +139,10 @@ fn auto_create_topics(kafka: &KafkaConfig) -> anyhow::Result<()> {
 
 /// The three services, started in-process against a fresh database and broker.
 pub struct TestApp {
+    /// `http://` or, with TLS configured, `https://` and the bound address.
     pub address: String,
+    /// The plain-HTTP redirect listener, when configured.
+    pub redirect_address: Option<String>,
     pub pool: PgPool,
     pub kafka: KafkaConfig,
     pub client_id: Uuid,
@@ -188,8 +191,9 @@ impl TestApp {
         let kafka = broker.kafka.clone();
         let pool = database.pool.clone();
 
-        let client =
-            ingest::auth::create_client(&pool, "test-client", ingest::auth::Scope::ALL).await.expect("API client");
+        let client = ingest::auth::create_client(&pool, &hasher(), "test-client", ingest::auth::Scope::ALL)
+            .await
+            .expect("API client");
         let mut config = ingest::IngestConfig::new(
             "127.0.0.1:0".parse().expect("address"),
             kafka.clone(),
@@ -202,7 +206,9 @@ impl TestApp {
         });
         configure(&mut config);
         let application = ingest::Application::build(&config, pool.clone()).await.expect("ingest");
-        let address = format!("http://{}", application.local_addr().expect("address"));
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let address = format!("{scheme}://{}", application.local_addr().expect("address"));
+        let redirect_address = application.redirect_addr().expect("address").map(|address| format!("http://{address}"));
         let shutdown = CancellationToken::new();
         tokio::spawn(application.run_until(shutdown.clone()));
         if relay {
@@ -216,6 +222,7 @@ impl TestApp {
         let consumer_group = format!("{}-processor", kafka.topics.commands);
         let mut app = Self {
             address,
+            redirect_address,
             pool,
             producer: kafka.producer().create().expect("test producer"),
             kafka,
@@ -434,6 +441,51 @@ impl TestApp {
         self.producer.send(record, Duration::from_secs(10)).await.expect("publish");
     }
 
+    /// Publishes raw bytes with headers to any topic.
+    ///
+    /// # Panics
+    /// When the broker refuses.
+    pub async fn publish_raw_to(&self, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(rdkafka::message::Header { key: name, value: Some(*value) });
+        }
+        let record = FutureRecord::to(topic).key(key).payload(payload).headers(owned);
+        self.producer.send(record, Duration::from_secs(10)).await.expect("publish");
+    }
+
+    /// Registers `email` with [`USER_PASSWORD`], gives it `role` in the
+    /// database (as a bootstrap would) and logs in: an access token.
+    ///
+    /// # Panics
+    /// When a step fails.
+    pub async fn user_token(&self, email: &str, role: &str) -> String {
+        let credentials = serde_json::json!({ "email": email, "password": USER_PASSWORD });
+        let response = self.http.post(self.url("/v1/auth/register")).json(&credentials).send().await.expect("register");
+        assert_eq!(response.status(), 201, "registering {email}");
+        sqlx::query("update users set role = $2 where email = $1")
+            .bind(email)
+            .bind(role)
+            .execute(&self.pool)
+            .await
+            .expect("role");
+        self.login(email, USER_PASSWORD).await.expect("login")
+    }
+
+    /// Logs in; the access token, or the status when refused.
+    ///
+    /// # Errors
+    /// The status of a refused login.
+    pub async fn login(&self, email: &str, password: &str) -> Result<String, u16> {
+        let credentials = serde_json::json!({ "email": email, "password": password });
+        let response = self.http.post(self.url("/v1/auth/login")).json(&credentials).send().await.expect("login");
+        if response.status() != 200 {
+            return Err(response.status().as_u16());
+        }
+        let session: Value = response.json().await.expect("session");
+        Ok(session["access_token"].as_str().expect("access token").to_owned())
+    }
+
     /// Publishes many commands at once (in flight together), keyed as ingest would.
     ///
     /// # Panics
@@ -567,6 +619,15 @@ impl ReadMessage {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.payload).expect("JSON payload")
     }
+}
+
+/// The password [`TestApp::user_token`] registers users with.
+pub const USER_PASSWORD: &str = "correct horse battery";
+
+/// A hasher with the production default cost, for tests that store secrets.
+#[must_use]
+pub fn hasher() -> ingest::passwords::SecretHasher {
+    ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::default()).expect("argon2 parameters")
 }
 
 /// A fresh idempotency key.

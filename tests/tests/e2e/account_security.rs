@@ -124,6 +124,10 @@ async fn a_password_change_needs_the_current_one_and_admins_read_the_audit_log()
     assert_eq!(post(&app, "/v1/me/password", Some(&access), &change(PASSWORD)).await.0, 204);
     let (status, _) = post(&app, "/v1/auth/refresh", None, &json!({ "refresh_token": jane["refresh_token"] })).await;
     assert_eq!(status, 401, "sessions end with a password change");
+    let response = app.http().get(app.url("/v1/me")).bearer_auth(&access).send().await.expect("me");
+    assert_eq!(response.status(), 401, "the access token too, not only when it expires");
+    let (_, jane) = login(&app, "jane@example.com", NEW_PASSWORD).await;
+    let access = jane["access_token"].as_str().expect("token").to_owned();
 
     // The audit log is for admins.
     let response = app.http().get(app.url("/v1/admin/audit")).bearer_auth(&access).send().await.expect("audit");

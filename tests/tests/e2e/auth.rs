@@ -133,8 +133,14 @@ async fn the_token_endpoint_refuses_wrong_credentials_and_scopes_the_client_lack
     assert_eq!(unknown_scope.status(), 400);
     assert_eq!(unknown_scope.json::<Value>().await.expect("JSON")["code"], "invalid_scope");
 
-    let limited =
-        ingest::auth::create_client(&app.pool, "reader", &[ingest::auth::Scope::AccountsRead]).await.expect("client");
+    let limited = ingest::auth::create_client(
+        &app.pool,
+        &ledgerline_tests::hasher(),
+        "reader",
+        &[ingest::auth::Scope::AccountsRead],
+    )
+    .await
+    .expect("client");
     let escalation =
         app.request_token(&limited.id.to_string(), limited.secret.expose_secret(), Some("deposits:write")).await;
     assert_eq!(escalation.status(), 400);

@@ -32,8 +32,14 @@ async fn each_api_client_has_its_own_token_bucket() {
     assert!(problem["request_id"].is_string());
 
     // Another client is not slowed down by the first.
-    let other =
-        ingest::auth::create_client(&app.pool, "other", &[ingest::auth::Scope::AccountsRead]).await.expect("client");
+    let other = ingest::auth::create_client(
+        &app.pool,
+        &ledgerline_tests::hasher(),
+        "other",
+        &[ingest::auth::Scope::AccountsRead],
+    )
+    .await
+    .expect("client");
     let response = app.request_token(&other.id.to_string(), other.secret.expose_secret(), None).await;
     let other_token =
         response.json::<Value>().await.expect("token")["access_token"].as_str().expect("token").to_owned();

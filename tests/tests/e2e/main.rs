@@ -3,6 +3,7 @@
 //! suite links once.
 
 mod account_security;
+mod admin;
 mod auth;
 mod authz;
 mod customers;
@@ -10,11 +11,15 @@ mod dead_letters;
 mod edge;
 mod events;
 mod group;
+mod hardening;
 mod ledger_features;
 mod model;
+mod openapi;
+mod ops;
 mod payouts;
 mod processor_restart;
 mod provider;
 mod relay;
+mod tls;
 mod transfers;
 mod webhooks;

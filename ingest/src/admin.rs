@@ -1,0 +1,613 @@
+//! Admins' management of who may do what: users' roles and freezes, API
+//! clients, and system accounts. Every change is written to the audit log
+//! in the same transaction as the change itself, so neither exists without
+//! the other.
+//!
+//! Roles and freezes take effect on the user's next request: the `User`
+//! extractor reads the user's current role and status, not the token's.
+//! An admin cannot change their own role or freeze themselves (another
+//! admin must), so the last admin cannot lock everyone out by mistake.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use schemas::Currency;
+use secrecy::ExposeSecret as _;
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::accounts::{AccountView, find_account};
+use crate::audit;
+use crate::auth::Scope;
+use crate::context::RequestId;
+use crate::customers::User;
+use crate::error::ApiError;
+use crate::staff::require_role;
+use crate::startup::AppState;
+
+/// Rows one list returns at most.
+pub const PAGE_LIMIT_MAX: i64 = 500;
+/// The longest API client name.
+pub const CLIENT_NAME_LENGTH_MAX: usize = 200;
+/// The roles a user may have.
+pub const ROLES: &[&str] = &["customer", "support", "admin", "ops"];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users))
+        .routes(routes!(change_role))
+        .routes(routes!(freeze_user))
+        .routes(routes!(unfreeze_user))
+        .routes(routes!(list_clients, create_client))
+        .routes(routes!(disable_client))
+        .routes(routes!(list_system_accounts, open_system_account))
+}
+
+/// A user as admins see them.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct UserView {
+    id: Uuid,
+    email: String,
+    /// `customer`, `support`, `admin` or `ops`.
+    role: String,
+    created_at: DateTime<Utc>,
+    /// Set while the user is frozen: no login, no request.
+    frozen_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct UsersQuery {
+    /// Only users with this role.
+    role: Option<String>,
+    /// Users whose email comes after this one (the previous page's last).
+    after_email: Option<String>,
+    /// At most this many (1..=500, default 100), by email.
+    limit: Option<i64>,
+}
+
+/// Users, by email; filter by role to list the staff (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users",
+    operation_id = "admin_list_users",
+    tag = "admin",
+    params(UsersQuery),
+    responses((status = 200, description = "`{\"users\": [...]}`, by email", body = Vec<UserView>)),
+)]
+async fn list_users(
+    State(state): State<AppState>,
+    user: User,
+    query: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, &["admin"])?;
+    let Query(query) = query?;
+    let limit = page_limit(query.limit)?;
+    if let Some(role) = &query.role {
+        check_role(role)?;
+    }
+    let users: Vec<UserView> = sqlx::query_as(
+        r"select id, email, role, created_at, disabled_at as frozen_at from users
+          where ($1::text is null or role = $1) and ($2::text is null or email > $2)
+          order by email limit $3",
+    )
+    .bind(&query.role)
+    .bind(&query.after_email)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(serde_json::json!({ "users": users })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    /// `customer`, `support`, `admin` or `ops`.
+    #[schema(example = "support")]
+    role: String,
+}
+
+/// Gives a user another role (admin); not one's own.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{user_id}/role",
+    operation_id = "admin_change_role",
+    tag = "admin",
+    params(("user_id" = Uuid, Path, description = "The user")),
+    request_body = RoleChange,
+    responses((status = 200, description = "The user with the new role", body = UserView)),
+)]
+async fn change_role(
+    State(state): State<AppState>,
+    admin: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<RoleChange>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&admin, &["admin"])?;
+    let Path(user_id) = path?;
+    let Json(change) = body?;
+    check_role(&change.role)?;
+    not_oneself(&admin, user_id)?;
+    let mut transaction = state.pool.begin().await?;
+    let (before, user) = apply_role(&mut transaction, user_id, &change.role, Some(admin.id), Some(peer), &request_id.0)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    transaction.commit().await?;
+    tracing::info!(admin = %admin.id, %user_id, from = before, to = change.role, "role changed");
+    Ok(Json(user))
+}
+
+/// Gives the user `role` and audits the change (when it is one) on the same
+/// connection; the role before and the user after, or `None` when there is
+/// no such user. Run it in a transaction.
+async fn apply_role(
+    connection: &mut PgConnection,
+    user_id: Uuid,
+    role: &str,
+    actor: Option<Uuid>,
+    peer: Option<SocketAddr>,
+    request_id: &str,
+) -> Result<Option<(String, UserView)>, sqlx::Error> {
+    let before: Option<String> = sqlx::query_scalar("select role from users where id = $1 for update")
+        .bind(user_id)
+        .fetch_optional(&mut *connection)
+        .await?;
+    let Some(before) = before else { return Ok(None) };
+    let user: UserView = sqlx::query_as(
+        r"update users set role = $2 where id = $1
+          returning id, email, role, created_at, disabled_at as frozen_at",
+    )
+    .bind(user_id)
+    .bind(role)
+    .fetch_one(&mut *connection)
+    .await?;
+    if before != role {
+        audit::record_in(
+            connection,
+            audit::Event {
+                action: "user.role_changed",
+                actor_user_id: actor,
+                subject_user_id: Some(user_id),
+                peer,
+                request_id,
+                detail: serde_json::json!({ "from": before, "to": role }),
+            },
+        )
+        .await?;
+    }
+    Ok(Some((before, user)))
+}
+
+/// Gives the user with `email` a role from the operator's shell (`ledgerctl
+/// users set-role`): how the first admin is made. Audited with no actor and
+/// the request id `ledgerctl`.
+///
+/// # Errors
+/// An unknown role or email, or a database failure.
+pub async fn set_role_by_email(pool: &sqlx::PgPool, email: &str, role: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(ROLES.contains(&role), "a role is one of {}", ROLES.join(", "));
+    let mut transaction = pool.begin().await?;
+    let user_id: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1")
+        .bind(email.trim().to_lowercase())
+        .fetch_optional(&mut *transaction)
+        .await?;
+    let user_id = user_id.ok_or_else(|| anyhow::anyhow!("no user has the email {email:?}; register first"))?;
+    let (before, _) = apply_role(&mut transaction, user_id, role, None, None, "ledgerctl")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the user was removed meanwhile"))?;
+    transaction.commit().await?;
+    Ok(before)
+}
+
+/// Freezes a user (admin): no login, no request, every session revoked,
+/// until unfrozen. Not oneself.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{user_id}/freeze",
+    operation_id = "admin_freeze_user",
+    tag = "admin",
+    params(("user_id" = Uuid, Path, description = "The user")),
+    responses((status = 200, description = "The frozen user", body = UserView)),
+)]
+async fn freeze_user(
+    state: State<AppState>,
+    admin: User,
+    peer: ConnectInfo<SocketAddr>,
+    request_id: Extension<RequestId>,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_frozen(state, admin, peer, request_id, path, true).await
+}
+
+/// Unfreezes a user (admin). They log in again; old sessions stay revoked.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{user_id}/unfreeze",
+    operation_id = "admin_unfreeze_user",
+    tag = "admin",
+    params(("user_id" = Uuid, Path, description = "The user")),
+    responses((status = 200, description = "The user", body = UserView)),
+)]
+async fn unfreeze_user(
+    state: State<AppState>,
+    admin: User,
+    peer: ConnectInfo<SocketAddr>,
+    request_id: Extension<RequestId>,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_frozen(state, admin, peer, request_id, path, false).await
+}
+
+async fn set_frozen(
+    State(state): State<AppState>,
+    admin: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<Uuid>, PathRejection>,
+    frozen: bool,
+) -> Result<Json<UserView>, ApiError> {
+    require_role(&admin, &["admin"])?;
+    let Path(user_id) = path?;
+    not_oneself(&admin, user_id)?;
+    let mut transaction = state.pool.begin().await?;
+    // `coalesce` keeps the first freeze's time when frozen twice.
+    let user: Option<UserView> = sqlx::query_as(
+        r"update users set disabled_at = case when $2 then coalesce(disabled_at, now()) end where id = $1
+          returning id, email, role, created_at, disabled_at as frozen_at",
+    )
+    .bind(user_id)
+    .bind(frozen)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let user = user.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    if frozen {
+        revoke_sessions(&mut transaction, user_id).await?;
+    }
+    audit::record_in(
+        &mut transaction,
+        audit::Event {
+            action: if frozen { "user.frozen" } else { "user.unfrozen" },
+            actor_user_id: Some(admin.id),
+            subject_user_id: Some(user_id),
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await?;
+    transaction.commit().await?;
+    tracing::info!(admin = %admin.id, %user_id, frozen, "user frozen or unfrozen");
+    Ok(Json(user))
+}
+
+/// Revokes every refresh token of the user: each session ends at its next
+/// refresh, and the frozen check ends its access token at once.
+async fn revoke_sessions(connection: &mut PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
+        .bind(user_id)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// An API client as admins see it; its secret is never shown again.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ClientView {
+    id: Uuid,
+    name: String,
+    scopes: Vec<String>,
+    created_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+}
+
+/// API clients, newest first (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/clients",
+    operation_id = "admin_list_clients",
+    tag = "admin",
+    responses((status = 200, description = "`{\"clients\": [...]}`, newest first", body = Vec<ClientView>)),
+)]
+async fn list_clients(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, &["admin"])?;
+    let clients: Vec<ClientView> = sqlx::query_as(
+        "select id, name, scopes, created_at, disabled_at from api_clients order by created_at desc limit $1",
+    )
+    .bind(PAGE_LIMIT_MAX)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(serde_json::json!({ "clients": clients })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewClientRequest {
+    /// Who it is for, for people: 1 to 200 characters, no control characters.
+    #[schema(example = "payroll")]
+    name: String,
+    /// What it may do: `accounts:write`, `accounts:read`, `transfers:write`,
+    /// `transfers:read`, `deposits:write`, `webhooks:manage`.
+    #[schema(example = json!(["accounts:read", "transfers:write"]))]
+    scopes: Vec<String>,
+}
+
+/// A new API client's credentials. Store the secret now: it is not shown again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewClientView {
+    client_id: Uuid,
+    client_secret: String,
+    name: String,
+    scopes: Vec<String>,
+}
+
+/// Creates an API client for an upstream app (admin); the secret is shown once.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/clients",
+    operation_id = "admin_create_client",
+    tag = "admin",
+    request_body = NewClientRequest,
+    responses((status = 201, description = "The client's id and secret", body = NewClientView)),
+)]
+async fn create_client(
+    State(state): State<AppState>,
+    admin: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<NewClientRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&admin, &["admin"])?;
+    let Json(request) = body?;
+    let name = request.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > CLIENT_NAME_LENGTH_MAX || name.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "invalid_name",
+            format!("a name has 1 to {CLIENT_NAME_LENGTH_MAX} characters and no control characters"),
+        ));
+    }
+    let scopes = request
+        .scopes
+        .iter()
+        .map(|text| Scope::parse(text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|detail| ApiError::unprocessable("invalid_scope", detail))?;
+    if scopes.is_empty() {
+        return Err(ApiError::unprocessable("invalid_scope", "give at least one scope"));
+    }
+    let client = crate::auth::create_client(&state.pool, &state.hasher, &name, &scopes).await?;
+    let scopes: Vec<String> = scopes.iter().map(|scope| scope.as_str().to_owned()).collect();
+    audit::record(
+        &state,
+        audit::Event {
+            action: "api_client.created",
+            actor_user_id: Some(admin.id),
+            subject_user_id: None,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({ "client_id": client.id, "name": name, "scopes": scopes }),
+        },
+    )
+    .await;
+    tracing::info!(admin = %admin.id, client_id = %client.id, "API client created");
+    let view =
+        NewClientView { client_id: client.id, client_secret: client.secret.expose_secret().to_owned(), name, scopes };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Disables an API client (admin): its tokens stop working at once and it
+/// gets no new ones. There is no undo: create another client.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/clients/{client_id}/disable",
+    operation_id = "admin_disable_client",
+    tag = "admin",
+    params(("client_id" = Uuid, Path, description = "The API client")),
+    responses((status = 200, description = "The disabled client", body = ClientView)),
+)]
+async fn disable_client(
+    State(state): State<AppState>,
+    admin: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&admin, &["admin"])?;
+    let Path(client_id) = path?;
+    let mut transaction = state.pool.begin().await?;
+    let client: Option<ClientView> = sqlx::query_as(
+        r"update api_clients set disabled_at = coalesce(disabled_at, now()) where id = $1
+          returning id, name, scopes, created_at, disabled_at",
+    )
+    .bind(client_id)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let client = client.ok_or_else(|| ApiError::not_found("client_not_found", "no such API client"))?;
+    audit::record_in(
+        &mut transaction,
+        audit::Event {
+            action: "api_client.disabled",
+            actor_user_id: Some(admin.id),
+            subject_user_id: None,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({ "client_id": client_id }),
+        },
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(Json(client))
+}
+
+/// A system account: the bank's own, allowed to go negative (cash-in,
+/// external clearing, fees, …), one per role and currency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemAccountView {
+    system_role: String,
+    #[serde(flatten)]
+    account: AccountView,
+}
+
+/// System accounts, by role and currency (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/system-accounts",
+    operation_id = "admin_list_system_accounts",
+    tag = "admin",
+    responses((status = 200, description = "`{\"system_accounts\": [...]}`", body = Vec<SystemAccountView>)),
+)]
+async fn list_system_accounts(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, &["admin"])?;
+    let ids: Vec<(Uuid, String)> = sqlx::query_as(
+        "select id, system_role from accounts where kind = 'system' order by system_role, currency limit $1",
+    )
+    .bind(PAGE_LIMIT_MAX)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut accounts = Vec::with_capacity(ids.len());
+    for (id, system_role) in ids {
+        accounts.push(SystemAccountView { system_role, account: find_account(&state, id, None).await?.view()? });
+    }
+    Ok(Json(serde_json::json!({ "system_accounts": accounts })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemAccountRequest {
+    #[schema(value_type = String, example = "EUR")]
+    currency: Currency,
+    /// What it is for: 3 to 40 of `a-z`, `0-9`, `_`, starting with a letter.
+    #[schema(example = "fees")]
+    system_role: String,
+}
+
+/// Opens a system account (admin). Idempotent: the role and currency name
+/// it, so asking again answers the same account with 200.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/system-accounts",
+    operation_id = "admin_open_system_account",
+    tag = "admin",
+    request_body = SystemAccountRequest,
+    responses(
+        (status = 201, description = "Opened", body = SystemAccountView),
+        (status = 200, description = "It existed already", body = SystemAccountView),
+    ),
+)]
+async fn open_system_account(
+    State(state): State<AppState>,
+    admin: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<SystemAccountRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&admin, &["admin"])?;
+    let Json(request) = body?;
+    if !is_system_role(&request.system_role) {
+        return Err(ApiError::unprocessable(
+            "invalid_system_role",
+            "a system role has 3 to 40 of a-z, 0-9 and _, and starts with a letter",
+        ));
+    }
+    let mut transaction = state.pool.begin().await?;
+    let opened: Option<Uuid> = sqlx::query_scalar(
+        r"insert into accounts (id, currency, kind, system_role) values ($1, $2, 'system', $3)
+          on conflict (system_role, currency) where kind = 'system' do nothing
+          returning id",
+    )
+    .bind(Uuid::new_v4())
+    .bind(request.currency.code())
+    .bind(&request.system_role)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    if let Some(account_id) = opened {
+        audit::record_in(
+            &mut transaction,
+            audit::Event {
+                action: "system_account.opened",
+                actor_user_id: Some(admin.id),
+                subject_user_id: None,
+                peer: Some(peer),
+                request_id: &request_id.0,
+                detail: serde_json::json!({
+                    "account_id": account_id,
+                    "system_role": request.system_role,
+                    "currency": request.currency.code(),
+                }),
+            },
+        )
+        .await?;
+    }
+    transaction.commit().await?;
+    let account_id: Uuid =
+        sqlx::query_scalar("select id from accounts where kind = 'system' and system_role = $1 and currency = $2")
+            .bind(&request.system_role)
+            .bind(request.currency.code())
+            .fetch_one(&state.pool)
+            .await?;
+    let view = SystemAccountView {
+        system_role: request.system_role,
+        account: find_account(&state, account_id, None).await?.view()?,
+    };
+    let status = if opened.is_some() { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(view)))
+}
+
+fn is_system_role(text: &str) -> bool {
+    (3..=40).contains(&text.len())
+        && text.starts_with(|c: char| c.is_ascii_lowercase())
+        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_role(role: &str) -> Result<(), ApiError> {
+    if ROLES.contains(&role) {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable("invalid_role", format!("a role is one of {}", ROLES.join(", "))))
+    }
+}
+
+fn not_oneself(admin: &User, user_id: Uuid) -> Result<(), ApiError> {
+    if admin.id == user_id {
+        return Err(ApiError::unprocessable(
+            "not_oneself",
+            "an admin cannot change their own role or freeze themselves; ask another admin",
+        ));
+    }
+    Ok(())
+}
+
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=PAGE_LIMIT_MAX).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={PAGE_LIMIT_MAX}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_roles_are_short_lower_snake_names() {
+        for good in ["fees", "cash_in", "interest_2026"] {
+            assert!(is_system_role(good), "{good}");
+        }
+        for bad in ["", "fe", "Fees", "1fees", "fees-eu", "fees eu", "fées", &"f".repeat(41), "x'; drop table x;--"] {
+            assert!(!is_system_role(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The ops role's routes: dead-lettered commands (read them, replay them
+//! after the cause is fixed) and the outbox (its backlog, dead rows, and
+//! putting dead rows back). `ops` and `admin` may use them; every replay and
+//! retry is in the audit log.
+//!
+//! Dead letters live in Kafka (`ledger.commands.dlq`, one partition), so
+//! reading them is a bounded read of that topic: at most
+//! [`DEAD_LETTERS_PAGE_MAX`] messages, for at most [`KAFKA_READ_TIMEOUT_MS`].
+//! A replay publishes the original bytes and key to the commands topic; the
+//! processor decides again, and a command it applied before is a no-op
+//! (transfer ids are unique), so replaying twice is safe.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Extension, Query, State};
+use axum::response::IntoResponse;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::audit;
+use crate::context::RequestId;
+use crate::customers::User;
+use crate::error::ApiError;
+use crate::staff::require_role;
+use crate::startup::AppState;
+
+/// Dead letters one read returns at most, and one replay republishes at most.
+pub const DEAD_LETTERS_PAGE_MAX: i64 = 500;
+/// How long one read of the dead-letter topic may take.
+pub const KAFKA_READ_TIMEOUT_MS: u64 = 5_000;
+/// Payload bytes shown per dead letter; the rest is cut (the replay sends all).
+pub const PAYLOAD_SHOWN_MAX_BYTES: usize = 8 * 1024;
+/// Dead outbox rows one read returns at most.
+pub const OUTBOX_DEAD_PAGE_MAX: i64 = 1_000;
+
+const ROLES: &[&str] = &["ops", "admin"];
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay_dead_letters))
+        .routes(routes!(outbox_status))
+        .routes(routes!(outbox_dead))
+        .routes(routes!(outbox_retry))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct DeadLetterQuery {
+    /// The first offset to read (default: the oldest kept).
+    from_offset: Option<i64>,
+    /// At most this many (1..=500, default 100).
+    limit: Option<i64>,
+}
+
+/// One dead-lettered command.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetter {
+    /// Its offset in the dead-letter topic: what a replay names.
+    offset: i64,
+    key: Option<String>,
+    /// Why it was refused (`undecodable`, `invalid_command`, …).
+    reason: Option<String>,
+    detail: Option<String>,
+    /// Where it was read from before it was dead-lettered.
+    source_partition: Option<String>,
+    source_offset: Option<String>,
+    /// When it was dead-lettered (broker time, ms since the epoch).
+    timestamp_ms: Option<i64>,
+    /// The command's bytes as text (lossy), cut at 8 KiB.
+    payload: String,
+    payload_truncated: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    dead_letters: Vec<DeadLetter>,
+    /// Where the next page starts; equal to `end_offset` when all are read.
+    next_offset: i64,
+    /// The offset after the newest dead letter.
+    end_offset: i64,
+}
+
+/// Reads dead-lettered commands, oldest first (ops, admin).
+#[utoipa::path(
+    get,
+    path = "/v1/ops/dead-letters",
+    operation_id = "ops_dead_letters",
+    tag = "ops",
+    params(DeadLetterQuery),
+    responses((status = 200, description = "A page of dead letters", body = DeadLetterPage)),
+)]
+async fn dead_letters(
+    State(state): State<AppState>,
+    user: User,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, ROLES)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=DEAD_LETTERS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be within 1..={DEAD_LETTERS_PAGE_MAX}"),
+        ));
+    }
+    let read = read_dead_letters(&state, query.from_offset, limit).await?;
+    let next_offset = read.messages.last().map_or(read.start, |message| message.offset + 1);
+    let dead_letters = read.messages.into_iter().map(RawDeadLetter::view).collect();
+    Ok(Json(DeadLetterPage { dead_letters, next_offset, end_offset: read.end }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The first dead letter to replay.
+    from_offset: i64,
+    /// The offset after the last one to replay (default: `from_offset + 1`,
+    /// that one dead letter). At most 500 at a time.
+    to_offset: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayReport {
+    /// The dead letters' offsets published again to the commands topic.
+    replayed: Vec<i64>,
+}
+
+/// Publishes dead letters again to the commands topic, as they were (ops,
+/// admin). Fix the cause first (open the missing account, say): the
+/// processor decides each command again, and one it applied before is a
+/// no-op, so a replay is safe to repeat.
+#[utoipa::path(
+    post,
+    path = "/v1/ops/dead-letters/replay",
+    operation_id = "ops_replay_dead_letters",
+    tag = "ops",
+    request_body = ReplayRequest,
+    responses((status = 200, description = "What was published again", body = ReplayReport)),
+)]
+async fn replay_dead_letters(
+    State(state): State<AppState>,
+    user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, ROLES)?;
+    let Json(request) = body?;
+    let to_offset = request.to_offset.unwrap_or(request.from_offset.saturating_add(1));
+    let count = to_offset.saturating_sub(request.from_offset);
+    if request.from_offset < 0 || !(1..=DEAD_LETTERS_PAGE_MAX).contains(&count) {
+        return Err(ApiError::unprocessable(
+            "invalid_range",
+            format!("give 0 <= from_offset < to_offset, at most {DEAD_LETTERS_PAGE_MAX} apart"),
+        ));
+    }
+    let read = read_dead_letters(&state, Some(request.from_offset), count).await?;
+    let messages: Vec<RawDeadLetter> = read.messages.into_iter().filter(|message| message.offset < to_offset).collect();
+    if messages.first().is_none_or(|message| message.offset != request.from_offset) {
+        return Err(ApiError::not_found(
+            "dead_letter_not_found",
+            format!("no dead letter at offset {} (kept: {}..{})", request.from_offset, read.start, read.end),
+        ));
+    }
+    let mut replayed = Vec::with_capacity(messages.len());
+    for message in &messages {
+        let offset = message.offset.to_string();
+        // The original headers ride along (the transfer id, the first request
+        // id); the dead-letter ones do not: the processor adds fresh ones if
+        // it refuses the command again.
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "ledgerline-replayed-from-dlq-offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "x-request-id", value: Some(request_id.0.as_str()) });
+        for (key, value) in &message.headers {
+            if !key.starts_with("ledgerline-dlq-") && !key.starts_with("ledgerline-source-") && key != "x-request-id" {
+                headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_slice()) });
+            }
+        }
+        state.publisher.publish_raw(message.key.as_deref(), &message.payload, headers).await?;
+        replayed.push(message.offset);
+    }
+    tracing::info!(user_id = %user.id, from = request.from_offset, count = replayed.len(), "dead letters replayed");
+    audit::record(
+        &state,
+        audit::Event {
+            action: "dead_letters.replayed",
+            actor_user_id: Some(user.id),
+            subject_user_id: None,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({ "offsets": replayed }),
+        },
+    )
+    .await;
+    Ok(Json(ReplayReport { replayed }))
+}
+
+/// The outbox's backlog: pending, retrying and dead rows, the oldest
+/// pending row's age, failures by destination and reason (ops, admin).
+#[utoipa::path(
+    get,
+    path = "/v1/ops/outbox",
+    operation_id = "ops_outbox_status",
+    tag = "ops",
+    responses((status = 200, description = "The outbox's state", body = serde_json::Value)),
+)]
+async fn outbox_status(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, ROLES)?;
+    Ok(Json(platform::outbox::status(&state.pool).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct OutboxDeadQuery {
+    /// At most this many (1..=1000, default 100), oldest first.
+    limit: Option<i64>,
+}
+
+/// Outbox rows that failed every attempt and wait for an operator (ops, admin).
+#[utoipa::path(
+    get,
+    path = "/v1/ops/outbox/dead",
+    operation_id = "ops_outbox_dead",
+    tag = "ops",
+    params(OutboxDeadQuery),
+    responses((status = 200, description = "Dead rows with their last error", body = serde_json::Value)),
+)]
+async fn outbox_dead(
+    State(state): State<AppState>,
+    user: User,
+    query: Result<Query<OutboxDeadQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, ROLES)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=OUTBOX_DEAD_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={OUTBOX_DEAD_PAGE_MAX}")));
+    }
+    let rows = platform::outbox::dead_rows(&state.pool, limit).await?;
+    Ok(Json(serde_json::json!({ "dead": rows })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxRetryRequest {
+    /// The dead rows to retry (at most 1000), or…
+    ids: Option<Vec<i64>>,
+    /// …`true` for every dead row.
+    all: Option<bool>,
+}
+
+/// Puts dead outbox rows back in their lanes with a fresh attempt budget
+/// (ops, admin). Fix the cause first (the endpoint, the provider).
+#[utoipa::path(
+    post,
+    path = "/v1/ops/outbox/retry",
+    operation_id = "ops_outbox_retry",
+    tag = "ops",
+    request_body = OutboxRetryRequest,
+    responses((status = 200, description = "How many rows were put back: `{\"retried\": n}`", body = serde_json::Value)),
+)]
+async fn outbox_retry(
+    State(state): State<AppState>,
+    user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    body: Result<Json<OutboxRetryRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_role(&user, ROLES)?;
+    let Json(request) = body?;
+    let which = match (request.ids, request.all) {
+        (Some(ids), None | Some(false)) if !ids.is_empty() && ids.len() <= 1_000 => platform::outbox::Retry::Ids(ids),
+        (None, Some(true)) => platform::outbox::Retry::AllDead,
+        _ => {
+            return Err(ApiError::unprocessable(
+                "invalid_retry",
+                "give either `ids` (1 to 1000 dead rows) or `all: true`",
+            ));
+        }
+    };
+    let retried = platform::outbox::retry(&state.pool, &which).await?;
+    audit::record(
+        &state,
+        audit::Event {
+            action: "outbox.retried",
+            actor_user_id: Some(user.id),
+            subject_user_id: None,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: match &which {
+                platform::outbox::Retry::Ids(ids) => serde_json::json!({ "ids": ids, "retried": retried }),
+                platform::outbox::Retry::AllDead => serde_json::json!({ "all": true, "retried": retried }),
+            },
+        },
+    )
+    .await;
+    Ok(Json(serde_json::json!({ "retried": retried })))
+}
+
+#[derive(Debug)]
+struct RawDeadLetter {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    timestamp_ms: Option<i64>,
+}
+
+impl RawDeadLetter {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    }
+
+    fn view(self) -> DeadLetter {
+        let truncated = self.payload.len() > PAYLOAD_SHOWN_MAX_BYTES;
+        let shown = &self.payload[..self.payload.len().min(PAYLOAD_SHOWN_MAX_BYTES)];
+        DeadLetter {
+            offset: self.offset,
+            key: self.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
+            reason: self.header("ledgerline-dlq-reason"),
+            detail: self.header("ledgerline-dlq-detail"),
+            source_partition: self.header("ledgerline-source-partition"),
+            source_offset: self.header("ledgerline-source-offset"),
+            timestamp_ms: self.timestamp_ms,
+            payload: String::from_utf8_lossy(shown).into_owned(),
+            payload_truncated: truncated,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Read {
+    messages: Vec<RawDeadLetter>,
+    /// The first offset read (the requested one, moved up to the oldest kept).
+    start: i64,
+    /// The offset after the newest message when the read began.
+    end: i64,
+}
+
+/// Reads up to `limit` messages of the dead-letter topic's partition 0 from
+/// `from_offset` (the oldest kept when absent), without joining a group and
+/// without committing. Runs on the blocking pool: librdkafka's consumer
+/// calls block.
+async fn read_dead_letters(state: &AppState, from_offset: Option<i64>, limit: i64) -> Result<Read, ApiError> {
+    let kafka = state.kafka.clone();
+    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<Read> {
+        let topic = kafka.topics.commands_dlq.clone();
+        let timeout = Duration::from_millis(KAFKA_READ_TIMEOUT_MS);
+        let deadline = Instant::now() + timeout;
+        let consumer: BaseConsumer = kafka
+            .consumer(&format!("ledgerline-ops-reader-{}", uuid::Uuid::new_v4()))
+            .create()
+            .context("creating a dead-letter reader")?;
+        let (low, high) =
+            consumer.fetch_watermarks(&topic, 0, timeout).context("reading the dead-letter topic's offsets")?;
+        let start = from_offset.unwrap_or(low).max(low);
+        let end = high.min(start.saturating_add(limit));
+        let mut messages = Vec::new();
+        if start < end {
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(&topic, 0, Offset::Offset(start)).context("assigning")?;
+            consumer.assign(&assignment).context("assigning the dead-letter partition")?;
+            while messages.last().is_none_or(|message: &RawDeadLetter| message.offset + 1 < end) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                anyhow::ensure!(!left.is_zero(), "reading dead letters took over {KAFKA_READ_TIMEOUT_MS} ms");
+                let Some(message) = consumer.poll(left) else { continue };
+                let message = message.context("reading a dead letter")?;
+                if message.offset() >= end {
+                    break;
+                }
+                messages.push(RawDeadLetter {
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers: message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|header| (header.key.to_owned(), header.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                });
+            }
+        }
+        Ok(Read { messages, start, end: high })
+    })
+    .await
+    .context("reading dead letters")?
+    .map_err(ApiError::BrokerUnavailable)?;
+    Ok(read)
+}
