@@ -64,6 +64,11 @@ pub struct UserView {
     frozen_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserList {
+    users: Vec<UserView>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -83,7 +88,7 @@ struct UsersQuery {
     operation_id = "admin_list_users",
     tag = "admin",
     params(UsersQuery),
-    responses((status = 200, description = "`{\"users\": [...]}`, by email", body = Vec<UserView>)),
+    responses((status = 200, description = "Users by email", body = UserList)),
 )]
 async fn list_users(
     State(state): State<AppState>,
@@ -106,7 +111,7 @@ async fn list_users(
     .bind(limit)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(serde_json::json!({ "users": users })))
+    Ok(Json(UserList { users }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -117,7 +122,8 @@ pub struct RoleChange {
     role: String,
 }
 
-/// Gives a user another role (admin); not one's own.
+/// Gives a user another role (admin); not one's own, and never the last
+/// active admin's.
 #[utoipa::path(
     post,
     path = "/v1/admin/users/{user_id}/role",
@@ -141,17 +147,59 @@ async fn change_role(
     check_role(&change.role)?;
     not_oneself(&admin, user_id)?;
     let mut transaction = state.pool.begin().await?;
-    let (before, user) = apply_role(&mut transaction, user_id, &change.role, Some(admin.id), Some(peer), &request_id.0)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
+    lock_actor_and_target(&mut transaction, admin.id, user_id).await?;
+    let (before, user) =
+        apply_role(&mut transaction, user_id, &change.role, Some(admin.id), Some(peer), &request_id.0).await?;
     transaction.commit().await?;
     tracing::info!(admin = %admin.id, %user_id, from = before, to = change.role, "role changed");
     Ok(Json(user))
 }
 
+/// Locks the acting admin's and the target user's rows (in id order, so
+/// two admins acting on each other queue instead of deadlocking), then
+/// checks the actor is still an active admin: the token's request was
+/// authorized before the lock, and another admin may have demoted or frozen
+/// this one meanwhile.
+async fn lock_actor_and_target(connection: &mut PgConnection, actor: Uuid, target: Uuid) -> Result<(), ApiError> {
+    let rows: Vec<(Uuid, String, bool)> =
+        sqlx::query_as("select id, role, disabled_at is not null from users where id = any($1) order by id for update")
+            .bind(vec![actor, target])
+            .fetch_all(&mut *connection)
+            .await?;
+    if !rows.iter().any(|(id, role, frozen)| *id == actor && role == "admin" && !frozen) {
+        return Err(ApiError::Client {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden_role",
+            title: "Forbidden",
+            detail: "you are no longer an active admin".into(),
+        });
+    }
+    if !rows.iter().any(|(id, _, _)| *id == target) {
+        return Err(ApiError::not_found("user_not_found", "no such user"));
+    }
+    Ok(())
+}
+
+/// Refuses a change that would leave no active admin: nobody could manage
+/// users any more without going around the API.
+async fn keep_an_admin(connection: &mut PgConnection) -> Result<(), ApiError> {
+    let admins: i64 = sqlx::query_scalar("select count(*) from users where role = 'admin' and disabled_at is null")
+        .fetch_one(&mut *connection)
+        .await?;
+    if admins == 0 {
+        return Err(ApiError::Client {
+            status: StatusCode::CONFLICT,
+            code: "last_admin",
+            title: "Conflict",
+            detail: "this would leave no active admin".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Gives the user `role` and audits the change (when it is one) on the same
-/// connection; the role before and the user after, or `None` when there is
-/// no such user. Run it in a transaction.
+/// connection: the role before and the user after. Run it in a transaction
+/// with the user's row locked.
 async fn apply_role(
     connection: &mut PgConnection,
     user_id: Uuid,
@@ -159,12 +207,12 @@ async fn apply_role(
     actor: Option<Uuid>,
     peer: Option<SocketAddr>,
     request_id: &str,
-) -> Result<Option<(String, UserView)>, sqlx::Error> {
+) -> Result<(String, UserView), ApiError> {
     let before: Option<String> = sqlx::query_scalar("select role from users where id = $1 for update")
         .bind(user_id)
         .fetch_optional(&mut *connection)
         .await?;
-    let Some(before) = before else { return Ok(None) };
+    let before = before.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
     let user: UserView = sqlx::query_as(
         r"update users set role = $2 where id = $1
           returning id, email, role, created_at, disabled_at as frozen_at",
@@ -173,6 +221,9 @@ async fn apply_role(
     .bind(role)
     .fetch_one(&mut *connection)
     .await?;
+    if before == "admin" && role != "admin" {
+        keep_an_admin(connection).await?;
+    }
     if before != role {
         audit::record_in(
             connection,
@@ -187,7 +238,7 @@ async fn apply_role(
         )
         .await?;
     }
-    Ok(Some((before, user)))
+    Ok((before, user))
 }
 
 /// Gives the user with `email` a role from the operator's shell (`ledgerctl
@@ -195,24 +246,43 @@ async fn apply_role(
 /// the request id `ledgerctl`.
 ///
 /// # Errors
-/// An unknown role or email, or a database failure.
+/// An unknown role or email, the last admin's demotion, or a database failure.
 pub async fn set_role_by_email(pool: &sqlx::PgPool, email: &str, role: &str) -> anyhow::Result<String> {
     anyhow::ensure!(ROLES.contains(&role), "a role is one of {}", ROLES.join(", "));
     let mut transaction = pool.begin().await?;
-    let user_id: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1")
-        .bind(email.trim().to_lowercase())
-        .fetch_optional(&mut *transaction)
-        .await?;
-    let user_id = user_id.ok_or_else(|| anyhow::anyhow!("no user has the email {email:?}; register first"))?;
+    let user_id = user_by_email(&mut transaction, email).await?;
     let (before, _) = apply_role(&mut transaction, user_id, role, None, None, "ledgerctl")
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the user was removed meanwhile"))?;
+        .await
+        .map_err(|error| anyhow::anyhow!("{error:?}"))?;
     transaction.commit().await?;
     Ok(before)
 }
 
-/// Freezes a user (admin): no login, no request, every session revoked,
-/// until unfrozen. Not oneself.
+/// Unfreezes the user with `email` from the operator's shell (`ledgerctl
+/// users unfreeze`): the way back when the only admins are frozen.
+///
+/// # Errors
+/// An unknown email or a database failure.
+pub async fn unfreeze_by_email(pool: &sqlx::PgPool, email: &str) -> anyhow::Result<()> {
+    let mut transaction = pool.begin().await?;
+    let user_id = user_by_email(&mut transaction, email).await?;
+    apply_freeze(&mut transaction, user_id, false, None, None, "ledgerctl")
+        .await
+        .map_err(|error| anyhow::anyhow!("{error:?}"))?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+async fn user_by_email(connection: &mut PgConnection, email: &str) -> anyhow::Result<Uuid> {
+    let user_id: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1")
+        .bind(email.trim().to_lowercase())
+        .fetch_optional(&mut *connection)
+        .await?;
+    user_id.ok_or_else(|| anyhow::anyhow!("no user has the email {email:?}; register first"))
+}
+
+/// Freezes a user (admin): no login, no request, every session and access
+/// token ended, until unfrozen. Not oneself, and never the last active admin.
 #[utoipa::path(
     post,
     path = "/v1/admin/users/{user_id}/freeze",
@@ -231,7 +301,8 @@ async fn freeze_user(
     set_frozen(state, admin, peer, request_id, path, true).await
 }
 
-/// Unfreezes a user (admin). They log in again; old sessions stay revoked.
+/// Unfreezes a user (admin). They log in again: the sessions and tokens
+/// from before the freeze stay ended.
 #[utoipa::path(
     post,
     path = "/v1/admin/users/{user_id}/unfreeze",
@@ -262,6 +333,23 @@ async fn set_frozen(
     let Path(user_id) = path?;
     not_oneself(&admin, user_id)?;
     let mut transaction = state.pool.begin().await?;
+    lock_actor_and_target(&mut transaction, admin.id, user_id).await?;
+    let user = apply_freeze(&mut transaction, user_id, frozen, Some(admin.id), Some(peer), &request_id.0).await?;
+    transaction.commit().await?;
+    tracing::info!(admin = %admin.id, %user_id, frozen, "user frozen or unfrozen");
+    Ok(Json(user))
+}
+
+/// Freezes (ending every session) or unfreezes the user and audits it, on
+/// the caller's transaction.
+async fn apply_freeze(
+    connection: &mut PgConnection,
+    user_id: Uuid,
+    frozen: bool,
+    actor: Option<Uuid>,
+    peer: Option<SocketAddr>,
+    request_id: &str,
+) -> Result<UserView, ApiError> {
     // `coalesce` keeps the first freeze's time when frozen twice.
     let user: Option<UserView> = sqlx::query_as(
         r"update users set disabled_at = case when $2 then coalesce(disabled_at, now()) end where id = $1
@@ -269,37 +357,28 @@ async fn set_frozen(
     )
     .bind(user_id)
     .bind(frozen)
-    .fetch_optional(&mut *transaction)
+    .fetch_optional(&mut *connection)
     .await?;
     let user = user.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
     if frozen {
-        revoke_sessions(&mut transaction, user_id).await?;
+        if user.role == "admin" {
+            keep_an_admin(connection).await?;
+        }
+        crate::customers::end_sessions(connection, user_id).await?;
     }
     audit::record_in(
-        &mut transaction,
+        connection,
         audit::Event {
             action: if frozen { "user.frozen" } else { "user.unfrozen" },
-            actor_user_id: Some(admin.id),
+            actor_user_id: actor,
             subject_user_id: Some(user_id),
-            peer: Some(peer),
-            request_id: &request_id.0,
+            peer,
+            request_id,
             detail: serde_json::json!({}),
         },
     )
     .await?;
-    transaction.commit().await?;
-    tracing::info!(admin = %admin.id, %user_id, frozen, "user frozen or unfrozen");
-    Ok(Json(user))
-}
-
-/// Revokes every refresh token of the user: each session ends at its next
-/// refresh, and the frozen check ends its access token at once.
-async fn revoke_sessions(connection: &mut PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
-        .bind(user_id)
-        .execute(connection)
-        .await?;
-    Ok(())
+    Ok(user)
 }
 
 /// An API client as admins see it; its secret is never shown again.
@@ -312,13 +391,18 @@ pub struct ClientView {
     disabled_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientList {
+    clients: Vec<ClientView>,
+}
+
 /// API clients, newest first (admin).
 #[utoipa::path(
     get,
     path = "/v1/admin/clients",
     operation_id = "admin_list_clients",
     tag = "admin",
-    responses((status = 200, description = "`{\"clients\": [...]}`, newest first", body = Vec<ClientView>)),
+    responses((status = 200, description = "API clients, newest first", body = ClientList)),
 )]
 async fn list_clients(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     require_role(&user, &["admin"])?;
@@ -328,7 +412,7 @@ async fn list_clients(State(state): State<AppState>, user: User) -> Result<impl 
     .bind(PAGE_LIMIT_MAX)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(serde_json::json!({ "clients": clients })))
+    Ok(Json(ClientList { clients }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -386,10 +470,20 @@ async fn create_client(
     if scopes.is_empty() {
         return Err(ApiError::unprocessable("invalid_scope", "give at least one scope"));
     }
-    let client = crate::auth::create_client(&state.pool, &state.hasher, &name, &scopes).await?;
+    // The client and its audit row commit together: no live secret without a record.
+    let client = crate::auth::NewClient::generate();
+    let hash = state.hasher.hash_blocking(client.secret.clone()).await?;
     let scopes: Vec<String> = scopes.iter().map(|scope| scope.as_str().to_owned()).collect();
-    audit::record(
-        &state,
+    let mut transaction = state.pool.begin().await?;
+    sqlx::query("insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)")
+        .bind(client.id)
+        .bind(&name)
+        .bind(hash)
+        .bind(&scopes)
+        .execute(&mut *transaction)
+        .await?;
+    audit::record_in(
+        &mut transaction,
         audit::Event {
             action: "api_client.created",
             actor_user_id: Some(admin.id),
@@ -399,7 +493,8 @@ async fn create_client(
             detail: serde_json::json!({ "client_id": client.id, "name": name, "scopes": scopes }),
         },
     )
-    .await;
+    .await?;
+    transaction.commit().await?;
     tracing::info!(admin = %admin.id, client_id = %client.id, "API client created");
     let view =
         NewClientView { client_id: client.id, client_secret: client.secret.expose_secret().to_owned(), name, scopes };
@@ -459,13 +554,18 @@ pub struct SystemAccountView {
     account: AccountView,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SystemAccountList {
+    system_accounts: Vec<SystemAccountView>,
+}
+
 /// System accounts, by role and currency (admin).
 #[utoipa::path(
     get,
     path = "/v1/admin/system-accounts",
     operation_id = "admin_list_system_accounts",
     tag = "admin",
-    responses((status = 200, description = "`{\"system_accounts\": [...]}`", body = Vec<SystemAccountView>)),
+    responses((status = 200, description = "System accounts by role and currency", body = SystemAccountList)),
 )]
 async fn list_system_accounts(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     require_role(&user, &["admin"])?;
@@ -479,7 +579,7 @@ async fn list_system_accounts(State(state): State<AppState>, user: User) -> Resu
     for (id, system_role) in ids {
         accounts.push(SystemAccountView { system_role, account: find_account(&state, id, None).await?.view()? });
     }
-    Ok(Json(serde_json::json!({ "system_accounts": accounts })))
+    Ok(Json(SystemAccountList { system_accounts: accounts }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -156,11 +156,15 @@ pub struct CustomerClaims {
     iss: String,
     aud: String,
     pub sub: String,
-    pub iat: i64,
+    iat: i64,
     exp: i64,
     jti: String,
     pub role: String,
     token_use: String,
+    /// The user's session epoch when the token was issued; a token of an
+    /// earlier epoch is dead (see `users.session_epoch`).
+    #[serde(default)]
+    pub epoch: i32,
 }
 
 impl JwtKeys {
@@ -169,7 +173,14 @@ impl JwtKeys {
     /// A step-up token's lifetime: the issue allows at most 5 minutes.
     pub const STEP_UP_TTL_S: u64 = 300;
 
-    fn issue_user_token(&self, user_id: Uuid, role: &str, token_use: &str, ttl_s: u64) -> anyhow::Result<String> {
+    fn issue_user_token(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        epoch: i32,
+        token_use: &str,
+        ttl_s: u64,
+    ) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = CustomerClaims {
             iss: self.issuer.clone(),
@@ -180,6 +191,7 @@ impl JwtKeys {
             jti: Uuid::new_v4().to_string(),
             role: role.to_owned(),
             token_use: token_use.to_owned(),
+            epoch,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("signing a token")
     }
@@ -197,8 +209,8 @@ impl JwtKeys {
     ///
     /// # Errors
     /// When signing fails.
-    pub fn issue_customer(&self, user_id: Uuid, role: &str) -> anyhow::Result<String> {
-        self.issue_user_token(user_id, role, Self::CUSTOMER_ACCESS, self.token_ttl_s)
+    pub fn issue_customer(&self, user_id: Uuid, role: &str, epoch: i32) -> anyhow::Result<String> {
+        self.issue_user_token(user_id, role, epoch, Self::CUSTOMER_ACCESS, self.token_ttl_s)
     }
 
     /// Checks a customer's access token: signature (HS256 only: `alg: none`
@@ -217,7 +229,9 @@ impl JwtKeys {
     /// # Errors
     /// When signing fails.
     pub fn issue_step_up(&self, user_id: Uuid, role: &str) -> anyhow::Result<String> {
-        self.issue_user_token(user_id, role, Self::STEP_UP, Self::STEP_UP_TTL_S)
+        // A step-up proves the PIN, not a session: it is used only together
+        // with a valid access token, which carries the epoch.
+        self.issue_user_token(user_id, role, 0, Self::STEP_UP, Self::STEP_UP_TTL_S)
     }
 
     /// Whether `token` is a valid step-up token of `user_id`.
@@ -471,12 +485,21 @@ pub async fn create_client(
     name: &str,
     scopes: &[Scope],
 ) -> anyhow::Result<NewClient> {
-    let mut bytes = [0_u8; 32];
-    OsRng.fill_bytes(&mut bytes);
-    let secret = SecretString::from(format!("llsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)));
-    let id = Uuid::new_v4();
-    upsert_client(pool, hasher, id, name, &secret, scopes).await?;
-    Ok(NewClient { id, secret })
+    let client = NewClient::generate();
+    upsert_client(pool, hasher, client.id, name, &client.secret, scopes).await?;
+    Ok(client)
+}
+
+impl NewClient {
+    /// A random id and a random 256-bit secret (`llsk_…`).
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut bytes = [0_u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        let secret =
+            SecretString::from(format!("llsk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)));
+        Self { id: Uuid::new_v4(), secret }
+    }
 }
 
 /// Creates or replaces the client `id` with the given secret and scopes.

@@ -54,6 +54,10 @@ pub struct IngestConfig {
     /// (comma-separated, exact, e.g. `https://app.bank.example`). Empty: no
     /// CORS headers at all, so no other origin's page can read an answer.
     pub cors_origins: Vec<String>,
+    /// `LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED`: accept webhook URLs
+    /// naming localhost or private addresses (the relay has the same switch
+    /// and checks again at delivery).
+    pub webhook_private_networks_allowed: bool,
 }
 
 /// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
@@ -92,6 +96,7 @@ impl IngestConfig {
             tls: None,
             redirect_http_addr: None,
             cors_origins: Vec::new(),
+            webhook_private_networks_allowed: false,
         }
     }
 
@@ -158,6 +163,7 @@ impl IngestConfig {
             tls: tls_from_env()?,
             redirect_http_addr: config::var_optional("LEDGERLINE_HTTP_REDIRECT_ADDR")?,
             cors_origins: cors_origins(&config::var_or("LEDGERLINE_CORS_ORIGINS", String::new())?)?,
+            webhook_private_networks_allowed: config::var_or("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED", false)?,
             ..defaults
         })
         .and_then(|config| {

@@ -70,19 +70,19 @@ impl FromRequestParts<AppState> for User {
         // The user as they are now: a frozen user, a changed role or a new
         // password takes effect on the next request, not when the access
         // token expires. One primary-key read.
-        let stored: Option<(String, Option<DateTime<Utc>>, DateTime<Utc>)> =
-            sqlx::query_as("select role, disabled_at, password_changed_at from users where id = $1")
+        let stored: Option<(String, bool, i32)> =
+            sqlx::query_as("select role, disabled_at is not null, session_epoch from users where id = $1")
                 .bind(id)
                 .fetch_optional(&state.pool)
                 .await?;
-        let Some((role, disabled_at, password_changed_at)) = stored else {
+        let Some((role, frozen, epoch)) = stored else {
             return Err(ApiError::invalid_token("no such user"));
         };
-        if disabled_at.is_some() {
+        if frozen {
             return Err(ApiError::invalid_token("this user is frozen"));
         }
-        if claims.iat < password_changed_at.timestamp() {
-            return Err(ApiError::invalid_token("the session ended: the password was changed"));
+        if claims.epoch != epoch {
+            return Err(ApiError::invalid_token("the session ended (password changed, or the user was frozen)"));
         }
         Ok(Self { id, role })
     }
@@ -217,8 +217,12 @@ async fn open_session(
     .bind(expires_at)
     .execute(&mut *connection)
     .await?;
+    let epoch: i32 = sqlx::query_scalar("select session_epoch from users where id = $1")
+        .bind(user_id)
+        .fetch_one(&mut *connection)
+        .await?;
     Ok(Session {
-        access_token: state.jwt.issue_customer(user_id, role)?,
+        access_token: state.jwt.issue_customer(user_id, role, epoch)?,
         token_type: "Bearer",
         expires_in: state.jwt.token_ttl_s,
         refresh_token,
@@ -256,9 +260,10 @@ async fn login(
             .fetch_optional(&state.pool)
             .await?;
     // An unknown email costs a hash check too, and answers the same.
-    let matches = state.hasher.verify(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password).await?;
+    let matches =
+        state.hasher.verify(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password.clone()).await?;
     let subject_user_id = stored.as_ref().map(|(id, _, _)| *id);
-    let Some((user_id, _, role)) = stored.filter(|_| matches) else {
+    let Some((user_id, stored_hash, role)) = stored.filter(|_| matches) else {
         tracing::info!(%peer, "failed login");
         audit::record(
             &state,
@@ -274,6 +279,9 @@ async fn login(
         .await;
         return Err(ApiError::unauthorized("invalid_credentials", "the email or the password is wrong"));
     };
+    if state.hasher.needs_rehash(&stored_hash) {
+        rehash_password(&state, user_id, &stored_hash, credentials.password).await;
+    }
     let mut connection = state.pool.acquire().await?;
     let session = open_session(&state, user_id, &role, Uuid::new_v4(), &mut connection).await?;
     tracing::info!(%user_id, "customer logged in");
@@ -409,9 +417,37 @@ async fn me(State(state): State<AppState>, user: User) -> Result<impl IntoRespon
     Ok(Json(serde_json::json!({ "user_id": user.id, "email": email, "role": user.role })))
 }
 
-/// Ends every session of a user (all refresh-token families).
-async fn revoke_sessions(connection: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), ApiError> {
+/// Stores a hash of the configured cost for a password just checked
+/// against an older one. Best effort: the login succeeds either way, and
+/// the next one tries again. Only if the hash is still the one checked
+/// (a password change in between wins).
+async fn rehash_password(state: &AppState, user_id: Uuid, checked_hash: &str, password: SecretString) {
+    let rehashed = match state.hasher.hash_blocking(password).await {
+        Ok(hash) => sqlx::query("update users set password_hash = $3 where id = $1 and password_hash = $2")
+            .bind(user_id)
+            .bind(checked_hash)
+            .bind(hash)
+            .execute(&state.pool)
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+        Err(error) => Err(error),
+    };
+    match rehashed {
+        Ok(()) => tracing::info!(%user_id, "password rehashed with the configured argon2 cost"),
+        Err(error) => tracing::warn!(%user_id, %error, "rehashing a password failed"),
+    }
+}
+
+/// Ends every session of a user: every refresh-token family is revoked and
+/// the session epoch moves on, so every access token already issued is
+/// refused on its next use (not when it expires).
+pub(crate) async fn end_sessions(connection: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
+        .bind(user_id)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query("update users set session_epoch = session_epoch + 1 where id = $1")
         .bind(user_id)
         .execute(&mut *connection)
         .await?;
@@ -470,7 +506,7 @@ async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -
         .bind(hash)
         .execute(&mut *transaction)
         .await?;
-    revoke_sessions(&mut transaction, user_id).await?;
+    end_sessions(&mut transaction, user_id).await?;
     transaction.commit().await?;
     Ok(())
 }

@@ -58,6 +58,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct DeadLetterQuery {
+    /// The dead-letter topic's partition (default 0; it is created with one).
+    partition: Option<i32>,
     /// The first offset to read (default: the oldest kept).
     from_offset: Option<i64>,
     /// At most this many (1..=500, default 100).
@@ -85,6 +87,9 @@ pub struct DeadLetter {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterPage {
+    /// The partition read, and how many the topic has: read each.
+    partition: i32,
+    partitions: i32,
     dead_letters: Vec<DeadLetter>,
     /// Where the next page starts; equal to `end_offset` when all are read.
     next_offset: i64,
@@ -115,15 +120,18 @@ async fn dead_letters(
             format!("limit must be within 1..={DEAD_LETTERS_PAGE_MAX}"),
         ));
     }
-    let read = read_dead_letters(&state, query.from_offset, limit).await?;
+    let partition = query.partition.unwrap_or(0);
+    let read = read_dead_letters(&state, partition, query.from_offset, limit).await?;
     let next_offset = read.messages.last().map_or(read.start, |message| message.offset + 1);
     let dead_letters = read.messages.into_iter().map(RawDeadLetter::view).collect();
-    Ok(Json(DeadLetterPage { dead_letters, next_offset, end_offset: read.end }))
+    Ok(Json(DeadLetterPage { partition, partitions: read.partitions, dead_letters, next_offset, end_offset: read.end }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
+    /// The dead-letter topic's partition (default 0).
+    partition: Option<i32>,
     /// The first dead letter to replay.
     from_offset: i64,
     /// The offset after the last one to replay (default: `from_offset + 1`,
@@ -166,7 +174,8 @@ async fn replay_dead_letters(
             format!("give 0 <= from_offset < to_offset, at most {DEAD_LETTERS_PAGE_MAX} apart"),
         ));
     }
-    let read = read_dead_letters(&state, Some(request.from_offset), count).await?;
+    let partition = request.partition.unwrap_or(0);
+    let read = read_dead_letters(&state, partition, Some(request.from_offset), count).await?;
     let messages: Vec<RawDeadLetter> = read.messages.into_iter().filter(|message| message.offset < to_offset).collect();
     if messages.first().is_none_or(|message| message.offset != request.from_offset) {
         return Err(ApiError::not_found(
@@ -174,24 +183,17 @@ async fn replay_dead_letters(
             format!("no dead letter at offset {} (kept: {}..{})", request.from_offset, read.start, read.end),
         ));
     }
-    let mut replayed = Vec::with_capacity(messages.len());
-    for message in &messages {
-        let offset = message.offset.to_string();
-        // The original headers ride along (the transfer id, the first request
-        // id); the dead-letter ones do not: the processor adds fresh ones if
-        // it refuses the command again.
-        let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "ledgerline-replayed-from-dlq-offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "x-request-id", value: Some(request_id.0.as_str()) });
-        for (key, value) in &message.headers {
-            if !key.starts_with("ledgerline-dlq-") && !key.starts_with("ledgerline-source-") && key != "x-request-id" {
-                headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_slice()) });
-            }
-        }
-        state.publisher.publish_raw(message.key.as_deref(), &message.payload, headers).await?;
-        replayed.push(message.offset);
-    }
-    tracing::info!(user_id = %user.id, from = request.from_offset, count = replayed.len(), "dead letters replayed");
+    // Sent together (the producer keeps their order per partition); the
+    // audit row says what went out even when a send fails part way.
+    let sends = messages.iter().map(|message| {
+        let headers = replay_headers(message, partition, &request_id.0);
+        state.publisher.publish_raw(message.key.as_deref(), &message.payload, headers)
+    });
+    let results = futures::future::join_all(sends).await;
+    let replayed: Vec<i64> =
+        messages.iter().zip(&results).filter(|(_, result)| result.is_ok()).map(|(message, _)| message.offset).collect();
+    let failed = results.len() - replayed.len();
+    tracing::info!(user_id = %user.id, partition, from = request.from_offset, count = replayed.len(), failed, "dead letters replayed");
     audit::record(
         &state,
         audit::Event {
@@ -200,10 +202,13 @@ async fn replay_dead_letters(
             subject_user_id: None,
             peer: Some(peer),
             request_id: &request_id.0,
-            detail: serde_json::json!({ "offsets": replayed }),
+            detail: serde_json::json!({ "partition": partition, "offsets": replayed, "failed": failed }),
         },
     )
     .await;
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        return Err(error);
+    }
     Ok(Json(ReplayReport { replayed }))
 }
 
@@ -310,6 +315,28 @@ async fn outbox_retry(
     Ok(Json(serde_json::json!({ "retried": retried })))
 }
 
+/// The original headers (the transfer id, the first request's id) minus
+/// the dead-letter ones (the processor adds fresh ones if it refuses the
+/// command again) and any earlier replay's marker, plus this replay's.
+fn replay_headers(message: &RawDeadLetter, partition: i32, request_id: &str) -> OwnedHeaders {
+    let from = format!("{partition}:{}", message.offset);
+    let mut headers = OwnedHeaders::new()
+        .insert(Header { key: REPLAYED_FROM_HEADER, value: Some(from.as_str()) })
+        .insert(Header { key: "ledgerline-replay-request-id", value: Some(request_id) });
+    for (key, value) in &message.headers {
+        let dropped = key.starts_with("ledgerline-dlq-")
+            || key.starts_with("ledgerline-source-")
+            || key.starts_with("ledgerline-replay");
+        if !dropped {
+            headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_slice()) });
+        }
+    }
+    headers
+}
+
+/// Names the dead letter a replayed command came from: `partition:offset`.
+pub const REPLAYED_FROM_HEADER: &str = "ledgerline-replayed-from-dlq";
+
 #[derive(Debug)]
 struct RawDeadLetter {
     offset: i64,
@@ -343,6 +370,8 @@ impl RawDeadLetter {
 
 #[derive(Debug)]
 struct Read {
+    /// How many partitions the dead-letter topic has.
+    partitions: i32,
     messages: Vec<RawDeadLetter>,
     /// The first offset read (the requested one, moved up to the oldest kept).
     start: i64,
@@ -350,13 +379,18 @@ struct Read {
     end: i64,
 }
 
-/// Reads up to `limit` messages of the dead-letter topic's partition 0 from
+/// Reads up to `limit` messages of a partition of the dead-letter topic from
 /// `from_offset` (the oldest kept when absent), without joining a group and
 /// without committing. Runs on the blocking pool: librdkafka's consumer
 /// calls block.
-async fn read_dead_letters(state: &AppState, from_offset: Option<i64>, limit: i64) -> Result<Read, ApiError> {
+async fn read_dead_letters(
+    state: &AppState,
+    partition: i32,
+    from_offset: Option<i64>,
+    limit: i64,
+) -> Result<Read, ApiError> {
     let kafka = state.kafka.clone();
-    let read = tokio::task::spawn_blocking(move || -> anyhow::Result<Read> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Result<Read, ApiError>> {
         let topic = kafka.topics.commands_dlq.clone();
         let timeout = Duration::from_millis(KAFKA_READ_TIMEOUT_MS);
         let deadline = Instant::now() + timeout;
@@ -364,14 +398,26 @@ async fn read_dead_letters(state: &AppState, from_offset: Option<i64>, limit: i6
             .consumer(&format!("ledgerline-ops-reader-{}", uuid::Uuid::new_v4()))
             .create()
             .context("creating a dead-letter reader")?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).context("reading the dead-letter topic")?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|found| found.name() == topic)
+            .map_or(0, |found| i32::try_from(found.partitions().len()).unwrap_or(i32::MAX));
+        if !(0..partitions).contains(&partition) {
+            return Ok(Err(ApiError::not_found(
+                "no_such_partition",
+                format!("the dead-letter topic has {partitions} partition(s); ask for 0..{partitions}"),
+            )));
+        }
         let (low, high) =
-            consumer.fetch_watermarks(&topic, 0, timeout).context("reading the dead-letter topic's offsets")?;
+            consumer.fetch_watermarks(&topic, partition, timeout).context("reading the dead-letter topic's offsets")?;
         let start = from_offset.unwrap_or(low).max(low);
         let end = high.min(start.saturating_add(limit));
         let mut messages = Vec::new();
         if start < end {
             let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(&topic, 0, Offset::Offset(start)).context("assigning")?;
+            assignment.add_partition_offset(&topic, partition, Offset::Offset(start)).context("assigning")?;
             consumer.assign(&assignment).context("assigning the dead-letter partition")?;
             while messages.last().is_none_or(|message: &RawDeadLetter| message.offset + 1 < end) {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -398,10 +444,9 @@ async fn read_dead_letters(state: &AppState, from_offset: Option<i64>, limit: i6
                 });
             }
         }
-        Ok(Read { messages, start, end: high })
+        Ok(Ok(Read { partitions, messages, start, end: high }))
     })
     .await
     .context("reading dead letters")?
-    .map_err(ApiError::BrokerUnavailable)?;
-    Ok(read)
+    .map_err(ApiError::BrokerUnavailable)?
 }

@@ -28,12 +28,16 @@ pub struct Argon2Cost {
     pub iterations: u32,
     /// `LEDGERLINE_ARGON2_PARALLELISM`: lanes.
     pub parallelism: u32,
+    /// `LEDGERLINE_ARGON2_CONCURRENCY_MAX`: hashes computed at once; more
+    /// wait. Bounds memory (`memory_kib` each) and CPU under a flood of
+    /// logins with made-up emails, which no per-account limit catches.
+    pub concurrency_max: usize,
 }
 
 impl Default for Argon2Cost {
     /// OWASP's first recommendation for argon2id: 19 MiB, 2 passes, 1 lane.
     fn default() -> Self {
-        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1, concurrency_max: 4 }
     }
 }
 
@@ -47,6 +51,7 @@ impl Argon2Cost {
             memory_kib: config::limit("LEDGERLINE_ARGON2_MEMORY_KIB", defaults.memory_kib, 1024..=1024 * 1024)?,
             iterations: config::limit("LEDGERLINE_ARGON2_ITERATIONS", defaults.iterations, 1..=20)?,
             parallelism: config::limit("LEDGERLINE_ARGON2_PARALLELISM", defaults.parallelism, 1..=16)?,
+            concurrency_max: config::limit("LEDGERLINE_ARGON2_CONCURRENCY_MAX", defaults.concurrency_max, 1..=256)?,
         }
         .checked()
     }
@@ -83,6 +88,7 @@ pub struct SecretHasher {
     argon2: Argon2<'static>,
     /// Checked when there is no stored hash, so that costs the same time.
     dummy_hash: Arc<str>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl SecretHasher {
@@ -92,7 +98,8 @@ impl SecretHasher {
         let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
             .map_err(|error| anyhow::anyhow!("argon2 parameters: {error}"))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut hasher = Self { argon2, dummy_hash: Arc::from("") };
+        let permits = Arc::new(tokio::sync::Semaphore::new(cost.concurrency_max));
+        let mut hasher = Self { argon2, dummy_hash: Arc::from(""), permits };
         hasher.dummy_hash =
             Arc::from(hasher.hash(&SecretString::from("not-a-real-secret-only-for-timing".to_owned()))?);
         Ok(hasher)
@@ -116,8 +123,23 @@ impl SecretHasher {
     /// # Errors
     /// When hashing fails or the blocking task is lost.
     pub async fn hash_blocking(&self, secret: SecretString) -> anyhow::Result<String> {
+        let _permit = self.permits.acquire().await.context("the hasher is closed")?;
         let hasher = self.clone();
         tokio::task::spawn_blocking(move || hasher.hash(&secret)).await.context("hashing a secret")?
+    }
+
+    /// Whether a stored hash was made with another cost than the configured
+    /// one: after a successful check, store a new hash of the secret. Until
+    /// then a known account answers at its old cost and an unknown one at
+    /// the new cost, which a stopwatch could tell apart.
+    #[must_use]
+    pub fn needs_rehash(&self, hash: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(hash) else { return true };
+        let Ok(stored) = Params::try_from(&parsed) else { return true };
+        let wanted = self.argon2.params();
+        parsed.algorithm != argon2::ARGON2ID_IDENT
+            || (stored.m_cost(), stored.t_cost(), stored.p_cost())
+                != (wanted.m_cost(), wanted.t_cost(), wanted.p_cost())
     }
 
     /// Whether `secret` matches the stored `hash`, checked on the blocking
@@ -130,6 +152,7 @@ impl SecretHasher {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
         let argon2 = self.argon2.clone();
+        let _permit = self.permits.acquire().await.context("the hasher is closed")?;
         let matches = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .is_ok_and(|parsed| argon2.verify_password(secret.expose_secret().as_bytes(), &parsed).is_ok())
@@ -145,7 +168,7 @@ mod tests {
     use super::*;
 
     fn cheap() -> SecretHasher {
-        SecretHasher::new(Argon2Cost { memory_kib: 1024, iterations: 1, parallelism: 1 }).expect("hasher")
+        SecretHasher::new(Argon2Cost { memory_kib: 1024, iterations: 1, ..Argon2Cost::default() }).expect("hasher")
     }
 
     #[test]
@@ -159,7 +182,10 @@ mod tests {
         let secret = SecretString::from("llsk_correct".to_owned());
         let hash = cheap().hash(&secret).expect("hashes");
         // A hasher with another cost still checks it: the cost is read from the hash.
-        let other = SecretHasher::new(Argon2Cost { memory_kib: 2048, iterations: 2, parallelism: 1 }).expect("hasher");
+        let other =
+            SecretHasher::new(Argon2Cost { memory_kib: 2048, iterations: 2, ..Argon2Cost::default() }).expect("hasher");
+        assert!(other.needs_rehash(&hash), "made with another cost");
+        assert!(!cheap().needs_rehash(&hash));
         assert!(other.verify(Some(hash.clone()), secret.clone()).await.expect("verifies"));
         assert!(!other.verify(Some(hash), SecretString::from("llsk_wrong".to_owned())).await.expect("verifies"));
         // No stored hash never matches, not even the dummy's own secret.
@@ -169,7 +195,7 @@ mod tests {
 
     #[test]
     fn weak_settings_are_refused() {
-        let cost = |memory_kib, iterations| Argon2Cost { memory_kib, iterations, parallelism: 1 };
+        let cost = |memory_kib, iterations| Argon2Cost { memory_kib, iterations, ..Argon2Cost::default() };
         assert!(cost(1024, 10).checked().is_err());
         assert!(cost(9 * 1024, 3).checked().is_err());
         assert!(cost(19 * 1024, 1).checked().is_err());

@@ -231,6 +231,7 @@ pub struct DepositRequest {
 async fn deposit(
     State(state): State<AppState>,
     user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
     path: Result<Path<Uuid>, PathRejection>,
@@ -246,5 +247,23 @@ async fn deposit(
     let (command, canonical) = crate::accounts::deposit_command(transfer_id, account_id, money);
     let accepted =
         transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+    // Money made from cash-in by a person: the audit log says who.
+    audit::record(
+        &state,
+        audit::Event {
+            action: "account.deposit_requested",
+            actor_user_id: Some(user.id),
+            subject_user_id: None,
+            peer: Some(peer),
+            request_id: &request_id.0,
+            detail: serde_json::json!({
+                "account_id": account_id,
+                "transfer_id": transfer_id.as_uuid(),
+                "amount": money.amount().to_string(),
+                "currency": money.currency().code(),
+            }),
+        },
+    )
+    .await;
     Ok(accepted.into_response())
 }

@@ -32,6 +32,8 @@ pub struct AppState {
     pub provider_callback: Option<Arc<crate::config::ProviderCallback>>,
     pub limits: Arc<Limits>,
     pub hasher: SecretHasher,
+    /// Whether webhook URLs may name private hosts (`ledgerctl dev`, tests).
+    pub webhook_private_networks_allowed: bool,
     /// For the ops routes that read the dead-letter topic.
     pub kafka: platform::kafka::KafkaConfig,
     /// Lifetime of a customer's refresh token.
@@ -80,6 +82,7 @@ impl Application {
             provider_callback: config.provider_callback.clone().map(Arc::new),
             hasher: SecretHasher::new(config.argon2)?,
             kafka: config.kafka.clone(),
+            webhook_private_networks_allowed: config.webhook_private_networks_allowed,
             refresh_token_ttl_s: config.refresh_token_ttl_s,
             limits: Arc::new(Limits {
                 clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),
@@ -197,12 +200,13 @@ fn cors(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static(crate::customer_transfers::STEP_UP_HEADER),
         ])
         .expose_headers([header::LOCATION, header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
         .max_age(Duration::from_secs(600)))

@@ -76,7 +76,7 @@ struct Registered {
     secret: String,
 }
 
-fn validate(registration: &Registration) -> Result<(), ApiError> {
+fn validate(registration: &Registration, private_networks_allowed: bool) -> Result<(), ApiError> {
     let url = registration.url.as_str();
     if url.len() > URL_LENGTH_MAX || !(url.starts_with("https://") || url.starts_with("http://")) {
         return Err(ApiError::unprocessable(
@@ -86,6 +86,12 @@ fn validate(registration: &Registration) -> Result<(), ApiError> {
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ApiError::unprocessable("invalid_webhook_url", "the URL must not contain spaces"));
+    }
+    if !private_networks_allowed && !may_be_public(url) {
+        return Err(ApiError::unprocessable(
+            "webhook_url_not_public",
+            "the URL must name a public host: not localhost, a private, loopback or link-local address",
+        ));
     }
     if registration.event_types.is_empty() || registration.event_types.len() > EVENT_TYPES.len() {
         return Err(ApiError::unprocessable("invalid_event_types", "name at least one event type"));
@@ -97,6 +103,26 @@ fn validate(registration: &Registration) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A first check at registration, on what the URL says; the relay checks
+/// the addresses it actually connects to (names may resolve anywhere, and
+/// change), so this only spares a client an endpoint that can never work.
+fn may_be_public(url: &str) -> bool {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else { return false };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return false;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(address) => platform::net::is_public(address),
+        // A numeric last label makes the whole host an IPv4 address in
+        // another spelling (2130706433, 0x7f.1, 127.1): never a name.
+        Err(_) => host.rsplit('.').next().is_some_and(|label| {
+            !label.is_empty() && !label.chars().all(|c| c.is_ascii_digit()) && !label.starts_with("0x")
+        }),
+    }
 }
 
 /// Registers a webhook endpoint for the event types it wants.
@@ -118,7 +144,7 @@ async fn register(
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::WebhooksManage)?;
     let Json(mut registration) = body?;
-    validate(&registration)?;
+    validate(&registration, state.webhook_private_networks_allowed)?;
     registration.event_types.sort();
     registration.event_types.dedup();
     let count: i64 =
@@ -209,4 +235,30 @@ async fn remove(
         return Err(ApiError::not_found("webhook_not_found", "no such webhook endpoint"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_naming_internal_hosts_are_refused_at_registration() {
+        for url in [
+            "http://127.0.0.1:8080/hook",
+            "http://localhost/hook",
+            "http://api.localhost./hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.7/",
+            "https://[::1]/x",
+            "https://[fd00::1]/x",
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.1/",
+        ] {
+            assert!(!super::may_be_public(url), "{url} accepted");
+        }
+        for url in
+            ["https://hooks.example.com/x", "https://cafe.be/hook", "https://8.8.8.8/x", "https://[2606:4700::1]/"]
+        {
+            assert!(super::may_be_public(url), "{url} refused");
+        }
+    }
 }

@@ -73,6 +73,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     OsRng.fill_bytes(&mut random);
     let generated = SecretString::from(random.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
     let mut relay_config = outbox_relay::RelayConfig::from_env(kafka.clone())?;
+    // A developer's webhook receiver is on this machine: allowed here unless
+    // said otherwise (production refuses private addresses by default).
+    if std::env::var_os("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED").is_none() {
+        relay_config.webhooks.private_networks_allowed = true;
+    }
     // Lives as long as this binding.
     let fake_provider = match relay_config.provider {
         Some(_) => None,
@@ -92,6 +97,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     };
     let mut ingest_config = ingest::IngestConfig::from_env(kafka.clone(), Some(generated))?;
+    if std::env::var_os("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED").is_none() {
+        ingest_config.webhook_private_networks_allowed = true;
+    }
     ingest_config.http_addr = args.http_addr;
     if fake_provider.is_some() && ingest_config.provider_callback.is_none() {
         ingest_config.provider_callback = Some(ingest::config::ProviderCallback {

@@ -84,6 +84,11 @@ enum UsersCommand {
         #[arg(long)]
         role: String,
     },
+    /// Unfreeze a user: the way back when every admin is frozen.
+    Unfreeze {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +182,11 @@ async fn main() -> anyhow::Result<()> {
             let pool = DatabaseConfig::from_env()?.connect().await?;
             let before = ingest::admin::set_role_by_email(&pool, &email, &role).await?;
             println!("{email}: {before} -> {role}");
+        }
+        Command::Users { command: UsersCommand::Unfreeze { email } } => {
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            ingest::admin::unfreeze_by_email(&pool, &email).await?;
+            println!("{email}: unfrozen");
         }
         Command::Openapi => {
             println!("{}", ingest::startup::openapi().to_pretty_json()?);

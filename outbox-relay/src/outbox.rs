@@ -278,9 +278,14 @@ pub async fn record(
         }
     }
     if !delivered.is_empty() {
+        // A delivered notification's payload is blanked: it holds a person's
+        // address and a single-use secret (a reset token) that must not
+        // outlive its delivery in a table many can read.
         sqlx::query(
-            r"update outbox set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null
-              where id = any($1)",
+            r#"update outbox set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null,
+                                 payload = case when destination = 'notifications'
+                                                then '{"redacted": true}'::json else payload end
+               where id = any($1)"#,
         )
         .bind(&delivered)
         .execute(&mut *connection)

@@ -11,6 +11,7 @@
 //! `webhook-signature: v1,<base64 HMAC-SHA256>`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use platform::config::{self, ConfigError};
@@ -30,11 +31,17 @@ pub struct WebhooksConfig {
     pub timeout_ms: u64,
     /// `LEDGERLINE_WEBHOOK_CONCURRENCY_MAX`: deliveries in flight at once.
     pub concurrency_max: usize,
+    /// `LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED`: deliver to loopback,
+    /// private and link-local addresses too. Off in production: a client
+    /// could otherwise register a URL that makes the relay call the bank's
+    /// internal services or the cloud's metadata endpoint. On for
+    /// `ledgerctl dev` and the tests, whose receivers are on 127.0.0.1.
+    pub private_networks_allowed: bool,
 }
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        Self { timeout_ms: 5_000, concurrency_max: 16 }
+        Self { timeout_ms: 5_000, concurrency_max: 16, private_networks_allowed: false }
     }
 }
 
@@ -46,6 +53,10 @@ impl WebhooksConfig {
         Ok(Self {
             timeout_ms: config::limit("LEDGERLINE_WEBHOOK_TIMEOUT_MS", defaults.timeout_ms, 100..=60_000)?,
             concurrency_max: config::limit("LEDGERLINE_WEBHOOK_CONCURRENCY_MAX", defaults.concurrency_max, 1..=256)?,
+            private_networks_allowed: config::var_or(
+                "LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED",
+                defaults.private_networks_allowed,
+            )?,
         })
     }
 }
@@ -121,7 +132,12 @@ struct WebhookRow {
 /// The relay's webhook sender.
 #[derive(Debug)]
 pub struct Webhooks {
+    /// For clients' endpoints: reaches public addresses only, unless
+    /// private networks are allowed.
     http: reqwest::Client,
+    /// For the bank's own notification service, which may well be internal.
+    internal_http: reqwest::Client,
+    private_networks_allowed: bool,
     permits: Semaphore,
 }
 
@@ -129,14 +145,29 @@ impl Webhooks {
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(config: WebhooksConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .connect_timeout(Duration::from_millis(config.timeout_ms))
-            // A receiver's redirect is not followed: the signature was made
-            // for the URL it registered.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self { http, permits: Semaphore::new(config.concurrency_max) })
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(Duration::from_millis(config.timeout_ms))
+                .connect_timeout(Duration::from_millis(config.timeout_ms))
+                // A receiver's redirect is not followed: the signature was made
+                // for the URL it registered (and a redirect could point inside).
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let http = if config.private_networks_allowed {
+            builder().build()?
+        } else {
+            // The check is on the addresses actually connected to, after
+            // resolution: a name that resolves inside (or is re-pointed there
+            // after registration) is refused as well as a literal address.
+            // The system proxy is not used: it would resolve names itself.
+            builder().dns_resolver(Arc::new(PublicOnly)).no_proxy().build()?
+        };
+        Ok(Self {
+            http,
+            internal_http: builder().build()?,
+            private_networks_allowed: config.private_networks_allowed,
+            permits: Semaphore::new(config.concurrency_max),
+        })
     }
 
     /// Delivers one row to its endpoint.
@@ -150,7 +181,14 @@ impl Webhooks {
             tracing::info!(outbox_id = row.id, endpoint_id = %webhook.endpoint_id, "webhook endpoint removed; dropping");
             return Attempt::Delivered;
         };
+        if !self.private_networks_allowed
+            && let Some(address) = literal_address(&endpoint.url)
+            && !platform::net::is_public(address)
+        {
+            return failed(NOT_PUBLIC_CODE, &format!("{address} is not a public address"), None);
+        }
         self.post_signed(
+            &self.http,
             &endpoint.url,
             &endpoint.secret,
             &format!("evt_{}", webhook.event_id),
@@ -167,6 +205,7 @@ impl Webhooks {
             return failed("no_notifier", "no notification service is configured (LEDGERLINE_NOTIFY_URL)", None);
         };
         self.post_signed(
+            &self.internal_http,
             &notifier.url,
             notifier.secret.expose_secret(),
             &format!("ntf_{}", row.id),
@@ -176,7 +215,14 @@ impl Webhooks {
     }
 
     /// POSTs `body` with the Standard Webhooks headers, signed with `secret`.
-    async fn post_signed(&self, url: &str, secret: &str, message_id: &str, body: String) -> Attempt {
+    async fn post_signed(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        secret: &str,
+        message_id: &str,
+        body: String,
+    ) -> Attempt {
         let key = match platform::signature::webhook_key(secret) {
             Ok(key) => key,
             Err(error) => return failed("bad_secret", &error.to_string(), None),
@@ -184,8 +230,7 @@ impl Webhooks {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = platform::signature::sign_webhook(&key, message_id, timestamp, body.as_bytes());
         let Ok(_permit) = self.permits.acquire().await else { return Attempt::HeldBack };
-        let sent = self
-            .http
+        let sent = http
             .post(url)
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", message_id)
@@ -204,7 +249,77 @@ impl Webhooks {
                     crate::provider::retry_after_ms(response.headers()),
                 )
             }
+            Err(error) if caused_by_not_public(&error) => failed(NOT_PUBLIC_CODE, &error.to_string(), None),
             Err(error) => failed(crate::provider::reqwest_error_code(&error), &error.to_string(), None),
+        }
+    }
+}
+
+/// The failure code of a delivery refused because its endpoint is not on
+/// the public internet.
+pub const NOT_PUBLIC_CODE: &str = "destination_not_public";
+
+/// Resolves names like the system does, then keeps only public addresses;
+/// none left is an error.
+#[derive(Debug)]
+struct PublicOnly;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves to no public address")]
+struct NotPublic(String);
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                resolved.into_iter().filter(|address| platform::net::is_public(address.ip())).collect();
+            if public.is_empty() {
+                return Err(Box::new(NotPublic(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn caused_by_not_public(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<NotPublic>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// The address of a URL whose host is an IP literal (no resolution happens
+/// for those, so the resolver cannot check them).
+/// The URL parser normalizes the other spellings of an address
+/// (`http://2130706433/`, `http://0x7f.1/`) to the dotted form first.
+fn literal_address(url: &str) -> Option<std::net::IpAddr> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_addresses_are_found_in_every_spelling() {
+        for (url, address) in [
+            ("http://127.0.0.1:8080/hook", Some("127.0.0.1")),
+            ("http://2130706433/", Some("127.0.0.1")),
+            ("http://0x7f.1/", Some("127.0.0.1")),
+            ("https://[::1]:443/x", Some("::1")),
+            ("https://[::ffff:169.254.169.254]/", Some("::ffff:a9fe:a9fe")),
+            ("https://hooks.example.com/x", None),
+        ] {
+            let expected = address.map(|text| text.parse::<std::net::IpAddr>().expect("address"));
+            assert_eq!(literal_address(url), expected, "{url}");
         }
     }
 }

@@ -204,6 +204,8 @@ impl TestApp {
             secret: SecretString::from(PROVIDER_CALLBACK_SECRET.to_owned()),
             tolerance_s: 300,
         });
+        // The tests' webhook receivers listen on 127.0.0.1.
+        config.webhook_private_networks_allowed = true;
         configure(&mut config);
         let application = ingest::Application::build(&config, pool.clone()).await.expect("ingest");
         let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -213,7 +215,12 @@ impl TestApp {
         tokio::spawn(application.run_until(shutdown.clone()));
         if relay {
             tokio::spawn(outbox_relay::run(
-                outbox_relay::RelayConfig::new(kafka.clone()),
+                {
+                    let mut relay = outbox_relay::RelayConfig::new(kafka.clone());
+                    // The tests' webhook receivers listen on 127.0.0.1.
+                    relay.webhooks.private_networks_allowed = true;
+                    relay
+                },
                 pool.clone(),
                 shutdown.clone(),
             ));

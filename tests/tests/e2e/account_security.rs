@@ -91,6 +91,21 @@ async fn a_reset_link_arrives_signed_works_once_ends_every_session_and_says_noth
     assert_eq!(message["type"], "password_reset.requested");
     assert_eq!(message["email"], "jane@example.com");
     let token = message["token"].as_str().expect("token").to_owned();
+    // Once delivered, the token and the address leave the outbox.
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        let blanked = app
+            .count(&format!(
+                "select count(*) from outbox where destination = 'notifications' and delivered_at is not null
+                   and payload::text not like '%{token}%' and payload::text not like '%jane@example.com%'"
+            ))
+            .await;
+        if blanked == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the delivered notification still holds the token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let confirm = json!({ "token": token, "new_password": NEW_PASSWORD });
     assert_eq!(post(&app, "/v1/auth/password-reset/confirm", None, &confirm).await.0, 204);

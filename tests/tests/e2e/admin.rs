@@ -64,6 +64,7 @@ async fn roles_and_freezes_take_effect_on_the_next_request_and_are_audited() {
     let (status, _) = call(&app, Method::POST, &format!("/v1/admin/users/{sam_id}/unfreeze"), &admin, None).await;
     assert_eq!(status, 200);
     let sam_again = app.login("sam@example.com", USER_PASSWORD).await.expect("login after unfreeze");
+    assert_eq!(call(&app, Method::GET, "/v1/me", &sam, None).await.0, 401, "a token from before the freeze stays dead");
     assert_eq!(call(&app, Method::GET, &staff_read, &sam_again, None).await.0, 200);
 
     // Demoted: the new token is a customer's again.
@@ -238,4 +239,49 @@ async fn admins_open_system_accounts_once_per_role_and_currency() {
             .iter()
             .any(|event| event["action"] == "system_account.opened" && event["detail"]["system_role"] == "fees")
     );
+
+    // Money made from cash-in by a person is audited with who and how much.
+    let response = app
+        .http()
+        .post(app.url(&format!("/v1/staff/accounts/{customer_account}/deposits")))
+        .bearer_auth(&ops)
+        .header("Idempotency-Key", unique_key("deposit"))
+        .json(&json!({ "amount": "25.00", "currency": "EUR" }))
+        .send()
+        .await
+        .expect("deposit");
+    assert_eq!(response.status(), 202);
+    let events = audit_actions(&app, &admin).await;
+    let deposit = events.iter().find(|event| event["action"] == "account.deposit_requested").expect("audited");
+    assert_eq!(deposit["detail"]["amount"], "25.00");
+    assert_eq!(deposit["detail"]["account_id"], customer_account.to_string());
+    assert_eq!(deposit["actor_user_id"], user_id(&app, "oz@example.com").await.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_freezing_each_other_at_once_leave_one_and_the_last_admin_stays() {
+    let app = TestApp::spawn().await;
+    let ada = app.user_token("ada@example.com", "admin").await;
+    let bea = app.user_token("bea@example.com", "admin").await;
+    let (ada_id, bea_id) = (user_id(&app, "ada@example.com").await, user_id(&app, "bea@example.com").await);
+    let (bea_path, ada_path) = (format!("/v1/admin/users/{bea_id}/freeze"), format!("/v1/admin/users/{ada_id}/freeze"));
+    let freeze_bea = call(&app, Method::POST, &bea_path, &ada, None);
+    let freeze_ada = call(&app, Method::POST, &ada_path, &bea, None);
+    let ((by_ada, _), (by_bea, _)) = tokio::join!(freeze_bea, freeze_ada);
+    let mut statuses = [by_ada, by_bea];
+    statuses.sort_unstable();
+    assert!(
+        statuses == [200, 401] || statuses == [200, 403],
+        "one freeze wins, the other admin is no longer one: {statuses:?}"
+    );
+    assert_eq!(app.count("select count(*) from users where role = 'admin' and disabled_at is null").await, 1);
+
+    // From the shell, the last active admin cannot be demoted either.
+    let survivor = if by_ada == 200 { "ada@example.com" } else { "bea@example.com" };
+    let error = ingest::admin::set_role_by_email(&app.pool, survivor, "customer").await.expect_err("refused");
+    assert!(format!("{error:?}").contains("last_admin"), "{error:?}");
+    // And the way back for the frozen one is the shell too.
+    let frozen = if by_ada == 200 { "bea@example.com" } else { "ada@example.com" };
+    ingest::admin::unfreeze_by_email(&app.pool, frozen).await.expect("unfrozen");
+    assert!(app.login(frozen, USER_PASSWORD).await.is_ok());
 }

@@ -60,6 +60,9 @@ async fn ops_read_dead_letters_and_replay_one_once_its_cause_is_fixed() {
     assert_eq!(letters[0]["key"], alice.to_string());
     assert_eq!(letters[1]["reason"], "database_refused");
     assert_eq!((page["next_offset"].as_i64(), page["end_offset"].as_i64()), (Some(2), Some(2)));
+    assert_eq!((page["partition"].as_i64(), page["partitions"].as_i64()), (Some(0), Some(1)));
+    let (status, problem) = call(&app, Method::GET, "/v1/ops/dead-letters?partition=3", &ops, None).await;
+    assert_eq!((status, problem["code"].as_str()), (404, Some("no_such_partition")));
     let (status, page) = call(&app, Method::GET, "/v1/ops/dead-letters?from_offset=1&limit=1", &ops, None).await;
     assert_eq!(status, 200);
     assert_eq!(page["dead_letters"].as_array().map(Vec::len), Some(1));
@@ -87,7 +90,7 @@ async fn ops_read_dead_letters_and_replay_one_once_its_cause_is_fixed() {
     // The replay carried the marker and no stale dead-letter reason.
     let commands = app.read_topic(&app.kafka.topics.commands, 5).await;
     let replayed: Vec<_> =
-        commands.iter().filter(|message| message.header("ledgerline-replayed-from-dlq-offset") == Some("1")).collect();
+        commands.iter().filter(|message| message.header("ledgerline-replayed-from-dlq") == Some("0:1")).collect();
     assert_eq!(replayed.len(), 2);
     assert!(replayed.iter().all(|message| message.header("ledgerline-dlq-reason").is_none()));
     assert_eq!(replayed[0].header("ledgerline-transfer-id"), Some(transfer_id.to_string().as_str()));

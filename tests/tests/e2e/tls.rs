@@ -105,7 +105,7 @@ async fn cors_answers_only_configured_origins() {
             .request(reqwest::Method::OPTIONS, app.url("/v1/me/transfers"))
             .header("Origin", origin)
             .header("Access-Control-Request-Method", "POST")
-            .header("Access-Control-Request-Headers", "authorization, content-type, idempotency-key")
+            .header("Access-Control-Request-Headers", "authorization, content-type, idempotency-key, x-step-up-token")
             .send()
     };
     let allowed = preflight("https://app.bank.example").await.expect("preflight");
@@ -114,7 +114,13 @@ async fn cors_answers_only_configured_origins() {
         response.headers().get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
     };
     assert_eq!(header(&allowed, "access-control-allow-origin").as_deref(), Some("https://app.bank.example"));
-    assert!(header(&allowed, "access-control-allow-headers").is_some_and(|value| value.contains("idempotency-key")));
+    let allowed_headers = header(&allowed, "access-control-allow-headers").unwrap_or_default();
+    assert!(
+        allowed_headers.contains("idempotency-key") && allowed_headers.contains("x-step-up-token"),
+        "{allowed_headers}"
+    );
+    let allowed_methods = header(&allowed, "access-control-allow-methods").unwrap_or_default();
+    assert!(allowed_methods.contains("PUT"), "setting the PIN is a PUT: {allowed_methods}");
     assert_eq!(header(&allowed, "access-control-allow-credentials"), None, "tokens are headers, not cookies");
 
     let other = preflight("https://evil.example").await.expect("preflight");

@@ -221,3 +221,63 @@ async fn endpoints_are_validated_scoped_listed_and_removed() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(accepted(&state).len(), 1, "nothing after removal");
 }
+
+/// A client cannot make the relay call inside the bank: URLs naming
+/// internal hosts are refused at registration, and the relay refuses to
+/// connect to a non-public address whatever the URL says (a name that
+/// resolves to 127.0.0.1 here), so the receiver hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_never_reach_internal_addresses_unless_allowed() {
+    let app = TestApp::spawn_configured(|config| config.webhook_private_networks_allowed = false).await;
+    for url in ["http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://169.254.169.254/latest/meta-data"] {
+        let response = app
+            .http()
+            .post(app.url("/v1/webhooks"))
+            .bearer_auth(app.token().await)
+            .json(&json!({ "url": url, "event_types": ["transfer.completed"] }))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(response.status(), 422, "{url}");
+        let problem: Value = response.json().await.expect("JSON");
+        assert_eq!(problem["code"], "webhook_url_not_public", "{url}");
+    }
+    drop(app);
+
+    // Registered while allowed (as through another ingest), delivered by a
+    // relay that does not allow it.
+    let app = TestApp::spawn_without_relay().await;
+    let (url, state) = start_receiver(0).await;
+    let by_name = url.replace("127.0.0.1", "localhost");
+    register(&app, &by_name, &["transfer.completed"]).await;
+    register(&app, &url, &["transfer.completed"]).await;
+    let stop = platform::CancellationToken::new();
+    let mut config = outbox_relay::RelayConfig::new(app.kafka.clone());
+    config.poll_interval_ms = 50;
+    config.attempts_max = 2;
+    config.backoff_base_ms = 50;
+    assert!(!config.webhooks.private_networks_allowed, "refused unless allowed");
+    tokio::spawn(outbox_relay::run(config, app.pool.clone(), stop.clone()));
+
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "10.00", "EUR").await;
+    let body: Value = app.transfer(alice, bob, "1.00", "EUR", &unique_key("ssrf")).await.json().await.expect("JSON");
+    app.wait_for_decision(body["transfer_id"].as_str().expect("id")).await;
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        let dead = app
+            .count(
+                "select count(*) from outbox where destination = 'webhooks'
+                   and dead_at is not null and last_error_code = 'destination_not_public'",
+            )
+            .await;
+        if dead == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the deliveries were not refused as not public");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    assert!(state.lock().expect("receiver").received.is_empty(), "the internal receiver was called");
+}
