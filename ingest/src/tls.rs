@@ -30,7 +30,7 @@ use tokio_rustls::server::TlsStream;
 /// TLS handshakes in progress at most; connections beyond are closed.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 1_024;
 /// A handshake not finished by then is abandoned.
-pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
 /// Where the certificate chain and its private key are.
 #[derive(Debug, Clone)]
