@@ -484,14 +484,13 @@ async fn create_client(
         .await?;
     audit::record_in(
         &mut transaction,
-        audit::Event {
-            action: "api_client.created",
-            actor_user_id: Some(admin.id),
-            subject_user_id: None,
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({ "client_id": client.id, "name": name, "scopes": scopes }),
-        },
+        audit::Event::by_staff(
+            "api_client.created",
+            admin.id,
+            peer,
+            &request_id.0,
+            serde_json::json!({ "client_id": client.id, "name": name, "scopes": scopes }),
+        ),
     )
     .await?;
     transaction.commit().await?;
@@ -531,14 +530,13 @@ async fn disable_client(
     let client = client.ok_or_else(|| ApiError::not_found("client_not_found", "no such API client"))?;
     audit::record_in(
         &mut transaction,
-        audit::Event {
-            action: "api_client.disabled",
-            actor_user_id: Some(admin.id),
-            subject_user_id: None,
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({ "client_id": client_id }),
-        },
+        audit::Event::by_staff(
+            "api_client.disabled",
+            admin.id,
+            peer,
+            &request_id.0,
+            serde_json::json!({ "client_id": client_id }),
+        ),
     )
     .await?;
     transaction.commit().await?;
@@ -634,18 +632,17 @@ async fn open_system_account(
     if let Some(account_id) = opened {
         audit::record_in(
             &mut transaction,
-            audit::Event {
-                action: "system_account.opened",
-                actor_user_id: Some(admin.id),
-                subject_user_id: None,
-                peer: Some(peer),
-                request_id: &request_id.0,
-                detail: serde_json::json!({
+            audit::Event::by_staff(
+                "system_account.opened",
+                admin.id,
+                peer,
+                &request_id.0,
+                serde_json::json!({
                     "account_id": account_id,
                     "system_role": request.system_role,
                     "currency": request.currency.code(),
                 }),
-            },
+            ),
         )
         .await?;
     }

@@ -36,6 +36,19 @@ pub struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
+    /// What a staff member did to something other than a user (an account,
+    /// an API client, a dead letter), with the detail naming it.
+    #[must_use]
+    pub fn by_staff(
+        action: &'a str,
+        staff_user_id: Uuid,
+        peer: SocketAddr,
+        request_id: &'a str,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self { action, actor_user_id: Some(staff_user_id), subject_user_id: None, peer: Some(peer), request_id, detail }
+    }
+
     /// What a user did to their own account, with no more detail.
     #[must_use]
     pub fn by_user(action: &'a str, user_id: Uuid, peer: SocketAddr, request_id: &'a str) -> Self {

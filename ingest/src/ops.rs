@@ -196,14 +196,13 @@ async fn replay_dead_letters(
     tracing::info!(user_id = %user.id, partition, from = request.from_offset, count = replayed.len(), failed, "dead letters replayed");
     audit::record(
         &state,
-        audit::Event {
-            action: "dead_letters.replayed",
-            actor_user_id: Some(user.id),
-            subject_user_id: None,
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({ "partition": partition, "offsets": replayed, "failed": failed }),
-        },
+        audit::Event::by_staff(
+            "dead_letters.replayed",
+            user.id,
+            peer,
+            &request_id.0,
+            serde_json::json!({ "partition": partition, "offsets": replayed, "failed": failed }),
+        ),
     )
     .await;
     if let Some(error) = results.into_iter().find_map(Result::err) {
@@ -299,17 +298,16 @@ async fn outbox_retry(
     let retried = platform::outbox::retry(&state.pool, &which).await?;
     audit::record(
         &state,
-        audit::Event {
-            action: "outbox.retried",
-            actor_user_id: Some(user.id),
-            subject_user_id: None,
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: match &which {
+        audit::Event::by_staff(
+            "outbox.retried",
+            user.id,
+            peer,
+            &request_id.0,
+            match &which {
                 platform::outbox::Retry::Ids(ids) => serde_json::json!({ "ids": ids, "retried": retried }),
                 platform::outbox::Retry::AllDead => serde_json::json!({ "all": true, "retried": retried }),
             },
-        },
+        ),
     )
     .await;
     Ok(Json(serde_json::json!({ "retried": retried })))

@@ -188,18 +188,17 @@ async fn change_status(
     tracing::info!(user_id = %user.id, %account_id, action, "account status change requested");
     audit::record(
         &state,
-        audit::Event {
-            action: match change {
+        audit::Event::by_staff(
+            match change {
                 StatusChange::Freeze => "account.freeze_requested",
                 StatusChange::Unfreeze => "account.unfreeze_requested",
                 StatusChange::Close => "account.close_requested",
             },
-            actor_user_id: Some(user.id),
-            subject_user_id: None,
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({ "account_id": account_id, "command_id": command_id }),
-        },
+            user.id,
+            peer,
+            &request_id.0,
+            serde_json::json!({ "account_id": account_id, "command_id": command_id }),
+        ),
     )
     .await;
     Ok(accepted.into_response())
@@ -250,19 +249,18 @@ async fn deposit(
     // Money made from cash-in by a person: the audit log says who.
     audit::record(
         &state,
-        audit::Event {
-            action: "account.deposit_requested",
-            actor_user_id: Some(user.id),
-            subject_user_id: None,
-            peer: Some(peer),
-            request_id: &request_id.0,
-            detail: serde_json::json!({
+        audit::Event::by_staff(
+            "account.deposit_requested",
+            user.id,
+            peer,
+            &request_id.0,
+            serde_json::json!({
                 "account_id": account_id,
                 "transfer_id": transfer_id.as_uuid(),
                 "amount": money.amount().to_string(),
                 "currency": money.currency().code(),
             }),
-        },
+        ),
     )
     .await;
     Ok(accepted.into_response())

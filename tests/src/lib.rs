@@ -448,6 +448,31 @@ impl TestApp {
         self.producer.send(record, Duration::from_secs(10)).await.expect("publish");
     }
 
+    /// Sends a request with an optional bearer token and JSON body, and a
+    /// fresh `Idempotency-Key` (routes that do not take one ignore it): the
+    /// status and the JSON answer (`Null` when there is none).
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).header("Idempotency-Key", unique_key("call"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Publishes raw bytes with headers to any topic.
     ///
     /// # Panics

@@ -7,13 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = app.http().request(method, app.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    app.call(method, path, Some(token), body).await
 }
 
 async fn user_id(app: &TestApp, email: &str) -> String {

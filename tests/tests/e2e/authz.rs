@@ -7,20 +7,8 @@ use ledgerline_tests::{TestApp, unique_key};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery";
-
 async fn user_token(app: &TestApp, email: &str, role: &str) -> String {
-    let register = json!({ "email": email, "password": PASSWORD });
-    let response = app.http().post(app.url("/v1/auth/register")).json(&register).send().await.expect("register");
-    assert_eq!(response.status(), 201);
-    sqlx::query("update users set role = $2 where email = $1")
-        .bind(email)
-        .bind(role)
-        .execute(&app.pool)
-        .await
-        .expect("role");
-    let response = app.http().post(app.url("/v1/auth/login")).json(&register).send().await.expect("login");
-    response.json::<Value>().await.expect("session")["access_token"].as_str().expect("token").to_owned()
+    app.user_token(email, role).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,17 +18,7 @@ fn lenient_limits(config: &mut ingest::IngestConfig) {
 type Case<'a> = (Method, String, Option<&'a str>, Option<Value>, u16, &'a str);
 
 async fn send(app: &TestApp, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let mut request =
-        app.http().request(method, app.url(path)).header("Idempotency-Key", ledgerline_tests::unique_key("hostile"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    app.call(method, path, token, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
