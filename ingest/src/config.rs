@@ -58,6 +58,8 @@ pub struct IngestConfig {
     /// naming localhost or private addresses (the relay has the same switch
     /// and checks again at delivery).
     pub webhook_private_networks_allowed: bool,
+    /// `LEDGERLINE_METRICS_ADDR`: serve Prometheus metrics at `/metrics` there.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
@@ -97,6 +99,7 @@ impl IngestConfig {
             redirect_http_addr: None,
             cors_origins: Vec::new(),
             webhook_private_networks_allowed: false,
+            metrics_addr: None,
         }
     }
 
@@ -164,6 +167,7 @@ impl IngestConfig {
             redirect_http_addr: config::var_optional("LEDGERLINE_HTTP_REDIRECT_ADDR")?,
             cors_origins: cors_origins(&config::var_or("LEDGERLINE_CORS_ORIGINS", String::new())?)?,
             webhook_private_networks_allowed: config::var_or("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED", false)?,
+            metrics_addr: platform::metrics::addr_from_env()?,
             ..defaults
         })
         .and_then(|config| {

@@ -18,6 +18,7 @@ pub mod customers;
 pub mod error;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod passwords;

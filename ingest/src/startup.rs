@@ -64,6 +64,9 @@ pub struct Application {
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// The plain-HTTP listener that redirects to HTTPS, when configured.
     redirect: Option<TcpListener>,
+    /// Where `/metrics` is served, when configured, and what it shows.
+    metrics: Option<TcpListener>,
+    http_metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 impl Application {
@@ -99,7 +102,23 @@ impl Application {
             }
             None => None,
         };
-        Ok(Self { listener, router: router(state, config)?, tls, redirect })
+        let metrics = match config.metrics_addr {
+            Some(address) => {
+                Some(TcpListener::bind(address).await.with_context(|| format!("binding the metrics {address}"))?)
+            }
+            None => None,
+        };
+        let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
+        let router = router(state, config, Arc::clone(&http_metrics))?;
+        Ok(Self { listener, router, tls, redirect, metrics, http_metrics })
+    }
+
+    /// The metrics listener's address, when there is one.
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        self.metrics.as_ref().map(|listener| listener.local_addr().context("reading the bound address")).transpose()
     }
 
     /// The plain-HTTP redirect listener's address, when there is one.
@@ -124,6 +143,19 @@ impl Application {
     /// When the server fails.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let address = self.local_addr()?;
+        if let Some(listener) = self.metrics {
+            let metrics = self.http_metrics;
+            let render: platform::metrics::Render = Arc::new(move || {
+                let page = metrics.render();
+                Box::pin(async move { page })
+            });
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = platform::metrics::serve(listener, render, stop).await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            });
+        }
         // The peer address feeds the per-IP limits and the audit log.
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let Some(tls) = self.tls else {
@@ -152,13 +184,17 @@ impl Application {
     }
 }
 
-fn router(state: AppState, config: &IngestConfig) -> anyhow::Result<Router> {
+fn router(
+    state: AppState,
+    config: &IngestConfig,
+    http_metrics: Arc<crate::metrics::HttpMetrics>,
+) -> anyhow::Result<Router> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let https = config.tls.is_some();
     let (api, document) = api_router().split_for_parts();
     let document = crate::openapi::Document::new(crate::openapi::complete(document))?;
     Ok(Router::new()
-        .merge(api)
+        .merge(api.route_layer(axum::middleware::from_fn(crate::metrics::note_route)))
         .layer(axum::Extension(document))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -181,6 +217,7 @@ fn router(state: AppState, config: &IngestConfig) -> anyhow::Result<Router> {
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(move |request, next| strict_transport(https, request, next)))
         .layer(cors(&config.cors_origins)?)
+        .layer(axum::middleware::from_fn_with_state(http_metrics, crate::metrics::count))
         .with_state(state))
 }
 

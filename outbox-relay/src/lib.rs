@@ -160,6 +160,70 @@ impl RelayMetrics {
     }
 }
 
+/// The Prometheus page of one relay: its deliveries, failures, dead rows and
+/// rounds, and the outbox's backlog as the database has it (the same for
+/// every relay; `ledgerline_outbox_status_up` is 0 when it could not be read).
+pub async fn render_metrics(metrics: &RelayMetrics, pool: &PgPool) -> String {
+    use platform::metrics::{Exposition, Kind};
+    let mut page = Exposition::new();
+    let counter = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    page.single(
+        "ledgerline_relay_delivered_total",
+        Kind::Counter,
+        "Outbox rows delivered by this relay",
+        counter(&metrics.delivered_total),
+    )
+    .single(
+        "ledgerline_relay_failed_total",
+        Kind::Counter,
+        "Failed delivery attempts (the row is retried later)",
+        counter(&metrics.failed_total),
+    )
+    .single(
+        "ledgerline_relay_dead_total",
+        Kind::Counter,
+        "Rows this relay declared dead after their last attempt",
+        counter(&metrics.dead_total),
+    )
+    .single("ledgerline_relay_rounds_total", Kind::Counter, "Claim rounds", counter(&metrics.rounds_total));
+    match admin::status(pool).await {
+        Ok(status) => {
+            page.single("ledgerline_outbox_status_up", Kind::Gauge, "Whether the backlog below could be read", 1)
+                .single("ledgerline_outbox_pending", Kind::Gauge, "Rows not yet delivered and not dead", status.pending)
+                .single(
+                    "ledgerline_outbox_retrying",
+                    Kind::Gauge,
+                    "Pending rows backing off after a failure",
+                    status.retrying,
+                )
+                .single("ledgerline_outbox_dead", Kind::Gauge, "Rows waiting for an operator", status.dead)
+                .single(
+                    "ledgerline_outbox_oldest_pending_age_seconds",
+                    Kind::Gauge,
+                    "Age of the oldest pending row",
+                    status.oldest_pending_age_s,
+                );
+            page.family(
+                "ledgerline_outbox_failing_rows",
+                Kind::Gauge,
+                "Undelivered rows whose last attempt failed, by destination and reason",
+            );
+            for failing in &status.failing {
+                page.sample(
+                    "ledgerline_outbox_failing_rows",
+                    &[("destination", failing.destination.as_str()), ("code", failing.code.as_str())],
+                    failing.rows,
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reading the outbox status for /metrics failed");
+            page.single("ledgerline_outbox_status_up", Kind::Gauge, "Whether the backlog below could be read", 0);
+        }
+    }
+    page.finish()
+}
+
 /// Relays until `shutdown` is cancelled.
 ///
 /// # Errors

@@ -1,6 +1,8 @@
 //! The outbox relay binary: configuration from the environment, then
 //! [`outbox_relay::run`] until SIGTERM or Ctrl-C.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use platform::kafka::KafkaConfig;
 use platform::postgres::DatabaseConfig;
@@ -11,5 +13,15 @@ async fn main() -> anyhow::Result<()> {
     let kafka = KafkaConfig::from_env()?.context("KAFKA_BROKERS is required")?;
     let config = outbox_relay::RelayConfig::from_env(kafka)?;
     let pool = DatabaseConfig::from_env()?.connect().await?;
-    outbox_relay::run(config, pool, platform::shutdown::token_on_signal()).await
+    let shutdown = platform::shutdown::token_on_signal();
+    let metrics = Arc::new(outbox_relay::RelayMetrics::default());
+    if let Some(address) = platform::metrics::addr_from_env()? {
+        let (metrics, pool) = (Arc::clone(&metrics), pool.clone());
+        let render: platform::metrics::Render = Arc::new(move || {
+            let (metrics, pool) = (Arc::clone(&metrics), pool.clone());
+            Box::pin(async move { outbox_relay::render_metrics(&metrics, &pool).await })
+        });
+        platform::metrics::spawn(address, render, shutdown.clone()).await?;
+    }
+    outbox_relay::run_with_metrics(config, pool, shutdown, metrics).await
 }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod metrics;
 pub mod net;
 pub mod outbox;
 pub mod postgres;

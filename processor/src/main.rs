@@ -13,6 +13,14 @@ async fn main() -> anyhow::Result<()> {
     let pool = DatabaseConfig::from_env()?.connect().await?;
     let mut processor = processor::Processor::start(config, pool)?;
     let shutdown = platform::shutdown::token_on_signal();
+    if let Some(address) = platform::metrics::addr_from_env()? {
+        let metrics = processor.metrics();
+        let render: platform::metrics::Render = std::sync::Arc::new(move || {
+            let page = metrics.render();
+            Box::pin(async move { page })
+        });
+        platform::metrics::spawn(address, render, shutdown.clone()).await?;
+    }
     tokio::select! {
         () = shutdown.cancelled() => processor.stop().await,
         result = processor.wait() => result.context("the processor stopped on its own"),

@@ -1,5 +1,5 @@
-//! In-process counters of the processor, read by the benchmark and (later)
-//! exported to Prometheus.
+//! In-process counters of the processor, read by the benchmark and served
+//! to Prometheus ([`ProcessorMetrics::render`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ pub struct ProcessorMetrics {
     batches: AtomicU64,
     dead_letters: AtomicU64,
     latencies_us: Mutex<LatencyRing>,
+    commit_latency: platform::metrics::Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +30,7 @@ impl ProcessorMetrics {
     pub fn record_batch(&self, commands: usize, commit_latency: Duration) {
         self.commands.fetch_add(u64::try_from(commands).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
+        self.commit_latency.observe(commit_latency);
         let micros = u64::try_from(commit_latency.as_micros()).unwrap_or(u64::MAX);
         if let Ok(mut ring) = self.latencies_us.lock() {
             if ring.samples.len() < LATENCY_SAMPLES_MAX {
@@ -56,6 +58,39 @@ impl ProcessorMetrics {
 
     pub fn dead_letters_total(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus page: commands, batches, dead letters, and the batch
+    /// transactions' latency.
+    #[must_use]
+    pub fn render(&self) -> String {
+        use platform::metrics::{Exposition, Kind};
+        let mut page = Exposition::new();
+        page.single(
+            "ledgerline_processor_commands_total",
+            Kind::Counter,
+            "Commands decided: applied, rejected, or recognised as already applied",
+            self.commands_total(),
+        )
+        .single(
+            "ledgerline_processor_batches_total",
+            Kind::Counter,
+            "Batches committed (one database transaction each)",
+            self.batches_total(),
+        )
+        .single(
+            "ledgerline_processor_dead_letters_total",
+            Kind::Counter,
+            "Commands sent to the dead-letter topic",
+            self.dead_letters_total(),
+        )
+        .family(
+            "ledgerline_processor_batch_commit_seconds",
+            Kind::Histogram,
+            "A batch's database transaction, BEGIN to COMMIT",
+        );
+        self.commit_latency.write(&mut page, "ledgerline_processor_batch_commit_seconds", &[]);
+        page.finish()
     }
 
     /// The commit latency below which `permille`/1000 of the recorded

@@ -151,6 +151,10 @@ pub struct TestApp {
     http: reqwest::Client,
     token: tokio::sync::OnceCell<String>,
     processor: Option<processor::Processor>,
+    /// The in-process relay's counters (zero when spawned without one).
+    pub relay_metrics: std::sync::Arc<outbox_relay::RelayMetrics>,
+    /// Ingest's `/metrics` listener, when configured.
+    pub metrics_address: Option<String>,
     shutdown: CancellationToken,
     producer: FutureProducer,
     // Dropped last, after the services above.
@@ -211,10 +215,13 @@ impl TestApp {
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         let address = format!("{scheme}://{}", application.local_addr().expect("address"));
         let redirect_address = application.redirect_addr().expect("address").map(|address| format!("http://{address}"));
+        let metrics_address =
+            application.metrics_addr().expect("address").map(|address| format!("http://{address}/metrics"));
         let shutdown = CancellationToken::new();
         tokio::spawn(application.run_until(shutdown.clone()));
+        let relay_metrics = std::sync::Arc::new(outbox_relay::RelayMetrics::default());
         if relay {
-            tokio::spawn(outbox_relay::run(
+            tokio::spawn(outbox_relay::run_with_metrics(
                 {
                     let mut relay = outbox_relay::RelayConfig::new(kafka.clone());
                     // The tests' webhook receivers listen on 127.0.0.1.
@@ -223,6 +230,7 @@ impl TestApp {
                 },
                 pool.clone(),
                 shutdown.clone(),
+                std::sync::Arc::clone(&relay_metrics),
             ));
         }
 
@@ -230,6 +238,8 @@ impl TestApp {
         let mut app = Self {
             address,
             redirect_address,
+            relay_metrics,
+            metrics_address,
             pool,
             producer: kafka.producer().create().expect("test producer"),
             kafka,
@@ -256,6 +266,15 @@ impl TestApp {
         let mut config = processor::ProcessorConfig::new(self.kafka.clone());
         config.consumer_group.clone_from(&self.consumer_group);
         self.processor = Some(processor::Processor::start(config, self.pool.clone()).expect("processor"));
+    }
+
+    /// The running processor's counters.
+    ///
+    /// # Panics
+    /// When no processor runs.
+    #[must_use]
+    pub fn processor_metrics(&self) -> std::sync::Arc<processor::metrics::ProcessorMetrics> {
+        self.processor.as_ref().expect("a processor runs").metrics()
     }
 
     /// Another processor in the test's consumer group, owned by the caller.

@@ -13,6 +13,7 @@ mod events;
 mod group;
 mod hardening;
 mod ledger_features;
+mod metrics;
 mod model;
 mod openapi;
 mod ops;
