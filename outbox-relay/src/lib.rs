@@ -52,7 +52,7 @@ pub struct RelayConfig {
     /// `LEDGERLINE_RELAY_BATCH_SIZE_MAX`: rows claimed per transaction.
     pub batch_size_max: i64,
     /// `LEDGERLINE_RELAY_LANES_PER_CLAIM_MAX`: lanes one claim takes, out of
-    /// 64; fewer leave lanes for other relays.
+    /// 128; fewer leave lanes for other relays.
     pub lanes_per_claim_max: usize,
     /// `LEDGERLINE_RELAY_POLL_INTERVAL_MS`: the longest pause between rounds
     /// when no notification arrives (a fallback, and the clock for retries).
@@ -84,7 +84,7 @@ impl RelayConfig {
         Self {
             kafka,
             batch_size_max: 500,
-            lanes_per_claim_max: 32,
+            lanes_per_claim_max: 64,
             poll_interval_ms: 1_000,
             attempts_max: 12,
             backoff_base_ms: 500,
@@ -106,7 +106,7 @@ impl RelayConfig {
             lanes_per_claim_max: config::limit(
                 "LEDGERLINE_RELAY_LANES_PER_CLAIM_MAX",
                 defaults.lanes_per_claim_max,
-                1..=64,
+                1..=128,
             )?,
             poll_interval_ms: config::limit(
                 "LEDGERLINE_RELAY_POLL_INTERVAL_MS",

@@ -9,6 +9,8 @@
 //! wait too, so no consumer sees an account's later event before an earlier
 //! one. A row that keeps failing is declared dead after `attempts_max`
 //! attempts and leaves the lane for an operator (see [`crate::admin`]).
+//! Destinations have lanes of their own ([`LANES`]): a webhook endpoint that
+//! is down never holds back Kafka events, payouts or notifications.
 
 use std::collections::HashSet;
 
@@ -17,7 +19,10 @@ use rand::seq::SliceRandom as _;
 use sqlx::PgConnection;
 
 /// Lanes in the outbox; the generated `lane` column uses the same count.
-pub const LANES: i32 = 64;
+/// Each destination has lanes of its own (events 0-63, payments 64-79,
+/// notifications 80-87, webhooks 88-127), so a failure holds back rows of
+/// its own destination only.
+pub const LANES: i32 = 128;
 
 /// The first key of the two-key advisory locks on lanes ("LLOB"), so they
 /// cannot collide with another application's advisory locks on the database.

@@ -281,3 +281,70 @@ async fn webhooks_never_reach_internal_addresses_unless_allowed() {
     stop.cancel();
     assert!(state.lock().expect("receiver").received.is_empty(), "the internal receiver was called");
 }
+
+/// A failing row holds back its lane. Lanes used to be shared by every
+/// destination, so a customer's endpoint that was down held back the Kafka
+/// events of the accounts hashed to its lane for as long as it kept
+/// failing. Here an account is chosen whose events shared the endpoint's
+/// lane under that scheme: its events must still go out while the endpoint
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_down_does_not_hold_back_kafka_events() {
+    let app = TestApp::spawn().await;
+    let (url, state) = start_receiver(u32::MAX).await;
+    let endpoint = register(&app, &url, &["transfer.completed"]).await;
+    let endpoint_id = endpoint["id"].as_str().expect("id").to_owned();
+    let old_lane = "((hashtext($1) % 64) + 64) % 64";
+    let shared: uuid::Uuid = sqlx::query_scalar(&format!(
+        "select id from (select gen_random_uuid() as id from generate_series(1, 20000)) as candidates
+         where {} = {} limit 1",
+        old_lane.replace("$1", "'events:' || id::text"),
+        old_lane.replace("$1", "'webhooks:' || $1"),
+    ))
+    .bind(&endpoint_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("an account in the endpoint's old lane");
+    sqlx::query("insert into accounts (id, currency, kind, owner_client_id) values ($1, 'EUR', 'customer', $2)")
+        .bind(shared)
+        .bind(app.client_id)
+        .execute(&app.pool)
+        .await
+        .expect("account");
+    let bob = app.open_account("EUR").await;
+    app.fund(shared, "10.00", "EUR").await;
+
+    // The first transfer's webhook fails and backs off.
+    let first: Value = app.transfer(shared, bob, "1.00", "EUR", &unique_key("first")).await.json().await.expect("JSON");
+    app.wait_for_decision(first["transfer_id"].as_str().expect("id")).await;
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while app.count("select count(*) from outbox where destination = 'webhooks' and attempts > 0").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the webhook was never attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The second transfer's event is published while the endpoint still fails.
+    let second: Value =
+        app.transfer(shared, bob, "2.00", "EUR", &unique_key("second")).await.json().await.expect("JSON");
+    let transfer_id = second["transfer_id"].as_str().expect("id").to_owned();
+    app.wait_for_decision(&transfer_id).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let published = app
+            .count(&format!(
+                "select count(*) from outbox where destination = 'events' and delivered_at is not null
+                   and payload::text like '%{transfer_id}%'"
+            ))
+            .await;
+        if published > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the event waited behind the failing endpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        app.count("select count(*) from outbox where destination = 'webhooks' and delivered_at is null").await >= 1,
+        "the endpoint was still failing"
+    );
+    assert!(accepted(&state).is_empty());
+}
