@@ -11,6 +11,12 @@
 //! attempts and leaves the lane for an operator (see [`crate::admin`]).
 //! Destinations have lanes of their own ([`LANES`]): a webhook endpoint that
 //! is down never holds back Kafka events, payouts or notifications.
+//!
+//! Webhook lanes are ordered per endpoint instead ([`WEBHOOK_LANES`]): a
+//! failure holds back the endpoint's own later rows only. It pushes their
+//! next attempt to its own (and rows fanned out meanwhile inherit it), so
+//! they are simply not due; a claim takes an endpoint's row only when it is
+//! due and no earlier row of the endpoint is still waiting.
 
 use std::collections::HashSet;
 
@@ -23,6 +29,12 @@ use sqlx::PgConnection;
 /// notifications 80-87, webhooks 88-127), so a failure holds back rows of
 /// its own destination only.
 pub const LANES: i32 = 128;
+
+/// The webhook lanes: ordered per endpoint, not per lane.
+pub const WEBHOOK_LANES: std::ops::Range<i32> = 88..128;
+
+/// The rows that wait per endpoint.
+const WEBHOOKS: &str = "webhooks";
 
 /// The first key of the two-key advisory locks on lanes ("LLOB"), so they
 /// cannot collide with another application's advisory locks on the database.
@@ -59,17 +71,32 @@ pub struct Claim {
 /// # Errors
 /// Database failures.
 pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i64) -> sqlx::Result<Claim> {
-    // One index probe per lane: the head of each lane, and whether it is due.
+    // One index probe per lane. Ordered lanes: the head of the lane, and
+    // whether it is due. Webhook lanes: whether some row is due whose
+    // endpoint has no earlier row still waiting.
     let mut due_lanes: Vec<i32> = sqlx::query_scalar(
         r"select lanes.lane from generate_series(0, $1 - 1) as lanes (lane)
-          cross join lateral (
-              select next_attempt_at from outbox
-              where lane = lanes.lane and delivered_at is null and dead_at is null
-              order by id limit 1
-          ) as head
-          where head.next_attempt_at is null or head.next_attempt_at <= now()",
+          where case when lanes.lane >= $2 then exists (
+                    select 1 from outbox o
+                    where o.lane = lanes.lane and o.destination = 'webhooks'
+                      and o.delivered_at is null and o.dead_at is null
+                      and coalesce(o.next_attempt_at, '-infinity'::timestamptz) <= now()
+                      and not exists (
+                          select 1 from outbox earlier
+                          where earlier.destination = 'webhooks' and earlier.message_key = o.message_key
+                            and earlier.delivered_at is null and earlier.dead_at is null
+                            and earlier.id < o.id and earlier.next_attempt_at > now()))
+                else exists (
+                    select 1 from (
+                        select next_attempt_at from outbox
+                        where lane = lanes.lane and delivered_at is null and dead_at is null
+                        order by id limit 1
+                    ) as head
+                    where head.next_attempt_at is null or head.next_attempt_at <= now())
+                end",
     )
     .bind(LANES)
+    .bind(WEBHOOK_LANES.start)
     .fetch_all(&mut *connection)
     .await?;
     due_lanes.shuffle(&mut rand::thread_rng());
@@ -96,8 +123,15 @@ pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i6
     let rows: Vec<Row> = sqlx::query_as(
         r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
                  coalesce(next_attempt_at <= now(), true) as due
-          from outbox
+          from outbox o
           where lane = any($1) and delivered_at is null and dead_at is null
+            and (destination <> 'webhooks' or (
+                coalesce(next_attempt_at, '-infinity'::timestamptz) <= now()
+                and not exists (
+                    select 1 from outbox earlier
+                    where earlier.destination = 'webhooks' and earlier.message_key = o.message_key
+                      and earlier.delivered_at is null and earlier.dead_at is null
+                      and earlier.id < o.id and earlier.next_attempt_at > now())))
           order by id limit $2
           for update skip locked",
     )
@@ -108,16 +142,34 @@ pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i6
     Ok(Claim { rows: heads_of_lanes(rows), lanes_locked: locked.len() })
 }
 
-/// Keeps, for each lane, the rows before its first row that is not due: a
-/// row backing off holds back the rest of its lane.
+/// What a row's order is kept within: its lane, or for a webhook row its
+/// endpoint (the message key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum OrderKey<'a> {
+    Lane(i16),
+    Endpoint(&'a str),
+}
+
+impl Row {
+    fn order_key(&self) -> OrderKey<'_> {
+        if self.destination == WEBHOOKS { OrderKey::Endpoint(&self.message_key) } else { OrderKey::Lane(self.lane) }
+    }
+}
+
+/// Keeps, for each lane (each endpoint for webhooks), the rows before its
+/// first row that is not due: a row backing off holds back the rest.
 fn heads_of_lanes(rows: Vec<Row>) -> Vec<Row> {
-    let mut blocked: HashSet<i16> = HashSet::new();
+    let mut blocked: HashSet<OrderKey<'static>> = HashSet::new();
     rows.into_iter()
         .filter(|row| {
+            let key = match row.order_key() {
+                OrderKey::Lane(lane) => OrderKey::Lane(lane),
+                OrderKey::Endpoint(_) => return true,
+            };
             if !row.due {
-                blocked.insert(row.lane);
+                blocked.insert(key.clone());
             }
-            !blocked.contains(&row.lane)
+            !blocked.contains(&key)
         })
         .collect()
 }
@@ -142,22 +194,24 @@ pub enum Attempt {
 /// Kafka rows are all started at once, in id order: the producer enqueues
 /// them in that order and keeps it per partition. An HTTP call gives no
 /// such guarantee (concurrent requests arrive in any order), so the rows of
-/// other destinations go one after the other within a lane, lanes side by
-/// side, and a lane stops at its first failure (the rest is held back).
+/// other destinations go one after the other within a lane (within an
+/// endpoint for webhooks), lanes side by side, and a lane stops at its first
+/// failure (the rest is held back).
 pub async fn deliver_in_lane_order<'a, F, Fut>(rows: &'a [Row], deliver: F) -> Vec<Attempt>
 where
     F: Fn(&'a Row) -> Fut,
     Fut: std::future::Future<Output = Attempt>,
 {
-    let mut lanes: Vec<(i16, Vec<usize>)> = Vec::new();
+    let mut lanes: Vec<(OrderKey<'a>, Vec<usize>)> = Vec::new();
     let mut kafka: Vec<usize> = Vec::new();
     for (index, row) in rows.iter().enumerate() {
+        let key = row.order_key();
         if row.destination == "events" {
             kafka.push(index);
-        } else if let Some((_, indexes)) = lanes.iter_mut().find(|(lane, _)| *lane == row.lane) {
+        } else if let Some((_, indexes)) = lanes.iter_mut().find(|(lane, _)| *lane == key) {
             indexes.push(index);
         } else {
-            lanes.push((row.lane, vec![index]));
+            lanes.push((key, vec![index]));
         }
     }
     let deliver = &deliver;
@@ -185,19 +239,21 @@ where
     results
 }
 
-/// Orders the results of a claim by lane: after a lane's first failure,
-/// every later row of that lane is held back, whatever its own result.
+/// Orders the results of a claim by lane (by endpoint for webhooks): after
+/// a lane's first failure, every later row of that lane is held back,
+/// whatever its own result.
 #[must_use]
 pub fn settle_lanes(rows: &[Row], results: Vec<Attempt>) -> Vec<Attempt> {
-    let mut failed: HashSet<i16> = HashSet::new();
+    let mut failed: HashSet<OrderKey<'_>> = HashSet::new();
     rows.iter()
         .zip(results)
         .map(|(row, result)| {
-            if failed.contains(&row.lane) {
+            let key = row.order_key();
+            if failed.contains(&key) {
                 return Attempt::HeldBack;
             }
             if matches!(result, Attempt::Failed { .. }) {
-                failed.insert(row.lane);
+                failed.insert(key);
             }
             result
         })
@@ -279,6 +335,21 @@ pub async fn record(
                 .bind(dead)
                 .execute(&mut *connection)
                 .await?;
+                if row.destination == WEBHOOKS && !dead {
+                    // The endpoint's later rows wait as long: not due, they
+                    // cost a claim nothing and leave the lane to the others.
+                    sqlx::query(
+                        r"update outbox later set next_attempt_at = failed.next_attempt_at
+                          from outbox failed
+                          where failed.id = $1 and later.destination = 'webhooks'
+                            and later.message_key = failed.message_key and later.id > failed.id
+                            and later.delivered_at is null and later.dead_at is null
+                            and (later.next_attempt_at is null or later.next_attempt_at < failed.next_attempt_at)",
+                    )
+                    .bind(row.id)
+                    .execute(&mut *connection)
+                    .await?;
+                }
             }
         }
     }
@@ -370,6 +441,21 @@ mod tests {
         let calls = calls.into_inner().expect("calls");
         let lane_3: Vec<i64> = calls.iter().map(|(id, _)| *id).filter(|id| *id != 4).collect();
         assert_eq!(lane_3, vec![1, 2], "in order, and row 3 never sent after row 2 failed");
+    }
+
+    #[test]
+    fn a_failing_webhook_endpoint_holds_back_its_own_rows_only() {
+        let mut rows = vec![row(1, 90, true), row(2, 90, true), row(3, 90, true), row(4, 90, true)];
+        for (row, endpoint) in rows.iter_mut().zip(["a", "b", "a", "b"]) {
+            row.destination = "webhooks".into();
+            row.message_key = endpoint.into();
+        }
+        let results = vec![failed(), Attempt::Delivered, Attempt::Delivered, Attempt::Delivered];
+        assert_eq!(
+            settle_lanes(&rows, results),
+            vec![failed(), Attempt::Delivered, Attempt::HeldBack, Attempt::Delivered],
+            "endpoint a's later row waits; endpoint b, in the same lane, does not"
+        );
     }
 
     #[test]

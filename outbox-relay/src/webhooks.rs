@@ -70,9 +70,14 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
         return Ok(0);
     }
     let inserted = sqlx::query(
-        r"insert into outbox (destination, event_type, message_key, payload)
+        r"insert into outbox (destination, event_type, message_key, payload, next_attempt_at)
           select 'webhooks', event.event_type, endpoint.id::text,
-                 json_build_object('endpoint_id', endpoint.id, 'event_id', event.id, 'event', event.payload)
+                 json_build_object('endpoint_id', endpoint.id, 'event_id', event.id, 'event', event.payload),
+                 -- Behind an endpoint's failing row, a new row waits as long.
+                 (select max(waiting.next_attempt_at) from outbox waiting
+                  where waiting.destination = 'webhooks' and waiting.message_key = endpoint.id::text
+                    and waiting.delivered_at is null and waiting.dead_at is null
+                    and waiting.next_attempt_at > now())
           from outbox event
           -- Keys are account ids, except for a few events about no account;
           -- CASE keeps the cast from seeing those, and the join on the

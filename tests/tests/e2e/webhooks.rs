@@ -348,3 +348,84 @@ async fn an_endpoint_that_is_down_does_not_hold_back_kafka_events() {
     );
     assert!(accepted(&state).is_empty());
 }
+
+/// Webhook rows wait per endpoint: an endpoint that is down holds back its
+/// own later rows, never those of another endpoint in the same lane, which
+/// get theirs at once and in order; once the first endpoint is back, it
+/// gets every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_is_down_does_not_hold_back_another_in_its_lane() {
+    let app = TestApp::spawn().await;
+    let (down_url, down) = start_receiver(u32::MAX).await;
+    let down_endpoint = register(&app, &down_url, &["transfer.completed"]).await;
+    let (up_url, up) = start_receiver(0).await;
+    // Another endpoint of the same client, with an id in the same lane.
+    let lane = "88 + ((hashtext('webhooks:' || $1) % 40) + 40) % 40";
+    let up_id: uuid::Uuid = sqlx::query_scalar(&format!(
+        "select id from (select gen_random_uuid() as id from generate_series(1, 20000)) as candidates
+         where {} = {} limit 1",
+        lane.replace("$1", "id::text"),
+        lane,
+    ))
+    .bind(down_endpoint["id"].as_str().expect("id"))
+    .fetch_one(&app.pool)
+    .await
+    .expect("an id in the same lane");
+    sqlx::query(
+        r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret)
+          values ($1, $2, $3, '{transfer.completed}', $4)",
+    )
+    .bind(up_id)
+    .bind(app.client_id)
+    .bind(&up_url)
+    .bind(down_endpoint["secret"].as_str().expect("secret"))
+    .execute(&app.pool)
+    .await
+    .expect("endpoint");
+
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "10.00", "EUR").await;
+    let mut transfers = Vec::new();
+    for amount in ["1.00", "2.00", "3.00"] {
+        let body: Value =
+            app.transfer(alice, bob, amount, "EUR", &unique_key("lane")).await.json().await.expect("JSON");
+        let transfer_id = body["transfer_id"].as_str().expect("id").to_owned();
+        app.wait_for_decision(&transfer_id).await;
+        transfers.push(transfer_id);
+    }
+    // The healthy endpoint gets all three, in order, while the other fails.
+    assert_eq!(transfers_received(&up, &transfers).await, transfers);
+    let down_attempts = down.lock().expect("receiver").received.len();
+    assert!(down_attempts >= 1, "the failing endpoint was tried");
+    assert!(accepted(&down).is_empty());
+
+    // Back up: it gets every event, in order.
+    down.lock().expect("receiver").failures_left = 0;
+    assert_eq!(
+        transfers_received(&down, &transfers).await,
+        transfers,
+        "the failing endpoint's rows waited behind its first and kept their order"
+    );
+}
+
+/// The ids of `transfers` in the order their webhooks were accepted, once
+/// all have been (other events, such as the deposit's, are left out).
+async fn transfers_received(state: &Shared, transfers: &[String]) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        let order: Vec<String> = accepted(state)
+            .iter()
+            .filter_map(|webhook| {
+                let body: Value = serde_json::from_str(&webhook.body).ok()?;
+                let id = body["transfer_id"].as_str()?.to_owned();
+                transfers.contains(&id).then_some(id)
+            })
+            .collect();
+        if order.len() >= transfers.len() {
+            return order;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {} webhooks arrived", order.len(), transfers.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
