@@ -11,17 +11,14 @@
 //! (transfer ids are unique), so replaying twice is safe.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::response::IntoResponse;
-use rdkafka::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::{Offset, TopicPartitionList};
+use platform::kafka::{ReadError, ReadMessage, ReadRange};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -123,7 +120,7 @@ async fn dead_letters(
     let partition = query.partition.unwrap_or(0);
     let read = read_dead_letters(&state, partition, query.from_offset, limit).await?;
     let next_offset = read.messages.last().map_or(read.start, |message| message.offset + 1);
-    let dead_letters = read.messages.into_iter().map(RawDeadLetter::view).collect();
+    let dead_letters = read.messages.into_iter().map(view).collect();
     Ok(Json(DeadLetterPage { partition, partitions: read.partitions, dead_letters, next_offset, end_offset: read.end }))
 }
 
@@ -176,7 +173,7 @@ async fn replay_dead_letters(
     }
     let partition = request.partition.unwrap_or(0);
     let read = read_dead_letters(&state, partition, Some(request.from_offset), count).await?;
-    let messages: Vec<RawDeadLetter> = read.messages.into_iter().filter(|message| message.offset < to_offset).collect();
+    let messages: Vec<ReadMessage> = read.messages.into_iter().filter(|message| message.offset < to_offset).collect();
     if messages.first().is_none_or(|message| message.offset != request.from_offset) {
         return Err(ApiError::not_found(
             "dead_letter_not_found",
@@ -185,14 +182,17 @@ async fn replay_dead_letters(
     }
     // Sent together (the producer keeps their order per partition); the
     // audit row says what went out even when a send fails part way.
-    let sends = messages.iter().map(|message| {
-        let headers = replay_headers(message, partition, &request_id.0);
-        state.publisher.publish_raw(message.key.as_deref(), &message.payload, headers)
-    });
-    let results = futures::future::join_all(sends).await;
-    let replayed: Vec<i64> =
-        messages.iter().zip(&results).filter(|(_, result)| result.is_ok()).map(|(message, _)| message.offset).collect();
-    let failed = results.len() - replayed.len();
+    let (replayed, error) = platform::kafka::republish(
+        state.publisher.producer(),
+        &state.kafka.topics.commands,
+        &state.kafka.topics.commands_dlq,
+        partition,
+        &messages,
+        &request_id.0,
+        Duration::from_millis(state.kafka.produce_timeout_ms),
+    )
+    .await;
+    let failed = messages.len() - replayed.len();
     tracing::info!(user_id = %user.id, partition, from = request.from_offset, count = replayed.len(), failed, "dead letters replayed");
     audit::record(
         &state,
@@ -205,8 +205,8 @@ async fn replay_dead_letters(
         ),
     )
     .await;
-    if let Some(error) = results.into_iter().find_map(Result::err) {
-        return Err(error);
+    if let Some(error) = error {
+        return Err(ApiError::BrokerUnavailable(error));
     }
     Ok(Json(ReplayReport { replayed }))
 }
@@ -313,138 +313,43 @@ async fn outbox_retry(
     Ok(Json(serde_json::json!({ "retried": retried })))
 }
 
-/// The original headers (the transfer id, the first request's id) minus
-/// the dead-letter ones (the processor adds fresh ones if it refuses the
-/// command again) and any earlier replay's marker, plus this replay's.
-fn replay_headers(message: &RawDeadLetter, partition: i32, request_id: &str) -> OwnedHeaders {
-    let from = format!("{partition}:{}", message.offset);
-    let mut headers = OwnedHeaders::new()
-        .insert(Header { key: REPLAYED_FROM_HEADER, value: Some(from.as_str()) })
-        .insert(Header { key: "ledgerline-replay-request-id", value: Some(request_id) });
-    for (key, value) in &message.headers {
-        let dropped = key.starts_with("ledgerline-dlq-")
-            || key.starts_with("ledgerline-source-")
-            || key.starts_with("ledgerline-replay");
-        if !dropped {
-            headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_slice()) });
-        }
-    }
-    headers
-}
-
-/// Names the dead letter a replayed command came from: `partition:offset`.
-pub const REPLAYED_FROM_HEADER: &str = "ledgerline-replayed-from-dlq";
-
-#[derive(Debug)]
-struct RawDeadLetter {
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
-    timestamp_ms: Option<i64>,
-}
-
-impl RawDeadLetter {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
-    }
-
-    fn view(self) -> DeadLetter {
-        let truncated = self.payload.len() > PAYLOAD_SHOWN_MAX_BYTES;
-        let shown = &self.payload[..self.payload.len().min(PAYLOAD_SHOWN_MAX_BYTES)];
-        DeadLetter {
-            offset: self.offset,
-            key: self.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
-            reason: self.header("ledgerline-dlq-reason"),
-            detail: self.header("ledgerline-dlq-detail"),
-            source_partition: self.header("ledgerline-source-partition"),
-            source_offset: self.header("ledgerline-source-offset"),
-            timestamp_ms: self.timestamp_ms,
-            payload: String::from_utf8_lossy(shown).into_owned(),
-            payload_truncated: truncated,
-        }
+fn view(message: ReadMessage) -> DeadLetter {
+    let truncated = message.payload.len() > PAYLOAD_SHOWN_MAX_BYTES;
+    let shown = &message.payload[..message.payload.len().min(PAYLOAD_SHOWN_MAX_BYTES)];
+    DeadLetter {
+        offset: message.offset,
+        key: message.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
+        reason: message.header("ledgerline-dlq-reason"),
+        detail: message.header("ledgerline-dlq-detail"),
+        source_partition: message.header("ledgerline-source-partition"),
+        source_offset: message.header("ledgerline-source-offset"),
+        timestamp_ms: message.timestamp_ms,
+        payload: String::from_utf8_lossy(shown).into_owned(),
+        payload_truncated: truncated,
     }
 }
 
-#[derive(Debug)]
-struct Read {
-    /// How many partitions the dead-letter topic has.
-    partitions: i32,
-    messages: Vec<RawDeadLetter>,
-    /// The first offset read (the requested one, moved up to the oldest kept).
-    start: i64,
-    /// The offset after the newest message when the read began.
-    end: i64,
-}
-
-/// Reads up to `limit` messages of a partition of the dead-letter topic from
-/// `from_offset` (the oldest kept when absent), without joining a group and
-/// without committing. Runs on the blocking pool: librdkafka's consumer
-/// calls block.
+/// Reads a partition of the dead-letter topic on the blocking pool
+/// (librdkafka's consumer calls block).
 async fn read_dead_letters(
     state: &AppState,
     partition: i32,
     from_offset: Option<i64>,
     limit: i64,
-) -> Result<Read, ApiError> {
+) -> Result<ReadRange, ApiError> {
     let kafka = state.kafka.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Result<Read, ApiError>> {
+    let read = tokio::task::spawn_blocking(move || {
         let topic = kafka.topics.commands_dlq.clone();
-        let timeout = Duration::from_millis(KAFKA_READ_TIMEOUT_MS);
-        let deadline = Instant::now() + timeout;
-        let consumer: BaseConsumer = kafka
-            .consumer(&format!("ledgerline-ops-reader-{}", uuid::Uuid::new_v4()))
-            .create()
-            .context("creating a dead-letter reader")?;
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout).context("reading the dead-letter topic")?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|found| found.name() == topic)
-            .map_or(0, |found| i32::try_from(found.partitions().len()).unwrap_or(i32::MAX));
-        if !(0..partitions).contains(&partition) {
-            return Ok(Err(ApiError::not_found(
-                "no_such_partition",
-                format!("the dead-letter topic has {partitions} partition(s); ask for 0..{partitions}"),
-            )));
-        }
-        let (low, high) =
-            consumer.fetch_watermarks(&topic, partition, timeout).context("reading the dead-letter topic's offsets")?;
-        let start = from_offset.unwrap_or(low).max(low);
-        let end = high.min(start.saturating_add(limit));
-        let mut messages = Vec::new();
-        if start < end {
-            let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(&topic, partition, Offset::Offset(start)).context("assigning")?;
-            consumer.assign(&assignment).context("assigning the dead-letter partition")?;
-            while messages.last().is_none_or(|message: &RawDeadLetter| message.offset + 1 < end) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                anyhow::ensure!(!left.is_zero(), "reading dead letters took over {KAFKA_READ_TIMEOUT_MS} ms");
-                let Some(message) = consumer.poll(left) else { continue };
-                let message = message.context("reading a dead letter")?;
-                if message.offset() >= end {
-                    break;
-                }
-                messages.push(RawDeadLetter {
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    headers: message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|header| (header.key.to_owned(), header.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                });
-            }
-        }
-        Ok(Ok(Read { partitions, messages, start, end: high }))
+        kafka.read_range(&topic, partition, from_offset, limit, Duration::from_millis(KAFKA_READ_TIMEOUT_MS))
     })
     .await
-    .context("reading dead letters")?
-    .map_err(ApiError::BrokerUnavailable)?
+    .context("reading dead letters")?;
+    match read {
+        Ok(read) => Ok(read),
+        Err(ReadError::NoSuchPartition { partitions }) => Err(ApiError::not_found(
+            "no_such_partition",
+            format!("the dead-letter topic has {partitions} partition(s); ask for 0..{partitions}"),
+        )),
+        Err(ReadError::Kafka(error)) => Err(ApiError::BrokerUnavailable(error)),
+    }
 }

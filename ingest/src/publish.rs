@@ -54,21 +54,8 @@ impl Publisher {
             .map_err(|(error, _)| ApiError::BrokerUnavailable(anyhow::Error::new(error)))
     }
 
-    /// Publishes bytes as they are to the commands topic: an operator's
-    /// replay of a dead-lettered command. The processor decides again, as
-    /// for any command; one it has applied before is a no-op.
-    ///
-    /// # Errors
-    /// 503 `broker_unavailable` when the broker does not take it in time.
-    pub async fn publish_raw(&self, key: Option<&[u8]>, payload: &[u8], headers: OwnedHeaders) -> Result<(), ApiError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).payload(payload).headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        self.producer
-            .send(record, self.timeout)
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| ApiError::BrokerUnavailable(anyhow::Error::new(error)))
+    /// The producer, for republishing what an operator replays.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
     }
 }

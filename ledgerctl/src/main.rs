@@ -36,6 +36,26 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Re-feed a range of the commands topic (KAFKA_BROKERS, DATABASE_URL):
+    /// commands the ledger has no decision for are published again, those
+    /// decided are counted and left; safe to repeat.
+    Replay {
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        from_offset: i64,
+        /// The offset after the last one to re-feed.
+        #[arg(long)]
+        to_offset: i64,
+        /// Count only; publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Read or replay dead-lettered commands (KAFKA_BROKERS).
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
     /// Print the HTTP API's OpenAPI 3.1 document (what ingest serves at
     /// /openapi.json).
     Openapi,
@@ -71,6 +91,30 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// Dead letters with their reason, oldest first, as JSON lines.
+    List {
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        from_offset: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Publish dead letters again to the commands topic, as they were. Fix
+    /// the cause first; a command decided before is a no-op.
+    Replay {
+        #[arg(long, default_value_t = 0)]
+        partition: i32,
+        #[arg(long)]
+        from_offset: i64,
+        /// The offset after the last one to replay (default: just the one).
+        #[arg(long)]
+        to_offset: Option<i64>,
     },
 }
 
@@ -188,6 +232,13 @@ async fn main() -> anyhow::Result<()> {
             ingest::admin::unfreeze_by_email(&pool, &email).await?;
             println!("{email}: unfrozen");
         }
+        Command::Replay { partition, from_offset, to_offset, dry_run } => {
+            let kafka = KafkaConfig::from_env()?.context("KAFKA_BROKERS is required")?;
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            let report = processor::replay::refeed(&kafka, &pool, partition, from_offset, to_offset, dry_run).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::DeadLetters { command } => dead_letters(command).await?,
         Command::Openapi => {
             println!("{}", ingest::startup::openapi().to_pretty_json()?);
         }
@@ -233,6 +284,69 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench { command } => bench::run(command).await?,
+    }
+    Ok(())
+}
+
+/// Dead letters read from the DLQ topic, at most this many per command.
+const DEAD_LETTERS_MAX: i64 = 10_000;
+
+async fn dead_letters(command: DeadLettersCommand) -> anyhow::Result<()> {
+    let kafka = KafkaConfig::from_env()?.context("KAFKA_BROKERS is required")?;
+    let timeout = std::time::Duration::from_secs(30);
+    let (partition, from_offset, limit) = match &command {
+        DeadLettersCommand::List { partition, from_offset, limit } => (*partition, *from_offset, *limit),
+        DeadLettersCommand::Replay { partition, from_offset, to_offset } => {
+            (*partition, Some(*from_offset), to_offset.unwrap_or(from_offset + 1) - from_offset)
+        }
+    };
+    anyhow::ensure!((1..=DEAD_LETTERS_MAX).contains(&limit), "read 1 to {DEAD_LETTERS_MAX} dead letters at a time");
+    let reader = kafka.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let topic = reader.topics.commands_dlq.clone();
+        reader.read_range(&topic, partition, from_offset, limit, timeout)
+    })
+    .await?
+    .map_err(|error| anyhow::anyhow!("reading the dead-letter topic: {error}"))?;
+    match command {
+        DeadLettersCommand::List { .. } => {
+            for message in &read.messages {
+                let line = serde_json::json!({
+                    "offset": message.offset,
+                    "key": message.key.as_deref().map(String::from_utf8_lossy),
+                    "reason": message.header("ledgerline-dlq-reason"),
+                    "detail": message.header("ledgerline-dlq-detail"),
+                    "source_partition": message.header("ledgerline-source-partition"),
+                    "source_offset": message.header("ledgerline-source-offset"),
+                    "payload": String::from_utf8_lossy(&message.payload),
+                });
+                println!("{line}");
+            }
+            eprintln!("{} dead letter(s); the topic ends at offset {}", read.messages.len(), read.end);
+        }
+        DeadLettersCommand::Replay { from_offset, .. } => {
+            anyhow::ensure!(
+                read.messages.first().is_some_and(|message| message.offset == from_offset),
+                "no dead letter at offset {from_offset} (kept: {}..{})",
+                read.start,
+                read.end
+            );
+            let producer: rdkafka::producer::FutureProducer = kafka.producer().create()?;
+            let (replayed, error) = platform::kafka::republish(
+                &producer,
+                &kafka.topics.commands,
+                &kafka.topics.commands_dlq,
+                partition,
+                &read.messages,
+                &format!("ledgerctl-{}", uuid::Uuid::new_v4()),
+                std::time::Duration::from_millis(kafka.produce_timeout_ms),
+            )
+            .await;
+            println!("replayed offsets {replayed:?}");
+            if let Some(error) = error {
+                return Err(error);
+            }
+        }
     }
     Ok(())
 }

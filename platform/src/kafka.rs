@@ -200,3 +200,183 @@ impl Drop for MockKafka {
         }
     }
 }
+
+/// One message of a topic, as read back by an operator's tool.
+#[derive(Debug, Clone)]
+pub struct ReadMessage {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Broker or producer time, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl ReadMessage {
+    /// A header's value as text (lossy).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.iter().find(|(key, _)| key == name).map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    }
+}
+
+/// What [`KafkaConfig::read_range`] found.
+#[derive(Debug)]
+pub struct ReadRange {
+    /// How many partitions the topic has.
+    pub partitions: i32,
+    pub messages: Vec<ReadMessage>,
+    /// The first offset read: the one asked for, moved up to the oldest kept.
+    pub start: i64,
+    /// The offset after the newest message when the read began.
+    pub end: i64,
+}
+
+/// Why a range could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the topic has {partitions} partition(s)")]
+    NoSuchPartition { partitions: i32 },
+    #[error(transparent)]
+    Kafka(#[from] anyhow::Error),
+}
+
+impl KafkaConfig {
+    /// Reads up to `limit` messages of `topic`'s `partition` from
+    /// `from_offset` (the oldest kept when absent) up to the end as it was
+    /// when the read began, without joining a group or committing anything,
+    /// within `timeout`. Blocking: call it from a blocking thread.
+    ///
+    /// # Errors
+    /// An unknown partition, a broker that does not answer in time.
+    pub fn read_range(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_offset: Option<i64>,
+        limit: i64,
+        timeout: Duration,
+    ) -> Result<ReadRange, ReadError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        use rdkafka::message::{Headers as _, Message as _};
+        use rdkafka::{Offset, TopicPartitionList};
+
+        let deadline = std::time::Instant::now() + timeout;
+        let consumer: BaseConsumer = self
+            .consumer(&format!("ledgerline-reader-{}", uuid::Uuid::new_v4()))
+            .create()
+            .context("creating a topic reader")?;
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).context("reading the topic's metadata")?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|found| found.name() == topic)
+            .map_or(0, |found| i32::try_from(found.partitions().len()).unwrap_or(i32::MAX));
+        if !(0..partitions).contains(&partition) {
+            return Err(ReadError::NoSuchPartition { partitions });
+        }
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition, timeout).context("reading the partition's offsets")?;
+        let start = from_offset.unwrap_or(low).max(low);
+        let end = high.min(start.saturating_add(limit));
+        let mut messages: Vec<ReadMessage> = Vec::new();
+        if start < end {
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(topic, partition, Offset::Offset(start)).context("assigning")?;
+            consumer.assign(&assignment).context("assigning the partition")?;
+            while messages.last().is_none_or(|message| message.offset + 1 < end) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(anyhow::anyhow!("reading {topic} took over {} ms", timeout.as_millis()).into());
+                }
+                let Some(message) = consumer.poll(left) else { continue };
+                let message = message.context("reading a message")?;
+                if message.offset() >= end {
+                    break;
+                }
+                messages.push(ReadMessage {
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    headers: message
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|header| (header.key.to_owned(), header.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                });
+            }
+        }
+        Ok(ReadRange { partitions, messages, start, end: high })
+    }
+}
+
+/// The headers of a command published again (a replay): the original ones
+/// (the transfer id, the first request's id) minus dead-letter and earlier
+/// replay markers (the processor adds fresh ones if it refuses it again),
+/// plus `ledgerline-replayed-from` naming where it was read and
+/// `ledgerline-replay-id` naming the replay.
+#[must_use]
+pub fn replay_headers(message: &ReadMessage, from: &str, replay_id: &str) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut headers = OwnedHeaders::new()
+        .insert(Header { key: REPLAYED_FROM_HEADER, value: Some(from) })
+        .insert(Header { key: "ledgerline-replay-id", value: Some(replay_id) });
+    for (key, value) in &message.headers {
+        let dropped = key.starts_with("ledgerline-dlq-")
+            || key.starts_with("ledgerline-source-")
+            || key.starts_with("ledgerline-replay");
+        if !dropped {
+            headers = headers.insert(Header { key: key.as_str(), value: Some(value.as_slice()) });
+        }
+    }
+    headers
+}
+
+/// Where a replayed command was read: `<topic>:<partition>:<offset>`.
+pub const REPLAYED_FROM_HEADER: &str = "ledgerline-replayed-from";
+
+/// Publishes `messages` (read from `source_topic`'s `partition`) again to
+/// `topic`, as they were: same key, same bytes, the original headers with
+/// [`replay_headers`]. Sent together; the producer keeps their order per
+/// partition. The offsets published, or the first error after trying all.
+///
+/// # Errors
+/// When the broker does not take one of them within `timeout`.
+pub async fn republish(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    source_topic: &str,
+    partition: i32,
+    messages: &[ReadMessage],
+    replay_id: &str,
+    timeout: Duration,
+) -> (Vec<i64>, Option<anyhow::Error>) {
+    use rdkafka::producer::FutureRecord;
+    let sends = messages.iter().map(|message| {
+        let from = format!("{source_topic}:{partition}:{}", message.offset);
+        let headers = replay_headers(message, &from, replay_id);
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).payload(message.payload.as_slice()).headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_slice());
+        }
+        producer.send(record, timeout)
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut published = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for (message, result) in messages.iter().zip(results) {
+        match result {
+            Ok(_) => published.push(message.offset),
+            Err((error, _)) => {
+                first_error.get_or_insert_with(|| anyhow::Error::new(error).context("republishing"));
+            }
+        }
+    }
+    (published, first_error)
+}

@@ -22,6 +22,7 @@ pub mod decode;
 pub mod engine;
 pub mod ledger;
 pub mod metrics;
+pub mod replay;
 pub mod verify;
 
 pub use config::ProcessorConfig;

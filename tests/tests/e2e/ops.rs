@@ -83,8 +83,9 @@ async fn ops_read_dead_letters_and_replay_one_once_its_cause_is_fixed() {
 
     // The replay carried the marker and no stale dead-letter reason.
     let commands = app.read_topic(&app.kafka.topics.commands, 5).await;
+    let from = format!("{}:0:1", app.kafka.topics.commands_dlq);
     let replayed: Vec<_> =
-        commands.iter().filter(|message| message.header("ledgerline-replayed-from-dlq") == Some("0:1")).collect();
+        commands.iter().filter(|message| message.header("ledgerline-replayed-from") == Some(from.as_str())).collect();
     assert_eq!(replayed.len(), 2);
     assert!(replayed.iter().all(|message| message.header("ledgerline-dlq-reason").is_none()));
     assert_eq!(replayed[0].header("ledgerline-transfer-id"), Some(transfer_id.to_string().as_str()));
@@ -162,4 +163,101 @@ async fn ops_see_the_outbox_and_put_dead_rows_back() {
     let (_, outbox) = call(&app, Method::GET, "/v1/ops/outbox", &ops, None).await;
     assert_eq!(outbox["dead"], 0);
     assert_eq!(app.count("select count(*) from outbox where dead_at is null and attempts = 0").await, 1);
+}
+
+/// Where the commands of `transfer_ids` are in the commands topic: their
+/// partition and offsets, in order.
+async fn find_commands(app: &TestApp, transfer_ids: &[TransferId]) -> (i32, Vec<i64>) {
+    let kafka = app.kafka.clone();
+    let wanted: Vec<String> = transfer_ids.iter().map(ToString::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        for partition in 0..ledgerline_tests::COMMAND_PARTITIONS {
+            let read = kafka
+                .read_range(&kafka.topics.commands, partition, None, 10_000, std::time::Duration::from_secs(10))
+                .expect("read");
+            let offsets: Vec<i64> = read
+                .messages
+                .iter()
+                .filter(|message| wanted.iter().any(|id| String::from_utf8_lossy(&message.payload).contains(id)))
+                .map(|message| message.offset)
+                .collect();
+            if !offsets.is_empty() {
+                return (partition, offsets);
+            }
+        }
+        panic!("the commands are in no partition");
+    })
+    .await
+    .expect("reader")
+}
+
+/// `ledgerctl replay`: commands skipped past (here by an operator's offset
+/// reset) are re-fed once, decided ones are left alone, and a second replay
+/// finds nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_refeeds_only_the_commands_the_ledger_never_decided() {
+    let mut app = TestApp::spawn().await;
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "100.00", "EUR").await;
+    app.stop_processor().await;
+
+    let transfer = |amount: &str| {
+        let transfer_id = TransferId::derive(schemas::Operation::Transfer, uuid::Uuid::new_v4(), &key("skipped"));
+        let command = Command::TransferRequested(TransferRequested {
+            version: V1,
+            transfer_id,
+            source_account_id: AccountId::from_uuid(alice),
+            destination_account_id: AccountId::from_uuid(bob),
+            money: Money::new(dec(amount), Currency::EUR).expect("money"),
+            requested_at: chrono::Utc::now(),
+        });
+        (transfer_id, command)
+    };
+    let skipped: Vec<(TransferId, Command)> = ["1.00", "2.00", "3.00"].iter().map(|amount| transfer(amount)).collect();
+    app.publish_raw(&alice.to_string(), b"not a command").await;
+    for (_, command) in &skipped {
+        app.publish_command(command).await;
+    }
+    let ids: Vec<TransferId> = skipped.iter().map(|(id, _)| *id).collect();
+    let (partition, offsets) = find_commands(&app, &ids).await;
+    assert_eq!(offsets.len(), 3);
+    let (first, last) = (offsets[0] - 1, offsets[2]);
+
+    // An operator moves the processor past them.
+    let moved = sqlx::query("update consumer_offsets set next_offset = $1 where topic = $2 and partition = $3")
+        .bind(last + 1)
+        .bind(&app.kafka.topics.commands)
+        .bind(partition)
+        .execute(&app.pool)
+        .await
+        .expect("offsets")
+        .rows_affected();
+    assert_eq!(moved, 1);
+    app.start_processor();
+    let body: Value = app.transfer(alice, bob, "10.00", "EUR", &unique_key("after")).await.json().await.expect("JSON");
+    app.wait_for_decision(body["transfer_id"].as_str().expect("id")).await;
+    assert_eq!(app.balance(bob).await, dec("10.00"), "the three were skipped");
+
+    let kafka = app.kafka.clone();
+    let dry = processor::replay::refeed(&kafka, &app.pool, partition, first, last + 1, true).await.expect("dry run");
+    assert_eq!(
+        dry,
+        processor::replay::ReplayReport { read: 4, already_decided: 0, published: 3, undecodable: 1 },
+        "the garbage, then the three"
+    );
+    let report = processor::replay::refeed(&kafka, &app.pool, partition, first, last + 1, false).await.expect("replay");
+    assert_eq!(report.published, 3);
+    for id in &ids {
+        assert_eq!(wait_for_transfer(&app, *id).await, "completed");
+    }
+    assert_eq!(app.balance(bob).await, dec("16.00"));
+    let again = processor::replay::refeed(&kafka, &app.pool, partition, first, last + 1, false).await.expect("again");
+    assert_eq!(again, processor::replay::ReplayReport { read: 4, already_decided: 3, published: 0, undecodable: 1 });
+    // The whole range, the funding and the later transfer included: nothing new.
+    let (end_partition, _) = find_commands(&app, &ids).await;
+    assert_eq!(end_partition, partition);
+    let whole = processor::replay::refeed(&kafka, &app.pool, partition, 0, last + 1, false).await.expect("whole");
+    assert_eq!(whole.published, 0, "{whole:?}");
+    assert!(app.ledger_problems().await.is_empty());
 }
