@@ -161,6 +161,7 @@ async fn change_role(
 /// authorized before the lock, and another admin may have demoted or frozen
 /// this one meanwhile.
 async fn lock_actor_and_target(connection: &mut PgConnection, actor: Uuid, target: Uuid) -> Result<(), ApiError> {
+    serialize_user_changes(connection).await?;
     let rows: Vec<(Uuid, String, bool)> =
         sqlx::query_as("select id, role, disabled_at is not null from users where id = any($1) order by id for update")
             .bind(vec![actor, target])
@@ -177,6 +178,14 @@ async fn lock_actor_and_target(connection: &mut PgConnection, actor: Uuid, targe
     if !rows.iter().any(|(id, _, _)| *id == target) {
         return Err(ApiError::not_found("user_not_found", "no such user"));
     }
+    Ok(())
+}
+
+/// Role changes and freezes run one at a time (a transaction advisory
+/// lock): the "an admin remains" check below then sees every change made
+/// before it, from the API or from `ledgerctl`.
+async fn serialize_user_changes(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_advisory_xact_lock(hashtext('ledgerline:user-roles'))").execute(&mut *connection).await?;
     Ok(())
 }
 
@@ -250,6 +259,7 @@ async fn apply_role(
 pub async fn set_role_by_email(pool: &sqlx::PgPool, email: &str, role: &str) -> anyhow::Result<String> {
     anyhow::ensure!(ROLES.contains(&role), "a role is one of {}", ROLES.join(", "));
     let mut transaction = pool.begin().await?;
+    serialize_user_changes(&mut transaction).await?;
     let user_id = user_by_email(&mut transaction, email).await?;
     let (before, _) = apply_role(&mut transaction, user_id, role, None, None, "ledgerctl")
         .await
@@ -265,6 +275,7 @@ pub async fn set_role_by_email(pool: &sqlx::PgPool, email: &str, role: &str) -> 
 /// An unknown email or a database failure.
 pub async fn unfreeze_by_email(pool: &sqlx::PgPool, email: &str) -> anyhow::Result<()> {
     let mut transaction = pool.begin().await?;
+    serialize_user_changes(&mut transaction).await?;
     let user_id = user_by_email(&mut transaction, email).await?;
     apply_freeze(&mut transaction, user_id, false, None, None, "ledgerctl")
         .await

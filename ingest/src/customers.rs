@@ -195,10 +195,14 @@ fn token_hash(token: &str) -> Vec<u8> {
 }
 
 /// Issues an access token and the next refresh token of `family_id`.
+/// `epoch` is the user's session epoch as read with the credentials that
+/// were checked: if it has moved on since (a password change, a freeze),
+/// the tokens issued here are refused at their first use.
 async fn open_session(
     state: &AppState,
     user_id: Uuid,
     role: &str,
+    epoch: i32,
     family_id: Uuid,
     connection: &mut sqlx::PgConnection,
 ) -> Result<Session, ApiError> {
@@ -208,19 +212,17 @@ async fn open_session(
     let ttl_s = i64::try_from(state.refresh_token_ttl_s).unwrap_or(i64::MAX);
     let expires_at = Utc::now() + Duration::seconds(ttl_s);
     sqlx::query(
-        "insert into refresh_tokens (id, family_id, user_id, token_hash, expires_at) values ($1, $2, $3, $4, $5)",
+        r"insert into refresh_tokens (id, family_id, user_id, token_hash, expires_at, session_epoch)
+          values ($1, $2, $3, $4, $5, $6)",
     )
     .bind(Uuid::new_v4())
     .bind(family_id)
     .bind(user_id)
     .bind(token_hash(&refresh_token))
     .bind(expires_at)
+    .bind(epoch)
     .execute(&mut *connection)
     .await?;
-    let epoch: i32 = sqlx::query_scalar("select session_epoch from users where id = $1")
-        .bind(user_id)
-        .fetch_one(&mut *connection)
-        .await?;
     Ok(Session {
         access_token: state.jwt.issue_customer(user_id, role, epoch)?,
         token_type: "Bearer",
@@ -254,16 +256,17 @@ async fn login(
     let email = credentials.email.trim().to_lowercase();
     // Per account too: a guesser spread over many addresses still waits.
     state.limits.login_accounts.admit(&email)?;
-    let stored: Option<(Uuid, String, String)> =
-        sqlx::query_as("select id, password_hash, role from users where email = $1 and disabled_at is null")
-            .bind(&email)
-            .fetch_optional(&state.pool)
-            .await?;
+    let stored: Option<(Uuid, String, String, i32)> = sqlx::query_as(
+        "select id, password_hash, role, session_epoch from users where email = $1 and disabled_at is null",
+    )
+    .bind(&email)
+    .fetch_optional(&state.pool)
+    .await?;
     // An unknown email costs a hash check too, and answers the same.
     let matches =
-        state.hasher.verify(stored.as_ref().map(|(_, hash, _)| hash.clone()), credentials.password.clone()).await?;
-    let subject_user_id = stored.as_ref().map(|(id, _, _)| *id);
-    let Some((user_id, stored_hash, role)) = stored.filter(|_| matches) else {
+        state.hasher.verify(stored.as_ref().map(|(_, hash, _, _)| hash.clone()), credentials.password.clone()).await?;
+    let subject_user_id = stored.as_ref().map(|(id, _, _, _)| *id);
+    let Some((user_id, stored_hash, role, epoch)) = stored.filter(|_| matches) else {
         tracing::info!(%peer, "failed login");
         audit::record(
             &state,
@@ -283,7 +286,7 @@ async fn login(
         rehash_password(&state, user_id, &stored_hash, credentials.password).await;
     }
     let mut connection = state.pool.acquire().await?;
-    let session = open_session(&state, user_id, &role, Uuid::new_v4(), &mut connection).await?;
+    let session = open_session(&state, user_id, &role, epoch, Uuid::new_v4(), &mut connection).await?;
     tracing::info!(%user_id, "customer logged in");
     audit::record(&state, audit::Event::by_user("login.succeeded", user_id, peer, &request_id.0)).await;
     Ok(Json(session))
@@ -318,9 +321,10 @@ async fn refresh(
 ) -> Result<Json<Session>, ApiError> {
     let Json(request) = body?;
     let mut transaction = state.pool.begin().await?;
-    type Row = (Uuid, Uuid, Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>, String);
+    type Row = (Uuid, Uuid, Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>, String, bool, i32);
     let row: Option<Row> = sqlx::query_as(
-        r"select token.id, token.family_id, token.user_id, token.used_at, token.revoked_at, token.expires_at, user_.role
+        r"select token.id, token.family_id, token.user_id, token.used_at, token.revoked_at, token.expires_at,
+                 user_.role, token.session_epoch = user_.session_epoch, user_.session_epoch
           from refresh_tokens token join users user_ on user_.id = token.user_id
           where token.token_hash = $1 and user_.disabled_at is null
           for update of token",
@@ -329,8 +333,10 @@ async fn refresh(
     .fetch_optional(&mut *transaction)
     .await?;
     let invalid = || ApiError::unauthorized("invalid_refresh_token", "log in again");
-    let Some((id, family_id, user_id, used_at, revoked_at, expires_at, role)) = row else { return Err(invalid()) };
-    if revoked_at.is_some() || expires_at <= Utc::now() {
+    let Some((id, family_id, user_id, used_at, revoked_at, expires_at, role, current_epoch, epoch)) = row else {
+        return Err(invalid());
+    };
+    if revoked_at.is_some() || expires_at <= Utc::now() || !current_epoch {
         return Err(invalid());
     }
     if used_at.is_some() {
@@ -357,7 +363,7 @@ async fn refresh(
         return Err(ApiError::unauthorized("refresh_token_reused", "this session was ended; log in again"));
     }
     sqlx::query("update refresh_tokens set used_at = now() where id = $1").bind(id).execute(&mut *transaction).await?;
-    let session = open_session(&state, user_id, &role, family_id, &mut transaction).await?;
+    let session = open_session(&state, user_id, &role, epoch, family_id, &mut transaction).await?;
     transaction.commit().await?;
     Ok(Json(session))
 }

@@ -13,9 +13,27 @@ use axum::middleware::Next;
 use axum::response::Response;
 use platform::metrics::{Exposition, Histogram, Kind};
 
-/// The route template a response was served by, for the outer middleware.
-#[derive(Debug, Clone)]
-struct Route(String);
+/// Where the inner middleware leaves the matched route's template for the
+/// outer one: a slot in the request, so it survives a response replaced on
+/// the way out (the request timeout's 503, for one).
+#[derive(Debug, Clone, Default)]
+struct RouteSlot(Arc<std::sync::OnceLock<String>>);
+
+/// The method as a label: the standard ones by name, anything else as
+/// `other` (a client may send any token as a method; labels must stay few).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
 
 /// What one ingest instance counted.
 #[derive(Debug, Default)]
@@ -72,21 +90,23 @@ impl HttpMetrics {
 /// Inside the router (a route layer): notes the matched route's template on
 /// the response.
 pub async fn note_route(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|path| Route(path.as_str().to_owned()));
-    let mut response = next.run(request).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(route);
+    if let (Some(path), Some(slot)) =
+        (request.extensions().get::<MatchedPath>(), request.extensions().get::<RouteSlot>())
+    {
+        let _ = slot.0.set(path.as_str().to_owned());
     }
-    response
+    next.run(request).await
 }
 
 /// Outside everything: counts the request once it is answered, whatever
 /// answered it (a handler, a rejection, the timeout, the fallback).
-pub async fn count(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
+pub async fn count(State(metrics): State<Arc<HttpMetrics>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
+    let slot = RouteSlot::default();
+    request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
-    let route = response.extensions().get::<Route>().map_or("unmatched", |route| route.0.as_str());
-    metrics.record(&method, route, response.status().as_u16(), started);
+    let route = slot.0.get().map_or("unmatched", String::as_str);
+    metrics.record(method, route, response.status().as_u16(), started);
     response
 }

@@ -248,24 +248,35 @@ pub async fn run_with_metrics(
     let payments = payments::Payments::new(&config, producer.clone())?;
     let webhooks = webhooks::Webhooks::new(config.webhooks)?;
     tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
-    let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
-    let mut report = Report::new(Duration::from_millis(config.report_interval_ms));
-    while !shutdown.is_cancelled() {
-        report.maybe_log(&pool, &metrics).await;
-        let busy = match relay_round(&config, &pool, &producer, &payments, &webhooks).await {
-            Ok(round) => {
-                metrics.add(round.counts);
-                round.busy
+    // Two loops of rounds side by side: Kafka events, and the destinations
+    // reached over HTTP, so a slow endpoint never holds events' lanes.
+    let relay_lanes = |lanes: std::ops::Range<i32>, mut report: Option<Report>| {
+        let (config, pool, shutdown, metrics) = (&config, &pool, &shutdown, &metrics);
+        let (producer, payments, webhooks) = (&producer, &payments, &webhooks);
+        async move {
+            let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
+            while !shutdown.is_cancelled() {
+                if let Some(report) = report.as_mut() {
+                    report.maybe_log(pool, metrics).await;
+                }
+                let busy = match relay_round(config, pool, lanes.clone(), producer, payments, webhooks).await {
+                    Ok(round) => {
+                        metrics.add(round.counts);
+                        round.busy
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = ?error, ?lanes, "relaying the outbox failed; retrying");
+                        false
+                    }
+                };
+                if !busy && wake.wait(shutdown).await {
+                    metrics.notifications_total.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            Err(error) => {
-                tracing::warn!(error = ?error, "relaying the outbox failed; retrying");
-                false
-            }
-        };
-        if !busy && wake.wait(&shutdown).await {
-            metrics.notifications_total.fetch_add(1, Ordering::Relaxed);
         }
-    }
+    };
+    let report = Report::new(Duration::from_millis(config.report_interval_ms));
+    futures::future::join(relay_lanes(outbox::EVENT_LANES, Some(report)), relay_lanes(outbox::HTTP_LANES, None)).await;
     tracing::info!("outbox relay stopped");
     Ok(())
 }
@@ -389,12 +400,13 @@ pub struct Round {
 pub async fn relay_round(
     config: &RelayConfig,
     pool: &PgPool,
+    lanes: std::ops::Range<i32>,
     producer: &FutureProducer,
     payments: &payments::Payments,
     webhooks: &webhooks::Webhooks,
 ) -> anyhow::Result<Round> {
     let mut transaction = pool.begin().await.context("starting a relay transaction")?;
-    let claim = outbox::claim(&mut transaction, config.lanes_per_claim_max, config.batch_size_max)
+    let claim = outbox::claim(&mut transaction, lanes, config.lanes_per_claim_max, config.batch_size_max)
         .await
         .context("claiming outbox rows")?;
     if claim.rows.is_empty() {

@@ -33,6 +33,13 @@ pub const LANES: i32 = 128;
 /// The webhook lanes: ordered per endpoint, not per lane.
 pub const WEBHOOK_LANES: std::ops::Range<i32> = 88..128;
 
+/// The Kafka events' lanes, and the lanes of the destinations reached over
+/// HTTP (payments, notifications, webhooks). A relay works them in two
+/// loops of rounds, so a slow HTTP endpoint never keeps events' lanes
+/// locked while its round waits for it.
+pub const EVENT_LANES: std::ops::Range<i32> = 0..64;
+pub const HTTP_LANES: std::ops::Range<i32> = 64..LANES;
+
 /// The rows that wait per endpoint.
 const WEBHOOKS: &str = "webhooks";
 
@@ -63,29 +70,27 @@ pub struct Claim {
     pub lanes_locked: usize,
 }
 
-/// Locks up to `lanes_max` lanes whose oldest pending row is due (in random
+/// Locks up to `lanes_max` of `lanes` whose oldest pending row is due (in random
 /// order, so relays side by side spread over the lanes) and claims up to
 /// `rows_max` of their pending rows, stopping each lane at its first row
 /// that is not due. The locks last until the transaction ends.
 ///
 /// # Errors
 /// Database failures.
-pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i64) -> sqlx::Result<Claim> {
+pub async fn claim(
+    connection: &mut PgConnection,
+    lanes: std::ops::Range<i32>,
+    lanes_max: usize,
+    rows_max: i64,
+) -> sqlx::Result<Claim> {
     // One index probe per lane. Ordered lanes: the head of the lane, and
     // whether it is due. Webhook lanes: whether some row is due whose
-    // endpoint has no earlier row still waiting.
-    let mut due_lanes: Vec<i32> = sqlx::query_scalar(
-        r"select lanes.lane from generate_series(0, $1 - 1) as lanes (lane)
+    // endpoint's first pending row is not waiting (see `WEBHOOK_READY`).
+    let mut due_lanes: Vec<i32> = sqlx::query_scalar(&format!(
+        r"select lanes.lane from generate_series($1, $3 - 1) as lanes (lane)
           where case when lanes.lane >= $2 then exists (
                     select 1 from outbox o
-                    where o.lane = lanes.lane and o.destination = 'webhooks'
-                      and o.delivered_at is null and o.dead_at is null
-                      and coalesce(o.next_attempt_at, '-infinity'::timestamptz) <= now()
-                      and not exists (
-                          select 1 from outbox earlier
-                          where earlier.destination = 'webhooks' and earlier.message_key = o.message_key
-                            and earlier.delivered_at is null and earlier.dead_at is null
-                            and earlier.id < o.id and earlier.next_attempt_at > now()))
+                    where o.lane = lanes.lane and {WEBHOOK_READY})
                 else exists (
                     select 1 from (
                         select next_attempt_at from outbox
@@ -93,10 +98,11 @@ pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i6
                         order by id limit 1
                     ) as head
                     where head.next_attempt_at is null or head.next_attempt_at <= now())
-                end",
-    )
-    .bind(LANES)
+                end"
+    ))
+    .bind(lanes.start)
     .bind(WEBHOOK_LANES.start)
+    .bind(lanes.end)
     .fetch_all(&mut *connection)
     .await?;
     due_lanes.shuffle(&mut rand::thread_rng());
@@ -118,29 +124,63 @@ pub async fn claim(connection: &mut PgConnection, lanes_max: usize, rows_max: i6
     if locked.is_empty() {
         return Ok(Claim::default());
     }
+    let (webhook_lanes, ordered_lanes): (Vec<i16>, Vec<i16>) =
+        locked.iter().partition(|lane| WEBHOOK_LANES.contains(&i32::from(**lane)));
     // Within a locked lane no other relay holds rows; SKIP LOCKED only keeps
     // a claim from queueing behind an operator's statement on the table.
-    let rows: Vec<Row> = sqlx::query_as(
-        r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
-                 coalesce(next_attempt_at <= now(), true) as due
-          from outbox o
-          where lane = any($1) and delivered_at is null and dead_at is null
-            and (destination <> 'webhooks' or (
-                coalesce(next_attempt_at, '-infinity'::timestamptz) <= now()
-                and not exists (
-                    select 1 from outbox earlier
-                    where earlier.destination = 'webhooks' and earlier.message_key = o.message_key
-                      and earlier.delivered_at is null and earlier.dead_at is null
-                      and earlier.id < o.id and earlier.next_attempt_at > now())))
-          order by id limit $2
-          for update skip locked",
-    )
-    .bind(&locked)
-    .bind(rows_max)
-    .fetch_all(&mut *connection)
-    .await?;
-    Ok(Claim { rows: heads_of_lanes(rows), lanes_locked: locked.len() })
+    let mut rows: Vec<Row> = Vec::new();
+    if !ordered_lanes.is_empty() {
+        rows = sqlx::query_as(
+            r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
+                     coalesce(next_attempt_at <= now(), true) as due
+              from outbox
+              where lane = any($1) and delivered_at is null and dead_at is null
+              order by id limit $2
+              for update skip locked",
+        )
+        .bind(&ordered_lanes)
+        .bind(rows_max)
+        .fetch_all(&mut *connection)
+        .await?;
+        rows = heads_of_lanes(rows);
+    }
+    if !webhook_lanes.is_empty() {
+        // Driven by the due rows (an index range), so an endpoint's backlog
+        // that waits behind its failed row is never read.
+        let ready: Vec<Row> = sqlx::query_as(&format!(
+            r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
+                     true as due
+              from outbox o
+              where o.lane = any($1) and {WEBHOOK_READY}
+              order by id limit $2
+              for update skip locked"
+        ))
+        .bind(&webhook_lanes)
+        .bind(rows_max)
+        .fetch_all(&mut *connection)
+        .await?;
+        rows.extend(ready);
+        rows.sort_by_key(|row| row.id);
+        rows.truncate(usize::try_from(rows_max).unwrap_or(usize::MAX));
+    }
+    Ok(Claim { rows, lanes_locked: locked.len() })
 }
+
+/// A webhook row `o` that may go now: pending, due, and its endpoint's first
+/// pending row is not waiting out a backoff (unless it is that row). A
+/// failure makes the endpoint's later rows wait as long (see [`record`]),
+/// so whenever an earlier row of the endpoint waits, its first one does:
+/// one index probe decides.
+const WEBHOOK_READY: &str = r"o.destination = 'webhooks' and o.delivered_at is null and o.dead_at is null
+    and coalesce(o.next_attempt_at, '-infinity'::timestamptz) <= now()
+    and not exists (
+        select 1 from (
+            select first.id, first.next_attempt_at from outbox first
+            where first.destination = 'webhooks' and first.message_key = o.message_key
+              and first.delivered_at is null and first.dead_at is null
+            order by first.id limit 1
+        ) as first
+        where first.id < o.id and first.next_attempt_at > now())";
 
 /// What a row's order is kept within: its lane, or for a webhook row its
 /// endpoint (the message key).

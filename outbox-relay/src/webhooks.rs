@@ -73,11 +73,12 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
         r"insert into outbox (destination, event_type, message_key, payload, next_attempt_at)
           select 'webhooks', event.event_type, endpoint.id::text,
                  json_build_object('endpoint_id', endpoint.id, 'event_id', event.id, 'event', event.payload),
-                 -- Behind an endpoint's failing row, a new row waits as long.
-                 (select max(waiting.next_attempt_at) from outbox waiting
-                  where waiting.destination = 'webhooks' and waiting.message_key = endpoint.id::text
-                    and waiting.delivered_at is null and waiting.dead_at is null
-                    and waiting.next_attempt_at > now())
+                 -- Behind an endpoint's failing row, a new row waits as long
+                 -- as the endpoint's last pending one (a failure pushed them all).
+                 (select last.next_attempt_at from outbox last
+                  where last.destination = 'webhooks' and last.message_key = endpoint.id::text
+                    and last.delivered_at is null and last.dead_at is null
+                  order by last.id desc limit 1)
           from outbox event
           -- Keys are account ids, except for a few events about no account;
           -- CASE keeps the cast from seeing those, and the join on the

@@ -289,7 +289,18 @@ impl KafkaConfig {
                 if left.is_zero() {
                     return Err(anyhow::anyhow!("reading {topic} took over {} ms", timeout.as_millis()).into());
                 }
-                let Some(message) = consumer.poll(left) else { continue };
+                // Short polls: a range may end in a gap (a transaction
+                // marker, a compacted record), after which no message comes;
+                // the consumer's position says when the end is passed.
+                let Some(message) = consumer.poll(left.min(Duration::from_millis(200))) else {
+                    let position = consumer.position().ok().and_then(|list| {
+                        list.find_partition(topic, partition).and_then(|element| element.offset().to_raw())
+                    });
+                    if position.is_some_and(|next| next >= end) {
+                        break;
+                    }
+                    continue;
+                };
                 let message = message.context("reading a message")?;
                 if message.offset() >= end {
                     break;

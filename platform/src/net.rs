@@ -49,6 +49,10 @@ fn is_public_v6(address: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
         || (segments[0] == 0x0064 && segments[1] == 0xff9b) // NAT64 (embeds IPv4)
         || (segments[0] == 0x2002) // 6to4 (embeds IPv4)
+        || (segments[0] == 0x2001 && segments[1] == 0) // Teredo (embeds IPv4)
+        || (segments[0] == 0x0100 && segments[1..4].iter().all(|segment| *segment == 0)) // discard-only
+        // IPv4-translated (SIIT) ::ffff:0:a.b.c.d
+        || (segments[..4].iter().all(|segment| *segment == 0) && segments[4] == 0xffff && segments[5] == 0)
         // IPv4-compatible (deprecated) ::a.b.c.d
         || segments[..6].iter().all(|segment| *segment == 0);
     !blocked
@@ -87,6 +91,9 @@ mod tests {
             "2002:7f00:1::1",
             "2001:db8::1",
             "ff02::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "100::1",
+            "::ffff:0:7f00:1",
         ] {
             let address: IpAddr = text.parse().expect("address");
             assert!(!is_public(address), "{text} counted as public");

@@ -32,6 +32,11 @@ pub struct ReplayReport {
     pub published: u64,
     /// Messages that are no command; the processor dead-letters them anyway.
     pub undecodable: u64,
+    /// The first and last offsets read: the first is above the range's start
+    /// when retention has deleted the oldest messages, the last below its end
+    /// when the partition ends sooner.
+    pub first_offset_read: Option<i64>,
+    pub last_offset_read: Option<i64>,
 }
 
 /// Re-feeds offsets `from_offset..to_offset` of the commands topic's
@@ -68,6 +73,10 @@ pub async fn refeed(
         let messages: Vec<_> = read.messages.into_iter().filter(|message| message.offset < to_offset).collect();
         let Some(last) = messages.last() else { break };
         next = last.offset + 1;
+        report.last_offset_read = Some(last.offset);
+        if report.first_offset_read.is_none() {
+            report.first_offset_read = messages.first().map(|first| first.offset);
+        }
         report.read += messages.len() as u64;
 
         let mut ids = Vec::new();

@@ -8,6 +8,13 @@
 -- The rows of one key for one destination still share one lane. Relays of
 -- the previous version work lanes 0-63 only; run the new version before
 -- relying on payouts, notifications and webhooks again.
+--
+-- This rewrites the outbox under an exclusive lock: the processor's inserts
+-- wait until it is done. Run it in a quiet window, with delivered rows
+-- pruned first if the table is large. It gives up after 10 s rather than
+-- queue behind a long relay transaction (and hold everyone else up while
+-- queued); run it again then.
+set local lock_timeout = '10s';
 drop index outbox_pending;
 alter table outbox drop column lane;
 alter table outbox add column lane smallint not null generated always as (
@@ -15,6 +22,7 @@ alter table outbox add column lane smallint not null generated always as (
         when 'events' then ((hashtext(destination || ':' || message_key) % 64) + 64) % 64
         when 'payments' then 64 + ((hashtext(destination || ':' || message_key) % 16) + 16) % 16
         when 'notifications' then 80 + ((hashtext(destination || ':' || message_key) % 8) + 8) % 8
+        -- 'webhooks', the only other destination the check constraint allows.
         else 88 + ((hashtext(destination || ':' || message_key) % 40) + 40) % 40
     end
 ) stored;

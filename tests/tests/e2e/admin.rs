@@ -279,3 +279,24 @@ async fn two_admins_freezing_each_other_at_once_leave_one_and_the_last_admin_sta
     ingest::admin::unfreeze_by_email(&app.pool, frozen).await.expect("unfrozen");
     assert!(app.login(frozen, USER_PASSWORD).await.is_ok());
 }
+
+/// A refresh token issued in an earlier session epoch refreshes nothing,
+/// even if nothing revoked it (a refresh that raced a password change or a
+/// freeze, and inserted its token after the revocation's snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_of_an_earlier_session_epoch_is_refused() {
+    let app = TestApp::spawn().await;
+    app.user_token("jane@example.com", "customer").await;
+    let credentials = json!({ "email": "jane@example.com", "password": USER_PASSWORD });
+    let (_, session) = app.call(Method::POST, "/v1/auth/login", None, Some(credentials)).await;
+    let refresh = json!({ "refresh_token": session["refresh_token"] });
+    // The epoch moves on, as a password change does, but this token is not revoked.
+    sqlx::query("update users set session_epoch = session_epoch + 1 where email = 'jane@example.com'")
+        .execute(&app.pool)
+        .await
+        .expect("epoch");
+    let (status, problem) = app.call(Method::POST, "/v1/auth/refresh", None, Some(refresh)).await;
+    assert_eq!((status, problem["code"].as_str()), (401, Some("invalid_refresh_token")));
+    let access = session["access_token"].as_str().expect("token");
+    assert_eq!(app.call(Method::GET, "/v1/me", Some(access), None).await.0, 401);
+}

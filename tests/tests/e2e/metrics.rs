@@ -63,6 +63,9 @@ async fn each_service_serves_well_formed_metrics_that_count_what_happened() {
     app.account(alice).await;
     let missing = app.http().get(app.url("/v1/nothing/here")).send().await.expect("request");
     assert_eq!(missing.status(), 404);
+    // A made-up method is counted as `other`, so callers cannot mint labels.
+    let odd = reqwest::Method::from_bytes(b"BREW").expect("method");
+    app.http().request(odd, app.url("/v1/me")).send().await.expect("request");
 
     let scrape = app.metrics_address.clone().expect("metrics listener");
     let response = app.http().get(&scrape).send().await.expect("scrape");
@@ -93,6 +96,7 @@ async fn each_service_serves_well_formed_metrics_that_count_what_happened() {
         "{page}"
     );
     assert!(!page.contains(&alice.to_string()), "no account id in a label");
+    assert!(!page.contains("BREW") && page.contains(r#"method="other",route="unmatched",status="405""#), "{page}");
     assert!(
         value_of(&page, r#"ledgerline_http_request_duration_seconds_count{route="/v1/transfers"}"#) == Some(1),
         "{page}"
