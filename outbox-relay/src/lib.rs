@@ -76,6 +76,14 @@ pub struct RelayConfig {
     /// `LEDGERLINE_RELAY_REPORT_INTERVAL_MS`: how often the relay logs its
     /// rates and the outbox's backlog (`outbox relay report`).
     pub report_interval_ms: u64,
+    /// `LEDGERLINE_OUTBOX_RETENTION_S`: delivered rows older than this are
+    /// deleted (dead and pending rows never are); Kafka and the ledger keep
+    /// what was said.
+    pub retention_s: u64,
+    /// `LEDGERLINE_OUTBOX_PRUNE_INTERVAL_MS` and `_PRUNE_BATCH_MAX`: how often
+    /// a relay prunes, and how many rows one statement deletes at most.
+    pub prune_interval_ms: u64,
+    pub prune_batch_max: i64,
 }
 
 impl RelayConfig {
@@ -94,6 +102,9 @@ impl RelayConfig {
             webhooks: webhooks::WebhooksConfig::default(),
             report_interval_ms: 60_000,
             notifier: None,
+            retention_s: 7 * 24 * 3600,
+            prune_interval_ms: 60_000,
+            prune_batch_max: 10_000,
         }
     }
 
@@ -125,6 +136,13 @@ impl RelayConfig {
                 defaults.report_interval_ms,
                 1_000..=3_600_000,
             )?,
+            retention_s: config::limit("LEDGERLINE_OUTBOX_RETENTION_S", defaults.retention_s, 3_600..=366 * 24 * 3600)?,
+            prune_interval_ms: config::limit(
+                "LEDGERLINE_OUTBOX_PRUNE_INTERVAL_MS",
+                defaults.prune_interval_ms,
+                1_000..=3_600_000,
+            )?,
+            prune_batch_max: config::limit("LEDGERLINE_OUTBOX_PRUNE_BATCH_MAX", defaults.prune_batch_max, 1..=100_000)?,
             kafka: defaults.kafka,
         })
     }
@@ -276,7 +294,27 @@ pub async fn run_with_metrics(
         }
     };
     let report = Report::new(Duration::from_millis(config.report_interval_ms));
-    futures::future::join(relay_lanes(outbox::EVENT_LANES, Some(report)), relay_lanes(outbox::HTTP_LANES, None)).await;
+    let prune = async {
+        let interval = Duration::from_millis(config.prune_interval_ms);
+        while !shutdown.is_cancelled() {
+            match outbox::prune(&pool, config.retention_s, config.prune_batch_max).await {
+                // A full batch: more may be due; go on at once.
+                Ok(deleted) if deleted >= u64::try_from(config.prune_batch_max).unwrap_or(u64::MAX) => continue,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "pruning the outbox failed; trying again later"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    };
+    futures::future::join3(
+        relay_lanes(outbox::EVENT_LANES, Some(report)),
+        relay_lanes(outbox::HTTP_LANES, None),
+        prune,
+    )
+    .await;
     tracing::info!("outbox relay stopped");
     Ok(())
 }

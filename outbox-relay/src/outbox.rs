@@ -411,6 +411,32 @@ pub async fn record(
     Ok(counts)
 }
 
+/// Deletes up to `batch_max` delivered rows older than `retention_s`,
+/// oldest first; how many. Pending and dead rows are never deleted. Relays
+/// side by side skip each other's rows.
+///
+/// # Errors
+/// Database failures.
+pub async fn prune(pool: &sqlx::PgPool, retention_s: u64, batch_max: i64) -> sqlx::Result<u64> {
+    let retention_s = i64::try_from(retention_s).unwrap_or(i64::MAX);
+    let deleted = sqlx::query(
+        r"delete from outbox where id in (
+              select id from outbox
+              where delivered_at is not null and delivered_at < now() - make_interval(secs => $1::double precision)
+              order by id limit $2
+              for update skip locked)",
+    )
+    .bind(retention_s)
+    .bind(batch_max)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if deleted > 0 {
+        tracing::info!(deleted, retention_s, "pruned delivered outbox rows");
+    }
+    Ok(deleted)
+}
+
 /// What a round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {

@@ -244,3 +244,55 @@ async fn a_notification_wakes_an_idle_relay_long_before_its_poll_interval() {
     assert!(metrics.notifications_total.load(Ordering::Relaxed) >= 1);
     stop.cancel();
 }
+
+/// Delivered rows leave the outbox after the retention period, oldest first
+/// and a batch at a time; pending and dead rows stay whatever their age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_rows_are_pruned_after_the_retention_period_and_nothing_else_is() {
+    let app = TestApp::spawn_without_relay().await;
+    let row = |delivered: &str, dead: &str| {
+        format!(
+            "insert into outbox (destination, event_type, message_key, payload, created_at, delivered_at, dead_at)
+             values ('events', 'test.event', 'k', '{{}}', now() - interval '3 hours', {delivered}, {dead}) returning id"
+        )
+    };
+    let mut old_delivered = Vec::new();
+    for _ in 0..5 {
+        let id: i64 =
+            sqlx::query_scalar(&row("now() - interval '2 hours'", "null")).fetch_one(&app.pool).await.expect("row");
+        old_delivered.push(id);
+    }
+    let recent: i64 =
+        sqlx::query_scalar(&row("now() - interval '10 minutes'", "null")).fetch_one(&app.pool).await.expect("row");
+    let dead: i64 =
+        sqlx::query_scalar(&row("null", "now() - interval '2 hours'")).fetch_one(&app.pool).await.expect("row");
+    let pending: i64 = sqlx::query_scalar(&row("null", "null")).fetch_one(&app.pool).await.expect("row");
+
+    // A batch at a time, oldest first.
+    assert_eq!(outbox_relay::outbox::prune(&app.pool, 3_600, 2).await.expect("prune"), 2);
+    let left: Vec<i64> = sqlx::query_scalar("select id from outbox where id = any($1) order by id")
+        .bind(&old_delivered)
+        .fetch_all(&app.pool)
+        .await
+        .expect("left");
+    assert_eq!(left, old_delivered[2..].to_vec());
+
+    // The relay prunes the rest on its own.
+    let mut config = RelayConfig::new(app.kafka.clone());
+    config.retention_s = 3_600;
+    config.prune_interval_ms = 50;
+    config.prune_batch_max = 2;
+    let (stop, _) = start_relay(&app, config);
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while app.count("select count(*) from outbox where delivered_at < now() - interval '1 hour'").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "old delivered rows were never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    let kept: Vec<i64> = sqlx::query_scalar("select id from outbox where id = any($1) order by id")
+        .bind(vec![recent, dead, pending])
+        .fetch_all(&app.pool)
+        .await
+        .expect("kept");
+    assert_eq!(kept, vec![recent, dead, pending], "recent, dead and pending rows stay");
+}
