@@ -60,6 +60,9 @@ pub struct IngestConfig {
     pub webhook_private_networks_allowed: bool,
     /// `LEDGERLINE_METRICS_ADDR`: serve Prometheus metrics at `/metrics` there.
     pub metrics_addr: Option<SocketAddr>,
+    /// `LEDGERLINE_WEBHOOK_SECRETS_KEYS` (or `_FILE`): derive webhook secrets
+    /// instead of storing them; the relay needs the same keys.
+    pub webhook_secret_keys: Option<platform::signature::WebhookSecretKeys>,
 }
 
 /// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
@@ -100,6 +103,7 @@ impl IngestConfig {
             cors_origins: Vec::new(),
             webhook_private_networks_allowed: false,
             metrics_addr: None,
+            webhook_secret_keys: None,
         }
     }
 
@@ -168,6 +172,7 @@ impl IngestConfig {
             cors_origins: cors_origins(&config::var_or("LEDGERLINE_CORS_ORIGINS", String::new())?)?,
             webhook_private_networks_allowed: config::var_or("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED", false)?,
             metrics_addr: platform::metrics::addr_from_env()?,
+            webhook_secret_keys: platform::signature::WebhookSecretKeys::from_env()?,
             ..defaults
         })
         .and_then(|config| {

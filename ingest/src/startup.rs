@@ -32,6 +32,8 @@ pub struct AppState {
     pub provider_callback: Option<Arc<crate::config::ProviderCallback>>,
     pub limits: Arc<Limits>,
     pub hasher: SecretHasher,
+    /// Derives webhook secrets, when configured (else they are stored).
+    pub webhook_secret_keys: Option<Arc<platform::signature::WebhookSecretKeys>>,
     /// Whether webhook URLs may name private hosts (`ledgerctl dev`, tests).
     pub webhook_private_networks_allowed: bool,
     /// For the ops routes that read the dead-letter topic.
@@ -86,6 +88,7 @@ impl Application {
             hasher: SecretHasher::new(config.argon2)?,
             kafka: config.kafka.clone(),
             webhook_private_networks_allowed: config.webhook_private_networks_allowed,
+            webhook_secret_keys: config.webhook_secret_keys.clone().map(Arc::new),
             refresh_token_ttl_s: config.refresh_token_ttl_s,
             limits: Arc::new(Limits {
                 clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),

@@ -155,18 +155,34 @@ async fn register(
     if count >= ENDPOINTS_PER_CLIENT_MAX {
         return Err(ApiError::unprocessable("too_many_webhooks", "remove an endpoint before adding another"));
     }
-    let mut key = [0_u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
+    let id = Uuid::new_v4();
+    let mut random = [0_u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    // With the key ring, the secret is derived and only its nonce stored;
+    // without, a random secret is stored (see `WebhookSecretKeys`).
+    let (secret, stored, nonce, key_id) = match state.webhook_secret_keys.as_deref() {
+        Some(keys) => {
+            let secret = keys
+                .derive(keys.current_id(), &id.to_string(), &random)
+                .ok_or_else(|| anyhow::anyhow!("the current webhook key is missing"))?;
+            (secret, None, Some(random.to_vec()), Some(keys.current_id().to_owned()))
+        }
+        None => {
+            let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random));
+            (secret.clone(), Some(secret), None, None)
+        }
+    };
     let endpoint: Endpoint = sqlx::query_as(
-        r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret)
-          values ($1, $2, $3, $4, $5) returning id, url, event_types, created_at",
+        r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret, secret_nonce, secret_key_id)
+          values ($1, $2, $3, $4, $5, $6, $7) returning id, url, event_types, created_at",
     )
-    .bind(Uuid::new_v4())
+    .bind(id)
     .bind(principal.client_id)
     .bind(&registration.url)
     .bind(&registration.event_types)
-    .bind(&secret)
+    .bind(stored)
+    .bind(nonce)
+    .bind(key_id)
     .fetch_one(&state.pool)
     .await?;
     tracing::info!(endpoint_id = %endpoint.id, client_id = %principal.client_id, "webhook endpoint registered");

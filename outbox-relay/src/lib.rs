@@ -264,7 +264,7 @@ pub async fn run_with_metrics(
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = config.kafka.producer().create().context("creating the relay producer")?;
     let payments = payments::Payments::new(&config, producer.clone())?;
-    let webhooks = webhooks::Webhooks::new(config.webhooks)?;
+    let webhooks = webhooks::Webhooks::new(config.webhooks.clone())?;
     tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
     // Two loops of rounds side by side: Kafka events, and the destinations
     // reached over HTTP, so a slow endpoint never holds events' lanes.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use platform::config::{self, ConfigError};
+use platform::signature::WebhookSecretKeys;
 use reqwest::header::CONTENT_TYPE;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
@@ -25,12 +26,15 @@ use uuid::Uuid;
 use crate::outbox::{Attempt, Row};
 
 /// Limits of webhook deliveries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WebhooksConfig {
     /// `LEDGERLINE_WEBHOOK_TIMEOUT_MS`: deadline of one delivery.
     pub timeout_ms: u64,
     /// `LEDGERLINE_WEBHOOK_CONCURRENCY_MAX`: deliveries in flight at once.
     pub concurrency_max: usize,
+    /// `LEDGERLINE_WEBHOOK_SECRETS_KEYS`: the keys endpoints' secrets are
+    /// derived from (ingest's too); without, secrets are stored.
+    pub secret_keys: Option<WebhookSecretKeys>,
     /// `LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED`: deliver to loopback,
     /// private and link-local addresses too. Off in production: a client
     /// could otherwise register a URL that makes the relay call the bank's
@@ -41,7 +45,7 @@ pub struct WebhooksConfig {
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        Self { timeout_ms: 5_000, concurrency_max: 16, private_networks_allowed: false }
+        Self { timeout_ms: 5_000, concurrency_max: 16, secret_keys: None, private_networks_allowed: false }
     }
 }
 
@@ -53,6 +57,7 @@ impl WebhooksConfig {
         Ok(Self {
             timeout_ms: config::limit("LEDGERLINE_WEBHOOK_TIMEOUT_MS", defaults.timeout_ms, 100..=60_000)?,
             concurrency_max: config::limit("LEDGERLINE_WEBHOOK_CONCURRENCY_MAX", defaults.concurrency_max, 1..=256)?,
+            secret_keys: WebhookSecretKeys::from_env()?,
             private_networks_allowed: config::var_or(
                 "LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED",
                 defaults.private_networks_allowed,
@@ -100,11 +105,43 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
 }
 
 /// An endpoint as the relay needs it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: String,
-    pub secret: String,
+    /// Stored (endpoints registered without the key ring), or…
+    pub secret: Option<String>,
+    /// …derived from a key of the ring with this nonce.
+    pub secret_nonce: Option<Vec<u8>>,
+    pub secret_key_id: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Endpoint").field("id", &self.id).field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// The signing secret: stored, or derived with the key it was made with.
+    ///
+    /// # Errors
+    /// A failed attempt when the key is not configured (anymore).
+    fn secret(&self, keys: Option<&WebhookSecretKeys>) -> Result<String, Attempt> {
+        if let Some(secret) = &self.secret {
+            return Ok(secret.clone());
+        }
+        let (Some(nonce), Some(key_id)) = (&self.secret_nonce, &self.secret_key_id) else {
+            return Err(failed("no_secret", "the endpoint has no secret", None));
+        };
+        keys.and_then(|keys| keys.derive(key_id, &self.id.to_string(), nonce)).ok_or_else(|| {
+            failed(
+                "secret_key_unknown",
+                &format!("the webhook secrets key {key_id:?} is not in LEDGERLINE_WEBHOOK_SECRETS_KEYS"),
+                None,
+            )
+        })
+    }
 }
 
 /// The live endpoints the claimed `webhooks` rows go to.
@@ -120,11 +157,13 @@ pub async fn endpoints_of(connection: &mut PgConnection, rows: &[Row]) -> sqlx::
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let endpoints: Vec<Endpoint> =
-        sqlx::query_as("select id, url, secret from webhook_endpoints where id = any($1) and disabled_at is null")
-            .bind(&ids)
-            .fetch_all(&mut *connection)
-            .await?;
+    let endpoints: Vec<Endpoint> = sqlx::query_as(
+        r"select id, url, secret, secret_nonce, secret_key_id from webhook_endpoints
+              where id = any($1) and disabled_at is null",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *connection)
+    .await?;
     Ok(endpoints.into_iter().map(|endpoint| (endpoint.id, endpoint)).collect())
 }
 
@@ -144,6 +183,7 @@ pub struct Webhooks {
     /// For the bank's own notification service, which may well be internal.
     internal_http: reqwest::Client,
     private_networks_allowed: bool,
+    secret_keys: Option<WebhookSecretKeys>,
     permits: Semaphore,
 }
 
@@ -172,6 +212,7 @@ impl Webhooks {
             http,
             internal_http: builder().build()?,
             private_networks_allowed: config.private_networks_allowed,
+            secret_keys: config.secret_keys.clone(),
             permits: Semaphore::new(config.concurrency_max),
         })
     }
@@ -193,10 +234,14 @@ impl Webhooks {
         {
             return failed(NOT_PUBLIC_CODE, &format!("{address} is not a public address"), None);
         }
+        let secret = match endpoint.secret(self.secret_keys.as_ref()) {
+            Ok(secret) => secret,
+            Err(attempt) => return attempt,
+        };
         self.post_signed(
             &self.http,
             &endpoint.url,
-            &endpoint.secret,
+            &secret,
             &format!("evt_{}", webhook.event_id),
             webhook.event.to_string(),
         )
@@ -313,6 +358,41 @@ fn literal_address(url: &str) -> Option<std::net::IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_derived_secret_needs_its_key_and_a_stored_one_needs_none() {
+        let derived = Endpoint {
+            id: Uuid::nil(),
+            url: "https://hooks.example.com/x".into(),
+            secret: None,
+            secret_nonce: Some(vec![1; 32]),
+            secret_key_id: Some("k1".into()),
+        };
+        let keys = WebhookSecretKeys::parse(&format!(
+            "k1:{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9_u8; 32])
+        ))
+        .expect("keys");
+        assert!(derived.secret(Some(&keys)).is_ok_and(|secret| secret.starts_with("whsec_")));
+        for missing in [
+            None,
+            Some(
+                &WebhookSecretKeys::parse(&format!(
+                    "k2:{}",
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9_u8; 32])
+                ))
+                .expect("keys"),
+            ),
+        ] {
+            match derived.secret(missing) {
+                Err(Attempt::Failed { code, .. }) => assert_eq!(code, "secret_key_unknown"),
+                other => panic!("signed without its key: {:?}", other.map(|_| "a secret")),
+            }
+        }
+        let stored =
+            Endpoint { secret: Some("whsec_stored".into()), secret_nonce: None, secret_key_id: None, ..derived };
+        assert_eq!(stored.secret(None).ok().as_deref(), Some("whsec_stored"));
+    }
 
     #[test]
     fn literal_addresses_are_found_in_every_spelling() {

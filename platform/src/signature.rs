@@ -197,3 +197,117 @@ mod tests {
         );
     }
 }
+
+/// The keys webhook signing secrets are derived from
+/// (`LEDGERLINE_WEBHOOK_SECRETS_KEYS`, or `_FILE`): `id:base64,id:base64`,
+/// the first the current one. With them, an endpoint's secret is never
+/// stored: it is HMAC-SHA256(key, endpoint id and a random nonce), and the
+/// database keeps only the nonce and the key's id, so a copy of the
+/// database (a backup, a read replica, an injected `select`) cannot forge a
+/// webhook. Older keys stay listed until their endpoints are re-registered:
+/// that is how keys rotate.
+#[derive(Clone)]
+pub struct WebhookSecretKeys {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for WebhookSecretKeys {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        formatter.debug_struct("WebhookSecretKeys").field("ids", &ids).finish_non_exhaustive()
+    }
+}
+
+/// The name of the variable.
+pub const WEBHOOK_SECRETS_KEYS: &str = "LEDGERLINE_WEBHOOK_SECRETS_KEYS";
+
+impl WebhookSecretKeys {
+    /// The shortest key accepted, in bytes.
+    pub const KEY_LENGTH_MIN: usize = 32;
+
+    /// # Errors
+    /// When the text is empty or a key is malformed, short or listed twice.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let (id, encoded) = entry.split_once(':').ok_or("each key is id:base64")?;
+            let id = id.trim();
+            if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!("key id {id:?}: 1 to 32 of a-z, 0-9, - and _"));
+            }
+            let key = BASE64.decode(encoded.trim()).map_err(|error| format!("key {id}: not base64: {error}"))?;
+            if key.len() < Self::KEY_LENGTH_MIN {
+                return Err(format!("key {id}: at least {} bytes", Self::KEY_LENGTH_MIN));
+            }
+            if keys.iter().any(|(known, _)| known == id) {
+                return Err(format!("key id {id} listed twice"));
+            }
+            keys.push((id.to_owned(), key));
+        }
+        if keys.is_empty() {
+            return Err("no key".into());
+        }
+        Ok(Self { keys })
+    }
+
+    /// From the environment; `None` when unset (secrets are then stored).
+    ///
+    /// # Errors
+    /// When the variable is set but malformed.
+    pub fn from_env() -> Result<Option<Self>, crate::config::ConfigError> {
+        use secrecy::ExposeSecret as _;
+        match crate::config::secret_optional(WEBHOOK_SECRETS_KEYS)? {
+            None => Ok(None),
+            Some(text) => Self::parse(text.expose_secret())
+                .map(Some)
+                .map_err(|problem| crate::config::ConfigError::new(WEBHOOK_SECRETS_KEYS, problem)),
+        }
+    }
+
+    /// The current key's id.
+    #[must_use]
+    pub fn current_id(&self) -> &str {
+        self.keys.first().map_or("", |(id, _)| id.as_str())
+    }
+
+    /// The secret of `endpoint_id` with `nonce` under key `key_id`
+    /// (`whsec_…`), or `None` for a key no longer configured.
+    #[must_use]
+    pub fn derive(&self, key_id: &str, endpoint_id: &str, nonce: &[u8]) -> Option<String> {
+        let (_, key) = self.keys.iter().find(|(id, _)| id == key_id)?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).ok()?;
+        mac.update(b"ledgerline-webhook-secret:");
+        mac.update(endpoint_id.as_bytes());
+        mac.update(b":");
+        mac.update(nonce);
+        Some(format!("whsec_{}", BASE64.encode(mac.finalize().into_bytes())))
+    }
+}
+
+#[cfg(test)]
+mod webhook_secret_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_derive_per_key_endpoint_and_nonce_and_sign_like_stored_ones() {
+        let one = BASE64.encode([1_u8; 32]);
+        let two = BASE64.encode([2_u8; 32]);
+        let keys = WebhookSecretKeys::parse(&format!("k2:{two}, k1:{one}")).expect("keys");
+        assert_eq!(keys.current_id(), "k2");
+        let secret = keys.derive("k2", "endpoint-a", b"nonce").expect("known key");
+        assert!(secret.starts_with("whsec_"));
+        assert_eq!(keys.derive("k2", "endpoint-a", b"nonce"), Some(secret.clone()), "deterministic");
+        assert_ne!(keys.derive("k1", "endpoint-a", b"nonce"), Some(secret.clone()));
+        assert_ne!(keys.derive("k2", "endpoint-b", b"nonce"), Some(secret.clone()));
+        assert_ne!(keys.derive("k2", "endpoint-a", b"other"), Some(secret.clone()));
+        assert_eq!(keys.derive("k0", "endpoint-a", b"nonce"), None);
+        assert!(webhook_key(&secret).is_ok(), "usable as a Standard Webhooks secret");
+        assert!(!format!("{keys:?}").contains(&two), "no key in Debug");
+        for bad in
+            ["", "k1", "k1:not base64!", &format!("k1:{}", BASE64.encode([1_u8; 16])), &format!("k1:{one},k1:{two}")]
+        {
+            assert!(WebhookSecretKeys::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

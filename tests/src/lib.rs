@@ -210,6 +210,7 @@ impl TestApp {
         });
         // The tests' webhook receivers listen on 127.0.0.1.
         config.webhook_private_networks_allowed = true;
+        config.webhook_secret_keys = Some(webhook_secret_keys());
         configure(&mut config);
         let application = ingest::Application::build(&config, pool.clone()).await.expect("ingest");
         let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -226,6 +227,7 @@ impl TestApp {
                     let mut relay = outbox_relay::RelayConfig::new(kafka.clone());
                     // The tests' webhook receivers listen on 127.0.0.1.
                     relay.webhooks.private_networks_allowed = true;
+                    relay.webhooks.secret_keys = Some(webhook_secret_keys());
                     relay
                 },
                 pool.clone(),
@@ -670,6 +672,19 @@ impl ReadMessage {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.payload).expect("JSON payload")
     }
+}
+
+/// The key ring the tests' ingest and relays derive webhook secrets with:
+/// `k2` current, `k1` an older one still honoured.
+///
+/// # Panics
+/// Never: the text is well-formed.
+#[must_use]
+pub fn webhook_secret_keys() -> platform::signature::WebhookSecretKeys {
+    platform::signature::WebhookSecretKeys::parse(
+        "k2:a2V5LXR3by1rZXktdHdvLWtleS10d28ta2V5LXR3by0=,k1:a2V5LW9uZS1rZXktb25lLWtleS1vbmUta2V5LW9uZS0=",
+    )
+    .expect("test keys")
 }
 
 /// The password [`TestApp::user_token`] registers users with.

@@ -257,6 +257,7 @@ async fn webhooks_never_reach_internal_addresses_unless_allowed() {
     config.attempts_max = 2;
     config.backoff_base_ms = 50;
     assert!(!config.webhooks.private_networks_allowed, "refused unless allowed");
+    config.webhooks.secret_keys = Some(ledgerline_tests::webhook_secret_keys());
     tokio::spawn(outbox_relay::run(config, app.pool.clone(), stop.clone()));
 
     let alice = app.open_account("EUR").await;
@@ -428,4 +429,68 @@ async fn transfers_received(state: &Shared, transfers: &[String]) -> Vec<String>
         assert!(tokio::time::Instant::now() < deadline, "only {} of {} webhooks arrived", order.len(), transfers.len());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// With the key ring, the database never holds a webhook secret: only a
+/// nonce and the key's id. The relay derives the secret (the delivery
+/// verifies with the one shown at registration), and an endpoint made under
+/// an older key still in the ring still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_are_derived_never_stored_and_keys_rotate() {
+    let app = TestApp::spawn().await;
+    let (url, state) = start_receiver(0).await;
+    let registered = register(&app, &url, &["transfer.completed"]).await;
+    let (stored, key_id): (Option<String>, Option<String>) =
+        sqlx::query_as("select secret, secret_key_id from webhook_endpoints where id = $1::uuid")
+            .bind(registered["id"].as_str().expect("id"))
+            .fetch_one(&app.pool)
+            .await
+            .expect("endpoint");
+    assert_eq!((stored, key_id.as_deref()), (None, Some("k2")));
+
+    // An endpoint made under the older key k1 (as before a rotation).
+    let (old_url, old_state) = start_receiver(0).await;
+    let old_id = uuid::Uuid::new_v4();
+    let nonce = [7_u8; 32];
+    let old_secret = ledgerline_tests::webhook_secret_keys().derive("k1", &old_id.to_string(), &nonce).expect("k1");
+    sqlx::query(
+        r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret_nonce, secret_key_id)
+          values ($1, $2, $3, '{transfer.completed}', $4, 'k1')",
+    )
+    .bind(old_id)
+    .bind(app.client_id)
+    .bind(&old_url)
+    .bind(nonce.to_vec())
+    .execute(&app.pool)
+    .await
+    .expect("endpoint");
+
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "10.00", "EUR").await;
+    let body: Value = app.transfer(alice, bob, "1.00", "EUR", &unique_key("derived")).await.json().await.expect("JSON");
+    let transfer_id = body["transfer_id"].as_str().expect("id").to_owned();
+    app.wait_for_decision(&transfer_id).await;
+    let now = chrono::Utc::now().timestamp();
+    for (state, secret) in [(&state, registered["secret"].as_str().expect("secret")), (&old_state, old_secret.as_str())]
+    {
+        let received = transfers_received(state, std::slice::from_ref(&transfer_id)).await;
+        assert_eq!(received, vec![transfer_id.clone()]);
+        let webhook = accepted(state).into_iter().last().expect("webhook");
+        let key = signature::webhook_key(secret).expect("key");
+        assert_eq!(
+            signature::verify_webhook(
+                &key,
+                &webhook.id,
+                webhook.timestamp,
+                &webhook.signature,
+                webhook.body.as_bytes(),
+                now,
+                300
+            ),
+            Ok(()),
+            "signed with the derived secret"
+        );
+    }
+    assert_eq!(app.count("select count(*) from webhook_endpoints where secret is not null").await, 0);
 }
