@@ -64,6 +64,11 @@ struct Endpoint {
     url: String,
     event_types: Vec<String>,
     created_at: DateTime<Utc>,
+    /// `active`, or `disabled_failing`: it delivered nothing for days and a
+    /// webhook died (`LEDGERLINE_WEBHOOK_DISABLE_AFTER_S`); no more webhooks
+    /// go to it. Register it again once it works.
+    #[schema(example = "active")]
+    status: String,
 }
 
 /// A newly registered endpoint and its signing secret.
@@ -174,7 +179,7 @@ async fn register(
     };
     let endpoint: Endpoint = sqlx::query_as(
         r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret, secret_nonce, secret_key_id)
-          values ($1, $2, $3, $4, $5, $6, $7) returning id, url, event_types, created_at",
+          values ($1, $2, $3, $4, $5, $6, $7) returning id, url, event_types, created_at, 'active' as status",
     )
     .bind(id)
     .bind(principal.client_id)
@@ -199,21 +204,24 @@ async fn register(
     tag = "webhooks",
     responses((
         status = 200,
-        description = "`{\"endpoints\": [WebhookEndpoint]}`: the active endpoints",
+        description = "`{\"endpoints\": [WebhookEndpoint]}`: the active endpoints, and those disabled for failing",
         body = serde_json::Value,
         example = json!({ "endpoints": [{
             "created_at": "2025-01-01T12:00:00Z",
             "event_types": ["transfer.completed"],
             "id": "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f",
             "url": "https://example.com/ledgerline/webhooks",
+            "status": "active",
         }] }),
     )),
 )]
 async fn list(State(state): State<AppState>, principal: Principal) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::WebhooksManage)?;
     let endpoints: Vec<Endpoint> = sqlx::query_as(
-        r"select id, url, event_types, created_at from webhook_endpoints
-          where api_client_id = $1 and disabled_at is null order by created_at",
+        r"select id, url, event_types, created_at,
+                 case when disabled_at is null then 'active' else 'disabled_failing' end as status
+          from webhook_endpoints
+          where api_client_id = $1 and (disabled_at is null or disabled_reason = 'failing') order by created_at",
     )
     .bind(principal.client_id)
     .fetch_all(&state.pool)
@@ -240,8 +248,8 @@ async fn remove(
     principal.require(Scope::WebhooksManage)?;
     let Path(endpoint_id) = path?;
     let removed = sqlx::query(
-        r"update webhook_endpoints set disabled_at = now()
-          where id = $1 and api_client_id = $2 and disabled_at is null",
+        r"update webhook_endpoints set disabled_at = now(), disabled_reason = 'removed'
+          where id = $1 and api_client_id = $2 and (disabled_at is null or disabled_reason = 'failing')",
     )
     .bind(endpoint_id)
     .bind(principal.client_id)

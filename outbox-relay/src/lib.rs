@@ -152,6 +152,7 @@ impl RelayConfig {
             attempts_max: self.attempts_max,
             backoff_base_ms: self.backoff_base_ms,
             backoff_max_ms: self.backoff_max_ms.max(self.backoff_base_ms),
+            webhook_disable_after_s: self.webhooks.disable_after_s,
         }
     }
 }

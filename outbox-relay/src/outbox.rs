@@ -306,6 +306,9 @@ pub struct RetryPolicy {
     pub attempts_max: i32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// A webhook endpoint that has delivered nothing for this long is
+    /// disabled when one of its rows dies.
+    pub webhook_disable_after_s: u64,
 }
 
 impl RetryPolicy {
@@ -375,6 +378,9 @@ pub async fn record(
                 .bind(dead)
                 .execute(&mut *connection)
                 .await?;
+                if row.destination == WEBHOOKS && dead {
+                    disable_if_long_failing(connection, row, policy.webhook_disable_after_s).await?;
+                }
                 if row.destination == WEBHOOKS && !dead {
                     // The endpoint's later rows wait as long: not due, they
                     // cost a claim nothing and leave the lane to the others.
@@ -408,7 +414,41 @@ pub async fn record(
         .await?;
     }
     counts.delivered = delivered.len();
+    let reached: Vec<uuid::Uuid> = rows
+        .iter()
+        .zip(attempts)
+        .filter(|(row, attempt)| row.destination == WEBHOOKS && **attempt == Attempt::Delivered)
+        .filter_map(|(row, _)| row.message_key.parse().ok())
+        .collect();
+    if !reached.is_empty() {
+        sqlx::query("update webhook_endpoints set last_delivered_at = now() where id = any($1)")
+            .bind(&reached)
+            .execute(&mut *connection)
+            .await?;
+    }
     Ok(counts)
+}
+
+/// After a webhook row died: disables its endpoint if it has delivered
+/// nothing for `after_s` (counting from its registration). Its waiting rows
+/// are then dropped as for a removed endpoint, instead of each waiting out
+/// its retries behind the previous one, without end.
+async fn disable_if_long_failing(connection: &mut PgConnection, row: &Row, after_s: u64) -> sqlx::Result<()> {
+    let Ok(endpoint_id) = row.message_key.parse::<uuid::Uuid>() else { return Ok(()) };
+    let disabled = sqlx::query(
+        r"update webhook_endpoints set disabled_at = now(), disabled_reason = 'failing'
+          where id = $1 and disabled_at is null
+            and coalesce(last_delivered_at, created_at) < now() - make_interval(secs => $2::double precision)",
+    )
+    .bind(endpoint_id)
+    .bind(i64::try_from(after_s).unwrap_or(i64::MAX))
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    if disabled > 0 {
+        tracing::warn!(%endpoint_id, after_s, "webhook endpoint disabled: nothing delivered for too long");
+    }
+    Ok(())
 }
 
 /// Deletes up to `batch_max` delivered rows older than `retention_s`,
@@ -526,7 +566,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_is_capped_and_jittered_in_its_upper_half() {
-        let policy = RetryPolicy { attempts_max: 10, backoff_base_ms: 100, backoff_max_ms: 5_000 };
+        let policy =
+            RetryPolicy { attempts_max: 10, backoff_base_ms: 100, backoff_max_ms: 5_000, webhook_disable_after_s: 60 };
         for _ in 0..200 {
             assert!((50..=100).contains(&policy.backoff_ms(1)));
             assert!((200..=400).contains(&policy.backoff_ms(3)));

@@ -32,6 +32,9 @@ pub struct WebhooksConfig {
     pub timeout_ms: u64,
     /// `LEDGERLINE_WEBHOOK_CONCURRENCY_MAX`: deliveries in flight at once.
     pub concurrency_max: usize,
+    /// `LEDGERLINE_WEBHOOK_DISABLE_AFTER_S`: an endpoint that has delivered
+    /// nothing for this long is disabled when one of its webhooks dies.
+    pub disable_after_s: u64,
     /// `LEDGERLINE_WEBHOOK_SECRETS_KEYS`: the keys endpoints' secrets are
     /// derived from (ingest's too); without, secrets are stored.
     pub secret_keys: Option<WebhookSecretKeys>,
@@ -45,7 +48,13 @@ pub struct WebhooksConfig {
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        Self { timeout_ms: 5_000, concurrency_max: 16, secret_keys: None, private_networks_allowed: false }
+        Self {
+            timeout_ms: 5_000,
+            concurrency_max: 16,
+            disable_after_s: 3 * 24 * 3600,
+            secret_keys: None,
+            private_networks_allowed: false,
+        }
     }
 }
 
@@ -57,6 +66,11 @@ impl WebhooksConfig {
         Ok(Self {
             timeout_ms: config::limit("LEDGERLINE_WEBHOOK_TIMEOUT_MS", defaults.timeout_ms, 100..=60_000)?,
             concurrency_max: config::limit("LEDGERLINE_WEBHOOK_CONCURRENCY_MAX", defaults.concurrency_max, 1..=256)?,
+            disable_after_s: config::limit(
+                "LEDGERLINE_WEBHOOK_DISABLE_AFTER_S",
+                defaults.disable_after_s,
+                3_600..=30 * 24 * 3600,
+            )?,
             secret_keys: WebhookSecretKeys::from_env()?,
             private_networks_allowed: config::var_or(
                 "LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED",

@@ -494,3 +494,101 @@ async fn webhook_secrets_are_derived_never_stored_and_keys_rotate() {
     }
     assert_eq!(app.count("select count(*) from webhook_endpoints where secret is not null").await, 0);
 }
+
+/// An endpoint that has delivered nothing for longer than the configured
+/// time is disabled when one of its webhooks dies; its waiting webhooks are
+/// dropped rather than each waiting out its retries, and the client sees it
+/// disabled. One that delivered recently is not, whatever fails now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_for_too_long_is_disabled_and_its_backlog_dropped() {
+    let app = TestApp::spawn_without_relay().await;
+    let (url, state) = start_receiver(u32::MAX).await;
+    let failing = register(&app, &url, &["transfer.completed"]).await;
+    let (recent_url, recent_state) = start_receiver(u32::MAX).await;
+    let recent = register(&app, &recent_url, &["transfer.completed"]).await;
+    // Registered long ago as far as the rule goes; `recent` delivered a moment ago.
+    sqlx::query("update webhook_endpoints set created_at = now() - interval '1 hour'")
+        .execute(&app.pool)
+        .await
+        .expect("age");
+    sqlx::query("update webhook_endpoints set last_delivered_at = now() where id = $1::uuid")
+        .bind(recent["id"].as_str().expect("id"))
+        .execute(&app.pool)
+        .await
+        .expect("recent");
+
+    let alice = app.open_account("EUR").await;
+    let bob = app.open_account("EUR").await;
+    app.fund(alice, "10.00", "EUR").await;
+    for amount in ["1.00", "2.00"] {
+        let body: Value =
+            app.transfer(alice, bob, amount, "EUR", &unique_key("dead")).await.json().await.expect("JSON");
+        app.wait_for_decision(body["transfer_id"].as_str().expect("id")).await;
+    }
+    let stop = platform::CancellationToken::new();
+    let mut config = outbox_relay::RelayConfig::new(app.kafka.clone());
+    config.poll_interval_ms = 50;
+    config.attempts_max = 2;
+    config.backoff_base_ms = 20;
+    config.backoff_max_ms = 40;
+    config.webhooks.private_networks_allowed = true;
+    config.webhooks.secret_keys = Some(ledgerline_tests::webhook_secret_keys());
+    config.webhooks.disable_after_s = 600;
+    tokio::spawn(outbox_relay::run(config, app.pool.clone(), stop.clone()));
+
+    let failing_id = failing["id"].as_str().expect("id").to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        let pending = app
+            .count(&format!(
+                "select count(*) from outbox where destination = 'webhooks' and message_key = '{failing_id}'
+                   and delivered_at is null and dead_at is null"
+            ))
+            .await;
+        let disabled = app
+            .count(&format!(
+                "select count(*) from webhook_endpoints where id = '{failing_id}' and disabled_reason = 'failing'"
+            ))
+            .await;
+        if pending == 0 && disabled == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not disabled: pending {pending}, disabled {disabled}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only its first webhook was ever tried (twice); the rest were dropped.
+    let ids: std::collections::BTreeSet<String> =
+        state.lock().expect("receiver").received.iter().map(|webhook| webhook.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    // The recently working one keeps its place and its waiting webhooks.
+    let recent_id = recent["id"].as_str().expect("id");
+    let (status, disabled_at): (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "select coalesce(disabled_reason, 'active'), disabled_at from webhook_endpoints where id = $1::uuid",
+    )
+    .bind(recent_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("recent endpoint");
+    assert_eq!((status.as_str(), disabled_at), ("active", None));
+    assert!(!recent_state.lock().expect("receiver").received.is_empty());
+    stop.cancel();
+
+    let listed: Value = app
+        .http()
+        .get(app.url("/v1/webhooks"))
+        .bearer_auth(app.token().await)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    let statuses: Vec<(&str, &str)> = listed["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|endpoint| (endpoint["id"].as_str().unwrap_or_default(), endpoint["status"].as_str().unwrap_or_default()))
+        .collect();
+    assert!(statuses.contains(&(failing_id.as_str(), "disabled_failing")), "{statuses:?}");
+    assert!(statuses.contains(&(recent_id, "active")), "{statuses:?}");
+}
