@@ -25,6 +25,9 @@ pub struct IngestConfig {
     pub token_ttl_s: u64,
     /// `LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES`: larger request bodies get 413.
     pub body_size_max_bytes: usize,
+    /// `LEDGERLINE_HTTP_HEADER_READ_TIMEOUT_MS`: a request's headers must
+    /// arrive within this; slower connections are closed.
+    pub header_read_timeout_ms: u64,
     /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
     /// this long is answered with 503 (Kafka publishing included).
     pub request_timeout_ms: u64,
@@ -92,6 +95,7 @@ impl IngestConfig {
             token_ttl_s: 900,
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
+            header_read_timeout_ms: 10_000,
             refresh_token_ttl_s: 30 * 24 * 3600,
             client_rate_limit: RateLimit::per_second(200, 400),
             token_ip_rate_limit: RateLimit::per_second(2, 20),
@@ -127,6 +131,11 @@ impl IngestConfig {
                 "LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES",
                 defaults.body_size_max_bytes,
                 1024..=1024 * 1024,
+            )?,
+            header_read_timeout_ms: config::limit(
+                "LEDGERLINE_HTTP_HEADER_READ_TIMEOUT_MS",
+                defaults.header_read_timeout_ms,
+                100..=120_000,
             )?,
             request_timeout_ms: config::limit(
                 "LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS",

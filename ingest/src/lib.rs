@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod ops;
 pub mod passwords;
 pub mod publish;
+pub mod serve;
 pub mod staff;
 pub mod startup;
 pub mod tls;

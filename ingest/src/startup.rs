@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::serve::ListenerExt as _;
 use platform::CancellationToken;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -69,6 +68,7 @@ pub struct Application {
     /// Where `/metrics` is served, when configured, and what it shows.
     metrics: Option<TcpListener>,
     http_metrics: Arc<crate::metrics::HttpMetrics>,
+    header_read_timeout_ms: u64,
 }
 
 impl Application {
@@ -113,7 +113,8 @@ impl Application {
         };
         let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
         let router = router(state, config, Arc::clone(&http_metrics))?;
-        Ok(Self { listener, router, tls, redirect, metrics, http_metrics })
+        let header_read_timeout_ms = config.header_read_timeout_ms;
+        Ok(Self { listener, router, tls, redirect, metrics, http_metrics, header_read_timeout_ms })
     }
 
     /// The metrics listener's address, when there is one.
@@ -159,31 +160,23 @@ impl Application {
                 }
             });
         }
-        // The peer address feeds the per-IP limits and the audit log.
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        // Every request carries the peer address (`ConnectInfo`): the per-IP
+        // limits and the audit log use it.
+        let header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
         let Some(tls) = self.tls else {
             tracing::info!(%address, "ingest listening (HTTP)");
-            return axum::serve(self.listener, service)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-                .context("serving HTTP");
+            crate::serve::serve(self.listener, self.router, header_read_timeout, shutdown).await;
+            return Ok(());
         };
         if let Some(redirect) = self.redirect {
             tracing::info!(address = %redirect.local_addr()?, "redirecting HTTP to HTTPS");
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(redirect, crate::tls::redirect_router(address.port()))
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "the HTTP redirect listener failed");
-                }
-            });
+            let router = crate::tls::redirect_router(address.port());
+            tokio::spawn(crate::serve::serve(redirect, router, header_read_timeout, shutdown.clone()));
         }
         tracing::info!(%address, "ingest listening (HTTPS)");
-        // `tap_io` only to reach axum's `ConnectInfo<SocketAddr>` for any listener.
-        let listener = crate::tls::TlsListener::new(self.listener, tls, shutdown.clone())?.tap_io(|_| ());
-        axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("serving HTTPS")
+        let listener = crate::tls::TlsListener::new(self.listener, tls, shutdown.clone())?;
+        crate::serve::serve(listener, self.router, header_read_timeout, shutdown).await;
+        Ok(())
     }
 }
 

@@ -258,3 +258,26 @@ async fn a_reset_request_takes_as_long_and_says_the_same_whether_or_not_the_emai
     );
     assert_eq!(app.count("select count(*) from password_resets").await, (ROUNDS + 10) as i64);
 }
+
+/// A client that sends its request headers slowly is cut off once the
+/// header-read timeout passes, instead of holding the connection for as long
+/// as it likes; a prompt request on the same server is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_headers_too_slowly_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::spawn_configured(|config| config.header_read_timeout_ms = 300).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    slow.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n").await.expect("first bytes");
+    let started = Instant::now();
+    let mut buffer = [0_u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buffer)).await;
+    let elapsed = started.elapsed();
+    match read {
+        // Closed (perhaps after a 408): the server let go.
+        Ok(Ok(_) | Err(_)) => {}
+        Err(_) => panic!("the connection was still open after 5 s of unfinished headers"),
+    }
+    assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
+    assert_eq!(app.http().get(app.url("/health/live")).send().await.expect("prompt").status(), 204);
+}
