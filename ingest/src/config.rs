@@ -26,7 +26,10 @@ pub struct IngestConfig {
     /// `LEDGERLINE_HTTP_BODY_SIZE_MAX_BYTES`: larger request bodies get 413.
     pub body_size_max_bytes: usize,
     /// `LEDGERLINE_HTTP_HEADER_READ_TIMEOUT_MS`: a request's headers must
-    /// arrive within this; slower connections are closed.
+    /// arrive within this; slower connections are closed. It is also how long
+    /// a kept-alive connection may sit idle: keep it above the idle timeout
+    /// of a load balancer in front (60 s on AWS's ALB), or the balancer may
+    /// send a request down a connection just closed.
     pub header_read_timeout_ms: u64,
     /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
     /// this long is answered with 503 (Kafka publishing included).
@@ -95,7 +98,7 @@ impl IngestConfig {
             token_ttl_s: 900,
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
-            header_read_timeout_ms: 10_000,
+            header_read_timeout_ms: 65_000,
             refresh_token_ttl_s: 30 * 24 * 3600,
             client_rate_limit: RateLimit::per_second(200, 400),
             token_ip_rate_limit: RateLimit::per_second(2, 20),
@@ -135,7 +138,7 @@ impl IngestConfig {
             header_read_timeout_ms: config::limit(
                 "LEDGERLINE_HTTP_HEADER_READ_TIMEOUT_MS",
                 defaults.header_read_timeout_ms,
-                100..=120_000,
+                100..=900_000,
             )?,
             request_timeout_ms: config::limit(
                 "LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS",

@@ -64,9 +64,9 @@ struct Endpoint {
     url: String,
     event_types: Vec<String>,
     created_at: DateTime<Utc>,
-    /// `active`, or `disabled_failing`: it delivered nothing for days and a
-    /// webhook died (`LEDGERLINE_WEBHOOK_DISABLE_AFTER_S`); no more webhooks
-    /// go to it. Register it again once it works.
+    /// `active`, or `disabled_failing` (shown for 30 days): it failed without
+    /// a success for days and a webhook died (`LEDGERLINE_WEBHOOK_DISABLE_AFTER_S`);
+    /// no more webhooks go to it. Register it again once it works.
     #[schema(example = "active")]
     status: String,
 }
@@ -221,7 +221,9 @@ async fn list(State(state): State<AppState>, principal: Principal) -> Result<imp
         r"select id, url, event_types, created_at,
                  case when disabled_at is null then 'active' else 'disabled_failing' end as status
           from webhook_endpoints
-          where api_client_id = $1 and (disabled_at is null or disabled_reason = 'failing') order by created_at",
+          where api_client_id = $1
+            and (disabled_at is null or (disabled_reason = 'failing' and disabled_at > now() - interval '30 days'))
+          order by created_at",
     )
     .bind(principal.client_id)
     .fetch_all(&state.pool)

@@ -243,6 +243,9 @@ pub async fn render_metrics(metrics: &RelayMetrics, pool: &PgPool) -> String {
     page.finish()
 }
 
+/// The pause between two full pruning batches.
+const PRUNE_PAUSE_MS: u64 = 200;
+
 /// Relays until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -266,6 +269,7 @@ pub async fn run_with_metrics(
     let producer: FutureProducer = config.kafka.producer().create().context("creating the relay producer")?;
     let payments = payments::Payments::new(&config, producer.clone())?;
     let webhooks = webhooks::Webhooks::new(config.webhooks.clone())?;
+    webhooks::check_secret_keys(&pool, config.webhooks.secret_keys.as_ref()).await;
     tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
     // Two loops of rounds side by side: Kafka events, and the destinations
     // reached over HTTP, so a slow endpoint never holds events' lanes.
@@ -299,8 +303,12 @@ pub async fn run_with_metrics(
         let interval = Duration::from_millis(config.prune_interval_ms);
         while !shutdown.is_cancelled() {
             match outbox::prune(&pool, config.retention_s, config.prune_batch_max).await {
-                // A full batch: more may be due; go on at once.
-                Ok(deleted) if deleted >= u64::try_from(config.prune_batch_max).unwrap_or(u64::MAX) => continue,
+                // A full batch: more may be due; go on after a breath, so a
+                // first run over months of rows does not flood the WAL.
+                Ok(deleted) if deleted >= u64::try_from(config.prune_batch_max).unwrap_or(u64::MAX) => {
+                    tokio::time::sleep(Duration::from_millis(PRUNE_PAUSE_MS)).await;
+                    continue;
+                }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "pruning the outbox failed; trying again later"),
             }

@@ -334,6 +334,25 @@ pub async fn record(
     policy: &RetryPolicy,
 ) -> sqlx::Result<Counts> {
     let mut counts = Counts::default();
+    // Endpoints reached first: a delivery and a death of the same endpoint in
+    // one claim must not leave it disabled.
+    let reached: Vec<uuid::Uuid> = rows
+        .iter()
+        .zip(attempts)
+        .filter(|(row, attempt)| row.destination == WEBHOOKS && **attempt == Attempt::Delivered)
+        .filter_map(|(row, _)| row.message_key.parse().ok())
+        .collect();
+    if !reached.is_empty() {
+        // Only live endpoints: rows of a removed or disabled one are dropped,
+        // not delivered.
+        sqlx::query(
+            r"update webhook_endpoints set last_delivered_at = now(), failing_since = null
+              where id = any($1) and disabled_at is null",
+        )
+        .bind(&reached)
+        .execute(&mut *connection)
+        .await?;
+    }
     let mut delivered: Vec<i64> = Vec::new();
     for (row, attempt) in rows.iter().zip(attempts) {
         match attempt {
@@ -378,8 +397,8 @@ pub async fn record(
                 .bind(dead)
                 .execute(&mut *connection)
                 .await?;
-                if row.destination == WEBHOOKS && dead {
-                    disable_if_long_failing(connection, row, policy.webhook_disable_after_s).await?;
+                if row.destination == WEBHOOKS && !RELAY_SIDE_CODES.contains(&code.as_str()) {
+                    endpoint_failed(connection, row, dead, policy.webhook_disable_after_s).await?;
                 }
                 if row.destination == WEBHOOKS && !dead {
                     // The endpoint's later rows wait as long: not due, they
@@ -414,31 +433,33 @@ pub async fn record(
         .await?;
     }
     counts.delivered = delivered.len();
-    let reached: Vec<uuid::Uuid> = rows
-        .iter()
-        .zip(attempts)
-        .filter(|(row, attempt)| row.destination == WEBHOOKS && **attempt == Attempt::Delivered)
-        .filter_map(|(row, _)| row.message_key.parse().ok())
-        .collect();
-    if !reached.is_empty() {
-        sqlx::query("update webhook_endpoints set last_delivered_at = now() where id = any($1)")
-            .bind(&reached)
-            .execute(&mut *connection)
-            .await?;
-    }
     Ok(counts)
 }
 
-/// After a webhook row died: disables its endpoint if it has delivered
-/// nothing for `after_s` (counting from its registration). Its waiting rows
-/// are then dropped as for a removed endpoint, instead of each waiting out
-/// its retries behind the previous one, without end.
-async fn disable_if_long_failing(connection: &mut PgConnection, row: &Row, after_s: u64) -> sqlx::Result<()> {
+/// Failures that are the relay's, not the endpoint's: they never count
+/// against an endpoint.
+const RELAY_SIDE_CODES: &[&str] = &["secret_key_unknown", "no_secret", "bad_secret", "bad_payload"];
+
+/// A webhook row failed at its endpoint: the endpoint is failing since now,
+/// unless it already was. If the row died and the endpoint has been failing
+/// without a success for `after_s`, the endpoint is disabled: its waiting
+/// rows are then dropped as for a removed endpoint, instead of each waiting
+/// out its retries behind the previous one, without end.
+async fn endpoint_failed(connection: &mut PgConnection, row: &Row, dead: bool, after_s: u64) -> sqlx::Result<()> {
     let Ok(endpoint_id) = row.message_key.parse::<uuid::Uuid>() else { return Ok(()) };
+    sqlx::query(
+        "update webhook_endpoints set failing_since = coalesce(failing_since, now()) where id = $1 and disabled_at is null",
+    )
+    .bind(endpoint_id)
+    .execute(&mut *connection)
+    .await?;
+    if !dead {
+        return Ok(());
+    }
     let disabled = sqlx::query(
         r"update webhook_endpoints set disabled_at = now(), disabled_reason = 'failing'
           where id = $1 and disabled_at is null
-            and coalesce(last_delivered_at, created_at) < now() - make_interval(secs => $2::double precision)",
+            and failing_since < now() - make_interval(secs => $2::double precision)",
     )
     .bind(endpoint_id)
     .bind(i64::try_from(after_s).unwrap_or(i64::MAX))
@@ -446,13 +467,13 @@ async fn disable_if_long_failing(connection: &mut PgConnection, row: &Row, after
     .await?
     .rows_affected();
     if disabled > 0 {
-        tracing::warn!(%endpoint_id, after_s, "webhook endpoint disabled: nothing delivered for too long");
+        tracing::warn!(%endpoint_id, after_s, "webhook endpoint disabled: failing without a success for too long");
     }
     Ok(())
 }
 
 /// Deletes up to `batch_max` delivered rows older than `retention_s`,
-/// oldest first; how many. Pending and dead rows are never deleted. Relays
+/// oldest delivery first (through the `outbox_delivered` index); how many. Pending and dead rows are never deleted. Relays
 /// side by side skip each other's rows.
 ///
 /// # Errors
@@ -463,7 +484,7 @@ pub async fn prune(pool: &sqlx::PgPool, retention_s: u64, batch_max: i64) -> sql
         r"delete from outbox where id in (
               select id from outbox
               where delivered_at is not null and delivered_at < now() - make_interval(secs => $1::double precision)
-              order by id limit $2
+              order by delivered_at limit $2
               for update skip locked)",
     )
     .bind(retention_s)

@@ -320,6 +320,27 @@ impl Webhooks {
     }
 }
 
+/// Logs an error for every key live endpoints' secrets were derived with
+/// that the ring lacks: their webhooks cannot be signed (they fail with
+/// `secret_key_unknown`, which never counts against the endpoint).
+pub async fn check_secret_keys(pool: &sqlx::PgPool, keys: Option<&WebhookSecretKeys>) {
+    let used: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+        "select distinct secret_key_id from webhook_endpoints where disabled_at is null and secret_key_id is not null",
+    )
+    .fetch_all(pool)
+    .await;
+    match used {
+        Ok(used) => {
+            let missing: Vec<&String> =
+                used.iter().filter(|id| keys.is_none_or(|keys| keys.derive(id, "", &[]).is_none())).collect();
+            if !missing.is_empty() {
+                tracing::error!(?missing, "webhook endpoints use keys not in LEDGERLINE_WEBHOOK_SECRETS_KEYS");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "checking the webhook secret keys failed"),
+    }
+}
+
 /// The failure code of a delivery refused because its endpoint is not on
 /// the public internet.
 pub const NOT_PUBLIC_CODE: &str = "destination_not_public";

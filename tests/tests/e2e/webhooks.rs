@@ -455,10 +455,10 @@ async fn webhook_secrets_are_derived_never_stored_and_keys_rotate() {
     assert_eq!(app.count("select count(*) from webhook_endpoints where secret is not null").await, 0);
 }
 
-/// An endpoint that has delivered nothing for longer than the configured
+/// An endpoint failing without a success for longer than the configured
 /// time is disabled when one of its webhooks dies; its waiting webhooks are
 /// dropped rather than each waiting out its retries, and the client sees it
-/// disabled. One that delivered recently is not, whatever fails now.
+/// disabled. One that only just started failing is not, whatever dies now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_failing_for_too_long_is_disabled_and_its_backlog_dropped() {
     let app = TestApp::spawn_without_relay().await;
@@ -466,16 +466,12 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_its_backlog_dropped() 
     let failing = register(&app, &url, &["transfer.completed"]).await;
     let (recent_url, recent_state) = start_receiver(u32::MAX).await;
     let recent = register(&app, &recent_url, &["transfer.completed"]).await;
-    // Registered long ago as far as the rule goes; `recent` delivered a moment ago.
-    sqlx::query("update webhook_endpoints set created_at = now() - interval '1 hour'")
+    // `failing` has been failing for an hour already; `recent` starts failing now.
+    sqlx::query("update webhook_endpoints set failing_since = now() - interval '1 hour' where id = $1::uuid")
+        .bind(failing["id"].as_str().expect("id"))
         .execute(&app.pool)
         .await
-        .expect("age");
-    sqlx::query("update webhook_endpoints set last_delivered_at = now() where id = $1::uuid")
-        .bind(recent["id"].as_str().expect("id"))
-        .execute(&app.pool)
-        .await
-        .expect("recent");
+        .expect("failing");
 
     let alice = app.open_account("EUR").await;
     let bob = app.open_account("EUR").await;
@@ -520,7 +516,7 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_its_backlog_dropped() 
     let ids: std::collections::BTreeSet<String> =
         state.lock().expect("receiver").received.iter().map(|webhook| webhook.id.clone()).collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    // The recently working one keeps its place and its waiting webhooks.
+    // The one that only just started failing is not disabled.
     let recent_id = recent["id"].as_str().expect("id");
     let (status, disabled_at): (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
         "select coalesce(disabled_reason, 'active'), disabled_at from webhook_endpoints where id = $1::uuid",
