@@ -99,18 +99,8 @@ impl Application {
         let tls = config.tls.as_ref().map(crate::tls::TlsConfig::server_config).transpose()?;
         let listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
-        let redirect = match config.redirect_http_addr {
-            Some(address) => {
-                Some(TcpListener::bind(address).await.with_context(|| format!("binding the redirect {address}"))?)
-            }
-            None => None,
-        };
-        let metrics = match config.metrics_addr {
-            Some(address) => {
-                Some(TcpListener::bind(address).await.with_context(|| format!("binding the metrics {address}"))?)
-            }
-            None => None,
-        };
+        let redirect = bind_optional(config.redirect_http_addr, "the redirect").await?;
+        let metrics = bind_optional(config.metrics_addr, "the metrics").await?;
         let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
         let router = router(state, config, Arc::clone(&http_metrics))?;
         let header_read_timeout_ms = config.header_read_timeout_ms;
@@ -149,16 +139,11 @@ impl Application {
         let address = self.local_addr()?;
         if let Some(listener) = self.metrics {
             let metrics = self.http_metrics;
-            let render: platform::metrics::Render = Arc::new(move || {
-                let page = metrics.render();
-                Box::pin(async move { page })
-            });
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                if let Err(error) = platform::metrics::serve(listener, render, stop).await {
-                    tracing::error!(%error, "the metrics listener failed");
-                }
-            });
+            platform::metrics::spawn_on(
+                listener,
+                platform::metrics::render_with(move || metrics.render()),
+                shutdown.clone(),
+            );
         }
         // Every request carries the peer address (`ConnectInfo`): the per-IP
         // limits and the audit log use it.
@@ -177,6 +162,16 @@ impl Application {
         let listener = crate::tls::TlsListener::new(self.listener, tls, shutdown.clone())?;
         crate::serve::serve(listener, self.router, header_read_timeout, shutdown).await;
         Ok(())
+    }
+}
+
+/// Binds `address` when there is one (a listener of `what`, for the error).
+async fn bind_optional(address: Option<SocketAddr>, what: &str) -> anyhow::Result<Option<TcpListener>> {
+    match address {
+        Some(address) => {
+            Ok(Some(TcpListener::bind(address).await.with_context(|| format!("binding {what} {address}"))?))
+        }
+        None => Ok(None),
     }
 }
 

@@ -157,6 +157,14 @@ impl Histogram {
 /// What renders the page on each scrape.
 pub type Render = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
 
+/// A [`Render`] for a page that is ready at once (counters in memory).
+pub fn render_with(page: impl Fn() -> String + Send + Sync + 'static) -> Render {
+    Arc::new(move || {
+        let page = page();
+        Box::pin(async move { page })
+    })
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
 ///
 /// # Errors
@@ -182,12 +190,17 @@ pub async fn spawn(address: SocketAddr, render: Render, shutdown: CancellationTo
     let listener =
         TcpListener::bind(address).await.with_context(|| format!("binding the metrics address {address}"))?;
     let bound = listener.local_addr()?;
+    spawn_on(listener, render, shutdown);
+    Ok(bound)
+}
+
+/// Serves the metrics on an already bound `listener` in the background.
+pub fn spawn_on(listener: TcpListener, render: Render, shutdown: CancellationToken) {
     tokio::spawn(async move {
         if let Err(error) = serve(listener, render, shutdown).await {
             tracing::error!(%error, "the metrics listener failed");
         }
     });
-    Ok(bound)
 }
 
 #[cfg(test)]

@@ -15,10 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = platform::shutdown::token_on_signal();
     if let Some(address) = platform::metrics::addr_from_env()? {
         let metrics = processor.metrics();
-        let render: platform::metrics::Render = std::sync::Arc::new(move || {
-            let page = metrics.render();
-            Box::pin(async move { page })
-        });
+        let render = platform::metrics::render_with(move || metrics.render());
         platform::metrics::spawn(address, render, shutdown.clone()).await?;
     }
     tokio::select! {

@@ -111,10 +111,7 @@ async fn each_service_serves_well_formed_metrics_that_count_what_happened() {
         assert!(tokio::time::Instant::now() < deadline, "the processor never counted its commands");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let render: platform::metrics::Render = std::sync::Arc::new(move || {
-        let page = processor.render();
-        Box::pin(async move { page })
-    });
+    let render = platform::metrics::render_with(move || processor.render());
     let stop = platform::CancellationToken::new();
     let address = platform::metrics::spawn("127.0.0.1:0".parse().expect("address"), render, stop.clone())
         .await

@@ -165,16 +165,7 @@ async fn endpoints_are_validated_scoped_listed_and_removed() {
     assert_eq!(response.status(), 403);
 
     let endpoint = register(&app, &url, &["transfer.completed"]).await;
-    let listed: Value = app
-        .http()
-        .get(app.url("/v1/webhooks"))
-        .bearer_auth(app.token().await)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("JSON");
+    let (_, listed) = app.call(reqwest::Method::GET, "/v1/webhooks", Some(&app.token().await), None).await;
     assert_eq!(listed["endpoints"].as_array().expect("endpoints").len(), 1);
     assert!(listed["endpoints"][0].get("secret").is_none(), "the secret is shown only once");
 
@@ -529,16 +520,7 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_its_backlog_dropped() 
     assert!(!recent_state.lock().expect("receiver").received.is_empty());
     stop.cancel();
 
-    let listed: Value = app
-        .http()
-        .get(app.url("/v1/webhooks"))
-        .bearer_auth(app.token().await)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("JSON");
+    let (_, listed) = app.call(reqwest::Method::GET, "/v1/webhooks", Some(&app.token().await), None).await;
     let statuses: Vec<(&str, &str)> = listed["endpoints"]
         .as_array()
         .expect("endpoints")
