@@ -4,10 +4,13 @@
 //! later. The request carries no bearer token; it is authenticated by an
 //! HMAC-SHA256 signature of the exact body with a timestamp
 //! (`Provider-Signature: t=…,v1=…`, see [`platform::signature`]), and a
-//! timestamp outside the tolerance is refused as a replay. The outcome
-//! becomes the same `transfer.post` or `transfer.void` the relay would
-//! publish for a synchronous answer, with the same derived id: a duplicate
-//! callback, or a callback after a synchronous answer, is applied once.
+//! timestamp outside the tolerance is refused as a replay. The outcome is
+//! recorded in `payout_outcomes` (which is what lets the processor trust it:
+//! see `platform::payouts`) and becomes the same `payout.outcome` command
+//! the relay publishes for a synchronous answer, with the same derived id: a
+//! duplicate callback, or a callback after a synchronous answer, is applied
+//! once. A callback contradicting the payout's settlement is recorded too,
+//! and the processor raises it as a conflict for an operator.
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
@@ -16,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use chrono::Utc;
-use schemas::messages::payout_settlement;
+use schemas::messages::{PayoutResult, payout_outcome};
 use schemas::{AccountId, TransferId};
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
@@ -107,9 +110,9 @@ async fn callback(
     })?;
     let callback: Callback = serde_json::from_slice(&body)
         .map_err(|error| ApiError::bad_request("invalid_callback", format!("not a payment callback: {error}")))?;
-    let paid = match callback.status.as_str() {
-        "settled" => true,
-        "rejected" => false,
+    let result = match callback.status.as_str() {
+        "settled" => PayoutResult::Settled,
+        "rejected" => PayoutResult::Rejected,
         other => {
             return Err(ApiError::unprocessable(
                 "invalid_callback_status",
@@ -119,19 +122,36 @@ async fn callback(
     };
     // The payout must be applied before its outcome can be: a callback that
     // overtakes it gets 404 and the provider calls again.
-    let source: Option<Uuid> =
-        sqlx::query_scalar("select source_account_id from transfers where id = $1 and kind = 'payout'")
+    let payout: Option<(Uuid, String)> =
+        sqlx::query_as("select source_account_id, status from transfers where id = $1 and kind = 'payout'")
             .bind(callback.payment_id)
             .fetch_optional(&state.pool)
             .await?;
-    let source = source.ok_or_else(|| ApiError::not_found("payment_not_found", "no such payout"))?;
-    let command =
-        payout_settlement(TransferId::from_uuid(callback.payment_id), AccountId::from_uuid(source), paid, Utc::now());
+    let (source, status) = payout.ok_or_else(|| ApiError::not_found("payment_not_found", "no such payout"))?;
+    let payment_id = TransferId::from_uuid(callback.payment_id);
+    let contradicts =
+        matches!((status.as_str(), result), ("posted", PayoutResult::Rejected) | ("voided", PayoutResult::Settled));
+    if contradicts {
+        tracing::error!(
+            provider = %name, %payment_id, ledger_status = %status, reported = result.code(),
+            "a provider callback contradicts the payout's settlement: recorded as a conflict for an operator"
+        );
+    }
+    platform::payouts::record_outcome(
+        &state.pool,
+        payment_id,
+        result,
+        platform::payouts::Origin::Callback,
+        callback.reference.as_deref(),
+        callback.code.as_deref(),
+    )
+    .await?;
+    let command = payout_outcome(payment_id, AccountId::from_uuid(source), result, Utc::now());
     state.publisher.publish(&command, &request_id.0).await?;
     tracing::info!(
         provider = %name,
         payment_id = %callback.payment_id,
-        paid,
+        result = result.code(),
         reference = callback.reference.as_deref().unwrap_or_default(),
         code = callback.code.as_deref().unwrap_or_default(),
         "provider callback accepted"

@@ -86,6 +86,12 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Payouts (DATABASE_URL): those the payment provider reported both
+    /// paid and refused, to reconcile with the provider.
+    Payouts {
+        #[command(subcommand)]
+        command: PayoutsCommand,
+    },
     /// Benchmarks on the Postgres server of DATABASE_URL, in databases of
     /// their own.
     Bench {
@@ -145,6 +151,16 @@ enum ClientsCommand {
         /// Space- or comma-separated scopes, e.g. "accounts:read transfers:write".
         #[arg(long)]
         scopes: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PayoutsCommand {
+    /// Payouts with contradicting provider outcomes, newest first, as JSON
+    /// lines; the ledger kept the first outcome (`ledger_status`).
+    Conflicts {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
     },
 }
 
@@ -281,6 +297,12 @@ async fn main() -> anyhow::Result<()> {
                     let count = outbox_relay::admin::retry(&pool, &which).await.context("retrying dead rows")?;
                     println!("{count} dead row(s) put back for delivery");
                 }
+            }
+        }
+        Command::Payouts { command: PayoutsCommand::Conflicts { limit } } => {
+            let pool = DatabaseConfig::from_env()?.connect().await?;
+            for conflict in platform::payouts::conflicts(&pool, limit).await.context("reading payout outcomes")? {
+                println!("{}", serde_json::to_string(&conflict)?);
             }
         }
         Command::Bench { command } => bench::run(command).await?,

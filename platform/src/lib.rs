@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod net;
 pub mod outbox;
+pub mod payouts;
 pub mod postgres;
 pub mod shutdown;
 pub mod signature;

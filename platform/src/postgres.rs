@@ -21,9 +21,21 @@ pub struct DatabaseConfig {
     pub pool_size_max: u32,
     /// `LEDGERLINE_DB_ACQUIRE_TIMEOUT_MS`: how long a request waits for a connection.
     pub acquire_timeout_ms: u64,
+    /// `LEDGERLINE_DB_STATEMENT_TIMEOUT_MS`: the server cancels a statement
+    /// of this service's connections that runs longer (`statement_timeout`).
+    pub statement_timeout_ms: u64,
+    /// `LEDGERLINE_DB_LOCK_TIMEOUT_MS`: and one that waits longer for a lock
+    /// (`lock_timeout`), so a stray lock fails the work instead of hanging it.
+    pub lock_timeout_ms: u64,
 }
 
 impl DatabaseConfig {
+    /// Above any statement of the services' normal work (the slowest, a
+    /// processor batch, takes well under a second), below "hung".
+    pub const STATEMENT_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+    /// Row locks are held for a batch or a request at most.
+    pub const LOCK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
     /// # Errors
     /// When a variable is malformed or out of range.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -32,6 +44,16 @@ impl DatabaseConfig {
             url,
             pool_size_max: config::limit("LEDGERLINE_DB_POOL_SIZE_MAX", 10, 1..=200)?,
             acquire_timeout_ms: config::limit("LEDGERLINE_DB_ACQUIRE_TIMEOUT_MS", 5_000, 10..=60_000)?,
+            statement_timeout_ms: config::limit(
+                "LEDGERLINE_DB_STATEMENT_TIMEOUT_MS",
+                Self::STATEMENT_TIMEOUT_MS_DEFAULT,
+                100..=3_600_000,
+            )?,
+            lock_timeout_ms: config::limit(
+                "LEDGERLINE_DB_LOCK_TIMEOUT_MS",
+                Self::LOCK_TIMEOUT_MS_DEFAULT,
+                10..=3_600_000,
+            )?,
         })
     }
 
@@ -52,7 +74,10 @@ impl DatabaseConfig {
     /// # Errors
     /// When the URL is malformed or the server cannot be reached.
     pub async fn connect(&self) -> anyhow::Result<PgPool> {
-        let options = self.connect_options()?.log_statements(tracing::log::LevelFilter::Trace);
+        let options = self.connect_options()?.log_statements(tracing::log::LevelFilter::Trace).options([
+            ("statement_timeout", format!("{}ms", self.statement_timeout_ms)),
+            ("lock_timeout", format!("{}ms", self.lock_timeout_ms)),
+        ]);
         PgPoolOptions::new()
             .max_connections(self.pool_size_max)
             .acquire_timeout(Duration::from_millis(self.acquire_timeout_ms))

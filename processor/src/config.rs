@@ -29,6 +29,20 @@ pub struct ProcessorConfig {
     /// `LEDGERLINE_PROCESSOR_HOLD_SWEEP_INTERVAL_MS`: how often expired holds
     /// are looked for and released.
     pub hold_sweep_interval_ms: u64,
+    /// `LEDGERLINE_PROCESSOR_HOLD_EXPIRY_GRACE_MS`: how long past its expiry
+    /// a hold waits before the sweep releases it. A post or void decided
+    /// against its own time in the log still wins until then; the grace
+    /// covers the age of the broker's high watermark the sweep trusts (see
+    /// `STATISTICS_INTERVAL_MS`) and clock skew between services.
+    pub hold_expiry_grace_ms: u64,
+    /// The longest one statement of a batch may run, and the longest it may
+    /// wait for a row lock (`LEDGERLINE_DB_STATEMENT_TIMEOUT_MS`,
+    /// `LEDGERLINE_DB_LOCK_TIMEOUT_MS` of the processor's database
+    /// settings); past either the batch fails and is retried, so a stray
+    /// lock on an account row never hangs the processor. Set on each batch
+    /// transaction, whatever pool the processor was given.
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
 }
 
 impl ProcessorConfig {
@@ -45,6 +59,18 @@ impl ProcessorConfig {
             batch_size_max: 2_000,
             batch_linger_ms: 5,
             hold_sweep_interval_ms: 1_000,
+            hold_expiry_grace_ms: 5_000,
+            statement_timeout_ms: platform::postgres::DatabaseConfig::STATEMENT_TIMEOUT_MS_DEFAULT,
+            lock_timeout_ms: platform::postgres::DatabaseConfig::LOCK_TIMEOUT_MS_DEFAULT,
+        }
+    }
+
+    /// The batch transactions' timeouts.
+    #[must_use]
+    pub fn timeouts(&self) -> crate::ledger::Timeouts {
+        crate::ledger::Timeouts {
+            statement_timeout_ms: self.statement_timeout_ms,
+            lock_timeout_ms: self.lock_timeout_ms,
         }
     }
 
@@ -80,6 +106,14 @@ impl ProcessorConfig {
                 defaults.hold_sweep_interval_ms,
                 10..=3_600_000,
             )?,
+            hold_expiry_grace_ms: config::limit(
+                "LEDGERLINE_PROCESSOR_HOLD_EXPIRY_GRACE_MS",
+                defaults.hold_expiry_grace_ms,
+                0..=3_600_000,
+            )?,
+            // From the database settings (`DatabaseConfig`), by the binary.
+            statement_timeout_ms: defaults.statement_timeout_ms,
+            lock_timeout_ms: defaults.lock_timeout_ms,
             kafka: defaults.kafka,
         })
     }

@@ -28,7 +28,7 @@ use tokio::runtime::Handle;
 use crate::config::ProcessorConfig;
 use crate::decode::{self, DeadLetterReason};
 use crate::engine::Outcome;
-use crate::ledger::{self, BatchResult, OffsetScope, Position};
+use crate::ledger::{self, BatchResult, OffsetScope, Position, Sweep};
 use crate::metrics::ProcessorMetrics;
 
 /// A running processor. Stop it with [`Processor::stop`]; dropping it stops
@@ -58,6 +58,9 @@ impl Processor {
             generation: AtomicU64::new(0),
             in_flight: Mutex::new(None),
             in_flight_result: Mutex::new(None),
+            next_offsets: Mutex::new(BTreeMap::new()),
+            high_watermarks: Mutex::new(BTreeMap::new()),
+            command_topic: config.kafka.topics.commands.clone(),
             runtime: runtime.clone(),
             pool: pool.clone(),
             consumer_group: config.consumer_group.clone(),
@@ -67,6 +70,7 @@ impl Processor {
         let consumer: BaseConsumer<OffsetsInPostgres> = config
             .kafka
             .consumer(&config.consumer_group)
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
             .create_with_context(context)
             .context("creating the command consumer")?;
         let metrics = Arc::new(ProcessorMetrics::default());
@@ -152,7 +156,20 @@ struct OffsetsInPostgres {
     in_flight: Mutex<Option<BatchTask>>,
     /// Its result, when a revocation had to wait for it.
     in_flight_result: Mutex<Option<Result<BatchResult, sqlx::Error>>>,
+    /// The offset of the next message to read, per assigned partition of
+    /// the command topic: the stored offset at assignment, then past each
+    /// polled message. Against the broker's high watermark it tells which
+    /// partitions are caught up (for the hold sweep).
+    next_offsets: Mutex<BTreeMap<i32, i64>>,
+    /// The broker's high watermark per partition of the command topic, from
+    /// librdkafka's statistics (every [`STATISTICS_INTERVAL_MS`]).
+    high_watermarks: Mutex<BTreeMap<i32, i64>>,
+    command_topic: String,
 }
+
+/// How often librdkafka reports its statistics, which carry the brokers'
+/// high watermarks: how far behind the log each partition is.
+pub const STATISTICS_INTERVAL_MS: u64 = 1_000;
 
 type BatchTask = tokio::task::JoinHandle<Result<BatchResult, sqlx::Error>>;
 
@@ -178,7 +195,22 @@ impl OffsetsInPostgres {
     }
 }
 
-impl ClientContext for OffsetsInPostgres {}
+impl ClientContext for OffsetsInPostgres {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.command_topic) else { return };
+        if let Ok(mut high_watermarks) = self.high_watermarks.lock() {
+            high_watermarks.clear();
+            // Partition -1 is librdkafka's internal "unassigned" queue.
+            high_watermarks.extend(
+                topic
+                    .partitions
+                    .values()
+                    .filter(|partition| partition.partition >= 0 && partition.hi_offset >= 0)
+                    .map(|partition| (partition.partition, partition.hi_offset)),
+            );
+        }
+    }
+}
 
 impl OffsetsInPostgres {
     /// Sets each assigned partition's start to its stored offset, or to the
@@ -219,6 +251,11 @@ impl OffsetsInPostgres {
                     .find(|(stored_partition, _)| *stored_partition == partition)
                     .map_or(Offset::Beginning, |(_, next)| Offset::Offset(*next));
                 tracing::info!(%topic, partition, ?offset, "assigned");
+                if let Ok(mut next_offsets) = self.next_offsets.lock() {
+                    // From the beginning: offset 0, or the low watermark once
+                    // the first message is read.
+                    next_offsets.insert(partition, if let Offset::Offset(next) = offset { next } else { 0 });
+                }
                 assignment.set_partition_offset(&topic, partition, offset).context("positioning a partition")?;
             }
         }
@@ -253,6 +290,9 @@ impl ConsumerContext for OffsetsInPostgres {
                 // loop drops what it polled but did not apply (see the
                 // generation counter), and the next owner reads it again.
                 self.settle_in_flight();
+                if let Ok(mut next_offsets) = self.next_offsets.lock() {
+                    next_offsets.clear();
+                }
                 tracing::info!(partitions = partitions.count(), "revoked");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "unassign failed");
@@ -291,13 +331,17 @@ struct Pending {
     batch: Vec<Item>,
     commands: Vec<(Command, Position)>,
     positions: Vec<Position>,
-    sweep: bool,
+    sweep: Option<Sweep>,
 }
 
 impl Item {
     fn new(message: &BorrowedMessage<'_>) -> Self {
-        let position =
-            Position { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+        let position = Position {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+        };
         let command = decode::decode(message.payload());
         let original = command.is_err().then(|| message.detach());
         Self { position, command, original }
@@ -355,6 +399,9 @@ impl Worker {
                 }
                 match polled {
                     Some(Ok(message)) => {
+                        if let Ok(mut next_offsets) = self.consumer.context().next_offsets.lock() {
+                            next_offsets.insert(message.partition(), message.offset() + 1);
+                        }
                         batch.push(Item::new(&message));
                         deadline.get_or_insert_with(|| Instant::now() + linger);
                         if batch.len() >= self.config.batch_size_max {
@@ -371,6 +418,8 @@ impl Worker {
                              never applied. The partition is stopped rather than skipped; restore the commands, or \
                              move the stored offset deliberately after accounting for the lost ones"
                         );
+                        // Readiness and metrics show it (crate::health).
+                        self.metrics.record_offset_out_of_range();
                     }
                     Some(Err(error)) => tracing::warn!(%error, "consumer error"),
                 }
@@ -393,12 +442,21 @@ impl Worker {
             if !self.finish(&scope, pending.take()) {
                 break;
             }
-            let sweep = last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval);
-            if batch.is_empty() && !sweep {
-                continue;
-            }
-            if sweep {
+            let sweep = if last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval) {
                 last_sweep = Some(Instant::now());
+                Some(Sweep {
+                    topic: topic.clone(),
+                    partitions: self.caught_up_partitions(&topic),
+                    grace: chrono::Duration::milliseconds(
+                        i64::try_from(self.config.hold_expiry_grace_ms).unwrap_or(i64::MAX),
+                    ),
+                })
+                .filter(|sweep| !sweep.partitions.is_empty())
+            } else {
+                None
+            };
+            if batch.is_empty() && sweep.is_none() {
+                continue;
             }
             match self.start(&scope, std::mem::take(&mut batch), sweep) {
                 Some(started) => pending = Some(started),
@@ -416,7 +474,24 @@ impl Worker {
     /// Dead-letters what cannot be decoded, then starts committing the rest,
     /// with the offsets of all, on the runtime. `None` when a stop
     /// interrupted the dead-lettering.
-    fn start(&self, scope: &OffsetScope, batch: Vec<Item>, sweep: bool) -> Option<Pending> {
+    /// The assigned partitions of `topic` read to the broker's high
+    /// watermark (as last reported by a fetch): their expired holds may be
+    /// released, since every post or void of them in the log is applied.
+    fn caught_up_partitions(&self, topic: &str) -> Vec<i32> {
+        let context = self.consumer.context();
+        if topic != context.command_topic {
+            return Vec::new();
+        }
+        let Ok(next_offsets) = context.next_offsets.lock().map(|offsets| offsets.clone()) else { return Vec::new() };
+        let Ok(high_watermarks) = context.high_watermarks.lock().map(|marks| marks.clone()) else { return Vec::new() };
+        next_offsets
+            .into_iter()
+            .filter(|(partition, next)| high_watermarks.get(partition).is_some_and(|high| next >= high))
+            .map(|(partition, _)| partition)
+            .collect()
+    }
+
+    fn start(&self, scope: &OffsetScope, batch: Vec<Item>, sweep: Option<Sweep>) -> Option<Pending> {
         for item in &batch {
             if let (Err(reason), Some(original)) = (&item.command, &item.original)
                 && !self.dead_letter(original, &item.position, reason)
@@ -430,9 +505,12 @@ impl Worker {
             .collect();
         let positions: Vec<Position> = batch.iter().map(|item| item.position.clone()).collect();
         let task = {
-            let (pool, scope, commands, positions) =
-                (self.pool.clone(), scope.clone(), commands.clone(), positions.clone());
-            self.runtime.spawn(async move { ledger::apply_batch(&pool, &scope, &commands, &positions, sweep).await })
+            let (pool, scope, commands, positions, sweep) =
+                (self.pool.clone(), scope.clone(), commands.clone(), positions.clone(), sweep.clone());
+            let timeouts = self.config.timeouts();
+            self.runtime.spawn(async move {
+                ledger::apply_batch(&pool, &scope, &commands, &positions, sweep.as_ref(), timeouts).await
+            })
         };
         if let Ok(mut slot) = self.consumer.context().in_flight.lock() {
             *slot = Some(task);
@@ -459,9 +537,9 @@ impl Worker {
             }
             Some(Err(error)) => {
                 tracing::warn!(%error, "applying a batch failed; retrying");
-                self.apply(scope, &pending.commands, &pending.positions, pending.sweep)
+                self.apply(scope, &pending.commands, &pending.positions, pending.sweep.as_ref())
             }
-            None => self.apply(scope, &pending.commands, &pending.positions, pending.sweep),
+            None => self.apply(scope, &pending.commands, &pending.positions, pending.sweep.as_ref()),
         };
         if done {
             self.commit_to_kafka(&pending.batch);
@@ -505,7 +583,7 @@ impl Worker {
         scope: &OffsetScope,
         commands: &[(Command, Position)],
         positions: &[Position],
-        sweep: bool,
+        sweep: Option<&Sweep>,
     ) -> bool {
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         loop {
@@ -513,7 +591,14 @@ impl Worker {
                 return false;
             }
             backoff.sleep();
-            match self.runtime.block_on(ledger::apply_batch(&self.pool, scope, commands, positions, sweep)) {
+            match self.runtime.block_on(ledger::apply_batch(
+                &self.pool,
+                scope,
+                commands,
+                positions,
+                sweep,
+                self.config.timeouts(),
+            )) {
                 Ok(result) => {
                     self.metrics.record_batch(commands.len(), result.elapsed);
                     self.log_outcomes(commands, &result);
@@ -542,7 +627,8 @@ impl Worker {
                     scope,
                     &single,
                     std::slice::from_ref(position),
-                    false,
+                    None,
+                    self.config.timeouts(),
                 )) {
                     Ok(result) => {
                         self.metrics.record_batch(1, result.elapsed);
@@ -572,7 +658,14 @@ impl Worker {
         // The offsets of the whole batch, dead letters included.
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         loop {
-            match self.runtime.block_on(ledger::apply_batch(&self.pool, scope, &[], positions, false)) {
+            match self.runtime.block_on(ledger::apply_batch(
+                &self.pool,
+                scope,
+                &[],
+                positions,
+                None,
+                self.config.timeouts(),
+            )) {
                 Ok(_) => return true,
                 Err(error) => tracing::warn!(%error, "storing offsets failed; retrying"),
             }
@@ -589,6 +682,20 @@ impl Worker {
                 Outcome::Applied | Outcome::AlreadyDecided => {}
                 Outcome::Rejected(RejectionReason::IdempotencyKeyReused) => {
                     tracing::warn!(command_id = %command.id(), "command id reused for a different request; refused");
+                }
+                Outcome::Rejected(RejectionReason::PayoutOutcomeConflict) => {
+                    self.metrics.record_payout_conflict();
+                    tracing::error!(
+                        command_id = %command.id(),
+                        "the payment provider reported an outcome contradicting the payout's settlement: reconcile \
+                         it with the provider (`ledgerctl payouts conflicts`)"
+                    );
+                }
+                Outcome::Rejected(RejectionReason::PayoutOutcomeNotRecorded) => {
+                    tracing::warn!(
+                        command_id = %command.id(),
+                        "a payout.outcome that neither the relay nor a provider callback recorded; refused"
+                    );
                 }
                 Outcome::Rejected(reason) => {
                     tracing::debug!(command_id = %command.id(), reason = reason.code(), "rejected");

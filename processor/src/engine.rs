@@ -9,8 +9,9 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::messages::{
-    AccountCommandRejected, AccountOverdraftLimitChanged, AccountStatus, AccountStatusChanged, PaymentRequested,
-    TransferCompleted, TransferHeld, TransferKind, TransferRejected, TransferVoided, V1, VoidReason,
+    AccountCommandRejected, AccountOverdraftLimitChanged, AccountStatus, AccountStatusChanged, CommandIdReused,
+    PaymentRequested, PayoutOutcome, PayoutOutcomeConflicted, PayoutResult, TransferCompleted, TransferHeld,
+    TransferKind, TransferRejected, TransferVoided, V1, VoidReason,
 };
 use schemas::{AccountId, Command, Event, Money, RejectionReason, TransferId};
 use uuid::Uuid;
@@ -23,6 +24,9 @@ pub struct Position {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// The message's Kafka timestamp, when it has one: the time of the log
+    /// that hold expiry is decided against (see [`Engine::apply`]).
+    pub timestamp: Option<DateTime<Utc>>,
 }
 
 /// The state of a transfer row.
@@ -139,6 +143,12 @@ pub struct Changes {
 #[derive(Debug)]
 pub struct Engine {
     now: DateTime<Utc>,
+    /// The time of the command being applied, in the log's terms: its Kafka
+    /// timestamp (else its `requested_at`), never later than `now`.
+    log_time: DateTime<Utc>,
+    /// The payout outcomes the relay or a provider callback recorded, for
+    /// the payouts the batch settles.
+    recorded_outcomes: HashSet<(TransferId, PayoutResult)>,
     accounts: HashMap<AccountId, AccountState>,
     initial_accounts: HashMap<AccountId, AccountState>,
     transfers: HashMap<TransferId, TransferRecord>,
@@ -176,6 +186,8 @@ impl Engine {
             accounts.into_iter().map(|account| (account.id, account)).collect();
         Self {
             now,
+            log_time: now,
+            recorded_outcomes: HashSet::new(),
             initial_accounts: accounts.clone(),
             accounts,
             transfers: transfers.into_iter().map(|transfer| (transfer.id, transfer)).collect(),
@@ -184,6 +196,14 @@ impl Engine {
             account_commands,
             changes: Changes::default(),
         }
+    }
+
+    /// The payout outcomes recorded in `payout_outcomes` for the payouts
+    /// the batch's `payout.outcome` commands name.
+    #[must_use]
+    pub fn with_recorded_outcomes(mut self, outcomes: impl IntoIterator<Item = (TransferId, PayoutResult)>) -> Self {
+        self.recorded_outcomes.extend(outcomes);
+        self
     }
 
     /// The account ids a command may touch, given the transfers it refers
@@ -223,6 +243,11 @@ impl Engine {
             Command::TransferExternal(payout) => {
                 vec![payout.source_account_id, AccountId::external_clearing(payout.money.currency())]
             }
+            Command::PayoutOutcome(outcome) => {
+                let mut ids = from_record(&outcome.payment_id);
+                ids.push(outcome.source_account_id);
+                ids
+            }
         }
     }
 
@@ -233,12 +258,19 @@ impl Engine {
             Command::TransferPost(post) => vec![post.hold_id],
             Command::TransferVoid(void) => vec![void.hold_id],
             Command::TransferReverse(reverse) => vec![reverse.original_transfer_id],
+            Command::PayoutOutcome(outcome) => vec![outcome.payment_id],
             _ => Vec::new(),
         }
     }
 
     /// Applies one command.
+    ///
+    /// Whether a hold has expired is decided against the command's own time
+    /// in the log (its Kafka timestamp), not the time the processor gets to
+    /// it: a post accepted before the hold's expiry is applied even when a
+    /// backlog is applied an hour later.
     pub fn apply(&mut self, command: &Command, position: &Position) -> Outcome {
+        self.log_time = position.timestamp.unwrap_or_else(|| command.requested_at()).min(self.now);
         let fingerprint = fingerprint(command);
         match command {
             Command::AccountFrozen(_)
@@ -255,8 +287,9 @@ impl Engine {
                 return Outcome::AlreadyDecided;
             }
             // The row belongs to the first request; the refusal of this one
-            // is told through the outbox only.
-            let event = self.rejected_event(command, RejectionReason::IdempotencyKeyReused);
+            // is told through the outbox only, under an id of its own.
+            let account_id = previous.source_account_id;
+            let event = self.id_reused_event(command, &fingerprint, account_id);
             self.changes.events.push(event);
             return Outcome::Rejected(RejectionReason::IdempotencyKeyReused);
         }
@@ -320,6 +353,15 @@ impl Engine {
                 record.requested_at = void.requested_at;
                 record.related_transfer_id = Some(void.hold_id);
                 self.void(&mut record, void.source_account_id)
+            }
+            Command::PayoutOutcome(outcome) => {
+                record.kind = match outcome.result {
+                    PayoutResult::Settled => TransferKind::Post,
+                    PayoutResult::Rejected => TransferKind::Void,
+                };
+                record.requested_at = outcome.requested_at;
+                record.related_transfer_id = Some(outcome.payment_id);
+                self.settle_payout(&mut record, outcome)
             }
             Command::TransferReverse(reverse) => {
                 record.kind = TransferKind::Reversal;
@@ -427,7 +469,7 @@ impl Engine {
             self.accounts.get(&destination_id),
         )?;
         decide::check_funds(source, money.amount().value())?;
-        if expires_at.is_some_and(|expires_at| expires_at <= self.now) {
+        if expires_at.is_some_and(|expires_at| expires_at <= self.log_time) {
             return Err(RejectionReason::HoldExpired);
         }
         if let Some(source) = self.accounts.get_mut(&source_id) {
@@ -446,7 +488,9 @@ impl Engine {
         Ok(())
     }
 
-    /// The pending hold `hold_id` of `source_account_id`, or why there is none.
+    /// The pending hold `hold_id` of `source_account_id` that a
+    /// `transfer.post` or `transfer.void` may settle, or why there is none.
+    /// A payout's hold is settled by the provider's outcome only.
     fn pending_hold(
         &mut self,
         hold_id: TransferId,
@@ -461,12 +505,15 @@ impl Engine {
             })
             .cloned()
             .ok_or(RejectionReason::HoldNotFound)?;
+        if hold.kind == TransferKind::Payout {
+            return Err(RejectionReason::PayoutSettledByProviderOnly);
+        }
         match hold.status {
             TransferStatus::Held => {}
             TransferStatus::Rejected => return Err(RejectionReason::HoldNotFound),
             _ => return Err(RejectionReason::HoldAlreadySettled),
         }
-        if hold.expires_at.is_some_and(|expires_at| expires_at <= self.now) {
+        if hold.expires_at.is_some_and(|expires_at| expires_at <= self.log_time) {
             self.release(hold_id, TransferStatus::Expired, None);
             return Err(RejectionReason::HoldExpired);
         }
@@ -507,7 +554,26 @@ impl Engine {
     ) -> Result<(), RejectionReason> {
         let hold_id = record.related_transfer_id.ok_or(RejectionReason::HoldNotFound)?;
         let hold = self.pending_hold(hold_id, source_account_id)?;
-        let (Some(destination_id), Some(hold_money)) = (hold.destination_account_id, hold.money) else {
+        self.capture(record, &hold, requested)
+    }
+
+    /// Posts `requested` (the whole hold when `None`) of the pending `hold`
+    /// to its destination and releases the rest.
+    ///
+    /// The source's status does not matter: the hold reserved the funds
+    /// when it was made, so a freeze since (a fraud review, say) cannot
+    /// stop money the provider already paid out from being debited. A
+    /// closed source cannot have a pending hold (closing one with holds is
+    /// refused). The destination must still be open to receive.
+    fn capture(
+        &mut self,
+        record: &mut TransferRecord,
+        hold: &TransferRecord,
+        requested: Option<Money>,
+    ) -> Result<(), RejectionReason> {
+        let (Some(source_account_id), Some(destination_id), Some(hold_money)) =
+            (hold.source_account_id, hold.destination_account_id, hold.money)
+        else {
             return Err(RejectionReason::HoldNotFound);
         };
         let money = requested.unwrap_or(hold_money);
@@ -520,17 +586,14 @@ impl Engine {
         if money.amount() > hold_money.amount() {
             return Err(RejectionReason::AmountExceedsHold);
         }
+        let destination = self.accounts.get(&destination_id).ok_or(RejectionReason::UnknownAccount)?;
+        if destination.status == AccountStatus::Closed {
+            return Err(RejectionReason::AccountClosed);
+        }
         // Funds are not checked again: the hold reserved more than the post
         // takes, so releasing it first always covers the debit.
-        decide::check_pair(
-            money,
-            source_account_id,
-            destination_id,
-            self.accounts.get(&source_account_id),
-            self.accounts.get(&destination_id),
-        )?;
-        self.release(hold_id, TransferStatus::Posted, None);
-        if let Some(hold) = self.transfers.get_mut(&hold_id) {
+        self.release(hold.id, TransferStatus::Posted, None);
+        if let Some(hold) = self.transfers.get_mut(&hold.id) {
             hold.settled_amount = Some(money.amount().value());
         }
         let (Some(source), Some(destination)) =
@@ -547,10 +610,59 @@ impl Engine {
             source_account_id,
             destination_account_id: destination_id,
             money,
-            related_transfer_id: Some(hold_id),
+            related_transfer_id: Some(hold.id),
             completed_at: self.now,
         }));
         Ok(())
+    }
+
+    /// Settles a payout's hold with the provider's outcome: posted to
+    /// external clearing when paid, released when refused. Only an outcome
+    /// the relay or a provider callback recorded counts; an outcome that
+    /// contradicts the payout's settlement is refused and raised as a
+    /// conflict, the ledger left as it is.
+    fn settle_payout(&mut self, record: &mut TransferRecord, outcome: &PayoutOutcome) -> Result<(), RejectionReason> {
+        if !self.recorded_outcomes.contains(&(outcome.payment_id, outcome.result)) {
+            return Err(RejectionReason::PayoutOutcomeNotRecorded);
+        }
+        let payout = self
+            .transfers
+            .get(&outcome.payment_id)
+            .filter(|payout| {
+                payout.kind == TransferKind::Payout && payout.source_account_id == Some(outcome.source_account_id)
+            })
+            .cloned()
+            .ok_or(RejectionReason::HoldNotFound)?;
+        record.source_account_id = payout.source_account_id;
+        record.destination_account_id = payout.destination_account_id;
+        record.money = payout.money;
+        match (payout.status, outcome.result) {
+            (TransferStatus::Held, PayoutResult::Settled) => self.capture(record, &payout, None),
+            (TransferStatus::Held, PayoutResult::Rejected) => {
+                self.release(payout.id, TransferStatus::Voided, Some(record.id));
+                Ok(())
+            }
+            (TransferStatus::Posted, PayoutResult::Rejected) | (TransferStatus::Voided, PayoutResult::Settled) => {
+                if let (Some(source_account_id), Some(money)) = (payout.source_account_id, payout.money) {
+                    self.changes.events.push(Event::PayoutOutcomeConflicted(PayoutOutcomeConflicted {
+                        version: V1,
+                        payment_id: payout.id,
+                        source_account_id,
+                        money,
+                        settled_as: if payout.status == TransferStatus::Posted {
+                            PayoutResult::Settled
+                        } else {
+                            PayoutResult::Rejected
+                        },
+                        reported: outcome.result,
+                        detected_at: self.now,
+                    }));
+                }
+                Err(RejectionReason::PayoutOutcomeConflict)
+            }
+            (TransferStatus::Rejected, _) => Err(RejectionReason::HoldNotFound),
+            _ => Err(RejectionReason::HoldAlreadySettled),
+        }
     }
 
     fn void(&mut self, record: &mut TransferRecord, source_account_id: AccountId) -> Result<(), RejectionReason> {
@@ -573,6 +685,16 @@ impl Engine {
         }
         if original.reversed {
             return Err(RejectionReason::AlreadyReversed);
+        }
+        // Money posted to external clearing has left the bank: the provider
+        // paid it out. Giving it back is a new payment the other way, not a
+        // debit of the clearing account (which has no funds check).
+        if original
+            .money
+            .zip(original.destination_account_id)
+            .is_some_and(|(money, destination)| destination == AccountId::external_clearing(money.currency()))
+        {
+            return Err(RejectionReason::ReversalOfPayout);
         }
         // The correction runs the other way: the original's destination pays back.
         record.source_account_id = original.destination_account_id;
@@ -599,15 +721,9 @@ impl Engine {
                 return Outcome::AlreadyDecided;
             }
             // The row belongs to the first command; this one is refused
-            // through the outbox only.
-            self.changes.events.push(Event::AccountCommandRejected(AccountCommandRejected {
-                version: V1,
-                command_id,
-                account_id,
-                command_type: command.type_name().to_owned(),
-                reason: RejectionReason::IdempotencyKeyReused,
-                rejected_at: self.now,
-            }));
+            // through the outbox only, under an id of its own.
+            let event = self.id_reused_event(command, &fingerprint, Some(account_id));
+            self.changes.events.push(event);
             return Outcome::Rejected(RejectionReason::IdempotencyKeyReused);
         }
         let result = self.account_change(command, account_id);
@@ -724,6 +840,23 @@ impl Engine {
         expired
     }
 
+    /// The refusal of a command that reused an earlier command's id. It is
+    /// not told as that id's rejection (consumers would take the earlier,
+    /// decided command for rejected) but under an id derived from the reused
+    /// id and this command's content.
+    fn id_reused_event(&self, command: &Command, fingerprint: &str, account_id: Option<AccountId>) -> Event {
+        let reused_id = command.id();
+        Event::CommandIdReused(CommandIdReused {
+            version: V1,
+            conflict_id: Uuid::new_v5(&reused_id, fingerprint.as_bytes()),
+            reused_id,
+            command_type: command.type_name().to_owned(),
+            account_id,
+            reason: RejectionReason::IdempotencyKeyReused,
+            rejected_at: self.now,
+        })
+    }
+
     fn rejected_event(&self, command: &Command, reason: RejectionReason) -> Event {
         let (kind, source, destination, money) = match command {
             Command::TransferRequested(c) => {
@@ -738,6 +871,15 @@ impl Engine {
             Command::TransferPost(c) => (TransferKind::Post, Some(c.source_account_id), None, c.money),
             Command::TransferVoid(c) => (TransferKind::Void, Some(c.source_account_id), None, None),
             Command::TransferReverse(_) => (TransferKind::Reversal, None, None, None),
+            Command::PayoutOutcome(c) => (
+                match c.result {
+                    PayoutResult::Settled => TransferKind::Post,
+                    PayoutResult::Rejected => TransferKind::Void,
+                },
+                Some(c.source_account_id),
+                None,
+                None,
+            ),
             Command::TransferExternal(c) => (
                 TransferKind::Payout,
                 Some(c.source_account_id),
@@ -824,7 +966,7 @@ mod tests {
     }
 
     fn position() -> Position {
-        Position { topic: "ledger.commands".into(), partition: 0, offset: 0 }
+        Position { topic: "ledger.commands".into(), partition: 0, offset: 0, timestamp: None }
     }
 
     struct Ledger {
@@ -1037,10 +1179,13 @@ mod tests {
         assert_eq!(ledger.apply(&close), Outcome::Rejected(RejectionReason::IdempotencyKeyReused));
         let changes = ledger.engine.finish();
         assert_eq!(changes.account_commands.len(), 1);
+        // Told under an id of its own: the freeze under that id stands.
         assert!(changes.events.iter().any(|event| matches!(
             event,
-            Event::AccountCommandRejected(AccountCommandRejected { reason: RejectionReason::IdempotencyKeyReused, .. })
+            Event::CommandIdReused(CommandIdReused { reason: RejectionReason::IdempotencyKeyReused, reused_id, .. })
+                if *reused_id == freeze.id()
         )));
+        assert!(!changes.events.iter().any(|event| matches!(event, Event::AccountCommandRejected(_))));
     }
 
     #[test]
@@ -1105,5 +1250,192 @@ mod tests {
         assert_eq!(changes.entries.len(), 20);
         let sum: Decimal = changes.entries.iter().map(|(_, entry)| entry.amount).sum();
         assert_eq!(sum, Decimal::ZERO);
+    }
+
+    /// Alice, Bob, and the euro external-clearing account, with the payout
+    /// outcomes in `recorded` as if the relay had written them.
+    struct Payouts {
+        ledger: Ledger,
+        clearing: AccountId,
+    }
+
+    impl Payouts {
+        fn new(alice_balance: &str) -> Self {
+            let (alice, bob) = (account(alice_balance), account("0"));
+            let clearing = AccountState {
+                id: AccountId::external_clearing(Currency::EUR),
+                kind: AccountKind::System,
+                ..account("0")
+            };
+            let (alice_id, bob_id, clearing_id) = (alice.id, bob.id, clearing.id);
+            Self {
+                ledger: Ledger {
+                    engine: Engine::new(Utc::now(), vec![alice, bob, clearing], Vec::new(), HashMap::new()),
+                    alice: alice_id,
+                    bob: bob_id,
+                },
+                clearing: clearing_id,
+            }
+        }
+
+        fn payout(&mut self, amount: &str) -> TransferId {
+            let id = TransferId::from_uuid(Uuid::new_v4());
+            let command = Command::TransferExternal(schemas::messages::TransferExternal {
+                version: V1,
+                transfer_id: id,
+                source_account_id: self.ledger.alice,
+                money: eur(amount),
+                creditor: schemas::Creditor {
+                    name: "Jane Doe".into(),
+                    iban: schemas::Iban::parse("DE89370400440532013000").expect("IBAN"),
+                },
+                remittance_information: None,
+                requested_at: Utc::now(),
+            });
+            assert_eq!(self.ledger.apply(&command), Outcome::Applied);
+            id
+        }
+
+        /// The provider's outcome, recorded (as the relay does) or not.
+        fn outcome(&mut self, payment_id: TransferId, result: PayoutResult, recorded: bool) -> Outcome {
+            if recorded {
+                self.ledger.engine.recorded_outcomes.insert((payment_id, result));
+            }
+            let command = schemas::messages::payout_outcome(payment_id, self.ledger.alice, result, Utc::now());
+            self.ledger.apply(&command)
+        }
+
+        fn freeze_alice(&mut self) {
+            let freeze = self.ledger.status(self.ledger.alice, Command::AccountFrozen);
+            assert_eq!(self.ledger.apply(&freeze), Outcome::Applied);
+        }
+    }
+
+    #[test]
+    fn a_payout_the_provider_paid_is_debited_even_when_the_account_was_frozen_meanwhile() {
+        let mut payouts = Payouts::new("100.00");
+        let payment_id = payouts.payout("30.00");
+        payouts.freeze_alice();
+        assert_eq!(payouts.outcome(payment_id, PayoutResult::Settled, true), Outcome::Applied);
+        assert_eq!(payouts.ledger.balance_and_held(payouts.ledger.alice), (dec("70.00"), dec("0")));
+        assert_eq!(payouts.ledger.balance_and_held(payouts.clearing).0, dec("30.00"));
+    }
+
+    #[test]
+    fn a_hold_of_a_frozen_account_can_still_be_posted_and_voided() {
+        let mut ledger = Ledger::new("100.00");
+        let (first, hold) = ledger.hold("30.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        let (second, hold) = ledger.hold("20.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        let freeze = ledger.status(ledger.alice, Command::AccountFrozen);
+        assert_eq!(ledger.apply(&freeze), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.post(first, None)), Outcome::Applied);
+        assert_eq!(ledger.apply(&ledger.void(second)), Outcome::Applied);
+        assert_eq!(ledger.balance_and_held(ledger.alice), (dec("70.00"), dec("0")));
+        // New debits stay refused.
+        assert_eq!(ledger.apply(&ledger.transfer("1.00")), Outcome::Rejected(RejectionReason::AccountFrozen));
+    }
+
+    #[test]
+    fn a_post_or_void_of_a_payout_is_refused_only_the_providers_outcome_settles_it() {
+        let mut payouts = Payouts::new("100.00");
+        let payment_id = payouts.payout("30.00");
+        let void = payouts.ledger.void(payment_id);
+        assert_eq!(payouts.ledger.apply(&void), Outcome::Rejected(RejectionReason::PayoutSettledByProviderOnly));
+        let post = payouts.ledger.post(payment_id, None);
+        assert_eq!(payouts.ledger.apply(&post), Outcome::Rejected(RejectionReason::PayoutSettledByProviderOnly));
+        assert_eq!(payouts.ledger.balance_and_held(payouts.ledger.alice), (dec("100.00"), dec("30.00")));
+    }
+
+    #[test]
+    fn an_outcome_nobody_recorded_settles_nothing() {
+        let mut payouts = Payouts::new("100.00");
+        let payment_id = payouts.payout("30.00");
+        assert_eq!(
+            payouts.outcome(payment_id, PayoutResult::Rejected, false),
+            Outcome::Rejected(RejectionReason::PayoutOutcomeNotRecorded)
+        );
+        assert_eq!(payouts.ledger.balance_and_held(payouts.ledger.alice), (dec("100.00"), dec("30.00")));
+    }
+
+    #[test]
+    fn a_settled_payout_cannot_be_reversed() {
+        let mut payouts = Payouts::new("100.00");
+        let payment_id = payouts.payout("30.00");
+        assert_eq!(payouts.outcome(payment_id, PayoutResult::Settled, true), Outcome::Applied);
+        let settlement = payouts.ledger.engine.changes.entries.last().map(|(id, _)| *id).expect("posted");
+        assert_eq!(payouts.ledger.apply(&reverse(settlement)), Outcome::Rejected(RejectionReason::ReversalOfPayout));
+        assert_eq!(payouts.ledger.balance_and_held(payouts.clearing).0, dec("30.00"));
+    }
+
+    #[test]
+    fn a_contradicting_outcome_is_refused_and_raised_as_a_conflict() {
+        let mut payouts = Payouts::new("100.00");
+        let payment_id = payouts.payout("30.00");
+        assert_eq!(payouts.outcome(payment_id, PayoutResult::Rejected, true), Outcome::Applied);
+        assert_eq!(
+            payouts.outcome(payment_id, PayoutResult::Settled, true),
+            Outcome::Rejected(RejectionReason::PayoutOutcomeConflict)
+        );
+        // The same outcome told twice is one decision.
+        assert_eq!(payouts.outcome(payment_id, PayoutResult::Rejected, true), Outcome::AlreadyDecided);
+        assert_eq!(payouts.ledger.balance_and_held(payouts.ledger.alice), (dec("100.00"), dec("0")));
+        let conflicts: Vec<_> = payouts
+            .ledger
+            .engine
+            .changes
+            .events
+            .iter()
+            .filter_map(|event| match event {
+                Event::PayoutOutcomeConflicted(conflict) => Some(conflict),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!((conflicts[0].settled_as, conflicts[0].reported), (PayoutResult::Rejected, PayoutResult::Settled));
+    }
+
+    #[test]
+    fn a_reused_id_is_refused_under_an_id_of_its_own_not_as_the_first_commands_rejection() {
+        let mut ledger = Ledger::new("100.00");
+        let first = ledger.transfer("10.00");
+        assert_eq!(ledger.apply(&first), Outcome::Applied);
+        let Command::TransferRequested(mut second) = ledger.transfer("99.00") else { unreachable!() };
+        second.transfer_id = TransferId::from_uuid(first.id());
+        assert_eq!(
+            ledger.apply(&Command::TransferRequested(second)),
+            Outcome::Rejected(RejectionReason::IdempotencyKeyReused)
+        );
+        let told_as_rejected = ledger.engine.changes.events.iter().any(
+            |event| matches!(event, Event::TransferRejected(rejected) if rejected.transfer_id.as_uuid() == first.id()),
+        );
+        assert!(!told_as_rejected, "the completed transfer must not be announced as rejected");
+        let reused = ledger.engine.changes.events.iter().find_map(|event| match event {
+            Event::CommandIdReused(reused) => Some(reused),
+            _ => None,
+        });
+        let reused = reused.expect("a command.id_reused event");
+        assert_eq!(reused.reused_id, first.id());
+        assert_ne!(reused.conflict_id, first.id());
+    }
+
+    #[test]
+    fn a_post_is_decided_against_its_time_in_the_log_not_the_time_it_is_applied() {
+        let mut ledger = Ledger::new("100.00");
+        let (hold_id, hold) = ledger.hold("30.00", chrono::Duration::minutes(5));
+        ledger.apply(&hold);
+        // The processor gets to the post an hour after the hold expired, but
+        // the post entered the log before the expiry.
+        ledger.engine.now = Utc::now() + chrono::Duration::hours(1);
+        let in_time = Position { timestamp: Some(Utc::now() + chrono::Duration::minutes(4)), ..position() };
+        assert_eq!(ledger.engine.apply(&ledger.post(hold_id, None), &in_time), Outcome::Applied);
+        let (late_hold_id, late_hold) = ledger.hold("10.00", chrono::Duration::minutes(5));
+        ledger.apply(&late_hold);
+        let too_late = Position { timestamp: Some(Utc::now() + chrono::Duration::minutes(6)), ..position() };
+        assert_eq!(
+            ledger.engine.apply(&ledger.post(late_hold_id, None), &too_late),
+            Outcome::Rejected(RejectionReason::HoldExpired)
+        );
     }
 }

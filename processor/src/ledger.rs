@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use rust_decimal::Decimal;
-use schemas::messages::TransferKind;
+use schemas::messages::{PayoutResult, TransferKind};
 use schemas::{AccountId, Command, Currency, Event, Money, RejectionReason, TransferId};
 use sqlx::{PgConnection, PgPool, Row as _};
 use uuid::Uuid;
@@ -28,6 +28,37 @@ use crate::engine::{Changes, Engine, Outcome, TransferRecord, TransferStatus};
 pub struct OffsetScope {
     pub cluster_id: String,
     pub consumer_group: String,
+}
+
+/// Which expired holds a batch may release: those made by commands of
+/// `partitions` of `topic`, partitions whose log this processor has applied
+/// to its end. A hold's post or void is keyed like the hold, so it sits in
+/// the same partition: releasing only holds of caught-up partitions means a
+/// post accepted before the expiry is applied before the sweep gets to its
+/// hold, however long the processor was down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sweep {
+    pub topic: String,
+    pub partitions: Vec<i32>,
+    /// Only holds that expired longer ago than this: it covers the
+    /// staleness of the high watermarks the partitions were judged caught
+    /// up by, and some clock skew between ingest and the processor.
+    pub grace: chrono::Duration,
+}
+
+/// A batch transaction's `statement_timeout` and `lock_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+}
+
+impl Timeouts {
+    /// The database settings' defaults.
+    pub const DEFAULT: Self = Self {
+        statement_timeout_ms: platform::postgres::DatabaseConfig::STATEMENT_TIMEOUT_MS_DEFAULT,
+        lock_timeout_ms: platform::postgres::DatabaseConfig::LOCK_TIMEOUT_MS_DEFAULT,
+    };
 }
 
 /// How many expired holds one batch releases at most.
@@ -44,8 +75,9 @@ pub struct BatchResult {
 
 /// Applies `commands` (in partition order) and stores the next offset of
 /// every partition in `positions` (which include dead-lettered messages), in
-/// one transaction. With `sweep_expired_holds`, also releases pending holds
-/// whose expiry has passed.
+/// one transaction. With a `sweep`, then releases the pending holds of its
+/// partitions whose expiry has passed (after the batch's own commands, which
+/// may post or void them first).
 ///
 /// # Errors
 /// Database errors; the transaction is rolled back and the caller retries.
@@ -55,23 +87,36 @@ pub async fn apply_batch(
     scope: &OffsetScope,
     commands: &[(Command, Position)],
     positions: &[Position],
-    sweep_expired_holds: bool,
+    sweep: Option<&Sweep>,
+    timeouts: Timeouts,
 ) -> Result<BatchResult, sqlx::Error> {
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut transaction = pool.begin().await?;
+    // For this transaction only: a stray lock on an account row, or a stuck
+    // statement, fails the batch (which is retried) instead of hanging it.
+    sqlx::query("select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)")
+        .bind(format!("{}ms", timeouts.statement_timeout_ms))
+        .bind(format!("{}ms", timeouts.lock_timeout_ms))
+        .execute(&mut *transaction)
+        .await?;
 
-    let expired: Vec<Uuid> = if sweep_expired_holds {
-        sqlx::query_scalar(
-            r"select id from transfers where kind = 'hold' and status = 'held' and expires_at <= $1
-              order by expires_at limit $2",
-        )
-        .bind(now)
-        .bind(EXPIRED_HOLDS_PER_BATCH_MAX)
-        .fetch_all(&mut *transaction)
-        .await?
-    } else {
-        Vec::new()
+    let expired: Vec<Uuid> = match sweep {
+        Some(sweep) if !sweep.partitions.is_empty() => {
+            sqlx::query_scalar(
+                r"select id from transfers
+                  where kind = 'hold' and status = 'held' and expires_at <= $1
+                    and kafka_topic = $2 and kafka_partition = any($3)
+                  order by expires_at limit $4",
+            )
+            .bind(now - sweep.grace)
+            .bind(&sweep.topic)
+            .bind(&sweep.partitions)
+            .bind(EXPIRED_HOLDS_PER_BATCH_MAX)
+            .fetch_all(&mut *transaction)
+            .await?
+        }
+        _ => Vec::new(),
     };
 
     let mut transfer_ids: Vec<Uuid> = commands.iter().map(|(command, _)| command.id()).collect();
@@ -103,11 +148,15 @@ pub async fn apply_batch(
     reread.dedup();
     let transfers = if reread.is_empty() { HashMap::new() } else { load_transfers(&mut transaction, &reread).await? };
     let account_commands = load_account_commands(&mut transaction, commands).await?;
+    let recorded_outcomes = load_payout_outcomes(&mut transaction, commands).await?;
 
     let loaded = started.elapsed();
-    let mut engine = Engine::new(now, accounts, transfers.into_values().collect(), account_commands);
-    let holds_expired = engine.expire_holds(&expired.iter().map(|id| TransferId::from_uuid(*id)).collect::<Vec<_>>());
+    let mut engine = Engine::new(now, accounts, transfers.into_values().collect(), account_commands)
+        .with_recorded_outcomes(recorded_outcomes);
     let outcomes = commands.iter().map(|(command, position)| engine.apply(command, position)).collect();
+    // After the commands: a post of this batch settles its hold before the
+    // sweep would expire it.
+    let holds_expired = engine.expire_holds(&expired.iter().map(|id| TransferId::from_uuid(*id)).collect::<Vec<_>>());
     let changes = engine.finish();
 
     let decided = started.elapsed();
@@ -213,6 +262,33 @@ async fn lock_accounts(connection: &mut PgConnection, ids: &[AccountId]) -> Resu
         .collect()
 }
 
+/// The recorded provider outcomes of the payouts the batch's
+/// `payout.outcome` commands name.
+async fn load_payout_outcomes(
+    connection: &mut PgConnection,
+    commands: &[(Command, Position)],
+) -> Result<Vec<(TransferId, PayoutResult)>, sqlx::Error> {
+    let ids: Vec<Uuid> = commands
+        .iter()
+        .filter_map(|(command, _)| match command {
+            Command::PayoutOutcome(outcome) => Some(outcome.payment_id.as_uuid()),
+            _ => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("select payment_id, result from payout_outcomes where payment_id = any($1)")
+            .bind(&ids)
+            .fetch_all(&mut *connection)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, result)| PayoutResult::from_code(&result).map(|result| (TransferId::from_uuid(id), result)))
+        .collect())
+}
+
 async fn load_account_commands(
     connection: &mut PgConnection,
     commands: &[(Command, Position)],
@@ -257,7 +333,12 @@ async fn write_changes(connection: &mut PgConnection, changes: &Changes) -> Resu
         let mut transfers: Vec<&TransferRecord> = changes.new_transfers.iter().collect();
         transfers.sort_unstable_by_key(|transfer| transfer.id);
         let position = |record: &TransferRecord| {
-            record.position.clone().unwrap_or(Position { topic: String::new(), partition: 0, offset: 0 })
+            record.position.clone().unwrap_or(Position {
+                topic: String::new(),
+                partition: 0,
+                offset: 0,
+                timestamp: None,
+            })
         };
         sqlx::query(
             r"insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
@@ -420,10 +501,13 @@ fn event_key(event: &Event) -> String {
         Event::AccountStatusChanged(e) => Some(e.account_id),
         Event::AccountOverdraftLimitChanged(e) => Some(e.account_id),
         Event::AccountCommandRejected(e) => Some(e.account_id),
+        Event::CommandIdReused(e) => e.account_id,
+        Event::PayoutOutcomeConflicted(e) => Some(e.source_account_id),
     };
     match (account, event) {
         (Some(account), _) => account.to_string(),
         (None, Event::TransferRejected(e)) => e.transfer_id.to_string(),
+        (None, Event::CommandIdReused(e)) => e.reused_id.to_string(),
         (None, _) => String::new(),
     }
 }

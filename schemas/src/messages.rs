@@ -88,6 +88,15 @@ pub enum Command {
     /// provider's answer, never by expiry.
     #[serde(rename = "transfer.external")]
     TransferExternal(TransferExternal),
+    /// The payment provider's outcome of a payout, relayed by the outbox
+    /// relay or a signed provider callback: it posts or voids the payout's
+    /// hold. `transfer.post` and `transfer.void` cannot settle a payout.
+    /// The processor acts on it only when the same outcome is recorded in
+    /// the `payout_outcomes` table, which the relay and ingest write before
+    /// publishing and upstream apps cannot: a `payout.outcome` published by
+    /// anyone else settles nothing.
+    #[serde(rename = "payout.outcome")]
+    PayoutOutcome(PayoutOutcome),
 }
 
 impl Command {
@@ -108,6 +117,26 @@ impl Command {
             }
             Command::AccountOverdraftLimitSet(command) => command.command_id,
             Command::TransferExternal(command) => command.transfer_id.as_uuid(),
+            Command::PayoutOutcome(command) => command.transfer_id.as_uuid(),
+        }
+    }
+
+    /// When the command was requested, as its sender says.
+    #[must_use]
+    pub fn requested_at(&self) -> DateTime<Utc> {
+        match self {
+            Command::TransferRequested(command) => command.requested_at,
+            Command::AccountDeposited(command) => command.requested_at,
+            Command::TransferHold(command) => command.requested_at,
+            Command::TransferPost(command) => command.requested_at,
+            Command::TransferVoid(command) => command.requested_at,
+            Command::TransferReverse(command) => command.requested_at,
+            Command::AccountFrozen(command) | Command::AccountUnfrozen(command) | Command::AccountClosed(command) => {
+                command.requested_at
+            }
+            Command::AccountOverdraftLimitSet(command) => command.requested_at,
+            Command::TransferExternal(command) => command.requested_at,
+            Command::PayoutOutcome(command) => command.requested_at,
         }
     }
 
@@ -135,6 +164,7 @@ impl Command {
             }
             Command::AccountOverdraftLimitSet(command) => command.account_id.to_string(),
             Command::TransferExternal(command) => command.source_account_id.to_string(),
+            Command::PayoutOutcome(command) => command.source_account_id.to_string(),
         }
     }
 
@@ -153,6 +183,7 @@ impl Command {
             Command::AccountClosed(_) => "account.closed",
             Command::AccountOverdraftLimitSet(_) => "account.overdraft_limit_set",
             Command::TransferExternal(_) => "transfer.external",
+            Command::PayoutOutcome(_) => "payout.outcome",
         }
     }
 }
@@ -229,37 +260,76 @@ impl PaymentRequested {
     pub const TYPE: &'static str = "payment.requested";
 }
 
-/// The command that settles a payout's hold once the provider has decided:
-/// `transfer.post` when it paid, `transfer.void` when it refused. Its id is
-/// derived from the payout, so the same outcome told twice (the provider's
-/// synchronous answer and its callback, a retried delivery, a duplicate
-/// callback) is applied once.
+/// How the payment provider decided a payout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutResult {
+    /// The provider paid: the hold is posted to external clearing.
+    Settled,
+    /// The provider refused: the hold is released.
+    Rejected,
+}
+
+impl PayoutResult {
+    /// The stable code, as in the JSON and the database.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            PayoutResult::Settled => "settled",
+            PayoutResult::Rejected => "rejected",
+        }
+    }
+
+    /// Parses a stored code.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::Settled, Self::Rejected].into_iter().find(|result| result.code() == code)
+    }
+}
+
+/// `payout.outcome`: the provider's decision on a payout, as relayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutOutcome {
+    pub version: V1,
+    /// The settlement's own id, derived from the payout and the result
+    /// (see [`payout_outcome`]).
+    pub transfer_id: TransferId,
+    /// The payout, which is its hold.
+    pub payment_id: TransferId,
+    /// The payout's source account (the partition key).
+    pub source_account_id: AccountId,
+    pub result: PayoutResult,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// The command that settles a payout's hold once the provider has decided.
+/// Its id is derived from the payout and the result, so the same outcome
+/// told twice (the provider's synchronous answer and its callback, a retried
+/// delivery, a duplicate callback) is applied once, and a contradicting one
+/// has an id of its own: the processor records it as a conflict.
 #[must_use]
-pub fn payout_settlement(
+pub fn payout_outcome(
     payment_id: TransferId,
     source_account_id: AccountId,
-    paid: bool,
+    result: PayoutResult,
     requested_at: DateTime<Utc>,
 ) -> Command {
-    let derive = |what: &[u8]| TransferId::from_uuid(uuid::Uuid::new_v5(&payment_id.as_uuid(), what));
-    if paid {
-        Command::TransferPost(TransferPost {
-            version: V1,
-            transfer_id: derive(b"ledgerline.payout.settled"),
-            hold_id: payment_id,
-            source_account_id,
-            money: None,
-            requested_at,
-        })
-    } else {
-        Command::TransferVoid(TransferVoid {
-            version: V1,
-            transfer_id: derive(b"ledgerline.payout.rejected"),
-            hold_id: payment_id,
-            source_account_id,
-            requested_at,
-        })
-    }
+    // The same derivations as before `payout.outcome` existed, so a
+    // settlement told once by the old `transfer.post`/`transfer.void` and
+    // again by the new command is still decided once.
+    let what: &[u8] = match result {
+        PayoutResult::Settled => b"ledgerline.payout.settled",
+        PayoutResult::Rejected => b"ledgerline.payout.rejected",
+    };
+    Command::PayoutOutcome(PayoutOutcome {
+        version: V1,
+        transfer_id: TransferId::from_uuid(uuid::Uuid::new_v5(&payment_id.as_uuid(), what)),
+        payment_id,
+        source_account_id,
+        result,
+        requested_at,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -358,6 +428,19 @@ pub enum RejectionReason {
     AccountNotEmpty,
     /// Only a frozen account can be unfrozen.
     AccountNotFrozen,
+    /// A `transfer.post` or `transfer.void` named a payout: only the
+    /// provider's outcome (`payout.outcome`) settles a payout.
+    PayoutSettledByProviderOnly,
+    /// A `payout.outcome` whose outcome the relay or a provider callback
+    /// never recorded: not from the payment provider, so nothing is settled.
+    PayoutOutcomeNotRecorded,
+    /// The provider's outcome contradicts the one the payout was already
+    /// settled with (voided, then reported paid, or the other way round).
+    /// The ledger is left as it is and the conflict is raised to operators.
+    PayoutOutcomeConflict,
+    /// A reversal of money that left the bank (a settled payout): that is a
+    /// new payout, not a reversal.
+    ReversalOfPayout,
 }
 
 impl RejectionReason {
@@ -381,6 +464,10 @@ impl RejectionReason {
             RejectionReason::AlreadyReversed => "already_reversed",
             RejectionReason::AccountNotEmpty => "account_not_empty",
             RejectionReason::AccountNotFrozen => "account_not_frozen",
+            RejectionReason::PayoutSettledByProviderOnly => "payout_settled_by_provider_only",
+            RejectionReason::PayoutOutcomeNotRecorded => "payout_outcome_not_recorded",
+            RejectionReason::PayoutOutcomeConflict => "payout_outcome_conflict",
+            RejectionReason::ReversalOfPayout => "reversal_of_payout",
         }
     }
 
@@ -402,6 +489,10 @@ impl RejectionReason {
         RejectionReason::AlreadyReversed,
         RejectionReason::AccountNotEmpty,
         RejectionReason::AccountNotFrozen,
+        RejectionReason::PayoutSettledByProviderOnly,
+        RejectionReason::PayoutOutcomeNotRecorded,
+        RejectionReason::PayoutOutcomeConflict,
+        RejectionReason::ReversalOfPayout,
     ];
 
     /// Parses a stored code.
@@ -496,6 +587,15 @@ pub enum Event {
     AccountOverdraftLimitChanged(AccountOverdraftLimitChanged),
     #[serde(rename = "account.command_rejected")]
     AccountCommandRejected(AccountCommandRejected),
+    /// A command reused the id of an earlier, different command. The earlier
+    /// command's decision stands; this event has an id of its own
+    /// (`conflict_id`) so that no consumer takes it for the earlier one's.
+    #[serde(rename = "command.id_reused")]
+    CommandIdReused(CommandIdReused),
+    /// The payment provider told two different outcomes of one payout. The
+    /// ledger keeps the first; an operator must reconcile with the provider.
+    #[serde(rename = "payout.outcome_conflicted")]
+    PayoutOutcomeConflicted(PayoutOutcomeConflicted),
 }
 
 impl Event {
@@ -510,6 +610,8 @@ impl Event {
             Event::AccountStatusChanged(_) => "account.status_changed",
             Event::AccountOverdraftLimitChanged(_) => "account.overdraft_limit_changed",
             Event::AccountCommandRejected(_) => "account.command_rejected",
+            Event::CommandIdReused(_) => "command.id_reused",
+            Event::PayoutOutcomeConflicted(_) => "payout.outcome_conflicted",
         }
     }
 }
@@ -609,6 +711,39 @@ pub struct AccountCommandRejected {
     pub command_type: String,
     pub reason: RejectionReason,
     pub rejected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandIdReused {
+    pub version: V1,
+    /// This refusal's own id: derived from the reused id and the refused
+    /// command's content, so a redelivery of it is told under the same id.
+    pub conflict_id: uuid::Uuid,
+    /// The id both commands carry; the earlier command's decision stands.
+    pub reused_id: uuid::Uuid,
+    /// The refused command's `type`.
+    pub command_type: String,
+    /// The account the refused command concerned, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<AccountId>,
+    pub reason: RejectionReason,
+    pub rejected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayoutOutcomeConflicted {
+    pub version: V1,
+    pub payment_id: TransferId,
+    pub source_account_id: AccountId,
+    pub money: Money,
+    /// What the ledger did: `posted` (the money left) or `voided` (it was
+    /// given back).
+    pub settled_as: PayoutResult,
+    /// What the provider reported since.
+    pub reported: PayoutResult,
+    pub detected_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

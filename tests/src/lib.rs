@@ -264,9 +264,19 @@ impl TestApp {
     /// # Panics
     /// When the Kafka clients cannot be created.
     pub fn start_processor(&mut self) {
+        self.start_processor_configured(|_| {});
+    }
+
+    /// Starts a processor in the test's consumer group, its settings
+    /// changed by `configure`.
+    ///
+    /// # Panics
+    /// When the Kafka clients cannot be created.
+    pub fn start_processor_configured(&mut self, configure: impl FnOnce(&mut processor::ProcessorConfig)) {
         assert!(self.processor.is_none(), "a processor is already running");
         let mut config = processor::ProcessorConfig::new(self.kafka.clone());
         config.consumer_group.clone_from(&self.consumer_group);
+        configure(&mut config);
         self.processor = Some(processor::Processor::start(config, self.pool.clone()).expect("processor"));
     }
 

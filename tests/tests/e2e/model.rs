@@ -324,7 +324,9 @@ impl Model {
             }
             // Payouts are holds with another destination; the relay tests
             // cover them end to end.
-            Command::TransferExternal(_) => unreachable!("the model does not generate payouts"),
+            Command::TransferExternal(_) | Command::PayoutOutcome(_) => {
+                unreachable!("the model does not generate payouts")
+            }
             Command::AccountOverdraftLimitSet(c) => {
                 let limit = c.overdraft_limit.map_or(Decimal::ZERO, |money| money.amount().value());
                 if self.status[&c.account_id] == "closed" {
@@ -396,11 +398,13 @@ async fn run_case(ops: Vec<Op>, sizes: Vec<usize>, redeliveries: Vec<usize>) -> 
             .into_iter()
             .map(|command| {
                 offset += 1;
-                (command, Position { topic: "model".into(), partition: 0, offset })
+                (command, Position { topic: "model".into(), partition: 0, offset, timestamp: None })
             })
             .collect();
         let positions: Vec<Position> = with_positions.iter().map(|(_, position)| position.clone()).collect();
-        apply_batch(pool, &scope, &with_positions, &positions, false).await.expect("batch applies");
+        apply_batch(pool, &scope, &with_positions, &positions, None, processor::ledger::Timeouts::DEFAULT)
+            .await
+            .expect("batch applies");
     }
 
     for id in accounts.iter().copied().chain([AccountId::cash_in(Currency::EUR)]) {

@@ -380,3 +380,185 @@ async fn callbacks_without_a_valid_fresh_signature_are_refused() {
     assert_eq!(payouts.available(alice).await, Decimal::new(10000, 2));
     stop.cancel();
 }
+
+impl Payouts {
+    /// Sends a signed provider callback; its status code.
+    async fn callback(&self, body: &Value) -> u16 {
+        let body = body.to_string();
+        let signature = platform::signature::sign_callback(
+            PROVIDER_CALLBACK_SECRET.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            body.as_bytes(),
+        );
+        let response = self
+            .app
+            .http()
+            .post(self.app.url("/v1/providers/fake/callbacks"))
+            .header("content-type", "application/json")
+            .header("provider-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("callback");
+        response.status().as_u16()
+    }
+
+    /// Waits for the ledger's decision of command `id`: (status, reason).
+    async fn decision(&self, id: Uuid) -> (String, Option<String>) {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            let row: Option<(String, Option<String>)> =
+                sqlx::query_as("select status, rejection_reason from transfers where id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.app.pool)
+                    .await
+                    .expect("decision query");
+            if let Some(row) = row {
+                return row;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "command {id} never decided");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn settlement_id(payout: &str, result: schemas::messages::PayoutResult) -> Uuid {
+        let payment_id = schemas::TransferId::from_uuid(payout.parse().expect("payout id"));
+        schemas::messages::payout_outcome(payment_id, AccountId::new_random(), result, chrono::Utc::now()).id()
+    }
+}
+
+/// Defect #1 of issue 10. Before the fix the provider's "settled" was
+/// rejected `account_frozen` under its derived id, for good: the money had
+/// left the bank and the ledger still showed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_the_provider_paid_is_debited_although_the_account_was_frozen_meanwhile() {
+    let payouts = Payouts::start().await;
+    payouts.provider.set_mode(Mode::Pending);
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+    payouts.wait_for_status(&payout, &["held"]).await;
+    // A fraud review freezes the account while the provider is paying.
+    let freeze = schemas::Command::AccountFrozen(schemas::messages::AccountStatusCommand {
+        version: schemas::messages::V1,
+        command_id: Uuid::new_v4(),
+        account_id: AccountId::from_uuid(alice),
+        requested_at: chrono::Utc::now(),
+    });
+    payouts.app.publish_command(&freeze).await;
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while payouts.app.account(alice).await["status"] != "frozen" {
+        assert!(tokio::time::Instant::now() < deadline, "the account was never frozen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(payouts.callback(&json!({ "payment_id": payout, "status": "settled" })).await, 202);
+    assert_eq!(payouts.wait_for_status(&payout, &["posted", "voided"]).await["status"], "posted");
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(6000, 2));
+    assert_eq!(payouts.clearing_balance().await, Decimal::new(4000, 2));
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+/// Defect #3 of issue 10. Before the fix an upstream app publishing
+/// straight to `ledger.commands` could void a payout the provider was
+/// paying (`transfer.void` was applied), and reverse a settled one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_providers_recorded_outcome_settles_a_payout_and_a_paid_one_cannot_be_reversed() {
+    use schemas::messages::{PayoutResult, TransferReverse, TransferVoid, V1, payout_outcome};
+    let payouts = Payouts::start().await;
+    payouts.provider.set_mode(Mode::Pending);
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+    payouts.wait_for_status(&payout, &["held"]).await;
+    let payment_id = schemas::TransferId::from_uuid(payout.parse().expect("payout id"));
+    let source = AccountId::from_uuid(alice);
+
+    // Published by someone who is neither the relay nor a callback.
+    let void_id = Uuid::new_v4();
+    payouts
+        .app
+        .publish_command(&schemas::Command::TransferVoid(TransferVoid {
+            version: V1,
+            transfer_id: schemas::TransferId::from_uuid(void_id),
+            hold_id: payment_id,
+            source_account_id: source,
+            requested_at: chrono::Utc::now(),
+        }))
+        .await;
+    let forged = payout_outcome(payment_id, source, PayoutResult::Rejected, chrono::Utc::now());
+    payouts.app.publish_command(&forged).await;
+    assert_eq!(
+        payouts.decision(void_id).await,
+        ("rejected".to_owned(), Some("payout_settled_by_provider_only".to_owned()))
+    );
+    assert_eq!(
+        payouts.decision(forged.id()).await,
+        ("rejected".to_owned(), Some("payout_outcome_not_recorded".to_owned()))
+    );
+    assert_eq!(payouts.wait_for_status(&payout, &["held"]).await["status"], "held");
+    assert_eq!(payouts.available(alice).await, Decimal::new(6000, 2));
+
+    // The provider's signed callback settles it; its reversal is refused.
+    assert_eq!(payouts.callback(&json!({ "payment_id": payout, "status": "settled" })).await, 202);
+    assert_eq!(payouts.wait_for_status(&payout, &["posted", "voided"]).await["status"], "posted");
+    let reversal_id = Uuid::new_v4();
+    payouts
+        .app
+        .publish_command(&schemas::Command::TransferReverse(TransferReverse {
+            version: V1,
+            transfer_id: schemas::TransferId::from_uuid(reversal_id),
+            original_transfer_id: schemas::TransferId::from_uuid(Payouts::settlement_id(
+                &payout,
+                PayoutResult::Settled,
+            )),
+            requested_at: chrono::Utc::now(),
+        }))
+        .await;
+    assert_eq!(payouts.decision(reversal_id).await, ("rejected".to_owned(), Some("reversal_of_payout".to_owned())));
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(6000, 2));
+    assert_eq!(payouts.clearing_balance().await, Decimal::new(4000, 2));
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
+
+/// Defect #11 of issue 10. Before the fix a "settled" callback after a
+/// synchronous "rejected" was dropped at debug level: money refunded and
+/// paid out, and nobody told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outcome_contradicting_the_settlement_is_recorded_and_raised() {
+    use schemas::messages::PayoutResult;
+    let payouts = Payouts::start().await;
+    payouts.provider.set_mode(Mode::Reject);
+    let stop = payouts.start_relay(payouts.relay_config());
+    let alice = payouts.funded_account("100.00").await;
+    let payout = payouts.submit(alice, "40.00").await;
+    assert_eq!(payouts.wait_for_status(&payout, &["posted", "voided"]).await["status"], "voided");
+
+    assert_eq!(payouts.callback(&json!({ "payment_id": payout, "status": "settled" })).await, 202);
+    let conflicting = Payouts::settlement_id(&payout, PayoutResult::Settled);
+    assert_eq!(
+        payouts.decision(conflicting).await,
+        ("rejected".to_owned(), Some("payout_outcome_conflict".to_owned()))
+    );
+    // An event for the world, a metric for alerts, a list for operators.
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while payouts.app.count("select count(*) from outbox where event_type = 'payout.outcome_conflicted'").await != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no payout.outcome_conflicted event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Counted once the processor settles the batch, just after its commit.
+    while payouts.app.processor_metrics().payout_conflicts_total() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the conflict was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conflicts = platform::payouts::conflicts(&payouts.app.pool, 10).await.expect("conflicts");
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].payment_id.to_string(), payout);
+    assert_eq!(conflicts[0].ledger_status, "voided");
+    // The ledger keeps the first outcome until an operator reconciles.
+    assert_eq!(payouts.app.balance(alice).await, Decimal::new(10000, 2));
+    stop.cancel();
+    assert!(payouts.app.ledger_problems().await.is_empty());
+}
