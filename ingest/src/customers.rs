@@ -5,6 +5,9 @@
 //! stored only as a SHA-256. Refresh tokens rotate: each use retires the
 //! token and issues the next of its family; presenting a retired token again
 //! revokes the family (someone else has a copy). Logout revokes the family.
+//! Refresh and logout of one family run one at a time (a transaction lock
+//! on the family), so a logout racing a refresh also ends the token that
+//! refresh issued.
 //!
 //! Password change and reset (a single-use token valid 30 minutes, sent as
 //! a notification through the outbox) end every session. Customers' own
@@ -320,19 +323,24 @@ async fn refresh(
     body: Result<Json<RefreshRequest>, JsonRejection>,
 ) -> Result<Json<Session>, ApiError> {
     let Json(request) = body?;
+    let hash = token_hash(request.refresh_token.expose_secret());
     let mut transaction = state.pool.begin().await?;
+    let invalid = || ApiError::unauthorized("invalid_refresh_token", "log in again");
+    // The family first, then its lock, then the token as it is once the
+    // lock is ours: a logout holding the lock has finished by then.
+    let family_id = lock_family_of(&mut transaction, &hash).await?.ok_or_else(invalid)?;
     type Row = (Uuid, Uuid, Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>, String, bool, i32);
     let row: Option<Row> = sqlx::query_as(
         r"select token.id, token.family_id, token.user_id, token.used_at, token.revoked_at, token.expires_at,
                  user_.role, token.session_epoch = user_.session_epoch, user_.session_epoch
           from refresh_tokens token join users user_ on user_.id = token.user_id
-          where token.token_hash = $1 and user_.disabled_at is null
+          where token.token_hash = $1 and token.family_id = $2 and user_.disabled_at is null
           for update of token",
     )
-    .bind(token_hash(request.refresh_token.expose_secret()))
+    .bind(&hash)
+    .bind(family_id)
     .fetch_optional(&mut *transaction)
     .await?;
-    let invalid = || ApiError::unauthorized("invalid_refresh_token", "log in again");
     let Some((id, family_id, user_id, used_at, revoked_at, expires_at, role, current_epoch, epoch)) = row else {
         return Err(invalid());
     };
@@ -385,16 +393,46 @@ async fn logout(
     body: Result<Json<RefreshRequest>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Json(request) = body?;
-    // Unknown or already revoked: nothing to do, and nothing to tell.
-    sqlx::query(
-        r"update refresh_tokens set revoked_at = now()
-          where revoked_at is null
-            and family_id = (select family_id from refresh_tokens where token_hash = $1)",
-    )
-    .bind(token_hash(request.refresh_token.expose_secret()))
-    .execute(&state.pool)
-    .await?;
+    let mut transaction = state.pool.begin().await?;
+    // Unknown: nothing to do, and nothing to tell.
+    let Some(family_id) = lock_family_of(&mut transaction, &token_hash(request.refresh_token.expose_secret())).await?
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    // With the family's lock held, this statement sees every token of the
+    // family, including one a refresh that held the lock just issued.
+    sqlx::query("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null")
+        .bind(family_id)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The first key of the two-key transaction advisory locks on refresh-token
+/// families ("LLRF"), apart from every other advisory lock on the database.
+const FAMILY_LOCK_CLASS: i32 = 0x4C4C_5246;
+
+/// Finds the family of the refresh token with `hash` and takes the family's
+/// lock until the end of the transaction; `None` for an unknown token.
+/// Refresh and logout take it before they read or change the family's
+/// tokens, so they run one after the other: without it, a logout whose
+/// statement began while a refresh was inserting the next token missed
+/// that token, and the session lived on. The second key is a 32-bit hash
+/// of the family id: two families sharing one only wait for each other.
+async fn lock_family_of(connection: &mut sqlx::PgConnection, hash: &[u8]) -> Result<Option<Uuid>, sqlx::Error> {
+    let family_id: Option<Uuid> = sqlx::query_scalar("select family_id from refresh_tokens where token_hash = $1")
+        .bind(hash)
+        .fetch_optional(&mut *connection)
+        .await?;
+    if let Some(family_id) = family_id {
+        sqlx::query("select pg_advisory_xact_lock($1, hashtext($2::text))")
+            .bind(FAMILY_LOCK_CLASS)
+            .bind(family_id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(family_id)
 }
 
 /// Who the access token belongs to.

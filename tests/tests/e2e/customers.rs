@@ -320,3 +320,76 @@ async fn five_wrong_pins_lock_pin_use_for_fifteen_minutes() {
     let change = json!({ "pin": "1111", "current_pin": "4821" });
     assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &change).await.0, 423);
 }
+
+/// Waits until `count` statements of this test's database wait for a lock.
+async fn wait_for_lock_waiters(app: &TestApp, count: i64) {
+    let deadline = tokio::time::Instant::now() + ledgerline_tests::WAIT_MAX;
+    loop {
+        let waiting = app
+            .count(
+                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .await;
+        if waiting >= count {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{waiting} of {count} statements wait for a lock");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Neither the refresh token nor the one its refresh returned (if any)
+/// renews anything after the logout.
+async fn assert_family_dead(app: &TestApp, tokens: &[&Value], what: &str) {
+    for token in tokens.iter().filter(|token| token.is_string()) {
+        let (status, _) = post(app, "/v1/auth/refresh", &json!({ "refresh_token": token })).await;
+        assert_eq!(status, 401, "{what}: a refresh token of the logged-out family still works");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_racing_a_refresh_leaves_no_live_refresh_token() {
+    let app = TestApp::spawn_configured(|config| {
+        config.token_ip_rate_limit = ingest::limits::RateLimit::per_second(1_000, 1_000);
+        config.login_account_rate_limit = ingest::limits::RateLimit { per_minute: 600, burst: 100 };
+    })
+    .await;
+    let session = register_and_login(&app, "jane@example.com").await;
+
+    // The interleaving that lost the logout: the refresh holds the token's
+    // row, the logout queues behind it and then misses the token the
+    // refresh issued. The test holds the row so both queue, refresh first.
+    let mut blocker = app.pool.begin().await.expect("transaction");
+    sqlx::query("select 1 from refresh_tokens for update").execute(&mut *blocker).await.expect("row lock");
+    let refresh = {
+        let (http, url, token) = (app.http().clone(), app.url("/v1/auth/refresh"), session["refresh_token"].clone());
+        tokio::spawn(async move {
+            let response = http.post(url).json(&json!({ "refresh_token": token })).send().await.expect("refresh");
+            response.json::<Value>().await.unwrap_or(Value::Null)
+        })
+    };
+    wait_for_lock_waiters(&app, 1).await;
+    let logout = {
+        let (http, url, token) = (app.http().clone(), app.url("/v1/auth/logout"), session["refresh_token"].clone());
+        tokio::spawn(async move {
+            http.post(url).json(&json!({ "refresh_token": token })).send().await.expect("logout").status().as_u16()
+        })
+    };
+    wait_for_lock_waiters(&app, 2).await;
+    blocker.commit().await.expect("release");
+    let refreshed = refresh.await.expect("refresh task");
+    assert_eq!(logout.await.expect("logout task"), 204);
+    assert_family_dead(&app, &[&session["refresh_token"], &refreshed["refresh_token"]], "refresh first").await;
+
+    // And free races, as they come.
+    for round in 0..10 {
+        let (_, session) =
+            post(&app, "/v1/auth/login", &json!({ "email": "jane@example.com", "password": PASSWORD })).await;
+        let token = session["refresh_token"].clone();
+        let body = json!({ "refresh_token": token });
+        let ((_, refreshed), (status, _)) =
+            tokio::join!(post(&app, "/v1/auth/refresh", &body), post(&app, "/v1/auth/logout", &body));
+        assert_eq!(status, 204);
+        assert_family_dead(&app, &[&token, &refreshed["refresh_token"]], &format!("round {round}")).await;
+    }
+}
