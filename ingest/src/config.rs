@@ -69,6 +69,13 @@ pub struct IngestConfig {
     /// `LEDGERLINE_WEBHOOK_SECRETS_KEYS` (or `_FILE`): derive webhook secrets
     /// instead of storing them; the relay needs the same keys.
     pub webhook_secret_keys: Option<platform::signature::WebhookSecretKeys>,
+    /// `LEDGERLINE_LONG_POLL_WAITERS_MAX` and `LEDGERLINE_LONG_POLL_FALLBACK_POLL_MS`:
+    /// customers' status requests waiting for a decision at once, and how
+    /// often the decision watcher looks in case a notification was missed.
+    pub decision_wait: crate::decisions::DecisionWaitConfig,
+    /// `LEDGERLINE_*_RETENTION_S` and friends: how long recorded requests,
+    /// audit events, expired tokens and dead notifications are kept.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
@@ -111,6 +118,8 @@ impl IngestConfig {
             webhook_private_networks_allowed: false,
             metrics_addr: None,
             webhook_secret_keys: None,
+            decision_wait: crate::decisions::DecisionWaitConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 
@@ -185,6 +194,19 @@ impl IngestConfig {
             webhook_private_networks_allowed: config::var_or("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED", false)?,
             metrics_addr: platform::metrics::addr_from_env()?,
             webhook_secret_keys: platform::signature::WebhookSecretKeys::from_env()?,
+            decision_wait: crate::decisions::DecisionWaitConfig {
+                waiters_max: config::limit(
+                    "LEDGERLINE_LONG_POLL_WAITERS_MAX",
+                    defaults.decision_wait.waiters_max,
+                    1..=1_000_000,
+                )?,
+                fallback_poll_ms: config::limit(
+                    "LEDGERLINE_LONG_POLL_FALLBACK_POLL_MS",
+                    defaults.decision_wait.fallback_poll_ms,
+                    100..=10_000,
+                )?,
+            },
+            retention: crate::retention::RetentionConfig::from_env()?,
             ..defaults
         })
         .and_then(|config| {

@@ -308,8 +308,9 @@ struct StatusQuery {
 
 /// A transfer the customer submitted, and its status.
 ///
-/// With `wait_ms`, the answer waits up to that long while the transfer is
-/// still `accepted`.
+/// With `wait_ms`, the answer waits up to that long while the ledger has
+/// not decided (`accepted` or `unconfirmed`). The wait costs no queries: the
+/// decision wakes it.
 #[utoipa::path(
     get,
     path = "/v1/me/transfers/{transfer_id}",
@@ -330,12 +331,29 @@ async fn status(
     if wait_ms > WAIT_MS_MAX {
         return Err(ApiError::bad_request("invalid_query", format!("wait_ms is at most {WAIT_MS_MAX}")));
     }
+    let requester = Requester::User(user.id);
+    // Registered before the status is read: a decision committed after the
+    // read wakes this request (see `crate::decisions`). Too many waiting
+    // already: the answer is the status now.
+    let registration = if wait_ms > 0 { state.decisions.register(transfer_id) } else { None };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        let view = transfers::transfer_view(&state, transfer_id, Requester::User(user.id)).await?;
-        if view.status != "accepted" || tokio::time::Instant::now() >= deadline {
+        let woken = registration.as_ref().map(|registration| registration.notify().notified());
+        let mut woken = std::pin::pin!(woken);
+        if let Some(woken) = woken.as_mut().as_pin_mut() {
+            woken.enable();
+        }
+        state.decisions.count_status_read();
+        let view = transfers::transfer_view(&state, transfer_id, requester).await?;
+        let Some(woken) = woken.as_pin_mut() else { return Ok(Json(view)) };
+        if view.is_decided() || tokio::time::Instant::now() >= deadline {
             return Ok(Json(view));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Woken when the watcher sees the decision, or at the deadline for
+        // one last look.
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
     }
 }

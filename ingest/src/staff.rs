@@ -2,6 +2,11 @@
 //! unfreezes and closes accounts, `ops` (and `admin`) fund accounts from
 //! cash-in. A staff route refuses other roles with 403 `forbidden_role`
 //! (the route is no secret; accounts stay 404 when they do not exist).
+//!
+//! What staff submit is followed at `/v1/staff/commands/{id}` (the
+//! `Location` of the 202): the processor's decision, `completed` or
+//! `rejected` with its reason, read from `account_commands` for a freeze,
+//! unfreeze or close and from `transfers` for a deposit.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -24,7 +29,7 @@ use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::transfers::{self, Requester};
+use crate::transfers::{self, Requester, TransferView};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -33,6 +38,35 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(freeze))
         .routes(routes!(unfreeze))
         .routes(routes!(close))
+        .routes(routes!(command_status))
+}
+
+/// Where staff follow what they submitted.
+fn command_location(command_id: Uuid) -> String {
+    format!("/v1/staff/commands/{command_id}")
+}
+
+/// A command the staff member submitted (a freeze, unfreeze, close or
+/// deposit), and the processor's decision (admin, ops).
+///
+/// `accepted` until the processor decides, then `completed`, or `rejected`
+/// with the reason (e.g. `account_not_empty` for a close).
+#[utoipa::path(
+    get,
+    path = "/v1/staff/commands/{command_id}",
+    operation_id = "staff_command_status",
+    tag = "staff",
+    params(("command_id" = Uuid, Path, description = "The `transfer_id` of the 202")),
+    responses((status = 200, description = "The command and its status", body = TransferView)),
+)]
+async fn command_status(
+    State(state): State<AppState>,
+    user: User,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<TransferView>, ApiError> {
+    require_role(&user, &["admin", "ops"])?;
+    let Path(command_id) = path?;
+    Ok(Json(transfers::transfer_view(&state, command_id, Requester::User(user.id)).await?))
 }
 
 /// # Errors
@@ -80,7 +114,12 @@ async fn read_account(
         ("account_id" = Uuid, Path, description = "The account"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
-    responses((status = 202, description = "Accepted; the processor applies it")),
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = transfers::Accepted,
+        headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
+    )),
 )]
 async fn freeze(
     state: State<AppState>,
@@ -103,7 +142,12 @@ async fn freeze(
         ("account_id" = Uuid, Path, description = "The account"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
-    responses((status = 202, description = "Accepted; the processor applies it")),
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = transfers::Accepted,
+        headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
+    )),
 )]
 async fn unfreeze(
     state: State<AppState>,
@@ -126,7 +170,12 @@ async fn unfreeze(
         ("account_id" = Uuid, Path, description = "The account"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
-    responses((status = 202, description = "Accepted; the processor applies it")),
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = transfers::Accepted,
+        headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
+    )),
 )]
 async fn close(
     state: State<AppState>,
@@ -201,7 +250,7 @@ async fn change_status(
         ),
     )
     .await;
-    Ok(accepted.into_response())
+    Ok(accepted.into_response_at(&command_location(command_id)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -225,7 +274,12 @@ pub struct DepositRequest {
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = DepositRequest,
-    responses((status = 202, description = "Accepted; the processor applies it")),
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = transfers::Accepted,
+        headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
+    )),
 )]
 async fn deposit(
     State(state): State<AppState>,
@@ -263,5 +317,5 @@ async fn deposit(
         ),
     )
     .await;
-    Ok(accepted.into_response())
+    Ok(accepted.into_response_at(&command_location(transfer_id.as_uuid())))
 }

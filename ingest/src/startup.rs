@@ -39,6 +39,8 @@ pub struct AppState {
     pub kafka: platform::kafka::KafkaConfig,
     /// Lifetime of a customer's refresh token.
     pub refresh_token_ttl_s: u64,
+    /// The customers' long polls waiting for decisions.
+    pub decisions: Arc<crate::decisions::Decisions>,
 }
 
 /// Keys one limiter remembers at most (a bound on its memory).
@@ -69,14 +71,28 @@ pub struct Application {
     metrics: Option<TcpListener>,
     http_metrics: Arc<crate::metrics::HttpMetrics>,
     header_read_timeout_ms: u64,
+    /// Background work beside the server: the decision watcher and pruning.
+    background: Background,
+}
+
+/// What runs beside the server, started by [`Application::run_until`].
+#[derive(Debug)]
+struct Background {
+    pool: PgPool,
+    decisions: Arc<crate::decisions::Decisions>,
+    retention: crate::retention::RetentionConfig,
 }
 
 impl Application {
     /// # Errors
     /// When the address cannot be bound or a client cannot be created.
     pub async fn build(config: &IngestConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let decisions = crate::decisions::Decisions::new(config.decision_wait);
+        let background =
+            Background { pool: pool.clone(), decisions: Arc::clone(&decisions), retention: config.retention };
         let state = AppState {
             pool,
+            decisions,
             publisher: Publisher::new(&config.kafka)?,
             jwt: Arc::new(JwtKeys::new(
                 &config.jwt_secret,
@@ -104,7 +120,7 @@ impl Application {
         let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
         let router = router(state, config, Arc::clone(&http_metrics))?;
         let header_read_timeout_ms = config.header_read_timeout_ms;
-        Ok(Self { listener, router, tls, redirect, metrics, http_metrics, header_read_timeout_ms })
+        Ok(Self { listener, router, tls, redirect, metrics, http_metrics, header_read_timeout_ms, background })
     }
 
     /// The metrics listener's address, when there is one.
@@ -137,11 +153,14 @@ impl Application {
     /// When the server fails.
     pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let address = self.local_addr()?;
+        let Background { pool, decisions, retention } = self.background;
+        tokio::spawn(Arc::clone(&decisions).watch(pool.clone(), shutdown.clone()));
+        tokio::spawn(crate::retention::run(retention, pool, shutdown.clone()));
         if let Some(listener) = self.metrics {
             let metrics = self.http_metrics;
             platform::metrics::spawn_on(
                 listener,
-                platform::metrics::render_with(move || metrics.render()),
+                platform::metrics::render_with(move || metrics.render() + &decisions.render()),
                 shutdown.clone(),
             );
         }

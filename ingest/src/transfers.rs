@@ -6,6 +6,14 @@
 //! `accepted_requests` before it is published: a retry with the same body is
 //! answered the same way (and published again if the first publish failed),
 //! a retry with another body is refused with `idempotency_key_reused`.
+//!
+//! The status routes answer from what the ledger decided, never from
+//! ingest's own `published_at` marker alone: a request can reach the broker
+//! and be applied while its marker is lost (the update fails, the handler is
+//! cancelled, librdkafka times out a message the broker wrote). A recorded
+//! request with neither a marker nor a decision is `unconfirmed`, not
+//! unknown: a client that checks before retrying must not conclude that it
+//! was never sent.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
@@ -71,6 +79,23 @@ pub struct Accepted {
     transfer_id: TransferId,
     #[schema(example = "accepted")]
     status: &'static str,
+}
+
+impl Accepted {
+    /// The 202 answer with its status URL at `location` (staff and
+    /// customers follow their commands under their own routes).
+    pub fn into_response_at(self, location: &str) -> Response {
+        let mut response = self.into_response();
+        if let Ok(location) = location.parse() {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
+
+    #[must_use]
+    pub fn transfer_id(&self) -> TransferId {
+        self.transfer_id
+    }
 }
 
 impl IntoResponse for Accepted {
@@ -315,42 +340,92 @@ pub async fn accept(
         ));
     }
     if published_at.is_none() {
-        state.publisher.publish(command, request_id).await?;
-        sqlx::query(
-            "update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null",
-        )
-        .bind(transfer_id.as_uuid())
-        .execute(&state.pool)
-        .await?;
-        tracing::info!(%transfer_id, command = command.type_name(), "accepted");
+        // Its own task: the request timeout cancels the handler, not the
+        // publish in flight nor the marker after it.
+        let publish =
+            tokio::spawn(publish_and_mark(state.clone(), command.clone(), transfer_id, request_id.to_owned()));
+        publish.await.map_err(|error| ApiError::Internal(anyhow::Error::new(error).context("publishing")))??;
     }
     Ok(Accepted { transfer_id, status: "accepted" })
 }
+
+/// Publishes the command, then marks the request published. The marker is
+/// bookkeeping, not the truth: the status routes read the ledger's decision
+/// whatever the marker says, and show a recorded request without one as
+/// `unconfirmed`. So a marker that cannot be written after the broker took
+/// the command is logged, and the request is still accepted.
+async fn publish_and_mark(
+    state: AppState,
+    command: Command,
+    transfer_id: TransferId,
+    request_id: String,
+) -> Result<(), ApiError> {
+    state.publisher.publish(&command, &request_id).await?;
+    let marked = sqlx::query(
+        "update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null",
+    )
+    .bind(transfer_id.as_uuid())
+    .execute(&state.pool)
+    .await;
+    if let Err(error) = marked {
+        tracing::warn!(%transfer_id, %error, "published, but the marker was not written; the status shows the decision");
+    }
+    tracing::info!(%transfer_id, command = command.type_name(), "accepted");
+    Ok(())
+}
+
+/// The status of a request the broker has acknowledged, before the
+/// processor decides.
+pub const STATUS_ACCEPTED: &str = "accepted";
+/// The status of a request recorded, but whose publish was never confirmed
+/// (the broker's answer was lost, the handler was cancelled, or the marker
+/// could not be written), and that the ledger has not decided.
+pub const STATUS_UNCONFIRMED: &str = "unconfirmed";
 
 /// A transfer (or deposit, payout, account command) and its status.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TransferView {
     transfer_id: Uuid,
-    /// `accepted` until the processor decides, then `completed` or `rejected`.
+    /// The ledger's decision: `completed` or `rejected` (a hold or payout:
+    /// `held`, then `posted`, `voided` or `expired`). Before it:
+    /// `accepted` (the broker has the command), or `unconfirmed` (the
+    /// request was recorded but its publish never confirmed: it may or may
+    /// not reach the ledger; submitting it again with the same
+    /// `Idempotency-Key` is safe and settles that).
     #[schema(example = "completed")]
     pub status: String,
     /// Why it was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     reason: Option<String>,
+    /// Whether the command is known to have reached the broker: false only
+    /// while `unconfirmed`.
+    publish_confirmed: bool,
     /// The request as accepted, in its canonical form.
     request: serde_json::Value,
+    /// When the broker acknowledged it (when it was recorded, while unconfirmed).
     accepted_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     decided_at: Option<DateTime<Utc>>,
 }
 
-/// A transfer as the requester who submitted it sees it.
+impl TransferView {
+    /// Whether the ledger has decided (a hold counts: it is the decision
+    /// the requester waits for).
+    #[must_use]
+    pub fn is_decided(&self) -> bool {
+        self.decided_at.is_some()
+    }
+}
+
+/// A transfer or account command as the requester who submitted it sees
+/// it: the ledger's decision when there is one (`transfers`, or
+/// `account_commands` for a staff freeze, unfreeze or close), whether or
+/// not ingest managed to mark the request published.
 ///
 /// # Errors
-/// 404 `transfer_not_found` when it is unknown, another requester's, or
-/// not yet accepted.
+/// 404 `transfer_not_found` when it is unknown or another requester's.
 pub async fn transfer_view(
     state: &AppState,
     transfer_id: Uuid,
@@ -360,29 +435,29 @@ pub async fn transfer_view(
         Requester::Client(id) => (Some(id), None),
         Requester::User(id) => (None, Some(id)),
     };
-    type Row = (serde_json::Value, DateTime<Utc>, Option<String>, Option<String>, Option<DateTime<Utc>>);
+    type Row = (serde_json::Value, DateTime<Utc>, bool, Option<String>, Option<String>, Option<DateTime<Utc>>);
     let row: Option<Row> = sqlx::query_as(
-        r"select request.request, request.published_at, transfer.status, transfer.rejection_reason, transfer.decided_at
+        r"select request.request, coalesce(request.published_at, request.created_at), request.published_at is not null,
+                 coalesce(transfer.status, command.status),
+                 coalesce(transfer.rejection_reason, command.rejection_reason),
+                 coalesce(transfer.decided_at, command.decided_at)
           from accepted_requests request
           left join transfers transfer on transfer.id = request.transfer_id
-          where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)
-            and request.published_at is not null",
+          left join account_commands command on command.id = request.transfer_id
+          where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)",
     )
     .bind(transfer_id)
     .bind(client_id)
     .bind(user_id)
     .fetch_optional(&state.pool)
     .await?;
-    let (request, accepted_at, status, reason, decided_at) =
+    let (request, accepted_at, marked, status, reason, decided_at) =
         row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
-    Ok(TransferView {
-        transfer_id,
-        status: status.unwrap_or_else(|| "accepted".into()),
-        reason,
-        request,
-        accepted_at,
-        decided_at,
-    })
+    // A decision proves the command reached the broker, marker or not.
+    let publish_confirmed = marked || status.is_some();
+    let status =
+        status.unwrap_or_else(|| if publish_confirmed { STATUS_ACCEPTED } else { STATUS_UNCONFIRMED }.to_owned());
+    Ok(TransferView { transfer_id, status, reason, publish_confirmed, request, accepted_at, decided_at })
 }
 
 /// A transfer or payout the client submitted, and its status.

@@ -21,6 +21,8 @@ mod payouts;
 mod processor_restart;
 mod provider;
 mod relay;
+mod retention;
+mod status;
 mod tls;
 mod transfers;
 mod webhooks;

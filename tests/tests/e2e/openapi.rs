@@ -63,6 +63,7 @@ fn rules() -> BTreeMap<&'static str, Access> {
         ("staff_freeze_account", ADMIN),
         ("staff_unfreeze_account", ADMIN),
         ("staff_close_account", ADMIN),
+        ("staff_command_status", OPS),
         ("admin_audit", ADMIN),
         ("admin_list_users", ADMIN),
         ("admin_change_role", ADMIN),
