@@ -46,6 +46,11 @@ pub struct IngestConfig {
     /// `LEDGERLINE_LOGIN_RATE_LIMIT_PER_MIN` and `LEDGERLINE_LOGIN_RATE_LIMIT_BURST`:
     /// each account's (email's) bucket of login attempts, whatever the IP.
     pub login_account_rate_limit: RateLimit,
+    /// `LEDGERLINE_PIN_RATE_LIMIT_PER_MIN` and `LEDGERLINE_PIN_RATE_LIMIT_BURST`:
+    /// each user's bucket of PIN checks (step-ups and PIN changes, right or
+    /// wrong) and first-PIN password checks. The lockout bounds wrong PINs;
+    /// this bounds the argon2 one customer can spend with the right one.
+    pub pin_user_rate_limit: RateLimit,
     /// The payment provider allowed to call back, when
     /// `LEDGERLINE_PROVIDER_CALLBACK_SECRET` is set.
     pub provider_callback: Option<ProviderCallback>,
@@ -110,6 +115,7 @@ impl IngestConfig {
             client_rate_limit: RateLimit::per_second(200, 400),
             token_ip_rate_limit: RateLimit::per_second(2, 20),
             login_account_rate_limit: RateLimit { per_minute: 6, burst: 10 },
+            pin_user_rate_limit: RateLimit { per_minute: 10, burst: 10 },
             provider_callback: None,
             argon2: Argon2Cost::default(),
             tls: None,
@@ -178,6 +184,14 @@ impl IngestConfig {
                     defaults.login_account_rate_limit.burst,
                     1..=1_000,
                 )?,
+            },
+            pin_user_rate_limit: RateLimit {
+                per_minute: config::limit(
+                    "LEDGERLINE_PIN_RATE_LIMIT_PER_MIN",
+                    defaults.pin_user_rate_limit.per_minute,
+                    1..=600,
+                )?,
+                burst: config::limit("LEDGERLINE_PIN_RATE_LIMIT_BURST", defaults.pin_user_rate_limit.burst, 1..=1_000)?,
             },
             provider_callback: match config::secret_optional("LEDGERLINE_PROVIDER_CALLBACK_SECRET")? {
                 None => None,

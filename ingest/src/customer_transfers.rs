@@ -55,7 +55,9 @@ fn check_pin_format(pin: &SecretString) -> Result<(), ApiError> {
 }
 
 /// Checks a PIN with the lockout: 423 while locked, 401 `invalid_pin` when
-/// wrong (the fifth in a row locks).
+/// wrong (the fifth in a row locks), 429 while the attempts left are all
+/// being checked. Throttled per user first: the lockout bounds wrong PINs,
+/// the limit the argon2 spent on right ones.
 async fn verify_pin(
     state: &AppState,
     user: &User,
@@ -63,45 +65,60 @@ async fn verify_pin(
     peer: SocketAddr,
     request_id: &str,
 ) -> Result<(), ApiError> {
-    let (hash, locked_until): (Option<String>, Option<DateTime<Utc>>) =
-        sqlx::query_as("select pin_hash, pin_locked_until from users where id = $1")
-            .bind(user.id)
-            .fetch_one(&state.pool)
-            .await?;
-    if let Some(until) = locked_until.filter(|until| *until > Utc::now()) {
-        return Err(locked(until));
-    }
-    let Some(hash) = hash else {
-        return Err(ApiError::unprocessable("pin_not_set", "set a PIN first: PUT /v1/me/pin"));
+    state.limits.pin_users.admit(&user.id)?;
+    // On a task of its own: a client hanging up (or the request timeout)
+    // must not cancel a check between its reservation and its outcome.
+    let (state, user_id, request_id) = (state.clone(), user.id, request_id.to_owned());
+    tokio::spawn(async move { check_pin(&state, user_id, pin, peer, &request_id).await })
+        .await
+        .map_err(|error| ApiError::Internal(anyhow::anyhow!("checking a PIN: {error}")))?
+}
+
+/// A PIN check reserved before any hash is checked.
+enum Reservation {
+    /// The attempt is counted as in flight; check the PIN against this hash.
+    Reserved(String),
+    Locked(DateTime<Utc>),
+    /// As many attempts as the lockout allows are being checked right now.
+    Busy,
+    NotSet,
+}
+
+async fn check_pin(
+    state: &AppState,
+    user_id: Uuid,
+    pin: SecretString,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Result<(), ApiError> {
+    let hash = match reserve_pin_attempt(&state.pool, user_id).await? {
+        Reservation::Reserved(hash) => hash,
+        Reservation::Locked(until) => return Err(locked(until)),
+        Reservation::Busy => return Err(ApiError::RateLimited { retry_after_s: 1 }),
+        Reservation::NotSet => {
+            return Err(ApiError::unprocessable("pin_not_set", "set a PIN first: PUT /v1/me/pin"));
+        }
     };
-    if state.hasher.verify(Some(hash), pin).await? {
-        sqlx::query("update users set pin_failed_attempts = 0 where id = $1")
-            .bind(user.id)
-            .execute(&state.pool)
-            .await?;
+    let matches = match state.hasher.verify(Some(hash), pin).await {
+        Ok(matches) => matches,
+        Err(error) => {
+            // Not a guess: the check itself failed. The reservation goes.
+            release_pin_attempt(&state.pool, user_id, true).await?;
+            return Err(ApiError::Internal(error));
+        }
+    };
+    if matches {
+        release_pin_attempt(&state.pool, user_id, false).await?;
         return Ok(());
     }
-    // Counted in the database, atomically: parallel guesses cannot slip past.
-    let (attempts, locked_until): (i32, Option<DateTime<Utc>>) = sqlx::query_as(
-        r"update users set
-              pin_failed_attempts = case when pin_failed_attempts + 1 >= $2 then 0 else pin_failed_attempts + 1 end,
-              pin_locked_until = case when pin_failed_attempts + 1 >= $2
-                                      then now() + make_interval(secs => $3) else pin_locked_until end
-          where id = $1
-          returning pin_failed_attempts, pin_locked_until",
-    )
-    .bind(user.id)
-    .bind(PIN_ATTEMPTS_MAX)
-    .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
-    .fetch_one(&state.pool)
-    .await?;
+    let (attempts, locked_until) = settle_wrong_pin(&state.pool, user_id).await?;
     let locking = locked_until.is_some_and(|until| until > Utc::now()) && attempts == 0;
     audit::record(
         state,
         audit::Event {
             action: if locking { "pin.locked" } else { "pin.failed" },
-            actor_user_id: Some(user.id),
-            subject_user_id: Some(user.id),
+            actor_user_id: Some(user_id),
+            subject_user_id: Some(user_id),
             peer: Some(peer),
             request_id,
             detail: serde_json::json!({ "failed_attempts": attempts }),
@@ -110,11 +127,11 @@ async fn verify_pin(
     .await;
     match locked_until.filter(|until| *until > Utc::now()) {
         Some(until) if attempts == 0 => {
-            tracing::warn!(user_id = %user.id, "PIN locked after {PIN_ATTEMPTS_MAX} wrong attempts");
+            tracing::warn!(%user_id, "PIN locked after {PIN_ATTEMPTS_MAX} wrong attempts");
             Err(locked(until))
         }
         _ => {
-            tracing::info!(user_id = %user.id, attempts, "wrong PIN");
+            tracing::info!(%user_id, attempts, "wrong PIN");
             Err(ApiError::unauthorized(
                 "invalid_pin",
                 format!("wrong PIN; {} attempt(s) left", PIN_ATTEMPTS_MAX - attempts),
@@ -123,12 +140,107 @@ async fn verify_pin(
     }
 }
 
+/// A reservation older than this belongs to a check that died with its
+/// process (checks run on their own tasks, so nothing else stops one):
+/// it counts as a wrong PIN. Far above any request's time.
+const PIN_RESERVATION_STALE_S: i32 = 300;
+
+/// Reserves one PIN attempt, in one statement, before the hash is checked:
+/// only when PIN use is not locked and the wrong PINs counted plus the
+/// checks in flight are fewer than [`PIN_ATTEMPTS_MAX`]. So however many
+/// requests come at once, and on however many ingest instances, at most
+/// five guesses are checked or in flight per lock window. (Reading the lock
+/// first and counting after the check let a burst of N requests make N
+/// guesses.) Stale reservations turn into wrong attempts on the way.
+async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reservation, ApiError> {
+    let hash: Option<String> = sqlx::query_scalar(
+        r"update users set
+              pin_failed_attempts = pin_failed_attempts
+                  + case when pin_attempt_reserved_at < now() - make_interval(secs => $3)
+                         then pin_attempts_in_flight else 0 end,
+              pin_attempts_in_flight = 1
+                  + case when pin_attempt_reserved_at < now() - make_interval(secs => $3)
+                         then 0 else pin_attempts_in_flight end,
+              pin_attempt_reserved_at = now()
+          where id = $1 and pin_hash is not null
+            and (pin_locked_until is null or pin_locked_until <= now())
+            and pin_failed_attempts + pin_attempts_in_flight < $2
+          returning pin_hash",
+    )
+    .bind(user_id)
+    .bind(PIN_ATTEMPTS_MAX)
+    .bind(f64::from(PIN_RESERVATION_STALE_S))
+    .fetch_optional(pool)
+    .await?;
+    if let Some(hash) = hash {
+        return Ok(Reservation::Reserved(hash));
+    }
+    // Refused: say why. When every attempt left is held by stale
+    // reservations, they were guesses whose outcome was lost: lock.
+    let (has_pin, locked_until): (bool, Option<DateTime<Utc>>) = sqlx::query_as(
+        r"update users set
+              pin_locked_until = case when pin_attempt_reserved_at < now() - make_interval(secs => $3)
+                                       and pin_failed_attempts + pin_attempts_in_flight >= $2
+                                       and (pin_locked_until is null or pin_locked_until <= now())
+                                      then now() + make_interval(secs => $4) else pin_locked_until end
+          where id = $1
+          returning pin_hash is not null, pin_locked_until",
+    )
+    .bind(user_id)
+    .bind(PIN_ATTEMPTS_MAX)
+    .bind(f64::from(PIN_RESERVATION_STALE_S))
+    .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
+    .fetch_one(pool)
+    .await?;
+    Ok(match locked_until.filter(|until| *until > Utc::now()) {
+        _ if !has_pin => Reservation::NotSet,
+        Some(until) => Reservation::Locked(until),
+        None => Reservation::Busy,
+    })
+}
+
+/// Ends a reservation that was no wrong guess: the right PIN (the wrong
+/// ones in a row start again from zero) or a check that failed itself.
+async fn release_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid, failed_check: bool) -> Result<(), ApiError> {
+    sqlx::query(
+        r"update users set
+              pin_attempts_in_flight = greatest(pin_attempts_in_flight - 1, 0),
+              pin_failed_attempts = case when $2 then pin_failed_attempts else 0 end
+          where id = $1",
+    )
+    .bind(user_id)
+    .bind(failed_check)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Ends a reservation as a wrong PIN, atomically: the fifth in a row locks
+/// PIN use for [`PIN_LOCK_S`] (and the count starts again).
+async fn settle_wrong_pin(pool: &sqlx::PgPool, user_id: Uuid) -> Result<(i32, Option<DateTime<Utc>>), ApiError> {
+    let settled = sqlx::query_as(
+        r"update users set
+              pin_attempts_in_flight = greatest(pin_attempts_in_flight - 1, 0),
+              pin_failed_attempts = case when pin_failed_attempts + 1 >= $2 then 0 else pin_failed_attempts + 1 end,
+              pin_locked_until = case when pin_failed_attempts + 1 >= $2
+                                      then now() + make_interval(secs => $3) else pin_locked_until end
+          where id = $1
+          returning pin_failed_attempts, pin_locked_until",
+    )
+    .bind(user_id)
+    .bind(PIN_ATTEMPTS_MAX)
+    .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
+    .fetch_one(pool)
+    .await?;
+    Ok(settled)
+}
+
 fn locked(until: DateTime<Utc>) -> ApiError {
     let seconds = u64::try_from((until - Utc::now()).num_seconds()).unwrap_or(0).max(1);
     ApiError::Locked { retry_after_s: seconds }
 }
 
-/// A new PIN, and the current one when one is set.
+/// A new PIN, and the current one when one is set (the password when none is).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetPin {

@@ -55,6 +55,8 @@ pub struct Limits {
     pub token_ips: RateLimiter<std::net::IpAddr>,
     /// Per account (email), on login: guessing from many addresses.
     pub login_accounts: RateLimiter<String>,
+    /// Per user, on PIN checks and first-PIN password checks.
+    pub pin_users: RateLimiter<uuid::Uuid>,
 }
 
 /// The server, bound and ready to run. Binding first lets a test ask for
@@ -110,6 +112,7 @@ impl Application {
                 clients: RateLimiter::new(config.client_rate_limit, RATE_LIMIT_KEYS_MAX),
                 token_ips: RateLimiter::new(config.token_ip_rate_limit, RATE_LIMIT_KEYS_MAX),
                 login_accounts: RateLimiter::new(config.login_account_rate_limit, RATE_LIMIT_KEYS_MAX),
+                pin_users: RateLimiter::new(config.pin_user_rate_limit, RATE_LIMIT_KEYS_MAX),
             }),
         };
         let tls = config.tls.as_ref().map(crate::tls::TlsConfig::server_config).transpose()?;

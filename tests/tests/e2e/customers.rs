@@ -321,6 +321,57 @@ async fn five_wrong_pins_lock_pin_use_for_fifteen_minutes() {
     assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &change).await.0, 423);
 }
 
+/// Stores `pin` as the user's PIN straight in the database, the way
+/// `PUT /v1/me/pin` would, for tests about what a PIN buys.
+async fn store_pin(app: &TestApp, email: &str, pin: &str) {
+    let hash = ledgerline_tests::hasher().hash(&secrecy::SecretString::from(pin.to_owned())).expect("hash");
+    sqlx::query("update users set pin_hash = $2 where email = $1")
+        .bind(email)
+        .bind(hash)
+        .execute(&app.pool)
+        .await
+        .expect("PIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_parallel_wrong_pins_get_five_guesses_at_most_and_the_lock_holds() {
+    // The per-user bucket of PIN checks would turn most of the burst away
+    // before any reservation; this is about the reservation.
+    let app = TestApp::spawn_configured(|config| {
+        config.pin_user_rate_limit = ingest::limits::RateLimit::per_second(1_000, 1_000);
+    })
+    .await;
+    let (jane, _) = customer_with_account(&app, "jane@example.com").await;
+    store_pin(&app, "jane@example.com", "4821").await;
+
+    // Fifty guesses at once, none of them the PIN.
+    let guesses =
+        (0..50).map(|n| {
+            let jane = jane.clone();
+            let app = &app;
+            async move {
+                send(app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": format!("{n:04}") })).await
+            }
+        });
+    let answers = futures::future::join_all(guesses).await;
+    for (status, problem) in &answers {
+        assert!(
+            matches!((status, problem["code"].as_str()), (401, Some("invalid_pin")) | (423 | 429, _)),
+            "{status} {problem}"
+        );
+    }
+    // Every guess that was checked against the hash left an audit row.
+    let checked = app.count("select count(*) from audit_log where action in ('pin.failed', 'pin.locked')").await;
+    assert!(checked <= 5, "{checked} guesses were checked; the lockout allows 5");
+    let wrong = answers.iter().filter(|(status, _)| *status == 401).count();
+    assert!(wrong <= 4, "{wrong} answers said 'wrong PIN, try again'");
+    assert_eq!(app.count("select count(*) from users where pin_locked_until > now()").await, 1, "locked");
+
+    // Locked: the right PIN is refused too.
+    let (status, problem) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
+    assert_eq!((status, problem["code"].as_str()), (423, Some("pin_locked")));
+}
+
 /// Waits until `count` statements of this test's database wait for a lock.
 async fn wait_for_lock_waiters(app: &TestApp, count: i64) {
     let deadline = tokio::time::Instant::now() + ledgerline_tests::WAIT_MAX;
