@@ -773,9 +773,29 @@ impl Worker {
             match self.runtime.block_on(self.producer.send(record, timeout)) {
                 Ok(_) => {
                     self.metrics.record_dead_letter();
-                    return true;
+                    return self.record_dead_letter(payload, position, reason);
                 }
                 Err((error, _)) => tracing::warn!(%error, "dead-lettering failed; retrying"),
+            }
+            if self.stop.is_cancelled() {
+                return false;
+            }
+            backoff.sleep();
+        }
+    }
+
+    /// Records a dead-lettered command that names its id, so its sender
+    /// reads "dead-lettered" and why instead of "accepted" for ever, and
+    /// gets a `command.dead_lettered` event. Returns false when a stop
+    /// interrupted it (the message is then delivered and dead-lettered
+    /// again).
+    fn record_dead_letter(&self, payload: &[u8], position: &Position, reason: &DeadLetterReason) -> bool {
+        let Some(identity) = decode::identity(payload) else { return true };
+        let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
+        loop {
+            match self.runtime.block_on(ledger::record_dead_letter(&self.pool, &identity, reason, position)) {
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(%error, "recording a dead letter failed; retrying"),
             }
             if self.stop.is_cancelled() {
                 return false;

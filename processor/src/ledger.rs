@@ -503,13 +503,69 @@ fn event_key(event: &Event) -> String {
         Event::AccountCommandRejected(e) => Some(e.account_id),
         Event::CommandIdReused(e) => e.account_id,
         Event::PayoutOutcomeConflicted(e) => Some(e.source_account_id),
+        Event::CommandDeadLettered(e) => e.account_id,
     };
     match (account, event) {
         (Some(account), _) => account.to_string(),
         (None, Event::TransferRejected(e)) => e.transfer_id.to_string(),
         (None, Event::CommandIdReused(e)) => e.reused_id.to_string(),
+        (None, Event::CommandDeadLettered(e)) => e.command_id.to_string(),
         (None, _) => String::new(),
     }
+}
+
+/// Records that the command `identity` went to the dead-letter topic, and
+/// tells it through the outbox (`command.dead_lettered`), in one
+/// transaction. Recording it again (a redelivery dead-lettered twice) keeps
+/// the first record and tells nothing more.
+///
+/// # Errors
+/// Database errors; the caller retries.
+pub async fn record_dead_letter(
+    pool: &PgPool,
+    identity: &crate::decode::Identity,
+    reason: &crate::decode::DeadLetterReason,
+    position: &Position,
+) -> Result<(), sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    let inserted = sqlx::query(
+        r"insert into dead_lettered_commands
+              (command_id, command_type, account_id, reason, detail, kafka_topic, kafka_partition, kafka_offset)
+          values ($1, $2, $3, $4, $5, $6, $7, $8)
+          on conflict (command_id) do nothing",
+    )
+    .bind(identity.command_id)
+    .bind(identity.command_type.as_deref())
+    .bind(identity.account_id)
+    .bind(reason.code)
+    .bind(&reason.detail)
+    .bind(&position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
+    .execute(&mut *transaction)
+    .await?
+    .rows_affected();
+    if inserted > 0 {
+        let event = Event::CommandDeadLettered(schemas::messages::CommandDeadLettered {
+            version: schemas::messages::V1,
+            command_id: identity.command_id,
+            command_type: identity.command_type.clone(),
+            account_id: identity.account_id.map(AccountId::from_uuid),
+            reason: reason.code.to_owned(),
+            detail: reason.detail.clone(),
+            dead_lettered_at: Utc::now(),
+        });
+        sqlx::query(
+            r"insert into outbox (destination, event_type, message_key, payload)
+              values ('events', $1, $2, $3::json)",
+        )
+        .bind(event.type_name())
+        .bind(event_key(&event))
+        .bind(serde_json::to_string(&event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?)
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await
 }
 
 /// Stores, per partition, the offset after the last message of the batch. It

@@ -596,6 +596,11 @@ pub enum Event {
     /// ledger keeps the first; an operator must reconcile with the provider.
     #[serde(rename = "payout.outcome_conflicted")]
     PayoutOutcomeConflicted(PayoutOutcomeConflicted),
+    /// A command the processor could not apply went to the dead-letter
+    /// topic (an unknown field or version, a database refusal). It is not
+    /// decided: a replay after a fix may still apply it.
+    #[serde(rename = "command.dead_lettered")]
+    CommandDeadLettered(CommandDeadLettered),
 }
 
 impl Event {
@@ -612,6 +617,7 @@ impl Event {
             Event::AccountCommandRejected(_) => "account.command_rejected",
             Event::CommandIdReused(_) => "command.id_reused",
             Event::PayoutOutcomeConflicted(_) => "payout.outcome_conflicted",
+            Event::CommandDeadLettered(_) => "command.dead_lettered",
         }
     }
 }
@@ -729,6 +735,24 @@ pub struct CommandIdReused {
     pub account_id: Option<AccountId>,
     pub reason: RejectionReason,
     pub rejected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandDeadLettered {
+    pub version: V1,
+    /// The command's `transfer_id` or `command_id`, as far as it could be read.
+    pub command_id: uuid::Uuid,
+    /// Its `type`, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_type: Option<String>,
+    /// The account it debits or concerns, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<AccountId>,
+    /// The dead-letter reason: `invalid_command`, `apply_failed`, …
+    pub reason: String,
+    pub detail: String,
+    pub dead_lettered_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

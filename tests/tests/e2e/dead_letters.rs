@@ -31,3 +31,36 @@ async fn an_undecodable_command_is_dead_lettered_with_its_reason_and_the_next_on
     let detail = dead[1].header("ledgerline-dlq-detail").unwrap_or_default();
     assert!(detail.contains("not a valid command"), "{detail}");
 }
+
+/// Defect #13 of issue 10. Before the fix a command with an unknown field
+/// or version was dead-lettered and nothing more: its sender saw it
+/// accepted for ever and no event ever told of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_command_that_names_its_id_is_recorded_and_told_as_an_event() {
+    let app = TestApp::spawn().await;
+    let alice = app.open_account("EUR").await;
+    let transfer_id = uuid::Uuid::new_v4();
+    let from_the_future = serde_json::json!({
+        "type": "transfer.requested", "version": 2, "transfer_id": transfer_id,
+        "source_account_id": alice, "destination_account_id": uuid::Uuid::new_v4(),
+        "money": {"amount": "1.00", "currency": "EUR"}, "requested_at": chrono::Utc::now(),
+    });
+    app.publish_raw(&alice.to_string(), from_the_future.to_string().as_bytes()).await;
+
+    let events = app.read_topic(&app.kafka.topics.events, 1).await;
+    let told = events
+        .iter()
+        .map(ledgerline_tests::ReadMessage::json)
+        .find(|event| event["type"] == "command.dead_lettered")
+        .expect("a command.dead_lettered event");
+    assert_eq!(told["command_id"], transfer_id.to_string());
+    assert_eq!(told["reason"], "invalid_command");
+    assert_eq!(told["account_id"], alice.to_string());
+    let recorded: (String, String) =
+        sqlx::query_as("select command_type, reason from dead_lettered_commands where command_id = $1")
+            .bind(transfer_id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("recorded");
+    assert_eq!(recorded, ("transfer.requested".to_owned(), "invalid_command".to_owned()));
+}
