@@ -234,19 +234,64 @@ impl JwtKeys {
         self.issue_user_token(user_id, role, 0, Self::STEP_UP, Self::STEP_UP_TTL_S)
     }
 
-    /// Whether `token` is a valid step-up token of `user_id`.
+    /// Checks that `token` is a valid step-up token of `user_id`; what it
+    /// pays for is settled by [`spend_step_up`].
     ///
     /// # Errors
     /// 401 `step_up_invalid` otherwise.
-    pub fn check_step_up(&self, token: &str, user_id: Uuid) -> Result<(), ApiError> {
-        let claims = self
-            .decode_user_token(token, Self::STEP_UP)
-            .map_err(|detail| ApiError::unauthorized("step_up_invalid", detail))?;
+    pub fn check_step_up(&self, token: &str, user_id: Uuid) -> Result<StepUp, ApiError> {
+        let invalid = |detail: String| ApiError::unauthorized("step_up_invalid", detail);
+        let claims = self.decode_user_token(token, Self::STEP_UP).map_err(invalid)?;
         if claims.sub != user_id.to_string() {
-            return Err(ApiError::unauthorized("step_up_invalid", "the step-up token is another user's"));
+            return Err(invalid("the step-up token is another user's".into()));
         }
-        Ok(())
+        let id = Uuid::parse_str(&claims.jti).map_err(|_| invalid("the step-up token has no valid id".into()))?;
+        let expires_at = chrono::DateTime::from_timestamp(claims.exp, 0)
+            .ok_or_else(|| invalid("the step-up token has no valid expiry".into()))?;
+        Ok(StepUp { id, user_id, expires_at })
     }
+}
+
+/// A checked step-up token: one PIN entry, good for one transfer.
+#[derive(Debug, Clone)]
+pub struct StepUp {
+    /// The token's `jti`.
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Spends `step_up` on `transfer_id`: a step-up pays for one transfer, not
+/// for every transfer in its five minutes. Presenting it again for the same
+/// transfer (a retry with the same `Idempotency-Key`, whose body is bound
+/// to that id) passes, so a lost answer can be retried safely; for any
+/// other transfer it is refused. Spent before the transfer is published, in
+/// one statement, so two requests racing with one token cannot both pass.
+/// Spent rows of the user that have expired are pruned on the way.
+///
+/// # Errors
+/// 401 `step_up_used` when it paid for another transfer; database failures.
+pub async fn spend_step_up(pool: &PgPool, step_up: &StepUp, transfer_id: Uuid) -> Result<(), ApiError> {
+    let spent: Option<i32> = sqlx::query_scalar(
+        r"with pruned as (delete from step_up_uses where user_id = $2 and expires_at < now() - interval '1 minute')
+          insert into step_up_uses (id, user_id, transfer_id, expires_at) values ($1, $2, $3, $4)
+          on conflict (id) do update set transfer_id = excluded.transfer_id
+              where step_up_uses.transfer_id = excluded.transfer_id
+          returning 1",
+    )
+    .bind(step_up.id)
+    .bind(step_up.user_id)
+    .bind(transfer_id)
+    .bind(step_up.expires_at)
+    .fetch_optional(pool)
+    .await?;
+    if spent.is_none() {
+        return Err(ApiError::unauthorized(
+            "step_up_used",
+            "this step-up token paid for another transfer; enter the PIN again (POST /v1/auth/pin)",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -3,8 +3,11 @@
 //!
 //! A customer sets a PIN (4 to 8 digits, argon2id). `POST /v1/auth/pin`
 //! checks it and returns a step-up token valid 5 minutes, bound to the user;
-//! a customer's transfer needs one in `X-Step-Up-Token`. Five wrong PINs in
-//! a row lock PIN use for 15 minutes (423 `pin_locked` with `Retry-After`).
+//! a customer's transfer needs one in `X-Step-Up-Token`, and one step-up
+//! pays for one transfer ([`crate::auth::spend_step_up`]). Five wrong PINs
+//! in a row lock PIN use for 15 minutes (423 `pin_locked` with
+//! `Retry-After`); attempts are reserved before the hash is checked, so
+//! parallel guesses get no more than five. The first PIN needs the password.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -250,12 +253,16 @@ struct SetPin {
     /// Required to change a PIN that is set.
     #[schema(value_type = Option<String>, format = Password)]
     current_pin: Option<SecretString>,
+    /// Required to set the first PIN: an access token alone (a stolen one)
+    /// must not give its holder the second factor.
+    #[schema(value_type = Option<String>, format = Password)]
+    current_password: Option<SecretString>,
 }
 
 /// Sets or changes the transaction PIN.
 ///
-/// Changing a PIN that is set needs `current_pin`, checked with the same
-/// lockout as `POST /v1/auth/pin`.
+/// The first PIN needs `current_password`; changing a PIN that is set needs
+/// `current_pin`, checked with the same lockout as `POST /v1/auth/pin`.
 #[utoipa::path(
     put,
     path = "/v1/me/pin",
@@ -282,6 +289,13 @@ async fn set_pin(
             .current_pin
             .ok_or_else(|| ApiError::unprocessable("current_pin_required", "give current_pin to change the PIN"))?;
         verify_pin(&state, &user, current, peer, &request_id.0).await?;
+    } else {
+        let password = request.current_password.ok_or_else(|| {
+            ApiError::unprocessable("current_password_required", "give current_password to set the first PIN")
+        })?;
+        // The same bucket as PIN checks: this is a password guess too.
+        state.limits.pin_users.admit(&user.id)?;
+        crate::customers::check_current_password(&state, user.id, password).await?;
     }
     let pin = request.pin;
     let hash = state.hasher.hash_blocking(pin).await?;
@@ -384,7 +398,7 @@ async fn submit(
     let step_up = headers.get(STEP_UP_HEADER).and_then(|value| value.to_str().ok()).ok_or_else(|| {
         ApiError::unauthorized("step_up_required", "enter the PIN (POST /v1/auth/pin) and send X-Step-Up-Token")
     })?;
-    state.jwt.check_step_up(step_up, user.id)?;
+    let step_up = state.jwt.check_step_up(step_up, user.id)?;
     let key = transfers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
     let money = transfers::parse_money(&request.amount, request.currency)?;
@@ -398,6 +412,7 @@ async fn submit(
         return Err(ApiError::not_found("account_not_found", "no such source account"));
     }
     let transfer_id = TransferId::derive(Operation::Transfer, user.id, &key);
+    crate::auth::spend_step_up(&state.pool, &step_up, transfer_id.as_uuid()).await?;
     let (command, canonical) =
         transfers::transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money);
     let accepted =

@@ -529,17 +529,31 @@ async fn change_password(
 ) -> Result<StatusCode, ApiError> {
     let Json(request) = body?;
     check_password(&request.new_password)?;
-    let hash: Option<String> =
-        sqlx::query_scalar("select password_hash from users where id = $1 and disabled_at is null")
-            .bind(user.id)
-            .fetch_optional(&state.pool)
-            .await?;
-    if !state.hasher.verify(hash, request.current_password).await? {
-        return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
-    }
+    check_current_password(&state, user.id, request.current_password).await?;
     set_password(&state, user.id, request.new_password).await?;
     audit::record(&state, audit::Event::by_user("password.changed", user.id, peer, &request_id.0)).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks a logged-in user's current password, for changes an access token
+/// alone must not make (a new password, a first PIN).
+///
+/// # Errors
+/// 401 `invalid_credentials` when it is wrong.
+pub(crate) async fn check_current_password(
+    state: &AppState,
+    user_id: Uuid,
+    password: SecretString,
+) -> Result<(), ApiError> {
+    let hash: Option<String> =
+        sqlx::query_scalar("select password_hash from users where id = $1 and disabled_at is null")
+            .bind(user_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    if !state.hasher.verify(hash, password).await? {
+        return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
+    }
+    Ok(())
 }
 
 async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -> Result<(), ApiError> {

@@ -272,13 +272,14 @@ async fn a_customer_transfer_needs_a_fresh_pin_step_up_of_the_same_user() {
     let (status, problem) = submit(None, "t1").await;
     assert_eq!((status, problem["code"].as_str()), (401, Some("step_up_required")));
 
-    // A PIN first; changing it needs the current one.
+    // A PIN first (with the password); changing it needs the current PIN.
     let pin = |pin: &str| json!({ "pin": pin });
-    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &pin("12")).await.0, 422);
-    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &pin("4821")).await.0, 204);
+    let first_pin = |pin: &str| json!({ "pin": pin, "current_password": PASSWORD });
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &first_pin("12")).await.0, 422);
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &first_pin("4821")).await.0, 204);
     let (status, problem) = send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &pin("9999")).await;
     assert_eq!((status, problem["code"].as_str()), (422, Some("current_pin_required")));
-    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &john, &pin("7777")).await.0, 204);
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &john, &first_pin("7777")).await.0, 204);
 
     let (status, step_up) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &pin("4821")).await;
     assert_eq!(status, 200);
@@ -304,7 +305,8 @@ async fn a_customer_transfer_needs_a_fresh_pin_step_up_of_the_same_user() {
 async fn five_wrong_pins_lock_pin_use_for_fifteen_minutes() {
     let app = TestApp::spawn().await;
     let (jane, _) = customer_with_account(&app, "jane@example.com").await;
-    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &json!({ "pin": "4821" })).await.0, 204);
+    let first_pin = json!({ "pin": "4821", "current_password": PASSWORD });
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &first_pin).await.0, 204);
     for attempt in 1..=4 {
         let (status, problem) =
             send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "0000" })).await;
@@ -370,6 +372,70 @@ async fn fifty_parallel_wrong_pins_get_five_guesses_at_most_and_the_lock_holds()
     // Locked: the right PIN is refused too.
     let (status, problem) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
     assert_eq!((status, problem["code"].as_str()), (423, Some("pin_locked")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_up_token_pays_for_one_transfer_only() {
+    let app = TestApp::spawn().await;
+    let (jane, jane_account) = customer_with_account(&app, "jane@example.com").await;
+    let (_, john_account) = customer_with_account(&app, "john@example.com").await;
+    app.fund(jane_account.parse().expect("uuid"), "50.00", "EUR").await;
+    store_pin(&app, "jane@example.com", "4821").await;
+    let submit = |step_up: String, key: &'static str, amount: &'static str| {
+        let request = app
+            .http()
+            .post(app.url("/v1/me/transfers"))
+            .bearer_auth(&jane)
+            .header("Idempotency-Key", key)
+            .header("x-step-up-token", step_up)
+            .json(&json!({
+                "source_account_id": jane_account, "destination_account_id": john_account,
+                "amount": amount, "currency": "EUR",
+            }));
+        async move {
+            let response = request.send().await.expect("transfer");
+            (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let step_up = || async {
+        let (status, body) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
+        assert_eq!(status, 200, "{body}");
+        body["step_up_token"].as_str().expect("step-up token").to_owned()
+    };
+
+    let token = step_up().await;
+    let (status, first) = submit(token.clone(), "rent", "5.00").await;
+    assert_eq!(status, 202, "{first}");
+    // A retry of the same request (its answer was lost) is the same transfer.
+    let (status, again) = submit(token.clone(), "rent", "5.00").await;
+    assert!(status == 200 || status == 202, "{status} {again}");
+    assert_eq!(again["transfer_id"], first["transfer_id"]);
+    // Another transfer with the same step-up: refused, whatever it pays.
+    for (key, amount) in [("more-rent", "5.00"), ("a-bigger-one", "40.00")] {
+        let (status, problem) = submit(token.clone(), key, amount).await;
+        assert_eq!((status, problem["code"].as_str()), (401, Some("step_up_used")), "{key}");
+    }
+    // A fresh PIN entry pays for the next one.
+    let (status, second) = submit(step_up().await, "more-rent", "5.00").await;
+    assert_eq!(status, 202, "{second}");
+    assert_ne!(second["transfer_id"], first["transfer_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_pin_needs_the_current_password() {
+    let app = TestApp::spawn().await;
+    let (jane, _) = customer_with_account(&app, "jane@example.com").await;
+    // A stolen access token alone cannot give its thief a PIN.
+    let (status, problem) = send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &json!({ "pin": "4821" })).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("current_password_required")), "{problem}");
+    let wrong = json!({ "pin": "4821", "current_password": "not the password" });
+    let (status, problem) = send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &wrong).await;
+    assert_eq!((status, problem["code"].as_str()), (401, Some("invalid_credentials")));
+    assert_eq!(app.count("select count(*) from users where pin_hash is not null").await, 0);
+    let right = json!({ "pin": "4821", "current_password": PASSWORD });
+    assert_eq!(send(&app, reqwest::Method::PUT, "/v1/me/pin", &jane, &right).await.0, 204);
+    let (status, _) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
+    assert_eq!(status, 200);
 }
 
 /// Waits until `count` statements of this test's database wait for a lock.
