@@ -504,7 +504,10 @@ pub async fn verify_client(
         Err(_) => None,
     };
     let hash = stored.as_ref().map(|(_, hash, _)| hash.clone());
-    let matches = hasher.verify(hash, secret).await?;
+    // The row is read every time, so a disabled client or a new secret is
+    // refused at once; only the argon2 check may be answered from memory.
+    let id = stored.as_ref().map_or_else(Uuid::nil, |(id, _, _)| *id);
+    let matches = hasher.verify_client_secret(id, hash, secret).await?;
     Ok(match stored {
         Some((id, _, scopes)) if matches => {
             Some(ApiClient { id, scopes: scopes.iter().filter_map(|text| Scope::parse(text).ok()).collect() })

@@ -153,3 +153,88 @@ async fn the_token_endpoint_refuses_wrong_credentials_and_scopes_the_client_lack
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 900);
 }
+
+/// An argon2id hash whose check takes seconds (64 MiB, 40 passes): a login
+/// against it holds a hashing permit that long. Its digest matches no
+/// password; the check costs the same either way.
+const SLOW_HASH: &str =
+    "$argon2id$v=19$m=65536,t=40,p=1$c2xvdy1oYXNoLXNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_holding_every_customer_hashing_permit_do_not_hold_back_an_api_clients_token() {
+    // One permit for customers' hashing, so one slow login holds them all.
+    let app = TestApp::spawn_configured(|config| config.argon2.concurrency_max = 1).await;
+    let credentials = json!({ "email": "jane@example.com", "password": ledgerline_tests::USER_PASSWORD });
+    let response = app.http().post(app.url("/v1/auth/register")).json(&credentials).send().await.expect("register");
+    assert_eq!(response.status(), 201);
+    sqlx::query("update users set password_hash = $1").bind(SLOW_HASH).execute(&app.pool).await.expect("hash");
+
+    let login = {
+        let request = app.http().post(app.url("/v1/auth/login")).json(&credentials);
+        tokio::spawn(async move { request.send().await.expect("login").status().as_u16() })
+    };
+    // The login reads the user, then checks the hash for seconds; give it
+    // the moment it needs to take the permit.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!login.is_finished(), "the slow login is still being checked");
+    let token = app.request_token(&app.client_id.to_string(), app.client_secret.expose_secret(), None).await;
+    assert_eq!(token.status(), 200);
+    assert!(!login.is_finished(), "the client got its token while every customer permit was taken");
+    // A wrong password (or the request timeout on a slow machine).
+    assert_ne!(login.await.expect("login task"), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correct_pin_step_ups_are_bounded_per_user() {
+    let app = TestApp::spawn().await;
+    let jane = app.user_token("jane@example.com", "customer").await;
+    let john = app.user_token("john@example.com", "customer").await;
+    let hash = ledgerline_tests::hasher().hash(&secrecy::SecretString::from("4821".to_owned())).expect("hash");
+    sqlx::query("update users set pin_hash = $1").bind(hash).execute(&app.pool).await.expect("PIN");
+    let step_up = |token: &str| {
+        let request = app.http().post(app.url("/v1/auth/pin")).bearer_auth(token).json(&json!({ "pin": "4821" }));
+        async move {
+            let response = request.send().await.expect("step-up");
+            (response.status().as_u16(), response.headers().contains_key("retry-after"))
+        }
+    };
+    let mut answers = Vec::new();
+    for _ in 0..30 {
+        answers.push(step_up(&jane).await);
+    }
+    let first_refusal = answers.iter().position(|(status, _)| *status == 429).expect("a step-up is refused");
+    assert!(first_refusal > 0, "the first ones pass");
+    assert!(answers[..first_refusal].iter().all(|(status, _)| *status == 200), "{answers:?}");
+    assert!(answers[first_refusal].1, "429 with Retry-After");
+    // Another customer is not held back by Jane's step-ups.
+    assert_eq!(step_up(&john).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_client_secret_is_forgotten_when_the_secret_changes_or_the_client_is_disabled() {
+    let app = TestApp::spawn().await;
+    let id = app.client_id.to_string();
+    let old_secret = app.client_secret.expose_secret().to_owned();
+    for _ in 0..2 {
+        assert_eq!(app.request_token(&id, &old_secret, None).await.status(), 200);
+    }
+    assert_eq!(app.request_token(&id, "llsk_wrong", None).await.status(), 401, "only the secret itself");
+
+    let new_secret = secrecy::SecretString::from("llsk_the-new-secret-of-this-client".to_owned());
+    ingest::auth::upsert_client(
+        &app.pool,
+        &ledgerline_tests::hasher(),
+        app.client_id,
+        "test-client",
+        &new_secret,
+        ingest::auth::Scope::ALL,
+    )
+    .await
+    .expect("new secret");
+    assert_eq!(app.request_token(&id, &old_secret, None).await.status(), 401, "the old secret is dead at once");
+    assert_eq!(app.request_token(&id, new_secret.expose_secret(), None).await.status(), 200);
+    assert_eq!(app.request_token(&id, new_secret.expose_secret(), None).await.status(), 200);
+
+    sqlx::query("update api_clients set disabled_at = now()").execute(&app.pool).await.expect("disable");
+    assert_eq!(app.request_token(&id, new_secret.expose_secret(), None).await.status(), 401, "disabled at once");
+}
