@@ -1,8 +1,13 @@
 //! A fake payment provider, for tests and `ledgerctl dev`: a real HTTP
-//! server with an OAuth2 client-credentials token endpoint and a payments
-//! endpoint that honours `Idempotency-Key`, switchable between modes (pay,
-//! reject, accept for later, accept and call back (possibly more than once),
-//! fail with 503 and `Retry-After`, answer slowly).
+//! server with an OAuth2 client-credentials token endpoint, a payments
+//! endpoint that honours `Idempotency-Key`, and a lookup of a payment by our
+//! reference (`GET /v1/payments/{payment_id}`, as real providers look
+//! payments up by the client's reference). It is switchable between modes
+//! (pay, reject, accept for later, accept and call back (possibly more than
+//! once), fail with 503 and `Retry-After`, pay at once but answer slowly),
+//! can refuse one creditor's orders with a 400, and can forget its
+//! idempotency keys as a real provider does after its retention period
+//! (while it still knows the payments it made).
 //! It counts what it saw, so tests can check that a payment was made once.
 
 use std::collections::HashMap;
@@ -10,10 +15,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::Engine as _;
 use platform::CancellationToken;
@@ -33,7 +38,8 @@ pub enum Mode {
     Pending,
     /// Down: 503, with `Retry-After` when given.
     Unavailable { retry_after_s: Option<u64> },
-    /// Pays, but only after this long.
+    /// Pays at once, but answers (and answers lookups) only after this long:
+    /// a client that gives up sooner never hears that it paid.
     Slow { delay_ms: u64 },
     /// Answers 202 `pending`, then after `delay_ms` POSTs a signed callback
     /// with the outcome (`paid` or not) to the callback URL, `copies` times.
@@ -44,12 +50,16 @@ pub enum Mode {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     pub tokens_issued: u64,
+    /// Requests to the payments API: orders and lookups.
     pub payment_requests: u64,
+    /// Of those, lookups of a payment by reference.
+    pub status_requests: u64,
     pub unauthorized_requests: u64,
     /// Callbacks sent, and how many ingest answered with a 2xx.
     pub callbacks_sent: u64,
     pub callbacks_accepted: u64,
-    /// Distinct payments actually made (settled), by idempotency key.
+    /// Payments actually made (settled): a second one for the same
+    /// reference counts again, as it would cost the bank twice.
     pub payments_made: u64,
     /// Idempotency keys seen with a final answer.
     pub keys: Vec<String>,
@@ -64,7 +74,13 @@ struct Inner {
     tokens: HashMap<String, Instant>,
     stats: Stats,
     /// Final answers by idempotency key: the order and what was answered.
+    /// Forgotten by [`FakeProvider::forget_idempotency_keys`].
     answers: HashMap<String, (PaymentOrder, StatusCode, serde_json::Value)>,
+    /// The payments it took, by our reference (the order's `payment_id`),
+    /// with their state as a lookup tells it; never forgotten.
+    payments: HashMap<String, serde_json::Value>,
+    /// Orders to these creditor names are refused: a status and a code.
+    refused_creditors: HashMap<String, (StatusCode, String)>,
     /// Where callbacks go, and the HMAC key they are signed with.
     callbacks: Option<(String, String)>,
 }
@@ -97,11 +113,14 @@ impl FakeProvider {
             tokens: HashMap::new(),
             stats: Stats::default(),
             answers: HashMap::new(),
+            payments: HashMap::new(),
+            refused_creditors: HashMap::new(),
             callbacks: None,
         }));
         let app = Router::new()
             .route("/oauth/token", post(issue_token))
             .route("/v1/payments", post(order_payment))
+            .route("/v1/payments/{payment_id}", get(look_up_payment))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
@@ -141,6 +160,20 @@ impl FakeProvider {
     /// it signs them with.
     pub fn set_callbacks(&self, url: &str, secret: &str) {
         lock(&self.state).callbacks = Some((url.to_owned(), secret.to_owned()));
+    }
+
+    /// Forgets every idempotency key, as a provider does once its retention
+    /// period (a day at many) has passed: an order sent again under an old
+    /// key is a new order. The payments themselves stay known to lookups.
+    pub fn forget_idempotency_keys(&self) {
+        lock(&self.state).answers.clear();
+    }
+
+    /// Refuses every order to the creditor `name` with `status` (a 4xx) and
+    /// the error `code`, as a provider refuses a request it finds invalid.
+    pub fn refuse_creditor(&self, name: &str, status: u16, code: &str) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        lock(&self.state).refused_creditors.insert(name.to_owned(), (status, code.to_owned()));
     }
 
     /// Invalidates every token issued so far, as a key rotation would.
@@ -191,73 +224,128 @@ async fn issue_token(State(state): State<Shared>, headers: HeaderMap, Form(reque
     Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": ttl_s })).into_response()
 }
 
-async fn order_payment(State(state): State<Shared>, headers: HeaderMap, Json(order): Json<PaymentOrder>) -> Response {
-    let bearer = headers
+/// The bearer token of a request, if it is one the provider issued and it
+/// has not expired.
+fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::to_owned);
+        .and_then(|token| inner.tokens.get(token))
+        .is_some_and(|expiry| Instant::now() < *expiry)
+}
+
+fn unauthorized(inner: &mut Inner) -> Response {
+    inner.stats.unauthorized_requests += 1;
+    (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_token" }))).into_response()
+}
+
+/// In `Mode::Slow`, holds an answer back for the delay.
+async fn answer_late(mode: Mode, response: Response) -> Response {
+    if let Mode::Slow { delay_ms } = mode {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    response
+}
+
+async fn order_payment(State(state): State<Shared>, headers: HeaderMap, Json(order): Json<PaymentOrder>) -> Response {
     let key = headers.get("idempotency-key").and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let mode = {
+    let (mode, status, body) = {
         let mut inner = lock(&state);
         inner.stats.payment_requests += 1;
-        let valid =
-            bearer.as_ref().and_then(|token| inner.tokens.get(token)).is_some_and(|expiry| Instant::now() < *expiry);
-        if !valid {
-            inner.stats.unauthorized_requests += 1;
-            return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_token" }))).into_response();
+        if !authorized(&inner, &headers) {
+            return unauthorized(&mut inner);
         }
-        let Some(key) = key.as_ref() else {
+        let Some(key) = key else {
             return (StatusCode::BAD_REQUEST, Json(json!({ "error": "idempotency_key_required" }))).into_response();
         };
-        if let Some((first, status, body)) = inner.answers.get(key) {
+        let mode = inner.mode;
+        if let Some((first, status, body)) = inner.answers.get(&key) {
             if *first != order {
                 return (StatusCode::BAD_REQUEST, Json(json!({ "error": "idempotency_key_reused" }))).into_response();
             }
             // The same order again: the first answer, and no second payment.
-            return (*status, Json(body.clone())).into_response();
-        }
-        inner.mode
-    };
-    let (status, body) = match mode {
-        Mode::Unavailable { retry_after_s } => {
-            let mut response =
-                (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable" }))).into_response();
-            if let Some(seconds) = retry_after_s
-                && let Ok(value) = seconds.to_string().parse()
-            {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
+            (mode, *status, body.clone())
+        } else {
+            match new_order(&state, &mut inner, mode, key, order) {
+                Ok(answer) => answer,
+                Err(response) => return *response,
             }
-            return response;
-        }
-        Mode::Reject => {
-            (StatusCode::UNPROCESSABLE_ENTITY, json!({ "status": "rejected", "code": "creditor_account_closed" }))
-        }
-        Mode::Pending => {
-            (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": format!("fp-{}", order.payment_id) }))
-        }
-        Mode::Callback { paid, copies, delay_ms } => {
-            tokio::spawn(call_back(state.clone(), order.payment_id.clone(), paid, copies, delay_ms));
-            (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": format!("fp-{}", order.payment_id) }))
-        }
-        Mode::Settle | Mode::Slow { .. } => {
-            if let Mode::Slow { delay_ms } = mode {
-                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            }
-            (StatusCode::CREATED, json!({ "status": "settled", "reference": format!("fp-{}", order.payment_id) }))
         }
     };
-    let mut inner = lock(&state);
-    let key = key.unwrap_or_default();
-    // Two concurrent first requests with one key: the first to finish wins.
-    if let Some((_, status, body)) = inner.answers.get(&key) {
-        return (*status, Json(body.clone())).into_response();
+    answer_late(mode, (status, Json(body)).into_response()).await
+}
+
+/// Takes a first order under `key`: refused, down, or decided and kept.
+fn new_order(
+    state: &Shared,
+    inner: &mut Inner,
+    mode: Mode,
+    key: String,
+    order: PaymentOrder,
+) -> Result<(Mode, StatusCode, serde_json::Value), Box<Response>> {
+    if let Some((status, code)) = inner.refused_creditors.get(&order.creditor_name) {
+        // Refused as invalid: no payment, nothing kept under the key.
+        return Err(Box::new((*status, Json(json!({ "error": code, "code": code }))).into_response()));
     }
+    let Some((status, body)) = decide(state, mode, &order) else {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable" }))).into_response();
+        if let Mode::Unavailable { retry_after_s: Some(seconds) } = mode
+            && let Ok(value) = seconds.to_string().parse()
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Err(Box::new(response));
+    };
+    // Decided and kept before answering: a client that stops waiting (a
+    // timeout) does not undo a payment the provider made.
     if status == StatusCode::CREATED || matches!(mode, Mode::Callback { paid: true, .. }) {
         inner.stats.payments_made += 1;
     }
+    inner.payments.insert(order.payment_id.clone(), body.clone());
     inner.answers.insert(key, (order, status, body.clone()));
-    (status, Json(body)).into_response()
+    Ok((mode, status, body))
+}
+
+/// What the provider does with a new order in `mode`; `None` when it is down.
+fn decide(state: &Shared, mode: Mode, order: &PaymentOrder) -> Option<(StatusCode, serde_json::Value)> {
+    let reference = format!("fp-{}", order.payment_id);
+    Some(match mode {
+        Mode::Unavailable { .. } => return None,
+        Mode::Reject => {
+            (StatusCode::UNPROCESSABLE_ENTITY, json!({ "status": "rejected", "code": "creditor_account_closed" }))
+        }
+        Mode::Pending => (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": reference })),
+        Mode::Callback { paid, copies, delay_ms } => {
+            tokio::spawn(call_back(state.clone(), order.payment_id.clone(), paid, copies, delay_ms));
+            (StatusCode::ACCEPTED, json!({ "status": "pending", "reference": reference }))
+        }
+        Mode::Settle | Mode::Slow { .. } => {
+            (StatusCode::CREATED, json!({ "status": "settled", "reference": reference }))
+        }
+    })
+}
+
+/// `GET /v1/payments/{payment_id}`: a payment by our reference, as the
+/// provider knows it now (200), or 404 when it never took one.
+async fn look_up_payment(State(state): State<Shared>, headers: HeaderMap, Path(payment_id): Path<String>) -> Response {
+    let (mode, response) = {
+        let mut inner = lock(&state);
+        inner.stats.payment_requests += 1;
+        inner.stats.status_requests += 1;
+        if !authorized(&inner, &headers) {
+            return unauthorized(&mut inner);
+        }
+        if matches!(inner.mode, Mode::Unavailable { .. }) {
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "unavailable" }))).into_response();
+        }
+        let response = match inner.payments.get(&payment_id) {
+            Some(body) => (StatusCode::OK, Json(body.clone())).into_response(),
+            None => (StatusCode::NOT_FOUND, Json(json!({ "error": "payment_not_found" }))).into_response(),
+        };
+        (inner.mode, response)
+    };
+    answer_late(mode, response).await
 }
 
 /// Tells ingest how a pending payment ended, `copies` times, signed.
@@ -273,6 +361,9 @@ async fn call_back(state: Shared, payment_id: String, paid: bool, copies: u32, d
         "reference": format!("fp-{payment_id}"),
     })
     .to_string();
+    if let Some(known) = lock(&state).payments.get_mut(&payment_id) {
+        *known = serde_json::from_str(&body).unwrap_or_default();
+    }
     let client = reqwest::Client::new();
     for _ in 0..copies {
         let signature =

@@ -3,19 +3,25 @@
 //! by account, with the outbox id in a header so consumers can drop
 //! duplicates.
 //!
-//! Several relays can run side by side. Each round claims lanes of the
-//! outbox (see [`outbox`]): rows of one account stay in order, a failing row
-//! backs off with jitter and holds back its lane, and after `attempts_max`
-//! failures it is dead and visible to operators ([`admin`]). Relays wake on
-//! Postgres `NOTIFY` when rows are written, and poll as a fallback.
+//! Several relays can run side by side. Each destination (Kafka events,
+//! payments, notifications, webhooks) is worked by a loop of its own, so a
+//! slow webhook endpoint never holds back payouts or password-reset mail.
+//! A round leases rows in a short transaction, delivers them with no
+//! transaction open, and records the outcomes in another short one (see
+//! [`outbox`]): rows of one key stay in order, a failing row backs off with
+//! jitter and holds back the later rows of its key, and after
+//! `attempts_max` failures it is dead and visible to operators ([`admin`]).
+//! Relays wake on Postgres `NOTIFY` when rows are written, and poll as a
+//! fallback.
 //!
 //! Rows of the `payments` destination are payment orders (a
 //! `transfer.external` whose funds the processor holds). The relay orders
-//! each from the payment provider ([`provider`]) with the outbox id as the
-//! idempotency key and turns the answer into a `transfer.post` (settled) or
-//! `transfer.void` (rejected) command of the hold, with ids derived from
-//! the payout, so a repeated answer is applied once. A circuit breaker stops
-//! calling a provider that keeps failing.
+//! each from the payment provider ([`provider`]) with the payout's id as
+//! the idempotency key, looks up first a payment an earlier attempt may
+//! have sent, and turns the answer into a `payout.outcome` command of the
+//! hold ([`payments`]), with ids derived from the payout, so a repeated
+//! answer is applied once. A circuit breaker stops calling a provider that
+//! keeps failing; one payment's refusal is that payment's outcome.
 //!
 //! Publishing an event also fans it out into `webhooks` rows, one per
 //! endpoint that subscribed to it, delivered signed ([`webhooks`]).
@@ -147,6 +153,28 @@ impl RelayConfig {
         })
     }
 
+    /// How long a claim leases the rows of `lanes`: twice the longest one
+    /// delivery there may take, plus [`LEASE_MARGIN_MS`]. A round starts no
+    /// delivery after the first half of the lease, so every delivery it
+    /// starts ends while the lease holds; a relay that dies leaves its rows
+    /// to the others after that long.
+    #[must_use]
+    pub fn lease_ms(&self, lanes: &std::ops::Range<i32>) -> u64 {
+        // A send waits for room in the producer's queue, then for the ack.
+        let kafka_ms = self.kafka.produce_timeout_ms.saturating_mul(2);
+        let longest_ms = if *lanes == outbox::PAYMENT_LANES {
+            // A lookup and an order, each with a token fetch and one retry
+            // on a 401; then the outcome's command.
+            let call_ms = self.provider.as_ref().map_or(0, |provider| provider.timeout_ms);
+            call_ms.saturating_mul(6).saturating_add(kafka_ms)
+        } else if *lanes == outbox::EVENT_LANES {
+            kafka_ms
+        } else {
+            self.webhooks.timeout_ms
+        };
+        longest_ms.saturating_mul(2).saturating_add(LEASE_MARGIN_MS)
+    }
+
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             attempts_max: self.attempts_max,
@@ -156,6 +184,10 @@ impl RelayConfig {
         }
     }
 }
+
+/// Added to a lease beyond twice the longest delivery: room for the
+/// recording transaction and a busy machine.
+pub const LEASE_MARGIN_MS: u64 = 10_000;
 
 /// One relay's counters since it started.
 #[derive(Debug, Default)]
@@ -267,22 +299,22 @@ pub async fn run_with_metrics(
     metrics: Arc<RelayMetrics>,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = config.kafka.producer().create().context("creating the relay producer")?;
-    let payments = payments::Payments::new(&config, producer.clone())?;
+    let payments = payments::Payments::new(&config, producer.clone(), pool.clone())?;
     let webhooks = webhooks::Webhooks::new(config.webhooks.clone())?;
     webhooks::check_secret_keys(&pool, config.webhooks.secret_keys.as_ref()).await;
     tracing::info!(topic = %config.kafka.topics.events, provider = ?config.provider.as_ref().map(|provider| &provider.name), "outbox relay started");
-    // Two loops of rounds side by side: Kafka events, and the destinations
-    // reached over HTTP, so a slow endpoint never holds events' lanes.
+    let destinations = Destinations { config: &config, producer: &producer, payments: &payments, webhooks: &webhooks };
+    // One loop of rounds per destination, side by side: a slow or failing
+    // destination never holds back another's rows.
     let relay_lanes = |lanes: std::ops::Range<i32>, mut report: Option<Report>| {
-        let (config, pool, shutdown, metrics) = (&config, &pool, &shutdown, &metrics);
-        let (producer, payments, webhooks) = (&producer, &payments, &webhooks);
+        let (config, pool, shutdown, metrics, destinations) = (&config, &pool, &shutdown, &metrics, &destinations);
         async move {
             let mut wake = Wake::new(pool.clone(), Duration::from_millis(config.poll_interval_ms));
             while !shutdown.is_cancelled() {
                 if let Some(report) = report.as_mut() {
                     report.maybe_log(pool, metrics).await;
                 }
-                let busy = match relay_round(config, pool, lanes.clone(), producer, payments, webhooks).await {
+                let busy = match relay_round(config, pool, lanes.clone(), destinations).await {
                     Ok(round) => {
                         metrics.add(round.counts);
                         round.busy
@@ -318,9 +350,11 @@ pub async fn run_with_metrics(
             }
         }
     };
-    futures::future::join3(
+    futures::future::join5(
         relay_lanes(outbox::EVENT_LANES, Some(report)),
-        relay_lanes(outbox::HTTP_LANES, None),
+        relay_lanes(outbox::PAYMENT_LANES, None),
+        relay_lanes(outbox::NOTIFICATION_LANES, None),
+        relay_lanes(outbox::WEBHOOK_LANES, None),
         prune,
     )
     .await;
@@ -440,65 +474,71 @@ pub struct Round {
     pub busy: bool,
 }
 
-/// Claims, publishes and records one round.
+/// Claims, delivers and records one round of one destination's lanes. No
+/// transaction is open while rows are delivered: the claim leases them in
+/// one short transaction, the outcomes are recorded in another.
 ///
 /// # Errors
 /// Database failures (delivery failures are recorded on the rows instead).
-pub async fn relay_round(
+async fn relay_round(
     config: &RelayConfig,
     pool: &PgPool,
     lanes: std::ops::Range<i32>,
-    producer: &FutureProducer,
-    payments: &payments::Payments,
-    webhooks: &webhooks::Webhooks,
+    destinations: &Destinations<'_>,
 ) -> anyhow::Result<Round> {
-    let mut transaction = pool.begin().await.context("starting a relay transaction")?;
-    let claim = outbox::claim(&mut transaction, lanes, config.lanes_per_claim_max, config.batch_size_max)
+    let lease_ms = config.lease_ms(&lanes);
+    let claimed_at = std::time::Instant::now();
+    let claim = outbox::claim(pool, lanes, config.lanes_per_claim_max, config.batch_size_max, lease_ms)
         .await
         .context("claiming outbox rows")?;
     if claim.rows.is_empty() {
         return Ok(Round::default());
     }
-    let endpoints = webhooks::endpoints_of(&mut transaction, &claim.rows).await.context("reading webhook endpoints")?;
-    let endpoints = &endpoints;
-    let destinations =
-        Destinations { config, producer, payments, webhooks, endpoints, notifier: config.notifier.as_ref() };
-    let attempts = outbox::deliver_in_lane_order(&claim.rows, |row| destinations.deliver(row)).await;
-    let results = outbox::settle_lanes(&claim.rows, attempts);
-    let counts = outbox::record(&mut transaction, &claim.rows, &results, &config.retry_policy())
+    let endpoints = {
+        let mut connection = pool.acquire().await.context("reading webhook endpoints")?;
+        webhooks::endpoints_of(&mut connection, &claim.rows).await.context("reading webhook endpoints")?
+    };
+    let start_deadline = claimed_at + Duration::from_millis(lease_ms / 2);
+    let attempts =
+        outbox::deliver_in_order(&claim.rows, start_deadline, |row| destinations.deliver(row, &endpoints)).await;
+    let mut transaction = pool.begin().await.context("starting the recording transaction")?;
+    let counts = outbox::record(&mut transaction, &claim, &attempts, &config.retry_policy())
         .await
         .context("recording deliveries")?;
     let published: Vec<i64> = claim
         .rows
         .iter()
-        .zip(&results)
-        .filter(|(row, result)| row.destination == "events" && **result == Attempt::Delivered)
+        .zip(&attempts)
+        .filter(|(row, attempt)| row.destination == "events" && **attempt == Attempt::Delivered)
         .map(|(row, _)| row.id)
         .collect();
+    // Only rows this claim still held were recorded; fan out only theirs.
     webhooks::fan_out(&mut transaction, &published).await.context("fanning events out to webhooks")?;
-    transaction.commit().await.context("committing the relay transaction")?;
+    transaction.commit().await.context("committing the recorded deliveries")?;
     let busy = i64::try_from(claim.rows.len()).unwrap_or(i64::MAX) >= config.batch_size_max
         || claim.lanes_locked >= config.lanes_per_claim_max;
     Ok(Round { counts, busy })
 }
 
-/// Where rows go, for one round.
+/// Where rows go.
 struct Destinations<'a> {
     config: &'a RelayConfig,
     producer: &'a FutureProducer,
     payments: &'a payments::Payments,
     webhooks: &'a webhooks::Webhooks,
-    endpoints: &'a std::collections::HashMap<uuid::Uuid, webhooks::Endpoint>,
-    notifier: Option<&'a webhooks::Notifier>,
 }
 
 impl Destinations<'_> {
-    async fn deliver(&self, row: &Row) -> Attempt {
+    async fn deliver(
+        &self,
+        row: &Row,
+        endpoints: &std::collections::HashMap<uuid::Uuid, webhooks::Endpoint>,
+    ) -> Attempt {
         match row.destination.as_str() {
             "events" => publish(self.config, self.producer, row).await,
             "payments" => self.payments.deliver(row).await,
-            "webhooks" => self.webhooks.deliver(row, self.endpoints).await,
-            "notifications" => self.webhooks.deliver_notification(row, self.notifier).await,
+            "webhooks" => self.webhooks.deliver(row, endpoints).await,
+            "notifications" => self.webhooks.deliver_notification(row, self.config.notifier.as_ref()).await,
             other => Attempt::Failed {
                 code: "unknown_destination".into(),
                 error: format!("no delivery for destination {other:?}"),
@@ -508,9 +548,8 @@ impl Destinations<'_> {
     }
 }
 
-/// Sends one row. The futures of a claim are polled in id order, so the
-/// producer enqueues them in that order; with idempotence on, it keeps the
-/// order per partition across its own retries.
+/// Sends one row and waits for the broker's acknowledgement (the next row
+/// of its key goes only then, see [`outbox::deliver_in_order`]).
 async fn publish(config: &RelayConfig, producer: &FutureProducer, row: &Row) -> Attempt {
     let outbox_id = row.id.to_string();
     let headers = OwnedHeaders::new()

@@ -1,47 +1,56 @@
-//! The outbox table as the relay works it: claiming rows by lane, and
-//! recording what became of each attempt.
+//! The outbox table as the relay works it: claiming rows, and recording
+//! what became of each attempt.
 //!
-//! Ordering: the rows of one message key (one account) share a lane (a
-//! generated column, see the migration). A relay claims whole lanes with a
-//! transaction advisory lock, the `SKIP LOCKED` of lanes, and sends a lane's
-//! rows in id order. The first failure in a lane stops it: the failed row
-//! waits out its backoff at the head of the lane and the rows behind it
-//! wait too, so no consumer sees an account's later event before an earlier
-//! one. A row that keeps failing is declared dead after `attempts_max`
-//! attempts and leaves the lane for an operator (see [`crate::admin`]).
-//! Destinations have lanes of their own ([`LANES`]): a webhook endpoint that
-//! is down never holds back Kafka events, payouts or notifications.
+//! No transaction stays open across a delivery. A relay claims rows in a
+//! short transaction that leases them (`claimed_until`, under the claim's
+//! `claim_token`) and commits; it delivers them with no transaction open;
+//! then it records the outcomes in another short transaction, for the rows
+//! its claim still holds. A relay that dies mid-round leaves its rows to
+//! the others once the lease ends. Lanes serialize claims only: a claim
+//! locks the lanes it takes from with a transaction advisory lock (the
+//! `SKIP LOCKED` of lanes), so two relays never claim from one lane at once,
+//! and the lock ends with the claim's short transaction.
 //!
-//! Webhook lanes are ordered per endpoint instead ([`WEBHOOK_LANES`]): a
-//! failure holds back the endpoint's own later rows only. It pushes their
-//! next attempt to its own (and rows fanned out meanwhile inherit it), so
-//! they are simply not due; a claim takes an endpoint's row only when it is
-//! due and no earlier row of the endpoint is still waiting.
+//! Ordering is per message key, within a destination: the rows of one
+//! account (events), one person (notifications) or one endpoint (webhooks)
+//! go one after the other in id order, and the first failure stops its key:
+//! the failed row waits out its backoff and the later rows of its key wait
+//! too, so no consumer sees a key's later row before an earlier one. A
+//! failure holds back nothing else, and rows delivered before it are
+//! recorded as delivered (never sent again). Payments keep no order at all:
+//! each is its own payout, and one failing holds back no other. A row that
+//! keeps failing is declared dead after `attempts_max` attempts and leaves
+//! its key for an operator (see [`crate::admin`]).
+//!
+//! Destinations have lanes of their own ([`LANES`]), and the relay works
+//! each destination's lanes in a loop of its own: a webhook endpoint that
+//! is slow or down never holds back Kafka events, payouts or notifications.
+//! Webhook rows that wait behind a failed one are pushed to its next
+//! attempt (see [`record`]), so a claim reads only rows that may go.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use rand::Rng as _;
 use rand::seq::SliceRandom as _;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 /// Lanes in the outbox; the generated `lane` column uses the same count.
 /// Each destination has lanes of its own (events 0-63, payments 64-79,
-/// notifications 80-87, webhooks 88-127), so a failure holds back rows of
-/// its own destination only.
+/// notifications 80-87, webhooks 88-127).
 pub const LANES: i32 = 128;
 
-/// The webhook lanes: ordered per endpoint, not per lane.
-pub const WEBHOOK_LANES: std::ops::Range<i32> = 88..128;
-
-/// The Kafka events' lanes, and the lanes of the destinations reached over
-/// HTTP (payments, notifications, webhooks). A relay works them in two
-/// loops of rounds, so a slow HTTP endpoint never keeps events' lanes
-/// locked while its round waits for it.
+/// Each destination's lanes, worked by a loop of its own.
 pub const EVENT_LANES: std::ops::Range<i32> = 0..64;
-pub const HTTP_LANES: std::ops::Range<i32> = 64..LANES;
+pub const PAYMENT_LANES: std::ops::Range<i32> = 64..80;
+pub const NOTIFICATION_LANES: std::ops::Range<i32> = 80..88;
+pub const WEBHOOK_LANES: std::ops::Range<i32> = 88..LANES;
 
 /// The rows that wait per endpoint.
 const WEBHOOKS: &str = "webhooks";
+/// The rows that keep no order.
+const PAYMENTS: &str = "payments";
 
 /// The first key of the two-key advisory locks on lanes ("LLOB"), so they
 /// cannot collide with another application's advisory locks on the database.
@@ -57,56 +66,96 @@ pub struct Row {
     pub message_key: String,
     pub payload: String,
     pub attempts: i32,
-    /// False when the row is still backing off from a failure.
-    pub due: bool,
+    /// Earlier claims that may have delivered the row (before this one).
+    pub claims_before: i32,
 }
 
-/// What a claim holds: rows in id order, from lanes this transaction locked.
+impl Row {
+    /// Whether an earlier attempt may have reached the destination: one
+    /// failed, or a claim took the row and recorded nothing (its relay
+    /// died), or it was delivered before and reopened. Counted apart from
+    /// `attempts`, which an operator's retry of a dead row resets.
+    #[must_use]
+    pub fn may_have_been_sent(&self) -> bool {
+        self.attempts > 0 || self.claims_before > 0
+    }
+
+    fn order_key(&self) -> OrderKey<'_> {
+        if self.destination == PAYMENTS {
+            OrderKey::Alone(self.id)
+        } else {
+            OrderKey::Key(&self.destination, &self.message_key)
+        }
+    }
+}
+
+/// What a row's order is kept within: its message key in its destination,
+/// or nothing (payments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum OrderKey<'a> {
+    Key(&'a str, &'a str),
+    Alone(i64),
+}
+
+/// What a claim holds: rows in id order, leased to `token` until the lease
+/// ends.
 #[derive(Debug, Default)]
 pub struct Claim {
     pub rows: Vec<Row>,
     /// How many lanes were locked; when it reaches the limit there may be
     /// more due lanes than one claim takes.
     pub lanes_locked: usize,
+    pub token: Uuid,
 }
 
-/// Locks up to `lanes_max` of `lanes` whose oldest pending row is due (in random
-/// order, so relays side by side spread over the lanes) and claims up to
-/// `rows_max` of their pending rows, stopping each lane at its first row
-/// that is not due. The locks last until the transaction ends.
+/// A row `o` that may go now: pending, due, not leased, and (unless it is a
+/// payment) its key's first pending row is neither waiting out a backoff
+/// nor leased, unless it is that row. Rows are claimed in id order from
+/// there, so a claim takes a prefix of each key's pending rows and an
+/// earlier row of a key that waits or is in flight is its first one: one
+/// index probe (`outbox_key_order`) decides.
+const READY: &str = r"o.delivered_at is null and o.dead_at is null
+    and coalesce(o.next_attempt_at, '-infinity'::timestamptz) <= now()
+    and coalesce(o.claimed_until, '-infinity'::timestamptz) <= now()
+    and (o.destination = 'payments' or not exists (
+        select 1 from (
+            select first.id, first.next_attempt_at, first.claimed_until from outbox first
+            where first.destination = o.destination and first.message_key = o.message_key
+              and first.delivered_at is null and first.dead_at is null
+            order by first.id limit 1
+        ) as first
+        where first.id < o.id and (first.next_attempt_at > now() or first.claimed_until > now())))";
+
+/// Claims up to `rows_max` rows that may go from up to `lanes_max` of
+/// `lanes` (locked in random order, so relays side by side spread over the
+/// lanes), leasing them for `lease_ms`, in a short transaction of its own.
 ///
 /// # Errors
 /// Database failures.
 pub async fn claim(
-    connection: &mut PgConnection,
+    pool: &PgPool,
     lanes: std::ops::Range<i32>,
     lanes_max: usize,
     rows_max: i64,
+    lease_ms: u64,
 ) -> sqlx::Result<Claim> {
-    // One index probe per lane. Ordered lanes: the head of the lane, and
-    // whether it is due. Webhook lanes: whether some row is due whose
-    // endpoint's first pending row is not waiting (see `WEBHOOK_READY`).
+    // Webhook rows: through the index of due webhook rows, whose predicate
+    // needs the destination spelled out.
+    let ready = if lanes.start >= WEBHOOK_LANES.start {
+        format!("o.destination = 'webhooks' and {READY}")
+    } else {
+        READY.to_owned()
+    };
+    let mut transaction = pool.begin().await?;
     let mut due_lanes: Vec<i32> = sqlx::query_scalar(&format!(
-        r"select lanes.lane from generate_series($1, $3 - 1) as lanes (lane)
-          where case when lanes.lane >= $2 then exists (
-                    select 1 from outbox o
-                    where o.lane = lanes.lane and {WEBHOOK_READY})
-                else exists (
-                    select 1 from (
-                        select next_attempt_at from outbox
-                        where lane = lanes.lane and delivered_at is null and dead_at is null
-                        order by id limit 1
-                    ) as head
-                    where head.next_attempt_at is null or head.next_attempt_at <= now())
-                end"
+        r"select lanes.lane from generate_series($1, $2 - 1) as lanes (lane)
+          where exists (select 1 from outbox o where o.lane = lanes.lane and {ready})"
     ))
     .bind(lanes.start)
-    .bind(WEBHOOK_LANES.start)
     .bind(lanes.end)
-    .fetch_all(&mut *connection)
+    .fetch_all(&mut *transaction)
     .await?;
     due_lanes.shuffle(&mut rand::thread_rng());
-
     let mut locked: Vec<i16> = Vec::new();
     for lane in due_lanes {
         if locked.len() >= lanes_max {
@@ -115,186 +164,118 @@ pub async fn claim(
         let got: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1, $2)")
             .bind(LANE_LOCK_CLASS)
             .bind(lane)
-            .fetch_one(&mut *connection)
+            .fetch_one(&mut *transaction)
             .await?;
         if got {
             locked.push(i16::try_from(lane).unwrap_or_default());
         }
     }
+    let token = Uuid::new_v4();
     if locked.is_empty() {
-        return Ok(Claim::default());
+        return Ok(Claim { token, ..Claim::default() });
     }
-    let (webhook_lanes, ordered_lanes): (Vec<i16>, Vec<i16>) =
-        locked.iter().partition(|lane| WEBHOOK_LANES.contains(&i32::from(**lane)));
-    // Within a locked lane no other relay holds rows; SKIP LOCKED only keeps
-    // a claim from queueing behind an operator's statement on the table.
-    let mut rows: Vec<Row> = Vec::new();
-    if !ordered_lanes.is_empty() {
-        rows = sqlx::query_as(
-            r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
-                     coalesce(next_attempt_at <= now(), true) as due
-              from outbox
-              where lane = any($1) and delivered_at is null and dead_at is null
-              order by id limit $2
-              for update skip locked",
+    // Within a locked lane no other relay claims; SKIP LOCKED only keeps a
+    // claim from queueing behind an operator's statement on the table.
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
+                 claims as claims_before
+          from outbox o
+          where o.lane = any($1) and {ready}
+          order by o.id limit $2
+          for update skip locked"
+    ))
+    .bind(&locked)
+    .bind(rows_max)
+    .fetch_all(&mut *transaction)
+    .await?;
+    if !rows.is_empty() {
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        sqlx::query(
+            r"update outbox set claimed_until = now() + make_interval(secs => $2::double precision / 1000),
+                                claim_token = $3, claims = claims + 1
+              where id = any($1)",
         )
-        .bind(&ordered_lanes)
-        .bind(rows_max)
-        .fetch_all(&mut *connection)
+        .bind(&ids)
+        .bind(i64::try_from(lease_ms).unwrap_or(i64::MAX))
+        .bind(token)
+        .execute(&mut *transaction)
         .await?;
-        rows = heads_of_lanes(rows);
     }
-    if !webhook_lanes.is_empty() {
-        // Driven by the due rows (an index range), so an endpoint's backlog
-        // that waits behind its failed row is never read.
-        let ready: Vec<Row> = sqlx::query_as(&format!(
-            r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
-                     true as due
-              from outbox o
-              where o.lane = any($1) and {WEBHOOK_READY}
-              order by id limit $2
-              for update skip locked"
-        ))
-        .bind(&webhook_lanes)
-        .bind(rows_max)
-        .fetch_all(&mut *connection)
-        .await?;
-        rows.extend(ready);
-        rows.sort_by_key(|row| row.id);
-        rows.truncate(usize::try_from(rows_max).unwrap_or(usize::MAX));
-    }
-    Ok(Claim { rows, lanes_locked: locked.len() })
-}
-
-/// A webhook row `o` that may go now: pending, due, and its endpoint's first
-/// pending row is not waiting out a backoff (unless it is that row). A
-/// failure makes the endpoint's later rows wait as long (see [`record`]),
-/// so whenever an earlier row of the endpoint waits, its first one does:
-/// one index probe decides.
-const WEBHOOK_READY: &str = r"o.destination = 'webhooks' and o.delivered_at is null and o.dead_at is null
-    and coalesce(o.next_attempt_at, '-infinity'::timestamptz) <= now()
-    and not exists (
-        select 1 from (
-            select first.id, first.next_attempt_at from outbox first
-            where first.destination = 'webhooks' and first.message_key = o.message_key
-              and first.delivered_at is null and first.dead_at is null
-            order by first.id limit 1
-        ) as first
-        where first.id < o.id and first.next_attempt_at > now())";
-
-/// What a row's order is kept within: its lane, or for a webhook row its
-/// endpoint (the message key).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum OrderKey<'a> {
-    Lane(i16),
-    Endpoint(&'a str),
-}
-
-impl Row {
-    fn order_key(&self) -> OrderKey<'_> {
-        if self.destination == WEBHOOKS { OrderKey::Endpoint(&self.message_key) } else { OrderKey::Lane(self.lane) }
-    }
-}
-
-/// Keeps, for each ordered lane, the rows before its first row that is not
-/// due: a row backing off holds back the rest of its lane. (Webhook lanes
-/// never come here: their claim takes only rows that may go.)
-fn heads_of_lanes(rows: Vec<Row>) -> Vec<Row> {
-    let mut blocked: HashSet<i16> = HashSet::new();
-    rows.into_iter()
-        .filter(|row| {
-            if !row.due {
-                blocked.insert(row.lane);
-            }
-            !blocked.contains(&row.lane)
-        })
-        .collect()
+    transaction.commit().await?;
+    Ok(Claim { rows, lanes_locked: locked.len(), token })
 }
 
 /// What one attempt at a row came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
     Delivered,
+    /// Delivered, with the destination's answer to keep on the row (a
+    /// payment's outcome).
+    Answered {
+        outcome: String,
+    },
     /// `retry_after_ms`: the destination asked to wait at least this long.
     Failed {
         code: String,
         error: String,
         retry_after_ms: Option<u64>,
     },
-    /// Not attempted, or attempted after a failure earlier in its lane:
-    /// left pending, to be sent again in order.
+    /// Not attempted (behind a failure of its key, out of time for the
+    /// lease, or the destination's breaker is open): left pending, to be
+    /// sent again in order.
     HeldBack,
 }
 
-/// Delivers a claim's rows with `deliver`, keeping each lane's order.
+impl Attempt {
+    fn delivered(&self) -> bool {
+        matches!(self, Attempt::Delivered | Attempt::Answered { .. })
+    }
+}
+
+/// Delivers a claim's rows with `deliver`, keeping each key's order.
 ///
-/// Kafka rows are all started at once, in id order: the producer enqueues
-/// them in that order and keeps it per partition. An HTTP call gives no
-/// such guarantee (concurrent requests arrive in any order), so the rows of
-/// other destinations go one after the other within a lane (within an
-/// endpoint for webhooks), lanes side by side, and a lane stops at its first
-/// failure (the rest is held back).
-pub async fn deliver_in_lane_order<'a, F, Fut>(rows: &'a [Row], deliver: F) -> Vec<Attempt>
+/// The rows of one key go one after the other (a Kafka send too: the next
+/// is handed to the producer only once the previous is acknowledged, so a
+/// failure, local or remote, can never let a later row of the key reach
+/// Kafka ahead of it), keys side by side; a key stops at its first row that
+/// fails or is held back, and the rest of it is held back. Payments all go
+/// side by side. No row is started after `start_deadline`, so every
+/// delivery ends while the claim's lease holds.
+pub async fn deliver_in_order<'a, F, Fut>(rows: &'a [Row], start_deadline: Instant, deliver: F) -> Vec<Attempt>
 where
     F: Fn(&'a Row) -> Fut,
     Fut: std::future::Future<Output = Attempt>,
 {
-    let mut lanes: Vec<(OrderKey<'a>, Vec<usize>)> = Vec::new();
-    let mut kafka: Vec<usize> = Vec::new();
+    let mut keys: Vec<Vec<usize>> = Vec::new();
+    let mut key_of: HashMap<OrderKey<'a>, usize> = HashMap::new();
     for (index, row) in rows.iter().enumerate() {
-        let key = row.order_key();
-        if row.destination == "events" {
-            kafka.push(index);
-        } else if let Some((_, indexes)) = lanes.iter_mut().find(|(lane, _)| *lane == key) {
-            indexes.push(index);
-        } else {
-            lanes.push((key, vec![index]));
-        }
+        let slot = *key_of.entry(row.order_key()).or_insert_with(|| {
+            keys.push(Vec::new());
+            keys.len() - 1
+        });
+        keys[slot].push(index);
     }
     let deliver = &deliver;
-    let kafka = async move {
-        let sent = futures::future::join_all(kafka.iter().map(|index| deliver(&rows[*index]))).await;
-        kafka.into_iter().zip(sent).collect::<Vec<_>>()
-    };
-    let http = lanes.into_iter().map(|(_, indexes)| async move {
+    let per_key = keys.into_iter().map(|indexes| async move {
         let mut done = Vec::with_capacity(indexes.len());
         for index in indexes {
+            if Instant::now() >= start_deadline {
+                break;
+            }
             let attempt = deliver(&rows[index]).await;
-            let failed = matches!(attempt, Attempt::Failed { .. });
+            let stop = !attempt.delivered();
             done.push((index, attempt));
-            if failed {
+            if stop {
                 break;
             }
         }
         done
     });
-    let (kafka, http) = futures::future::join(kafka, futures::future::join_all(http)).await;
     let mut results = vec![Attempt::HeldBack; rows.len()];
-    for (index, attempt) in kafka.into_iter().chain(http.into_iter().flatten()) {
+    for (index, attempt) in futures::future::join_all(per_key).await.into_iter().flatten() {
         results[index] = attempt;
     }
     results
-}
-
-/// Orders the results of a claim by lane (by endpoint for webhooks): after
-/// a lane's first failure, every later row of that lane is held back,
-/// whatever its own result.
-#[must_use]
-pub fn settle_lanes(rows: &[Row], results: Vec<Attempt>) -> Vec<Attempt> {
-    let mut failed: HashSet<OrderKey<'_>> = HashSet::new();
-    rows.iter()
-        .zip(results)
-        .map(|(row, result)| {
-            let key = row.order_key();
-            if failed.contains(&key) {
-                return Attempt::HeldBack;
-            }
-            if matches!(result, Attempt::Failed { .. }) {
-                failed.insert(key);
-            }
-            result
-        })
-        .collect()
 }
 
 /// Retry policy for failed rows.
@@ -320,23 +301,43 @@ impl RetryPolicy {
     }
 }
 
-/// Records the attempts of a claim in its transaction.
+/// Records the attempts of a claim, in the caller's (short) transaction,
+/// for the rows the claim still holds, and ends their lease. A row whose
+/// lease ran out and that another relay claimed since is left to it. Rows
+/// held back are handed back as they were, their claim not counted.
 ///
 /// # Errors
 /// Database failures.
 pub async fn record(
     connection: &mut PgConnection,
-    rows: &[Row],
+    claim: &Claim,
     attempts: &[Attempt],
     policy: &RetryPolicy,
 ) -> sqlx::Result<Counts> {
     let mut counts = Counts::default();
+    let ids: Vec<i64> = claim.rows.iter().map(|row| row.id).collect();
+    let held: HashSet<i64> =
+        sqlx::query_scalar("select id from outbox where id = any($1) and claim_token = $2 for update")
+            .bind(&ids)
+            .bind(claim.token)
+            .fetch_all(&mut *connection)
+            .await?
+            .into_iter()
+            .collect();
+    let (rows, attempts): (Vec<&Row>, Vec<&Attempt>) =
+        claim.rows.iter().zip(attempts).filter(|(row, _)| held.contains(&row.id)).unzip();
+    if rows.len() < claim.rows.len() {
+        tracing::warn!(
+            lost = claim.rows.len() - rows.len(),
+            "the lease on some claimed rows ran out before their outcome was recorded; another relay has them"
+        );
+    }
     // Endpoints reached first: a delivery and a death of the same endpoint in
     // one claim must not leave it disabled.
     let reached: Vec<uuid::Uuid> = rows
         .iter()
-        .zip(attempts)
-        .filter(|(row, attempt)| row.destination == WEBHOOKS && **attempt == Attempt::Delivered)
+        .zip(&attempts)
+        .filter(|(row, attempt)| row.destination == WEBHOOKS && attempt.delivered())
         .filter_map(|(row, _)| row.message_key.parse().ok())
         .collect();
     if !reached.is_empty() {
@@ -350,11 +351,22 @@ pub async fn record(
         .execute(&mut *connection)
         .await?;
     }
-    let mut delivered: Vec<i64> = Vec::new();
+    let (mut delivered, mut outcomes, mut held_back): (Vec<i64>, Vec<Option<String>>, Vec<i64>) =
+        (Vec::new(), Vec::new(), Vec::new());
     for (row, attempt) in rows.iter().zip(attempts) {
         match attempt {
-            Attempt::Delivered => delivered.push(row.id),
-            Attempt::HeldBack => counts.held_back += 1,
+            Attempt::Delivered => {
+                delivered.push(row.id);
+                outcomes.push(None);
+            }
+            Attempt::Answered { outcome } => {
+                delivered.push(row.id);
+                outcomes.push(Some(outcome.clone()));
+            }
+            Attempt::HeldBack => {
+                counts.held_back += 1;
+                held_back.push(row.id);
+            }
             Attempt::Failed { code, error, retry_after_ms } => {
                 let attempts = row.attempts.saturating_add(1);
                 let dead = attempts >= policy.attempts_max;
@@ -383,7 +395,8 @@ pub async fn record(
                 sqlx::query(
                     r"update outbox set attempts = $2, last_error = $3, last_error_code = $4,
                           next_attempt_at = now() + make_interval(secs => $5::double precision / 1000),
-                          dead_at = case when $6 then now() end
+                          dead_at = case when $6 then now() end,
+                          claimed_until = null, claim_token = null
                       where id = $1",
                 )
                 .bind(row.id)
@@ -420,12 +433,24 @@ pub async fn record(
         // address and a single-use secret (a reset token) that must not
         // outlive its delivery in a table many can read.
         sqlx::query(
-            r#"update outbox set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null,
-                                 payload = case when destination = 'notifications'
-                                                then '{"redacted": true}'::json else payload end
-               where id = any($1)"#,
+            r#"update outbox o set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null,
+                                   claimed_until = null, claim_token = null, outcome = done.outcome,
+                                   payload = case when destination = 'notifications'
+                                                  then '{"redacted": true}'::json else payload end
+               from unnest($1::bigint[], $2::text[]) as done (id, outcome)
+               where o.id = done.id"#,
         )
         .bind(&delivered)
+        .bind(&outcomes)
+        .execute(&mut *connection)
+        .await?;
+    }
+    if !held_back.is_empty() {
+        sqlx::query(
+            r"update outbox set claimed_until = null, claim_token = null, claims = greatest(claims - 1, 0)
+              where id = any($1)",
+        )
+        .bind(&held_back)
         .execute(&mut *connection)
         .await?;
     }
@@ -508,16 +533,16 @@ pub struct Counts {
 mod tests {
     use super::*;
 
-    fn row(id: i64, lane: i16, due: bool) -> Row {
+    fn row(id: i64, destination: &str, key: &str) -> Row {
         Row {
             id,
-            lane,
-            destination: "events".into(),
+            lane: 3,
+            destination: destination.into(),
             event_type: "transfer.completed".into(),
-            message_key: format!("key-{lane}"),
+            message_key: key.into(),
             payload: "{}".into(),
             attempts: 0,
-            due,
+            claims_before: 0,
         }
     }
 
@@ -525,61 +550,67 @@ mod tests {
         Attempt::Failed { code: "kafka:MessageSizeTooLarge".into(), error: "too large".into(), retry_after_ms: None }
     }
 
-    #[test]
-    fn a_row_backing_off_holds_back_its_lane_only() {
-        let rows = vec![row(1, 3, true), row(2, 5, false), row(3, 3, true), row(4, 5, true), row(5, 7, true)];
-        let kept: Vec<i64> = heads_of_lanes(rows).iter().map(|row| row.id).collect();
-        assert_eq!(kept, vec![1, 3, 5]);
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(3_600)
     }
 
-    #[test]
-    fn after_a_failure_the_rest_of_its_lane_is_held_back_even_if_sent() {
-        let rows = vec![row(1, 3, true), row(2, 3, true), row(3, 4, true), row(4, 3, true)];
-        let results = vec![failed(), Attempt::Delivered, Attempt::Delivered, Attempt::Delivered];
-        assert_eq!(
-            settle_lanes(&rows, results),
-            vec![failed(), Attempt::HeldBack, Attempt::Delivered, Attempt::HeldBack]
-        );
-    }
-
-    #[tokio::test]
-    async fn http_rows_of_a_lane_go_one_at_a_time_and_stop_at_a_failure() {
-        let mut rows = vec![row(1, 3, true), row(2, 3, true), row(3, 3, true), row(4, 5, true)];
-        for row in &mut rows {
-            row.destination = "webhooks".into();
-        }
-        let in_flight = std::sync::atomic::AtomicUsize::new(0);
+    /// Delivers `rows`, failing the ids in `failing`; the results and the
+    /// ids in the order they were sent.
+    async fn run(rows: &[Row], failing: &[i64], deadline: Instant) -> (Vec<Attempt>, Vec<i64>) {
         let calls = std::sync::Mutex::new(Vec::new());
-        let results = deliver_in_lane_order(&rows, |row| {
-            let (in_flight, calls) = (&in_flight, &calls);
+        let results = deliver_in_order(rows, deadline, |row| {
+            let calls = &calls;
             async move {
-                let concurrent = in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::task::yield_now().await;
-                in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                calls.lock().expect("calls").push((row.id, concurrent));
-                if row.id == 2 { failed() } else { Attempt::Delivered }
+                calls.lock().expect("calls").push(row.id);
+                if failing.contains(&row.id) { failed() } else { Attempt::Delivered }
             }
         })
         .await;
-        assert_eq!(results, vec![Attempt::Delivered, failed(), Attempt::HeldBack, Attempt::Delivered]);
-        let calls = calls.into_inner().expect("calls");
-        let lane_3: Vec<i64> = calls.iter().map(|(id, _)| *id).filter(|id| *id != 4).collect();
-        assert_eq!(lane_3, vec![1, 2], "in order, and row 3 never sent after row 2 failed");
+        (results, calls.into_inner().expect("calls"))
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_its_own_key_and_what_went_before_it_stays_delivered() {
+        let rows = vec![
+            row(1, "events", "a"),
+            row(2, "events", "b"),
+            row(3, "events", "a"),
+            row(4, "events", "a"),
+            row(5, "events", "b"),
+        ];
+        let (results, sent) = run(&rows, &[3], later()).await;
+        assert_eq!(
+            results,
+            vec![Attempt::Delivered, Attempt::Delivered, failed(), Attempt::HeldBack, Attempt::Delivered],
+            "key a stops at row 3; key b, in the same lane, does not"
+        );
+        assert!(!sent.contains(&4), "row 4 was never sent after row 3 failed");
+        let key_a: Vec<i64> = sent.iter().copied().filter(|id| [1, 3, 4].contains(id)).collect();
+        assert_eq!(key_a, vec![1, 3], "in order");
+    }
+
+    #[tokio::test]
+    async fn payments_keep_no_order_one_failing_holds_back_none() {
+        let rows = vec![row(1, "payments", "acct"), row(2, "payments", "acct"), row(3, "payments", "acct")];
+        let (results, _) = run(&rows, &[1], later()).await;
+        assert_eq!(results, vec![failed(), Attempt::Delivered, Attempt::Delivered]);
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_after_the_deadline() {
+        let rows = vec![row(1, "webhooks", "endpoint"), row(2, "payments", "acct")];
+        let (results, sent) = run(&rows, &[], Instant::now()).await;
+        assert_eq!(results, vec![Attempt::HeldBack, Attempt::HeldBack]);
+        assert!(sent.is_empty());
     }
 
     #[test]
-    fn a_failing_webhook_endpoint_holds_back_its_own_rows_only() {
-        let mut rows = vec![row(1, 90, true), row(2, 90, true), row(3, 90, true), row(4, 90, true)];
-        for (row, endpoint) in rows.iter_mut().zip(["a", "b", "a", "b"]) {
-            row.destination = "webhooks".into();
-            row.message_key = endpoint.into();
-        }
-        let results = vec![failed(), Attempt::Delivered, Attempt::Delivered, Attempt::Delivered];
-        assert_eq!(
-            settle_lanes(&rows, results),
-            vec![failed(), Attempt::Delivered, Attempt::HeldBack, Attempt::Delivered],
-            "endpoint a's later row waits; endpoint b, in the same lane, does not"
-        );
+    fn a_row_may_have_been_sent_after_a_failure_or_an_earlier_claim() {
+        let fresh = row(1, "payments", "acct");
+        assert!(!fresh.may_have_been_sent());
+        assert!(Row { attempts: 1, ..fresh.clone() }.may_have_been_sent());
+        assert!(Row { claims_before: 1, ..fresh }.may_have_been_sent(), "e.g. retried by an operator after dying");
     }
 
     #[test]

@@ -1,12 +1,20 @@
 //! Delivering `payments` rows: order the payment from the provider, then
-//! tell the ledger how it ended with a `transfer.post` or `transfer.void`
-//! command of the payout's hold.
+//! tell the ledger how it ended with a `payout.outcome` command of the
+//! payout's hold ([`Payments::settle`], the one place that does).
 //!
-//! Exactly-once payment rests on two keys. The provider receives the outbox
-//! id as `Idempotency-Key`, so ordering the same row again (after a crash
-//! between the provider's answer and the row's commit, or a lost answer)
-//! pays once. The settling command's id is derived from the payout, so the
-//! same answer relayed twice is applied once by the processor.
+//! Exactly-once payment rests on three things. The provider receives the
+//! payout's own id as `Idempotency-Key`, so ordering the same payout again
+//! (after a crash between the provider's answer and the row's record, or a
+//! lost answer) pays once while the provider keeps the key. A row that may
+//! have reached the provider before is looked up first, so a retry after
+//! the provider forgot the key relays what it did instead of paying again.
+//! The settling command's id is derived from the payout, so the same answer
+//! relayed twice is applied once by the processor.
+//!
+//! A refusal of one payment (the provider's 400, 402 or 422) is that
+//! payment's outcome: its hold is voided with the provider's reason. It is
+//! an answer, so it never counts toward the circuit breaker, and payments
+//! keep no order among themselves: one payment failing holds back no other.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,7 +23,7 @@ use chrono::Utc;
 use platform::config::{self, ConfigError};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schemas::Command;
-use schemas::messages::{PaymentRequested, payout_settlement};
+use schemas::messages::{PaymentRequested, PayoutResult, payout_outcome};
 use tokio::sync::Semaphore;
 
 use crate::RelayConfig;
@@ -73,6 +81,7 @@ struct Breaker {
 
 /// The relay's side of the payment provider.
 pub struct Payments {
+    pool: sqlx::PgPool,
     client: Option<ProviderClient>,
     producer: FutureProducer,
     commands_topic: String,
@@ -85,8 +94,9 @@ pub struct Payments {
 impl Payments {
     /// # Errors
     /// When the provider's HTTP client cannot be built.
-    pub fn new(config: &RelayConfig, producer: FutureProducer) -> anyhow::Result<Self> {
+    pub fn new(config: &RelayConfig, producer: FutureProducer, pool: sqlx::PgPool) -> anyhow::Result<Self> {
         Ok(Self {
+            pool,
             client: config.provider.clone().map(ProviderClient::new).transpose()?,
             producer,
             commands_topic: config.kafka.topics.commands.clone(),
@@ -122,26 +132,77 @@ impl Payments {
             creditor_iban: payment.creditor.iban.to_string(),
             remittance_information: payment.remittance_information.as_ref().map(|text| text.as_str().to_owned()),
         };
-        let answer = client.pay(&row.id.to_string(), &order).await;
-        self.record_call(answer.is_ok());
-        let command = match answer {
+        let answer = self.ask(client, row, &order).await;
+        self.record_call(&answer);
+        match answer {
             Ok(PaymentAnswer::Settled { provider_reference }) => {
                 tracing::info!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment settled");
-                payout_settlement(payment.payment_id, payment.source_account_id, true, Utc::now())
+                let settled = self.settle(&payment, PayoutResult::Settled, Some(&provider_reference), None).await;
+                answered(settled, format!("settled:{provider_reference}"))
             }
             Ok(PaymentAnswer::Rejected { code }) => {
-                tracing::warn!(outbox_id = row.id, payment_id = %payment.payment_id, code, "payment rejected by the provider");
-                payout_settlement(payment.payment_id, payment.source_account_id, false, Utc::now())
+                // This payment's outcome, not the provider's failure: the
+                // hold is voided with the provider's reason.
+                tracing::warn!(outbox_id = row.id, payment_id = %payment.payment_id, code, "payment refused by the provider");
+                let voided = self.settle(&payment, PayoutResult::Rejected, None, Some(&code)).await;
+                answered(voided, format!("rejected:{code}"))
             }
             Ok(PaymentAnswer::Pending { provider_reference }) => {
-                // The outcome comes by callback, which is not built yet: the
-                // hold stays until an operator posts or voids it.
-                tracing::warn!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment pending at the provider");
-                return Attempt::Delivered;
+                // The outcome comes by the provider's callback.
+                tracing::info!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment pending at the provider");
+                Attempt::Answered { outcome: format!("pending:{provider_reference}") }
             }
-            Err(failure) => return failed(&failure.code, &failure.message, failure.retry_after_ms),
-        };
-        self.publish(&command).await
+            Err(failure) => failed(&failure.code, &failure.message, failure.retry_after_ms),
+        }
+    }
+
+    /// Orders the payment, under the payout's own id as the idempotency key.
+    /// A row an earlier attempt may have sent to the provider (one that
+    /// failed, or was claimed by a relay that never recorded what came of
+    /// it, or that an operator put back after it died) is first looked up:
+    /// the provider may have paid although no answer reached us, and may
+    /// have forgotten the key since. Only a payment it does not know is
+    /// ordered again.
+    async fn ask(
+        &self,
+        client: &ProviderClient,
+        row: &Row,
+        order: &PaymentOrder,
+    ) -> Result<PaymentAnswer, crate::provider::ProviderFailure> {
+        if row.may_have_been_sent() {
+            if let Some(known) = client.status(&order.payment_id).await? {
+                tracing::info!(outbox_id = row.id, payment_id = %order.payment_id, ?known, "the provider knows this payment; relaying its state");
+                return Ok(known);
+            }
+            tracing::info!(outbox_id = row.id, payment_id = %order.payment_id, "the provider never took this payment; ordering it");
+        }
+        client.pay(&order.payment_id, order).await
+    }
+
+    /// The one place the relay tells the ledger how the provider decided a
+    /// payout: it records the outcome (which is what lets the processor
+    /// trust the command, see `platform::payouts`), then publishes the
+    /// `payout.outcome` command, with the provider's reference or reason.
+    async fn settle(
+        &self,
+        payment: &PaymentRequested,
+        result: PayoutResult,
+        provider_reference: Option<&str>,
+        provider_code: Option<&str>,
+    ) -> Attempt {
+        let recorded = platform::payouts::record_outcome(
+            &self.pool,
+            payment.payment_id,
+            result,
+            platform::payouts::Origin::Relay,
+            provider_reference,
+            provider_code,
+        )
+        .await;
+        if let Err(error) = recorded {
+            return failed("outcome_not_recorded", &error.to_string(), None);
+        }
+        self.publish(&payout_outcome(payment.payment_id, payment.source_account_id, result, Utc::now())).await
     }
 
     async fn publish(&self, command: &Command) -> Attempt {
@@ -162,7 +223,15 @@ impl Payments {
         breaker.open_until.is_some_and(|until| Instant::now() < until)
     }
 
-    fn record_call(&self, succeeded: bool) {
+    /// Counts a call for the breaker: any answer closes it, a failure of
+    /// the provider's counts toward opening it, and a failure about one
+    /// payment (a conflict on its key) changes nothing.
+    fn record_call(&self, answer: &Result<PaymentAnswer, crate::provider::ProviderFailure>) {
+        let succeeded = match answer {
+            Ok(_) => true,
+            Err(failure) if failure.counts_against_provider => false,
+            Err(_) => return,
+        };
         let Ok(mut breaker) = self.breaker.lock() else { return };
         if succeeded {
             if breaker.open_until.is_some() {
@@ -191,6 +260,15 @@ impl std::fmt::Debug for Payments {
             .field("commands_topic", &self.commands_topic)
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// A delivered settlement keeps the provider's answer on its row; a
+/// failed one is retried (and looked up first).
+fn answered(settled: Attempt, outcome: String) -> Attempt {
+    match settled {
+        Attempt::Delivered => Attempt::Answered { outcome },
+        other => other,
     }
 }
 

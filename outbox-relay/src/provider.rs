@@ -4,12 +4,24 @@
 //! cached, refreshed `token_refresh_margin_s` before it expires, and
 //! refreshed once more if the provider answers 401 anyway (a revoked or
 //! rotated key); a second 401 is an error, never a loop. Every payment
-//! carries an `Idempotency-Key` (the outbox id): a retry after a lost answer
-//! or a relay crash asks for the same payment, and the provider pays once.
+//! carries an `Idempotency-Key`: the payout's own id, the same whatever
+//! outbox row or relay sends it, so a retry after a lost answer or a relay
+//! crash asks for the same payment, and the provider pays once while it
+//! keeps the key.
+//!
+//! Providers keep idempotency keys for a limited time (a day at many), so a
+//! retry after that would be a second payment. Before ordering a payment
+//! again the relay asks the provider about it ([`ProviderClient::status`],
+//! `GET /v1/payments/{payment_id}`, as real providers look payments up by
+//! the client's reference) and relays what it learns; only a 404 lets the
+//! order go again.
 //!
 //! Answers are sorted into what the relay can act on: settled (post the
-//! hold), rejected (void it), accepted for later (wait for the callback), or
-//! a failure to retry, with the provider's `Retry-After` when it gave one.
+//! hold), rejected (void it: a refusal of this one payment, with the
+//! provider's reason), accepted for later (wait for the callback), or a
+//! failure to retry, with the provider's `Retry-After` when it gave one.
+//! Only failures that are the provider's (it is down, slow, refuses our
+//! credentials or our integration) count toward the circuit breaker.
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +84,10 @@ pub struct ProviderFailure {
     pub message: String,
     /// The provider's `Retry-After`, when it sent one.
     pub retry_after_ms: Option<u64>,
+    /// Whether it is the provider's failure (down, slow, refusing every
+    /// request alike), which counts toward the circuit breaker; a conflict
+    /// on one payment's key does not.
+    pub counts_against_provider: bool,
 }
 
 impl ProviderConfig {
@@ -107,7 +123,13 @@ impl ProviderConfig {
 
 impl ProviderFailure {
     fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code: code.into(), message: message.into(), retry_after_ms: None }
+        Self { code: code.into(), message: message.into(), retry_after_ms: None, counts_against_provider: true }
+    }
+
+    /// A failure about one payment, not the provider's.
+    fn of_this_payment(mut self) -> Self {
+        self.counts_against_provider = false;
+        self
     }
 
     fn from_reqwest(error: &reqwest::Error) -> Self {
@@ -131,14 +153,28 @@ struct TokenAnswer {
     expires_in: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct PaymentAnswerBody {
+    #[serde(default)]
     status: String,
     #[serde(default)]
     reference: Option<String>,
     #[serde(default)]
     code: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
 }
+
+/// 4xx answers that refuse this one order for good: it is invalid (400),
+/// declined (402) or unprocessable (422). Any other 4xx is about our
+/// integration (403 forbidden, 404 wrong URL, 415…), the same for every
+/// payment: voiding them all would be wrong, so those are the provider's
+/// failures, retried, and they count toward the breaker.
+const REFUSALS: [StatusCode; 3] =
+    [StatusCode::BAD_REQUEST, StatusCode::PAYMENT_REQUIRED, StatusCode::UNPROCESSABLE_ENTITY];
+
+/// The longest part of a provider's error body kept in a failure message.
+const ERROR_DETAIL_MAX_CHARS: usize = 500;
 
 /// A provider's client; share one per provider (it caches the token).
 #[derive(Debug)]
@@ -159,69 +195,60 @@ impl ProviderClient {
         Ok(Self { config, http, token: tokio::sync::Mutex::new(None) })
     }
 
-    /// Orders a payment under `idempotency_key`.
+    /// Orders a payment under `idempotency_key` (the payout's id).
     ///
     /// # Errors
     /// A [`ProviderFailure`] when no answer came back that settles the order
     /// one way or the other.
     pub async fn pay(&self, idempotency_key: &str, order: &PaymentOrder) -> Result<PaymentAnswer, ProviderFailure> {
         let url = format!("{}/v1/payments", self.config.base_url.trim_end_matches('/'));
+        let response = self
+            .send(|http, token| {
+                http.post(&url).bearer_auth(token).header("Idempotency-Key", idempotency_key).json(order)
+            })
+            .await?;
+        answer(response).await
+    }
+
+    /// Asks the provider what became of the payment it was ordered under
+    /// `payment_id` (our reference, which is also its idempotency key):
+    /// `None` when the provider never took it (404), so it may be ordered.
+    ///
+    /// # Errors
+    /// A [`ProviderFailure`] when the provider could not tell.
+    pub async fn status(&self, payment_id: &str) -> Result<Option<PaymentAnswer>, ProviderFailure> {
+        let url = format!("{}/v1/payments/{payment_id}", self.config.base_url.trim_end_matches('/'));
+        let response = self.send(|http, token| http.get(&url).bearer_auth(token)).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if response.status() != StatusCode::OK {
+            return Err(failure_of(response).await);
+        }
+        answer(response).await.map(Some)
+    }
+
+    /// Sends the request `build` makes with a token; on a 401, once more
+    /// with a fresh token (the cached one was revoked or the key rotated),
+    /// and a second 401 is a failure, never a loop.
+    async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ProviderFailure> {
         let mut refreshed = false;
         loop {
             let token = self.token(refreshed).await?;
-            let response = self
-                .http
-                .post(&url)
-                .bearer_auth(token.expose_secret())
-                .header("Idempotency-Key", idempotency_key)
-                .json(order)
+            let response = build(&self.http, token.expose_secret())
                 .send()
                 .await
                 .map_err(|error| ProviderFailure::from_reqwest(&error))?;
-            let status = response.status();
-            if status == StatusCode::UNAUTHORIZED {
-                if refreshed {
-                    return Err(ProviderFailure::new("unauthorized", "the provider refused a freshly issued token"));
-                }
-                // The cached token was revoked or the key rotated: one fresh
-                // token, one more try.
-                refreshed = true;
-                continue;
+            if response.status() != StatusCode::UNAUTHORIZED {
+                return Ok(response);
             }
-            let retry_after_ms = retry_after_ms(response.headers());
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::CONFLICT {
-                // 409: the same idempotency key is still being processed.
-                let mut failure =
-                    ProviderFailure::new(format!("http_{}", status.as_u16()), format!("provider answered {status}"));
-                failure.retry_after_ms = retry_after_ms;
-                return Err(failure);
+            if refreshed {
+                return Err(ProviderFailure::new("unauthorized", "the provider refused a freshly issued token"));
             }
-            if status.is_client_error() && status != StatusCode::UNPROCESSABLE_ENTITY {
-                // Our request is wrong (a reused key with another order, a
-                // malformed field): retried until dead, for an operator.
-                let detail = response.text().await.unwrap_or_default();
-                return Err(ProviderFailure::new(
-                    format!("http_{}", status.as_u16()),
-                    format!("provider answered {status}: {}", detail.chars().take(500).collect::<String>()),
-                ));
-            }
-            let body: PaymentAnswerBody =
-                response.json().await.map_err(|error| ProviderFailure::from_reqwest(&error))?;
-            return match (status.as_u16(), body.status.as_str()) {
-                (200 | 201, "settled") => {
-                    Ok(PaymentAnswer::Settled { provider_reference: body.reference.unwrap_or_default() })
-                }
-                (200..=202, "pending") => {
-                    Ok(PaymentAnswer::Pending { provider_reference: body.reference.unwrap_or_default() })
-                }
-                (200 | 201 | 422, "rejected") => {
-                    Ok(PaymentAnswer::Rejected { code: body.code.unwrap_or_else(|| "rejected".to_owned()) })
-                }
-                _ => Err(ProviderFailure::new(
-                    format!("http_{}", status.as_u16()),
-                    format!("unexpected answer {status} with status {:?}", body.status),
-                )),
-            };
+            refreshed = true;
         }
     }
 
@@ -260,6 +287,66 @@ impl ProviderClient {
         tracing::debug!(provider = %self.config.name, lifetime_s, "fetched a provider token");
         Ok(secret)
     }
+}
+
+/// Sorts a provider's answer to an order or a lookup.
+async fn answer(response: reqwest::Response) -> Result<PaymentAnswer, ProviderFailure> {
+    let status = response.status();
+    if !status.is_success() && !REFUSALS.contains(&status) {
+        return Err(failure_of(response).await);
+    }
+    let text = response.text().await.map_err(|error| ProviderFailure::from_reqwest(&error))?;
+    let body: PaymentAnswerBody = serde_json::from_str(&text).unwrap_or_default();
+    if !status.is_success() {
+        let code = body.code.or(body.error).unwrap_or_else(|| format!("http_{}", status.as_u16()));
+        if code.contains("idempotency") {
+            // A conflict on the key (another order under it): the provider
+            // may have paid under it, so this is not a refusal to void.
+            // Retried until dead, for an operator; not the provider's fault.
+            return Err(ProviderFailure::new(
+                "idempotency_conflict",
+                format!("provider answered {status} {code}: {}", truncate(&text)),
+            )
+            .of_this_payment());
+        }
+        if status == StatusCode::UNPROCESSABLE_ENTITY && !body.status.is_empty() && body.status != "rejected" {
+            return Err(ProviderFailure::new("http_422", format!("unexpected answer {status}: {}", truncate(&text))));
+        }
+        return Ok(PaymentAnswer::Rejected { code });
+    }
+    match (status.as_u16(), body.status.as_str()) {
+        (200 | 201, "settled") => Ok(PaymentAnswer::Settled { provider_reference: body.reference.unwrap_or_default() }),
+        (200..=202, "pending") => Ok(PaymentAnswer::Pending { provider_reference: body.reference.unwrap_or_default() }),
+        (200 | 201, "rejected") => {
+            Ok(PaymentAnswer::Rejected { code: body.code.unwrap_or_else(|| "rejected".to_owned()) })
+        }
+        _ => Err(ProviderFailure::new(
+            format!("http_{}", status.as_u16()),
+            format!("unexpected answer {status} with status {:?}", body.status),
+        )),
+    }
+}
+
+/// A non-answer: 5xx, 429, 408 (try later, with its `Retry-After`); 409
+/// (the same key is still being processed: later, and not the provider's
+/// failure); any other (our integration is wrong, for every payment alike).
+async fn failure_of(response: reqwest::Response) -> ProviderFailure {
+    let status = response.status();
+    let retry_after_ms = retry_after_ms(response.headers());
+    let detail = response.text().await.unwrap_or_default();
+    let mut failure = ProviderFailure::new(
+        format!("http_{}", status.as_u16()),
+        format!("provider answered {status}: {}", truncate(&detail)),
+    );
+    failure.retry_after_ms = retry_after_ms;
+    if status == StatusCode::CONFLICT {
+        failure = failure.of_this_payment();
+    }
+    failure
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(ERROR_DETAIL_MAX_CHARS).collect()
 }
 
 /// A stable reason for an HTTP call that got no answer, for metrics.

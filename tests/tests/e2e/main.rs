@@ -22,6 +22,7 @@ mod processor_restart;
 mod provider;
 mod relay;
 mod retention;
+mod relay_safety;
 mod status;
 mod tls;
 mod transfers;

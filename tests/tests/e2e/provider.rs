@@ -100,6 +100,21 @@ async fn a_lost_answer_retried_with_the_same_idempotency_key_pays_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_is_looked_up_by_reference_even_after_its_key_is_forgotten() {
+    let provider = provider().await;
+    let client = client(&provider, 5_000, 0);
+    assert_eq!(client.status("p-1").await.expect("an answer"), None, "404: never ordered");
+    let paid = client.pay("p-1", &order("p-1")).await.expect("an answer");
+    provider.forget_idempotency_keys();
+    assert_eq!(client.status("p-1").await.expect("an answer"), Some(paid));
+    provider.set_mode(Mode::Unavailable { retry_after_s: None });
+    let down = client.status("p-1").await.expect_err("down");
+    assert!(down.counts_against_provider);
+    let stats = provider.stats();
+    assert_eq!((stats.payments_made, stats.status_requests), (1, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_and_refusals_are_told_apart() {
     let provider = provider().await;
     let client = client(&provider, 5_000, 0);
@@ -121,10 +136,20 @@ async fn failures_and_refusals_are_told_apart() {
         PaymentAnswer::Pending { provider_reference: "fp-2".into() }
     );
 
-    // Another order under a used key is not an answer the relay can act on.
+    // Another order under a used key is not an answer the relay can act on
+    // (the provider may have paid under it), nor the provider's failure.
     let reused = client.pay("2", &order("other")).await.expect_err("refused");
-    assert_eq!(reused.code, "http_400");
+    assert_eq!((reused.code.as_str(), reused.counts_against_provider), ("idempotency_conflict", false));
     assert_eq!(provider.stats().payments_made, 0);
+
+    // A 400 about one order is that order's refusal, with the provider's reason.
+    provider.refuse_creditor("Nobody", 400, "creditor_name_invalid");
+    let mut invalid = order("4");
+    invalid.creditor_name = "Nobody".into();
+    assert_eq!(
+        client.pay("4", &invalid).await.expect("an answer"),
+        PaymentAnswer::Rejected { code: "creditor_name_invalid".into() }
+    );
 
     // A provider that is not there at all.
     drop(provider);
