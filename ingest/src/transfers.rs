@@ -381,6 +381,10 @@ pub const STATUS_ACCEPTED: &str = "accepted";
 /// (the broker's answer was lost, the handler was cancelled, or the marker
 /// could not be written), and that the ledger has not decided.
 pub const STATUS_UNCONFIRMED: &str = "unconfirmed";
+/// The processor could not apply the command and sent it to the
+/// dead-letter topic (the reason says why); an operator's replay after a
+/// fix may still apply it, and the status then shows the decision.
+pub const STATUS_DEAD_LETTERED: &str = "dead_lettered";
 
 /// A transfer (or deposit, payout, account command) and its status.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -391,7 +395,9 @@ pub struct TransferView {
     /// `accepted` (the broker has the command), or `unconfirmed` (the
     /// request was recorded but its publish never confirmed: it may or may
     /// not reach the ledger; submitting it again with the same
-    /// `Idempotency-Key` is safe and settles that).
+    /// `Idempotency-Key` is safe and settles that). `dead_lettered` when
+    /// the processor could not apply it (the reason says why; an operator's
+    /// replay after a fix may still apply it).
     #[schema(example = "completed")]
     pub status: String,
     /// Why it was rejected.
@@ -438,17 +444,19 @@ pub async fn transfer_view(
     type Row = (serde_json::Value, DateTime<Utc>, bool, Option<String>, Option<String>, Option<DateTime<Utc>>);
     let row: Option<Row> = sqlx::query_as(
         r"select request.request, coalesce(request.published_at, request.created_at), request.published_at is not null,
-                 coalesce(transfer.status, command.status),
-                 coalesce(transfer.rejection_reason, command.rejection_reason),
-                 coalesce(transfer.decided_at, command.decided_at)
+                 coalesce(transfer.status, command.status, case when dead.command_id is not null then $4 end),
+                 coalesce(transfer.rejection_reason, command.rejection_reason, dead.reason),
+                 coalesce(transfer.decided_at, command.decided_at, dead.dead_lettered_at)
           from accepted_requests request
           left join transfers transfer on transfer.id = request.transfer_id
           left join account_commands command on command.id = request.transfer_id
+          left join dead_lettered_commands dead on dead.command_id = request.transfer_id
           where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)",
     )
     .bind(transfer_id)
     .bind(client_id)
     .bind(user_id)
+    .bind(STATUS_DEAD_LETTERED)
     .fetch_optional(&state.pool)
     .await?;
     let (request, accepted_at, marked, status, reason, decided_at) =

@@ -229,3 +229,22 @@ async fn a_customers_long_poll_is_woken_by_the_decision_after_a_handful_of_statu
     let spent = metric(&app, reads).await - before;
     assert!(spent <= 3, "one long poll read the status {spent} times");
 }
+
+/// Defect #13 of issue 10: a command the processor dead-letters (here one
+/// of a version it does not know) answered `accepted` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_request_answers_dead_lettered_with_the_reason() {
+    let app = TestApp::spawn().await;
+    let token = app.token().await;
+    let transfer_id = Uuid::new_v4();
+    record(&app, transfer_id, Some(app.client_id), None, true).await;
+    let path = format!("/v1/transfers/{transfer_id}");
+    let (_, view) = app.call(Method::GET, &path, Some(&token), None).await;
+    assert_eq!(view["status"], "accepted");
+
+    let mut from_the_future = serde_json::to_value(unknown_accounts_transfer(transfer_id)).expect("JSON");
+    from_the_future["version"] = json!(2);
+    app.publish_raw(&transfer_id.to_string(), from_the_future.to_string().as_bytes()).await;
+    let dead = wait_for_status(&app, &path, &token, &["dead_lettered"]).await;
+    assert_eq!(dead["reason"], "invalid_command");
+}
