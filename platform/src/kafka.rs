@@ -119,7 +119,17 @@ impl KafkaConfig {
         let partitions = self.topics.with_partition_counts(command_partitions);
         let new_topics: Vec<NewTopic<'_>> = partitions
             .iter()
-            .map(|(name, count)| NewTopic::new(name, *count, TopicReplication::Fixed(replication)))
+            .map(|(name, count)| {
+                let topic = NewTopic::new(name, *count, TopicReplication::Fixed(replication));
+                if *name == self.topics.commands {
+                    // The processor decides hold expiry against a command's
+                    // timestamp in the log: the broker's clock, not a
+                    // producer's that could backdate a post.
+                    topic.set("message.timestamp.type", "LogAppendTime")
+                } else {
+                    topic
+                }
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin.create_topics(&new_topics, &options).await.context("creating topics")?;
