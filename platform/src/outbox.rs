@@ -102,10 +102,12 @@ pub enum Retry {
     AllDead,
 }
 
-/// Puts dead rows back in their lanes with a fresh attempt budget; returns
-/// how many. A retried row goes out behind the rows its lane delivered
-/// meanwhile: consumers that need strict order per account see it late,
-/// with its original outbox id and event time.
+/// Puts dead rows back with a fresh attempt budget; returns how many. A
+/// retried row goes out behind the rows its key delivered meanwhile:
+/// consumers that need strict order per account see it late, with its
+/// original outbox id and event time. Its `claims` count stays, so a
+/// retried payment is looked up at the provider before it is ordered again
+/// (the provider may have paid it although no answer arrived).
 ///
 /// # Errors
 /// Database failures.
