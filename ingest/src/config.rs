@@ -31,6 +31,12 @@ pub struct IngestConfig {
     /// of a load balancer in front (60 s on AWS's ALB), or the balancer may
     /// send a request down a connection just closed.
     pub header_read_timeout_ms: u64,
+    /// `LEDGERLINE_HTTP_WRITE_TIMEOUT_MS`: a connection whose answer makes no
+    /// progress for this long (a client that stopped reading) is closed.
+    pub write_timeout_ms: u64,
+    /// `LEDGERLINE_HTTP_CONNECTIONS_MAX`: connections served at once per
+    /// listener; more wait in the kernel's accept queue.
+    pub connections_max: usize,
     /// `LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS`: a request still running after
     /// this long is answered with 503 (Kafka publishing included).
     pub request_timeout_ms: u64,
@@ -111,6 +117,8 @@ impl IngestConfig {
             body_size_max_bytes: 16 * 1024,
             request_timeout_ms: 15_000,
             header_read_timeout_ms: 65_000,
+            write_timeout_ms: 30_000,
+            connections_max: 10_000,
             refresh_token_ttl_s: 30 * 24 * 3600,
             client_rate_limit: RateLimit::per_second(200, 400),
             token_ip_rate_limit: RateLimit::per_second(2, 20),
@@ -155,6 +163,12 @@ impl IngestConfig {
                 defaults.header_read_timeout_ms,
                 100..=900_000,
             )?,
+            write_timeout_ms: config::limit(
+                "LEDGERLINE_HTTP_WRITE_TIMEOUT_MS",
+                defaults.write_timeout_ms,
+                100..=900_000,
+            )?,
+            connections_max: config::limit("LEDGERLINE_HTTP_CONNECTIONS_MAX", defaults.connections_max, 1..=1_000_000)?,
             request_timeout_ms: config::limit(
                 "LEDGERLINE_HTTP_REQUEST_TIMEOUT_MS",
                 defaults.request_timeout_ms,

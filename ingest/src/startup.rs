@@ -72,7 +72,7 @@ pub struct Application {
     /// Where `/metrics` is served, when configured, and what it shows.
     metrics: Option<TcpListener>,
     http_metrics: Arc<crate::metrics::HttpMetrics>,
-    header_read_timeout_ms: u64,
+    limits: crate::serve::ConnectionLimits,
     /// Background work beside the server: the decision watcher and pruning.
     background: Background,
 }
@@ -122,8 +122,12 @@ impl Application {
         let metrics = bind_optional(config.metrics_addr, "the metrics").await?;
         let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
         let router = router(state, config, Arc::clone(&http_metrics))?;
-        let header_read_timeout_ms = config.header_read_timeout_ms;
-        Ok(Self { listener, router, tls, redirect, metrics, http_metrics, header_read_timeout_ms, background })
+        let limits = crate::serve::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+            connections_max: config.connections_max,
+        };
+        Ok(Self { listener, router, tls, redirect, metrics, http_metrics, limits, background })
     }
 
     /// The metrics listener's address, when there is one.
@@ -169,20 +173,19 @@ impl Application {
         }
         // Every request carries the peer address (`ConnectInfo`): the per-IP
         // limits and the audit log use it.
-        let header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
         let Some(tls) = self.tls else {
             tracing::info!(%address, "ingest listening (HTTP)");
-            crate::serve::serve(self.listener, self.router, header_read_timeout, shutdown).await;
+            crate::serve::serve(self.listener, self.router, self.limits, shutdown).await;
             return Ok(());
         };
         if let Some(redirect) = self.redirect {
             tracing::info!(address = %redirect.local_addr()?, "redirecting HTTP to HTTPS");
             let router = crate::tls::redirect_router(address.port());
-            tokio::spawn(crate::serve::serve(redirect, router, header_read_timeout, shutdown.clone()));
+            tokio::spawn(crate::serve::serve(redirect, router, self.limits, shutdown.clone()));
         }
         tracing::info!(%address, "ingest listening (HTTPS)");
         let listener = crate::tls::TlsListener::new(self.listener, tls, shutdown.clone())?;
-        crate::serve::serve(listener, self.router, header_read_timeout, shutdown).await;
+        crate::serve::serve(listener, self.router, self.limits, shutdown).await;
         Ok(())
     }
 }

@@ -281,3 +281,60 @@ async fn a_client_sending_headers_too_slowly_is_disconnected() {
     assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
     assert_eq!(app.http().get(app.url("/health/live")).send().await.expect("prompt").status(), 204);
 }
+
+/// Opens a connection to ingest that asks for the OpenAPI document `count`
+/// times at once and reads nothing: a receive buffer of 4 KiB fills at once.
+async fn stalled_reader(app: &TestApp, count: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().expect("address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stream = socket.connect(address).await.expect("connect");
+    let requests = "GET /openapi.json HTTP/1.1\r\nhost: ingest\r\n\r\n".repeat(count);
+    // The server reads the next request only once it has answered the one
+    // before, so the write may stall too: bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(requests.as_bytes())).await;
+    stream
+}
+
+/// From the #4 note, fixed for issue 10: ingest had no write timeout, so a
+/// client that requests and never reads held its connection for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answers_is_disconnected_after_the_write_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let app = TestApp::spawn_configured(|config| config.write_timeout_ms = 500).await;
+    let mut stream = stalled_reader(&app, 200).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    // Reading now drains what was sent before the server gave up, then the
+    // end of the connection; without the timeout the answers would go on
+    // and the connection stay open.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection stayed open ({} bytes read)", received.len());
+    assert!(received.len() < 200 * 128_000, "every answer arrived: the write never timed out");
+}
+
+/// Also from the #4 note: ingest had no connection cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_a_slot_frees() {
+    let app = TestApp::spawn_configured(|config| config.connections_max = 1).await;
+    let held = stalled_reader(&app, 0).await;
+    let live = || {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(1_500))
+            .build()
+            .expect("client")
+            .get(app.url("/health/live"))
+            .send()
+    };
+    assert!(live().await.is_err(), "a second connection was served beyond the cap of one");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = live().await {
+            assert!(response.status().is_success(), "{}", response.status());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never freed");
+    }
+}
