@@ -502,22 +502,14 @@ async fn relay_round(
     let attempts =
         outbox::deliver_in_order(&claim.rows, start_deadline, |row| destinations.deliver(row, &endpoints)).await;
     let mut transaction = pool.begin().await.context("starting the recording transaction")?;
-    let counts = outbox::record(&mut transaction, &claim, &attempts, &config.retry_policy())
+    let recorded = outbox::record(&mut transaction, &claim, &attempts, &config.retry_policy())
         .await
         .context("recording deliveries")?;
-    let published: Vec<i64> = claim
-        .rows
-        .iter()
-        .zip(&attempts)
-        .filter(|(row, attempt)| row.destination == "events" && **attempt == Attempt::Delivered)
-        .map(|(row, _)| row.id)
-        .collect();
-    // Only rows this claim still held were recorded; fan out only theirs.
-    webhooks::fan_out(&mut transaction, &published).await.context("fanning events out to webhooks")?;
+    webhooks::fan_out(&mut transaction, &recorded.published).await.context("fanning events out to webhooks")?;
     transaction.commit().await.context("committing the recorded deliveries")?;
     let busy = i64::try_from(claim.rows.len()).unwrap_or(i64::MAX) >= config.batch_size_max
         || claim.lanes_locked >= config.lanes_per_claim_max;
-    Ok(Round { counts, busy })
+    Ok(Round { counts: recorded.counts, busy })
 }
 
 /// Where rows go.

@@ -313,7 +313,7 @@ pub async fn record(
     claim: &Claim,
     attempts: &[Attempt],
     policy: &RetryPolicy,
-) -> sqlx::Result<Counts> {
+) -> sqlx::Result<Recorded> {
     let mut counts = Counts::default();
     let ids: Vec<i64> = claim.rows.iter().map(|row| row.id).collect();
     let held: HashSet<i64> =
@@ -353,7 +353,7 @@ pub async fn record(
     }
     let (mut delivered, mut outcomes, mut held_back): (Vec<i64>, Vec<Option<String>>, Vec<i64>) =
         (Vec::new(), Vec::new(), Vec::new());
-    for (row, attempt) in rows.iter().zip(attempts) {
+    for (row, attempt) in rows.iter().zip(attempts.iter().copied()) {
         match attempt {
             Attempt::Delivered => {
                 delivered.push(row.id);
@@ -455,7 +455,23 @@ pub async fn record(
         .await?;
     }
     counts.delivered = delivered.len();
-    Ok(counts)
+    let published = rows
+        .iter()
+        .zip(&attempts)
+        .filter(|(row, attempt)| row.destination == "events" && attempt.delivered())
+        .map(|(row, _)| row.id)
+        .collect();
+    Ok(Recorded { counts, published })
+}
+
+/// What [`record`] recorded.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub counts: Counts,
+    /// The events recorded as published (by outbox id), to fan out to
+    /// webhooks in the same transaction: only rows the claim still held,
+    /// so a relay whose lease ran out fans nothing out twice.
+    pub published: Vec<i64>,
 }
 
 /// Failures that are the relay's, not the endpoint's: they never count
