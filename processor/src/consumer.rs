@@ -167,6 +167,9 @@ struct OffsetsInPostgres {
     command_topic: String,
 }
 
+/// How long a stopping processor waits to leave its consumer group.
+pub const CLOSE_TIMEOUT_MS: u64 = 10_000;
+
 /// How often librdkafka reports its statistics, which carry the brokers'
 /// high watermarks: how far behind the log each partition is.
 pub const STATISTICS_INTERVAL_MS: u64 = 1_000;
@@ -468,7 +471,33 @@ impl Worker {
         self.finish(&scope, pending.take());
         tracing::info!("processor stopping");
         self.consumer.unsubscribe();
+        self.close_bounded();
         Ok(())
+    }
+
+    /// Leaves the group within [`CLOSE_TIMEOUT_MS`]. librdkafka's own close,
+    /// run when the consumer is dropped, polls until the group is left and
+    /// so never returns when the broker is gone (a test whose broker was
+    /// torn down first, a broker lost at shutdown): a stop would hang for
+    /// ever. Past the deadline the consumer is leaked instead; the group
+    /// drops the member after its session timeout.
+    fn close_bounded(&self) {
+        if let Err(error) = self.consumer.close_queue() {
+            tracing::warn!(%error, "closing the consumer failed");
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(CLOSE_TIMEOUT_MS);
+        while !self.consumer.closed() {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    timeout_ms = CLOSE_TIMEOUT_MS,
+                    "the consumer did not leave its group in time (broker unreachable?); leaving it behind"
+                );
+                std::mem::forget(Arc::clone(&self.consumer));
+                return;
+            }
+            self.consumer.poll(Duration::from_millis(100));
+        }
     }
 
     /// Dead-letters what cannot be decoded, then starts committing the rest,
