@@ -1,0 +1,724 @@
+//! Crash safety across processes.
+//!
+//! The e2e suite stops services in-process, where a "crash" still runs
+//! destructors and shares one runtime. Here ingest, processor and outbox
+//! relay run as separate OS processes (the debug binaries, which
+//! `cargo test --workspace --all-targets` builds next to this test) against
+//! a standalone broker (`ledgerctl kafka-mock` in a child process, or
+//! `KAFKA_BROKERS`) and a fresh database. Concurrent HTTP clients send
+//! transfers and retry each one with the same `Idempotency-Key` until they
+//! get `202`, while every service is SIGKILLed and restarted more than once:
+//! the processor twice (once restarted at once, once after a pause longer
+//! than its session timeout), ingest and the relay twice each. Then:
+//!
+//! - every transfer that got a `202` was applied exactly once (one row, two
+//!   entries summing to zero, balances as the clients expect);
+//! - nothing was applied that no client asked for, and nothing that was
+//!   never accepted unless its client saw an error and retried it;
+//! - `ledgerctl verify`, run as a process, finds no violation;
+//! - every outbox event, and so every decision, reached `ledger.events` at
+//!   least once (deduplicated by the `ledgerline-outbox-id` header).
+//!
+//! Run alone, the binaries must be built first (`cargo test -p
+//! ledgerline-tests --test processes` does not build other crates' binaries):
+//! `cargo build -p ingest -p processor -p outbox-relay -p ledgerctl`.
+//! Each service's output goes to a log file in a temporary directory (its
+//! path is printed; the end of a log is in the failure message); the
+//! directory is removed after a passing run unless
+//! `LEDGERLINE_TEST_KEEP_LOGS` is set.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ledgerline_tests::{JWT_SECRET, TestDatabase, hasher};
+use platform::kafka::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use rust_decimal::Decimal;
+use schemas::{IdempotencyKey, Operation, Topics, TransferId};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Concurrent HTTP clients.
+const CLIENTS: usize = 4;
+/// Each client sends at least this many transfers, and goes on until the
+/// fault schedule is over, up to [`TRANSFERS_PER_CLIENT_MAX`].
+const TRANSFERS_PER_CLIENT_MIN: usize = 10;
+const TRANSFERS_PER_CLIENT_MAX: usize = 400;
+/// A client's pause between two transfers: short, so requests are in flight
+/// (some between the publish and the answer) when ingest dies, without
+/// flooding a 2-core machine.
+const CLIENT_PAUSE: Duration = Duration::from_millis(40);
+/// A client's pause before retrying a failed request, its attempts per
+/// transfer, and the longest it tries one transfer.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const ATTEMPTS_MAX: u32 = 300;
+const TRANSFER_DEADLINE: Duration = Duration::from_secs(40);
+/// One HTTP request's deadline.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Accounts the clients move money between, and what each starts with.
+const ACCOUNTS: usize = 8;
+const FUNDING: &str = "1000.00";
+const AMOUNT: &str = "1.00";
+/// The processor's consumer-group session: a SIGKILLed member holds its
+/// partitions this long. Short so the test is quick, but twice librdkafka's
+/// 3 s heartbeat interval, so a live member is never timed out.
+const SESSION_TIMEOUT_MS: u64 = 6_000;
+/// The longest any one step waits (a join, a restart, the ledger catching
+/// up, the relay draining the outbox). Generous: the machine is shared.
+const STEP_MAX: Duration = Duration::from_secs(60);
+/// Transfers the ledger must apply between two kills, so every kill lands in
+/// a flowing stream (and a restarted processor is seen working).
+const PROGRESS_BETWEEN_KILLS: i64 = 8;
+
+/// A binary of the workspace, from the target directory this test runs in
+/// (`target/debug/deps/processes-…` → `target/debug/<name>`).
+fn binary(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test executable's path");
+    let profile = test.parent().and_then(Path::parent).expect("the target directory");
+    let path = profile.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: `cargo test --workspace --all-targets` builds it; to run this test alone, first run \
+         `cargo build -p ingest -p processor -p outbox-relay -p ledgerctl`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the service binds it
+/// again, with `SO_REUSEADDR`, on every restart).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port").port()
+}
+
+/// A child process of the test, with its output in a log file. Killed when
+/// dropped, so a failing or panicking test leaves no process behind.
+struct Service {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    fn new(name: &'static str, program: PathBuf, args: &[&str], env: &[(&str, String)], logs: &Path) -> Self {
+        Self {
+            name,
+            program,
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            env: env.iter().map(|(key, value)| ((*key).to_owned(), value.clone())).collect(),
+            log: logs.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("the service's log file");
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,rdkafka=warn,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().unwrap_or_else(|error| panic!("starting {}: {error}", self.name)));
+    }
+
+    /// SIGKILL: no destructor, no flush, no goodbye to the broker or the
+    /// database; whatever was in flight is cut off.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Panics with the log's end when the process has exited on its own.
+    fn assert_running(&mut self) {
+        let exited = self.child.as_mut().map(|child| child.try_wait().expect("polling a child"));
+        if let Some(Some(status)) = exited {
+            self.child = None;
+            panic!("{} exited on its own ({status}):\n{}", self.name, tail(&self.log));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last lines of a log file, for failure messages.
+fn tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The broker: `ledgerctl kafka-mock` in a child process (it creates the
+/// topics of its namespace), or `KAFKA_BROKERS` with topics of a namespace
+/// unique to this run.
+struct Broker {
+    kafka: KafkaConfig,
+    namespace: String,
+    _mock: Option<Service>,
+}
+
+async fn start_broker(logs: &Path) -> Broker {
+    let namespace = format!("processes-{}", Uuid::new_v4().simple());
+    let topics = Topics::namespaced(&namespace);
+    if let Some(brokers) = std::env::var("KAFKA_BROKERS").ok().filter(|brokers| !brokers.is_empty()) {
+        let kafka = KafkaConfig::new(brokers, topics);
+        if std::env::var_os("LEDGERLINE_TEST_KAFKA_AUTO_CREATE").is_some() {
+            auto_create_topics(&kafka);
+        } else {
+            kafka.create_topics(4, 1).await.expect("creating the topics");
+        }
+        return Broker { kafka, namespace, _mock: None };
+    }
+    let mut mock = Service::new(
+        "kafka-mock",
+        binary("ledgerctl"),
+        &["kafka-mock"],
+        &[("LEDGERLINE_TOPIC_NAMESPACE", namespace.clone())],
+        logs,
+    );
+    mock.start();
+    let deadline = Instant::now() + STEP_MAX;
+    let brokers = loop {
+        mock.assert_running();
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&mock.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        if let Some(line) = text.lines().find_map(|line| line.strip_prefix("KAFKA_BROKERS=")) {
+            break line.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "ledgerctl kafka-mock printed no address:\n{}", tail(&mock.log));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Broker { kafka: KafkaConfig::new(brokers, topics), namespace, _mock: Some(mock) }
+}
+
+/// A broker without CreateTopics support auto-creates a topic when a
+/// producer asks for its metadata.
+fn auto_create_topics(kafka: &KafkaConfig) {
+    use rdkafka::producer::{FutureProducer, Producer as _};
+    let producer: FutureProducer = kafka.producer().create().expect("producer");
+    for (topic, _) in kafka.topics.with_partition_counts(4) {
+        let metadata = producer.client().fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        assert!(metadata.topics().first().is_some_and(|topic| !topic.partitions().is_empty()), "{topic} not created");
+    }
+}
+
+/// `DATABASE_URL` (the kit's default server) with the test database's name
+/// in place of its own.
+fn database_url(pool: &PgPool) -> String {
+    let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (base, query) = server.split_once('?').map_or((server.as_str(), ""), |(base, query)| (base, query));
+    let scheme_end = base.find("://").map_or(0, |at| at + 3);
+    let authority = base[scheme_end..].find('/').map_or(base, |at| &base[..scheme_end + at]);
+    let database = pool.connect_options().get_database().expect("the test database's name").to_owned();
+    if query.is_empty() { format!("{authority}/{database}") } else { format!("{authority}/{database}?{query}") }
+}
+
+/// What one client saw of one transfer.
+#[derive(Debug, Clone)]
+struct Sent {
+    transfer_id: Uuid,
+    source: Uuid,
+    destination: Uuid,
+    /// It got a 202 (on some attempt).
+    accepted: bool,
+    /// Some attempt failed (an error status, a refused or cut connection, a
+    /// timeout), so the client retried.
+    saw_error: bool,
+    attempts: u32,
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    client_id: Uuid,
+}
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends one request with the same idempotency key until it answers
+    /// `expected`, within the attempt and time bounds: what was seen.
+    async fn until_status(
+        &self,
+        expected: u16,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> (Option<Value>, bool, u32) {
+        let deadline = Instant::now() + TRANSFER_DEADLINE;
+        let mut saw_error = false;
+        for attempt in 1..=ATTEMPTS_MAX {
+            match build().bearer_auth(&self.token).send().await {
+                Ok(response) if response.status().as_u16() == expected => {
+                    let body = response.json().await.unwrap_or(Value::Null);
+                    return (Some(body), saw_error, attempt);
+                }
+                Ok(_) | Err(_) => saw_error = true,
+            }
+            if Instant::now() >= deadline {
+                return (None, saw_error, attempt);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        (None, saw_error, ATTEMPTS_MAX)
+    }
+
+    async fn transfer(&self, source: Uuid, destination: Uuid, key: &str) -> Sent {
+        let body = json!({
+            "source_account_id": source,
+            "destination_account_id": destination,
+            "amount": AMOUNT,
+            "currency": "EUR",
+        });
+        let (answer, saw_error, attempts) = self
+            .until_status(202, || self.http.post(self.url("/v1/transfers")).header("Idempotency-Key", key).json(&body))
+            .await;
+        let derived =
+            TransferId::derive(Operation::Transfer, self.client_id, &IdempotencyKey::parse(key).expect("key"));
+        if let Some(answer) = &answer {
+            assert_eq!(answer["transfer_id"], derived.as_uuid().to_string(), "the transfer id derives from the key");
+        }
+        Sent { transfer_id: derived.as_uuid(), source, destination, accepted: answer.is_some(), saw_error, attempts }
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str, ingest: &mut Service) {
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        ingest.assert_running();
+        if let Ok(response) = http.get(format!("{base}/health/ready")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ingest not ready:\n{}", tail(&ingest.log));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn applied_transfers(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from transfers where kind = 'transfer'")
+        .fetch_one(pool)
+        .await
+        .expect("counting transfers")
+}
+
+/// Waits until the ledger has applied `count` transfers, every service
+/// staying alive meanwhile.
+async fn wait_applied(pool: &PgPool, count: i64, services: &mut [&mut Service], what: &str) {
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        for service in services.iter_mut() {
+            service.assert_running();
+        }
+        let applied = applied_transfers(pool).await;
+        if applied >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: only {applied} of {count} transfers applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message of `topic` up to its end as it is now: (outbox id header,
+/// payload). Blocking.
+fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Vec<(Option<String>, Value)> {
+    let consumer: BaseConsumer = kafka.consumer(&format!("reader-{}", Uuid::new_v4())).create().expect("reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for partition in metadata.topics().iter().flat_map(|topic| topic.partitions()) {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(10)).expect("watermarks");
+        if high > low {
+            remaining.insert(partition.id(), high);
+        }
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = std::time::Instant::now() + STEP_MAX;
+    let mut messages = Vec::new();
+    while !remaining.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{topic} not read to its end: {remaining:?} left");
+        let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let message = result.expect("reading the events topic");
+        let outbox_id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == "ledgerline-outbox-id")
+                .and_then(|header| header.value.map(|value| String::from_utf8_lossy(value).into_owned()))
+        });
+        let payload = serde_json::from_slice(message.payload().unwrap_or_default()).expect("event JSON");
+        messages.push((outbox_id, payload));
+        if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
+            remaining.remove(&message.partition());
+        }
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_killed_and_restarted_as_processes_lose_nothing_and_apply_nothing_twice() {
+    let logs = std::env::temp_dir().join(format!("ledgerline-processes-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    eprintln!("service logs in {}", logs.display());
+    let started = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6} ms  {what}", started.elapsed().as_millis());
+    let database = TestDatabase::create().await.expect("test database");
+    let pool = database.pool.clone();
+    let broker = start_broker(&logs).await;
+    let client = ingest::auth::create_client(&pool, &hasher(), "fault-test", ingest::auth::Scope::ALL)
+        .await
+        .expect("API client");
+
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{http_addr}");
+    let common = [
+        ("DATABASE_URL", database_url(&pool)),
+        ("KAFKA_BROKERS", broker.kafka.brokers.clone()),
+        ("LEDGERLINE_TOPIC_NAMESPACE", broker.namespace.clone()),
+    ];
+    let with = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
+        common.iter().cloned().chain(extra.iter().cloned()).collect()
+    };
+    let mut ingest = Service::new(
+        "ingest",
+        binary("ingest"),
+        &[],
+        &with(&[("LEDGERLINE_HTTP_ADDR", http_addr.clone()), ("LEDGERLINE_JWT_SECRET", JWT_SECRET.to_owned())]),
+        &logs,
+    );
+    let mut processor = Service::new(
+        "processor",
+        binary("processor"),
+        &[],
+        &with(&[
+            ("LEDGERLINE_PROCESSOR_GROUP", format!("{}-processor", broker.namespace)),
+            ("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
+            ("LEDGERLINE_PROCESSOR_RETRY_BACKOFF_MAX_MS", "500".to_owned()),
+        ]),
+        &logs,
+    );
+    let mut relay = Service::new(
+        "outbox-relay",
+        binary("outbox-relay"),
+        &[],
+        &with(&[
+            ("LEDGERLINE_RELAY_POLL_INTERVAL_MS", "200".to_owned()),
+            // A killed relay's leased rows go to its successor after the
+            // lease, which is four produce timeouts plus a margin: 18 s, not
+            // the default 50.
+            ("LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS", "2000".to_owned()),
+        ]),
+        &logs,
+    );
+    ingest.start();
+    processor.start();
+    relay.start();
+
+    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("HTTP client");
+    wait_ready(&http, &base, &mut ingest).await;
+    let token = {
+        let response = http
+            .post(format!("{base}/v1/oauth/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", &client.id.to_string()),
+                ("client_secret", secrecy::ExposeSecret::expose_secret(&client.secret)),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(response.status(), 200, "token");
+        let body: Value = response.json().await.expect("token JSON");
+        body["access_token"].as_str().expect("access_token").to_owned()
+    };
+    let api = Arc::new(Api { http: http.clone(), base: base.clone(), token, client_id: client.id });
+
+    // Accounts, funded through the whole pipeline: the first deposit's
+    // decision also says the processor has joined the group.
+    let mut accounts = Vec::new();
+    for index in 0..ACCOUNTS {
+        let key = format!("open-{index}");
+        let (answer, _, _) = api
+            .until_status(201, || {
+                api.http.post(api.url("/v1/accounts")).header("Idempotency-Key", &key).json(&json!({"currency": "EUR"}))
+            })
+            .await;
+        let answer = answer.expect("account opened");
+        accounts.push(answer["id"].as_str().expect("id").parse::<Uuid>().expect("uuid"));
+    }
+    let mut deposits = Vec::new();
+    for account in &accounts {
+        let key = format!("fund-{account}");
+        let (answer, _, _) = api
+            .until_status(202, || {
+                api.http
+                    .post(api.url(&format!("/v1/accounts/{account}/deposits")))
+                    .header("Idempotency-Key", &key)
+                    .json(&json!({"amount": FUNDING, "currency": "EUR"}))
+            })
+            .await;
+        let answer = answer.expect("deposit accepted");
+        deposits.push(answer["transfer_id"].as_str().expect("transfer_id").parse::<Uuid>().expect("uuid"));
+    }
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        processor.assert_running();
+        let funded: i64 =
+            sqlx::query_scalar("select count(*) from transfers where id = any($1) and status = 'completed'")
+                .bind(&deposits)
+                .fetch_one(&pool)
+                .await
+                .expect("deposits");
+        if funded == i64::try_from(ACCOUNTS).expect("count") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {funded} deposits applied:\n{}", tail(&processor.log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    phase("accounts funded");
+    // The clients: each sends transfers one after another, retrying each
+    // with its key until it is accepted, until the fault schedule is over.
+    let schedule_over = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (api, accounts, schedule_over) = (Arc::clone(&api), accounts.clone(), Arc::clone(&schedule_over));
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for index in 0..TRANSFERS_PER_CLIENT_MAX {
+                    if index >= TRANSFERS_PER_CLIENT_MIN && schedule_over.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let source = accounts[(client * 2 + index) % ACCOUNTS];
+                    let destination = accounts[(client * 2 + index * 3 + 1) % ACCOUNTS];
+                    let destination =
+                        if destination == source { accounts[(client * 2 + index + 1) % ACCOUNTS] } else { destination };
+                    sent.push(api.transfer(source, destination, &format!("client-{client}-transfer-{index}")).await);
+                    tokio::time::sleep(CLIENT_PAUSE).await;
+                }
+                sent
+            })
+        })
+        .collect();
+
+    // The fault schedule. Each kill waits for the ledger to have moved on
+    // since the last one, so every service dies in a flowing stream.
+    let mut mark = applied_transfers(&pool).await + PROGRESS_BETWEEN_KILLS;
+    wait_applied(&pool, mark, &mut [&mut ingest, &mut processor, &mut relay], "before the first kill").await;
+
+    phase("first kill");
+    // 1. The processor, restarted at once: its old member still holds the
+    //    partitions until the session times out.
+    processor.kill();
+    processor.start();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // 2. Ingest, mid-request for some clients; restarted after a moment.
+    ingest.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ingest.start();
+    wait_ready(&http, &base, &mut ingest).await;
+    mark = applied_transfers(&pool).await + PROGRESS_BETWEEN_KILLS;
+    wait_applied(&pool, mark, &mut [&mut ingest, &mut processor, &mut relay], "after the first processor restart")
+        .await;
+
+    phase("processor back");
+    // 3. The relay, restarted at once.
+    relay.kill();
+    relay.start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 4. The processor again, down for longer than its session: commands
+    //    pile up in Kafka and are applied when it is back.
+    processor.kill();
+    tokio::time::sleep(Duration::from_millis(SESSION_TIMEOUT_MS + 1_000)).await;
+    processor.start();
+    mark = applied_transfers(&pool).await + PROGRESS_BETWEEN_KILLS;
+    wait_applied(&pool, mark, &mut [&mut ingest, &mut processor, &mut relay], "after the second processor restart")
+        .await;
+
+    phase("processor back again");
+    // 5. Ingest and the relay once more.
+    ingest.kill();
+    relay.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.start();
+    ingest.start();
+    wait_ready(&http, &base, &mut ingest).await;
+    mark = applied_transfers(&pool).await + PROGRESS_BETWEEN_KILLS;
+    wait_applied(&pool, mark, &mut [&mut ingest, &mut processor, &mut relay], "after the last restarts").await;
+    schedule_over.store(true, Ordering::Release);
+    phase("fault schedule over");
+
+    let mut sent: Vec<Sent> = Vec::new();
+    for client in clients {
+        sent.extend(client.await.expect("a client panicked"));
+    }
+    let not_accepted: Vec<&Sent> = sent.iter().filter(|sent| !sent.accepted).collect();
+    assert!(not_accepted.is_empty(), "transfers never accepted within their bounds: {not_accepted:?}");
+    let retried = sent.iter().filter(|sent| sent.saw_error).count();
+    let attempts: u32 = sent.iter().map(|sent| sent.attempts).sum();
+    eprintln!("{} transfers sent in {attempts} attempts; {retried} retried after an error", sent.len());
+
+    // Every accepted transfer is decided.
+    let accepted: Vec<Uuid> = sent.iter().filter(|sent| sent.accepted).map(|sent| sent.transfer_id).collect();
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        processor.assert_running();
+        let decided: i64 = sqlx::query_scalar("select count(*) from transfers where id = any($1)")
+            .bind(&accepted)
+            .fetch_one(&pool)
+            .await
+            .expect("decided");
+        if decided == i64::try_from(accepted.len()).expect("count") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {decided} of {} accepted transfers decided", accepted.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    phase("every accepted transfer decided");
+    // Exactly once: what the ledger applied is what the clients asked for.
+    let by_id: HashMap<Uuid, &Sent> = sent.iter().map(|sent| (sent.transfer_id, sent)).collect();
+    assert_eq!(by_id.len(), sent.len(), "every key derives its own transfer id");
+    let rows: Vec<(Uuid, String, Uuid, Uuid, Decimal)> = sqlx::query_as(
+        "select id, status, source_account_id, destination_account_id, amount from transfers where kind = 'transfer'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("transfers");
+    let amount: Decimal = AMOUNT.parse().expect("amount");
+    for (id, status, source, destination, row_amount) in &rows {
+        let asked = by_id.get(id).unwrap_or_else(|| panic!("transfer {id} applied, but no client asked for it"));
+        assert!(asked.accepted || asked.saw_error, "transfer {id} applied, never accepted and never retried");
+        assert_eq!(status, "completed", "transfer {id} between funded accounts");
+        assert_eq!((*source, *destination, *row_amount), (asked.source, asked.destination, amount), "transfer {id}");
+    }
+    let applied: HashSet<Uuid> = rows.iter().map(|(id, ..)| *id).collect();
+    for id in &accepted {
+        assert!(applied.contains(id), "accepted transfer {id} was never applied");
+    }
+    let entries: Vec<(Uuid, i64, Decimal)> = sqlx::query_as(
+        "select transfer_id, count(*), sum(amount) from entries where transfer_id = any($1) group by transfer_id",
+    )
+    .bind(&accepted)
+    .fetch_all(&pool)
+    .await
+    .expect("entries");
+    assert_eq!(entries.len(), accepted.len(), "every accepted transfer has entries");
+    for (id, count, sum) in &entries {
+        assert_eq!((*count, *sum), (2, Decimal::ZERO), "transfer {id}: one debit and one credit, applied once");
+    }
+    let mut expected: BTreeMap<Uuid, Decimal> =
+        accounts.iter().map(|account| (*account, FUNDING.parse().expect("funding"))).collect();
+    for id in &applied {
+        let asked = by_id[id];
+        *expected.get_mut(&asked.source).expect("source") -= amount;
+        *expected.get_mut(&asked.destination).expect("destination") += amount;
+    }
+    let balances: Vec<(Uuid, Decimal)> = sqlx::query_as("select id, balance from accounts where id = any($1)")
+        .bind(&accounts)
+        .fetch_all(&pool)
+        .await
+        .expect("balances");
+    let balances: BTreeMap<Uuid, Decimal> = balances.into_iter().collect();
+    assert_eq!(balances, expected, "each account's balance is its funding plus what the clients moved, once");
+
+    // The ledger verifies, checked by the operator's tool as a process.
+    let verify = Command::new(binary("ledgerctl"))
+        .arg("verify")
+        .env("DATABASE_URL", database_url(&pool))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running ledgerctl verify");
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("ledger verified"),
+        "ledgerctl verify: {}\n{stdout}\n{}",
+        verify.status,
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Every event reached ledger.events at least once: the relay drains the
+    // outbox, then every outbox row is on the topic, and with it every
+    // decision.
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        relay.assert_running();
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from outbox where destination = 'events' and delivered_at is null")
+                .fetch_one(&pool)
+                .await
+                .expect("pending events");
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} events still pending:\n{}", tail(&relay.log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    phase("outbox drained");
+    let outbox_ids: Vec<i64> = sqlx::query_scalar("select id from outbox where destination = 'events'")
+        .fetch_all(&pool)
+        .await
+        .expect("outbox ids");
+    let (kafka, topic) = (broker.kafka.clone(), broker.kafka.topics.events.clone());
+    let messages = tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic)).await.expect("reader");
+    let mut seen_outbox_ids = HashSet::new();
+    let mut seen_transfers = HashSet::new();
+    for (outbox_id, payload) in &messages {
+        let outbox_id = outbox_id.as_deref().expect("every event carries its outbox id");
+        if seen_outbox_ids.insert(outbox_id.parse::<i64>().expect("numeric outbox id"))
+            && let Some(id) = payload["transfer_id"].as_str()
+        {
+            seen_transfers.insert(id.parse::<Uuid>().expect("transfer id"));
+        }
+    }
+    eprintln!(
+        "{} events on the topic for {} outbox rows ({} duplicates)",
+        messages.len(),
+        outbox_ids.len(),
+        messages.len() - seen_outbox_ids.len()
+    );
+    let missing: Vec<i64> = outbox_ids.iter().filter(|id| !seen_outbox_ids.contains(id)).copied().collect();
+    assert!(missing.is_empty(), "outbox rows delivered but not on {}: {missing:?}", broker.kafka.topics.events);
+    for id in applied.iter().chain(&deposits) {
+        assert!(seen_transfers.contains(id), "no event for transfer {id}");
+    }
+
+    phase("events read");
+    drop((ingest, processor, relay));
+    if std::env::var_os("LEDGERLINE_TEST_KEEP_LOGS").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+}
