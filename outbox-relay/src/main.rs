@@ -1,7 +1,9 @@
 //! The outbox relay binary: configuration from the environment, then
-//! [`outbox_relay::run`] until SIGTERM or Ctrl-C.
+//! [`outbox_relay::run`] until SIGTERM or Ctrl-C; on
+//! `LEDGERLINE_METRICS_ADDR`, `/metrics`, `/health/live` and `/health/ready`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use platform::kafka::KafkaConfig;
@@ -16,12 +18,33 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = platform::shutdown::token_on_signal();
     let metrics = Arc::new(outbox_relay::RelayMetrics::default());
     if let Some(address) = platform::metrics::addr_from_env()? {
+        let ready: platform::metrics::Ready = {
+            let pool = pool.clone();
+            Arc::new(move || {
+                let pool = pool.clone();
+                Box::pin(async move { readiness(&pool).await })
+            })
+        };
         let (metrics, pool) = (Arc::clone(&metrics), pool.clone());
         let render: platform::metrics::Render = Arc::new(move || {
             let (metrics, pool) = (Arc::clone(&metrics), pool.clone());
             Box::pin(async move { outbox_relay::render_metrics(&metrics, &pool).await })
         });
-        platform::metrics::spawn(address, render, shutdown.clone()).await?;
+        platform::metrics::spawn_with_health(address, render, ready, shutdown.clone()).await?;
     }
     outbox_relay::run_with_metrics(config, pool, shutdown, metrics).await
+}
+
+/// The longest the readiness probe waits for Postgres.
+const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ready when Postgres answers: the outbox is there, and every delivery
+/// failure to Kafka or a provider is already retried and counted in the
+/// metrics (`ledgerline_outbox_*`), which is where to alert on them.
+async fn readiness(pool: &sqlx::PgPool) -> Vec<String> {
+    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query("select 1").execute(pool)).await {
+        Ok(Ok(_)) => Vec::new(),
+        Ok(Err(error)) => vec![format!("Postgres does not answer: {error}")],
+        Err(_) => vec![format!("Postgres does not answer within {} ms", DATABASE_PROBE_TIMEOUT.as_millis())],
+    }
 }

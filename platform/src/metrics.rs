@@ -3,6 +3,10 @@
 //! framework), a fixed-bucket latency histogram, and a listener serving
 //! `GET /metrics` on its own address (`LEDGERLINE_METRICS_ADDR`), apart from
 //! the API, so that scraping needs no token and the API port exposes nothing.
+//!
+//! Services without an API of their own (processor, relay) also serve their
+//! probes there: `GET /health/live` (the process answers) and
+//! `GET /health/ready` (204, or 503 with a problem+json body listing why).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -165,21 +169,89 @@ pub fn render_with(page: impl Fn() -> String + Send + Sync + 'static) -> Render 
     })
 }
 
+/// What decides readiness on each probe: the reasons the service is not
+/// ready, none when it is.
+pub type Ready = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<String>> + Send>> + Send + Sync>;
+
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
 ///
 /// # Errors
 /// When the server fails.
 pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) -> anyhow::Result<()> {
+    serve_with_health(listener, render, None, shutdown).await
+}
+
+/// Serves `GET /metrics` and, with `ready`, the probes `/health/live` and
+/// `/health/ready` on `listener` until `shutdown` is cancelled.
+///
+/// # Errors
+/// When the server fails.
+pub async fn serve_with_health(
+    listener: TcpListener,
+    render: Render,
+    ready: Option<Ready>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use axum::http::header::CONTENT_TYPE;
-    let router = axum::Router::new().route(
+    let mut router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let render = Arc::clone(&render);
             async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render().await) }
         }),
     );
+    if let Some(ready) = ready {
+        router =
+            router.route("/health/live", axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT })).route(
+                "/health/ready",
+                axum::routing::get(move || {
+                    let ready = Arc::clone(&ready);
+                    async move { ready_answer(&ready().await) }
+                }),
+            );
+    }
     tracing::info!(address = %listener.local_addr()?, "serving /metrics");
     axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("serving /metrics")
+}
+
+/// 204 when there is no problem; otherwise 503 with the problems in a
+/// problem+json body (`code` `not_ready`), so an operator reading the probe
+/// sees why. Logged at debug only: probes come every few seconds, and the
+/// service logs the cause itself when it arises.
+fn ready_answer(problems: &[String]) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+    use axum::response::IntoResponse as _;
+    if problems.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    tracing::debug!(?problems, "not ready");
+    let body = NotReady {
+        kind: "urn:ledgerline:problem:not_ready",
+        title: "The service is not ready",
+        status: 503,
+        code: "not_ready",
+        detail: problems.join("; "),
+        problems,
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(CONTENT_TYPE, "application/problem+json"), (CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// The body of a 503 from `/health/ready`.
+#[derive(Debug, serde::Serialize)]
+struct NotReady<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    status: u16,
+    code: &'static str,
+    detail: String,
+    problems: &'a [String],
 }
 
 /// Binds `address` and serves the metrics there in the background.
@@ -201,6 +273,28 @@ pub fn spawn_on(listener: TcpListener, render: Render, shutdown: CancellationTok
             tracing::error!(%error, "the metrics listener failed");
         }
     });
+}
+
+/// Binds `address` and serves the metrics and the probes there in the
+/// background.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn spawn_with_health(
+    address: SocketAddr,
+    render: Render,
+    ready: Ready,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener =
+        TcpListener::bind(address).await.with_context(|| format!("binding the metrics address {address}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = serve_with_health(listener, render, Some(ready), shutdown).await {
+            tracing::error!(%error, "the metrics listener failed");
+        }
+    });
+    Ok(bound)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! - [`consumer`] runs the Kafka loop on a thread of its own, seeks to the
 //!   offsets stored in Postgres on every assignment, and sends what it
 //!   cannot decode to the dead-letter topic.
+//! - [`health`] compares the stored offsets with Kafka's watermarks: lag
+//!   per partition, stopped partitions, readiness.
 //!
 
 pub mod config;
@@ -20,6 +22,7 @@ pub mod consumer;
 pub mod decide;
 pub mod decode;
 pub mod engine;
+pub mod health;
 pub mod ledger;
 pub mod metrics;
 pub mod replay;

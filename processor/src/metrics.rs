@@ -1,9 +1,12 @@
 //! In-process counters of the processor, read by the benchmark and served
-//! to Prometheus ([`ProcessorMetrics::render`]).
+//! to Prometheus ([`ProcessorMetrics::render`]), and the partition view of
+//! [`crate::health`] that readiness and the lag gauges are made of.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::health::PartitionState;
 
 /// The most commit-latency samples kept; older ones are overwritten, so the
 /// quantiles describe the recent past and memory stays bounded.
@@ -14,8 +17,25 @@ pub struct ProcessorMetrics {
     commands: AtomicU64,
     batches: AtomicU64,
     dead_letters: AtomicU64,
+    payout_conflicts: AtomicU64,
     latencies_us: Mutex<LatencyRing>,
     commit_latency: platform::metrics::Histogram,
+    /// Out-of-range fetches the consumer reported (a partition stopped).
+    offset_out_of_range: AtomicU64,
+    /// Wakes the partition monitor when the consumer reports one.
+    out_of_range_wake: tokio::sync::Notify,
+    partitions: Mutex<PartitionsView>,
+}
+
+/// What the partition monitor saw last.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionsView {
+    /// Every partition of the command topic, by partition.
+    pub states: Vec<PartitionState>,
+    /// When the monitor last looked successfully; `None` before it did.
+    pub checked_at: Option<Instant>,
+    /// Why its latest attempt failed, if it did.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +67,53 @@ impl ProcessorMetrics {
         self.dead_letters.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The consumer could not fetch a partition at its stored offset (it
+    /// is no longer, or not yet, in Kafka): counted, and the partition
+    /// monitor looks at once instead of at its next round.
+    pub fn record_offset_out_of_range(&self) {
+        self.offset_out_of_range.fetch_add(1, Ordering::Relaxed);
+        self.out_of_range_wake.notify_one();
+    }
+
+    /// Resolves after [`Self::record_offset_out_of_range`] (at once if one
+    /// came since the last wait).
+    pub async fn out_of_range_reported(&self) {
+        self.out_of_range_wake.notified().await;
+    }
+
+    pub fn offset_out_of_range_total(&self) -> u64 {
+        self.offset_out_of_range.load(Ordering::Relaxed)
+    }
+
+    /// A round of the partition monitor.
+    pub fn record_partitions(&self, states: Vec<PartitionState>) {
+        if let Ok(mut view) = self.partitions.lock() {
+            *view = PartitionsView { states, checked_at: Some(Instant::now()), error: None };
+        }
+    }
+
+    /// A round of the monitor that could not look; the last view stays
+    /// (and ages: readiness refuses a stale one).
+    pub fn record_partitions_unknown(&self, error: &str) {
+        if let Ok(mut view) = self.partitions.lock() {
+            view.error = Some(error.to_owned());
+        }
+    }
+
+    #[must_use]
+    pub fn partitions(&self) -> PartitionsView {
+        self.partitions.lock().map(|view| view.clone()).unwrap_or_default()
+    }
+
+    /// A provider outcome that contradicted its payout's settlement.
+    pub fn record_payout_conflict(&self) {
+        self.payout_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn payout_conflicts_total(&self) -> u64 {
+        self.payout_conflicts.load(Ordering::Relaxed)
+    }
+
     /// Commands decided (applied, rejected or recognised as duplicates).
     pub fn commands_total(&self) -> u64 {
         self.commands.load(Ordering::Relaxed)
@@ -60,12 +127,41 @@ impl ProcessorMetrics {
         self.dead_letters.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus page: commands, batches, dead letters, and the batch
-    /// transactions' latency.
+    /// The Prometheus page: commands, batches, dead letters, the batch
+    /// transactions' latency, and each partition's lag and stop.
     #[must_use]
     pub fn render(&self) -> String {
         use platform::metrics::{Exposition, Kind};
         let mut page = Exposition::new();
+        let view = self.partitions();
+        page.family(
+            "ledgerline_processor_consumer_lag",
+            Kind::Gauge,
+            "Commands in Kafka not yet applied: the high watermark minus the offset stored in Postgres, per partition",
+        );
+        for state in &view.states {
+            let partition = state.partition.to_string();
+            page.sample("ledgerline_processor_consumer_lag", &[("partition", &partition)], state.lag());
+        }
+        page.family(
+            "ledgerline_processor_partition_stopped",
+            Kind::Gauge,
+            "1 when the partition's stored offset is outside the log, so it cannot be consumed and makes no progress",
+        );
+        for state in &view.states {
+            let partition = state.partition.to_string();
+            page.sample(
+                "ledgerline_processor_partition_stopped",
+                &[("partition", &partition)],
+                u8::from(state.stopped()),
+            );
+        }
+        page.single(
+            "ledgerline_processor_offset_out_of_range_total",
+            Kind::Counter,
+            "Fetches Kafka refused as out of range: a partition's next command is not in the log",
+            self.offset_out_of_range_total(),
+        );
         page.single(
             "ledgerline_processor_commands_total",
             Kind::Counter,
@@ -83,6 +179,13 @@ impl ProcessorMetrics {
             Kind::Counter,
             "Commands sent to the dead-letter topic",
             self.dead_letters_total(),
+        )
+        .single(
+            "ledgerline_processor_payout_conflicts_total",
+            Kind::Counter,
+            "Provider outcomes contradicting their payout's settlement (paid after voided, refused after posted); \
+             each needs an operator",
+            self.payout_conflicts_total(),
         )
         .family(
             "ledgerline_processor_batch_commit_seconds",
@@ -111,6 +214,26 @@ impl ProcessorMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_partition_has_its_lag_and_stop_on_the_page() {
+        let metrics = ProcessorMetrics::default();
+        let state = |partition, stored_next, high| PartitionState {
+            partition,
+            stored_next,
+            low: 0,
+            high,
+            stopped_earlier: false,
+        };
+        metrics.record_partitions(vec![state(0, Some(7), 10), state(1, Some(50), 10)]);
+        metrics.record_offset_out_of_range();
+        let page = metrics.render();
+        assert!(page.contains("ledgerline_processor_consumer_lag{partition=\"0\"} 3\n"), "{page}");
+        assert!(page.contains("ledgerline_processor_partition_stopped{partition=\"0\"} 0\n"), "{page}");
+        assert!(page.contains("ledgerline_processor_partition_stopped{partition=\"1\"} 1\n"), "{page}");
+        assert!(page.contains("ledgerline_processor_offset_out_of_range_total 1\n"), "{page}");
+        assert!(metrics.partitions().checked_at.is_some());
+    }
 
     #[test]
     fn quantiles_come_from_the_recorded_batches() {

@@ -19,6 +19,12 @@
 //! - every outbox event, and so every decision, reached `ledger.events` at
 //!   least once (deduplicated by the `ledgerline-outbox-id` header).
 //!
+//! A second test runs the processor binary with its metrics listener: a
+//! partition whose stored offset is outside the log makes `/health/ready`
+//! answer 503 naming it and `ledgerline_processor_partition_stopped` 1,
+//! until a restarted processor applies from it again; consumer lag per
+//! partition counts commands waiting while offsets cannot be stored.
+//!
 //! Run alone, the binaries must be built first (`cargo test -p
 //! ledgerline-tests --test processes` does not build other crates' binaries):
 //! `cargo build -p ingest -p processor -p outbox-relay -p ledgerctl`.
@@ -718,6 +724,221 @@ async fn services_killed_and_restarted_as_processes_lose_nothing_and_apply_nothi
 
     phase("events read");
     drop((ingest, processor, relay));
+    if std::env::var_os("LEDGERLINE_TEST_KEEP_LOGS").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+}
+
+/// A metric's value on a Prometheus page: the sample `series` (name and
+/// labels exactly as written).
+fn sample(page: &str, series: &str) -> Option<i64> {
+    page.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Scrapes until `check` holds for the page, within [`STEP_MAX`].
+async fn wait_page(http: &reqwest::Client, url: &str, service: &mut Service, what: &str, check: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + STEP_MAX;
+    let mut page = String::new();
+    loop {
+        service.assert_running();
+        if let Ok(response) = http.get(url).send().await {
+            page = response.text().await.unwrap_or_default();
+            if check(&page) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen on {url}:\n{page}\n{}", tail(&service.log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Probes until it answers `status` with a body containing `needle`: the
+/// body.
+async fn wait_probe(
+    http: &reqwest::Client,
+    url: &str,
+    (status, needle): (u16, &str),
+    service: &mut Service,
+    what: &str,
+) -> String {
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        service.assert_running();
+        let seen = match http.get(url).send().await {
+            Ok(response) => {
+                let answered = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                if answered == status && body.contains(needle) {
+                    return body;
+                }
+                format!("{answered} {body}")
+            }
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {url} never answered {status} with {needle:?} (last: {seen})\n{}",
+            tail(&service.log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes `count` commands to one partition of the command topic: each
+/// a transfer between accounts that do not exist, rejected when applied.
+async fn publish_to_partition(kafka: &KafkaConfig, partition: i32, count: usize) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka.producer().create().expect("producer");
+    for _ in 0..count {
+        let command = schemas::Command::TransferRequested(schemas::messages::TransferRequested {
+            version: schemas::messages::V1,
+            transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+            source_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
+            destination_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
+            money: schemas::Money::parse(AMOUNT, schemas::Currency::EUR).expect("money"),
+            requested_at: chrono::Utc::now(),
+        });
+        let payload = serde_json::to_vec(&command).expect("command JSON");
+        let key = command.partition_key();
+        let record = FutureRecord::to(&kafka.topics.commands).partition(partition).key(&key).payload(&payload);
+        producer.send(record, Duration::from_secs(10)).await.expect("publishing a command");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_partition_makes_the_processor_not_ready_and_shows_in_its_metrics_until_it_moves_again() {
+    let logs = std::env::temp_dir().join(format!("ledgerline-processes-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    eprintln!("service logs in {}", logs.display());
+    let database = TestDatabase::create().await.expect("test database");
+    let pool = database.pool.clone();
+    let broker = start_broker(&logs).await;
+    let group = format!("{}-processor", broker.namespace);
+    let (processor_metrics, relay_metrics) =
+        (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let common = [
+        ("DATABASE_URL", database_url(&pool)),
+        ("KAFKA_BROKERS", broker.kafka.brokers.clone()),
+        ("LEDGERLINE_TOPIC_NAMESPACE", broker.namespace.clone()),
+    ];
+    let mut processor = Service::new(
+        "processor",
+        binary("processor"),
+        &[],
+        &common
+            .iter()
+            .cloned()
+            .chain([
+                ("LEDGERLINE_METRICS_ADDR", processor_metrics.clone()),
+                ("LEDGERLINE_PROCESSOR_GROUP", group.clone()),
+                ("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
+                ("LEDGERLINE_PROCESSOR_HEALTH_INTERVAL_MS", "200".to_owned()),
+            ])
+            .collect::<Vec<_>>(),
+        &logs,
+    );
+    let mut relay = Service::new(
+        "outbox-relay",
+        binary("outbox-relay"),
+        &[],
+        &common.iter().cloned().chain([("LEDGERLINE_METRICS_ADDR", relay_metrics.clone())]).collect::<Vec<_>>(),
+        &logs,
+    );
+    processor.start();
+    relay.start();
+    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("HTTP client");
+    let (ready, live) =
+        (format!("http://{processor_metrics}/health/ready"), format!("http://{processor_metrics}/health/live"));
+    let metrics = format!("http://{processor_metrics}/metrics");
+
+    // Both services answer their probes, apart from any API.
+    wait_probe(&http, &live, (204, ""), &mut processor, "processor live").await;
+    wait_probe(&http, &ready, (204, ""), &mut processor, "processor ready").await;
+    wait_probe(&http, &format!("http://{relay_metrics}/health/live"), (204, ""), &mut relay, "relay live").await;
+    wait_probe(&http, &format!("http://{relay_metrics}/health/ready"), (204, ""), &mut relay, "relay ready").await;
+
+    // Lag per partition: while the ledger cannot store offsets (a lock held
+    // on them), commands pile up in partition 1 and the gauge counts them.
+    let mut blocker = pool.begin().await.expect("transaction");
+    sqlx::query("lock table consumer_offsets in share mode").execute(&mut *blocker).await.expect("lock");
+    publish_to_partition(&broker.kafka, 1, 5).await;
+    wait_page(&http, &metrics, &mut processor, "lag of 5 on partition 1", |page| {
+        sample(page, r#"ledgerline_processor_consumer_lag{partition="1"}"#) == Some(5)
+    })
+    .await;
+    blocker.rollback().await.expect("release");
+    wait_page(&http, &metrics, &mut processor, "partition 1 caught up", |page| {
+        sample(page, r#"ledgerline_processor_consumer_lag{partition="1"}"#) == Some(0)
+            && sample(page, r#"ledgerline_processor_partition_stopped{partition="1"}"#) == Some(0)
+    })
+    .await;
+
+    // Partition 2's stored offset is past the end of its log (the topic was
+    // recreated, say): the consumer cannot fetch it and will not skip.
+    processor.kill();
+    let cluster_id = {
+        let kafka = broker.kafka.clone();
+        tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = kafka.consumer("cluster-id-reader").create().expect("client");
+            client.client().fetch_cluster_id(Duration::from_secs(10)).expect("cluster id")
+        })
+        .await
+        .expect("cluster id")
+    };
+    sqlx::query(
+        "insert into consumer_offsets (cluster_id, consumer_group, topic, partition, next_offset)
+         values ($1, $2, $3, 2, 100)
+         on conflict (cluster_id, consumer_group, topic, partition) do update set next_offset = 100",
+    )
+    .bind(&cluster_id)
+    .bind(&group)
+    .bind(&broker.kafka.topics.commands)
+    .execute(&pool)
+    .await
+    .expect("moving partition 2's offset");
+    processor.start();
+    let body =
+        wait_probe(&http, &ready, (503, "partition 2:"), &mut processor, "not ready with a stopped partition").await;
+    let problem: Value = serde_json::from_str(&body).expect("problem JSON");
+    assert_eq!(problem["code"], "not_ready", "{problem}");
+    assert!(
+        problem["problems"].as_array().expect("problems").iter().any(|text| {
+            text.as_str().is_some_and(|text| text.starts_with("partition 2:") && text.contains("past the end"))
+        }),
+        "{problem}"
+    );
+    wait_page(&http, &metrics, &mut processor, "partition 2 stopped and the fetch refused", |page| {
+        sample(page, r#"ledgerline_processor_partition_stopped{partition="2"}"#) == Some(1)
+            && sample(page, r#"ledgerline_processor_partition_stopped{partition="1"}"#) == Some(0)
+            && sample(page, "ledgerline_processor_offset_out_of_range_total").is_some_and(|count| count >= 1)
+    })
+    .await;
+
+    // The operator moves the offset back. A command that arrives then is
+    // not fetched by the consumer that stopped: still not ready.
+    sqlx::query("update consumer_offsets set next_offset = 0 where consumer_group = $1 and partition = 2")
+        .bind(&group)
+        .execute(&pool)
+        .await
+        .expect("moving the offset back");
+    publish_to_partition(&broker.kafka, 2, 1).await;
+    wait_page(&http, &metrics, &mut processor, "a command waiting on partition 2", |page| {
+        sample(page, r#"ledgerline_processor_consumer_lag{partition="2"}"#) == Some(1)
+    })
+    .await;
+    wait_probe(&http, &ready, (503, "restart the processors"), &mut processor, "still not ready").await;
+
+    // Restarted, the processor fetches the partition again: ready.
+    processor.kill();
+    processor.start();
+    wait_probe(&http, &ready, (204, ""), &mut processor, "ready once partition 2 moves").await;
+    wait_page(&http, &metrics, &mut processor, "partition 2 moving", |page| {
+        sample(page, r#"ledgerline_processor_partition_stopped{partition="2"}"#) == Some(0)
+            && sample(page, r#"ledgerline_processor_consumer_lag{partition="2"}"#) == Some(0)
+    })
+    .await;
+
+    drop((processor, relay));
     if std::env::var_os("LEDGERLINE_TEST_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&logs);
     }
