@@ -179,14 +179,22 @@ async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reser
         return Ok(Reservation::Reserved(hash));
     }
     // Refused: say why. When every attempt left is held by stale
-    // reservations, they were guesses whose outcome was lost: lock.
+    // reservations, they were guesses whose outcome was lost: lock, and
+    // count from zero after the lock (as a fifth wrong PIN does), or the
+    // lost reservations would refuse every attempt after every lock.
     let (has_pin, locked_until): (bool, Option<DateTime<Utc>>) = sqlx::query_as(
-        r"update users set
-              pin_locked_until = case when pin_attempt_reserved_at < now() - make_interval(secs => $3)
-                                       and pin_failed_attempts + pin_attempts_in_flight >= $2
-                                       and (pin_locked_until is null or pin_locked_until <= now())
-                                      then now() + make_interval(secs => $4) else pin_locked_until end
-          where id = $1
+        r"with stale as (
+              select id, pin_attempt_reserved_at < now() - make_interval(secs => $3)
+                         and pin_failed_attempts + pin_attempts_in_flight >= $2
+                         and (pin_locked_until is null or pin_locked_until <= now()) as lock
+              from users where id = $1 for update
+          )
+          update users set
+              pin_locked_until = case when stale.lock then now() + make_interval(secs => $4) else pin_locked_until end,
+              pin_failed_attempts = case when stale.lock then 0 else pin_failed_attempts end,
+              pin_attempts_in_flight = case when stale.lock then 0 else pin_attempts_in_flight end
+          from stale
+          where users.id = stale.id
           returning pin_hash is not null, pin_locked_until",
     )
     .bind(user_id)

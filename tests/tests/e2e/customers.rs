@@ -510,3 +510,28 @@ async fn a_logout_racing_a_refresh_leaves_no_live_refresh_token() {
         assert_family_dead(&app, &[&token, &refreshed["refresh_token"]], &format!("round {round}")).await;
     }
 }
+
+/// Found in review of the #2 fix (issue 10): a reservation lost with its
+/// process, on top of four wrong PINs, locked PIN use — and after the lock,
+/// the same stale counts refused every attempt and locked again, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_lost_with_its_process_costs_a_lock_window_not_pin_use_for_good() {
+    let app = TestApp::spawn().await;
+    let (jane, _) = customer_with_account(&app, "jane@example.com").await;
+    store_pin(&app, "jane@example.com", "4821").await;
+    let set = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move { sqlx::query(sql).execute(&pool).await.expect("update") }
+    };
+    // Four wrong PINs, and a check whose ingest died ten minutes ago.
+    set("update users set pin_failed_attempts = 4, pin_attempts_in_flight = 1, \
+         pin_attempt_reserved_at = now() - interval '10 minutes' where email = 'jane@example.com'")
+    .await;
+    let (status, problem) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
+    assert_eq!((status, problem["code"].as_str()), (423, Some("pin_locked")), "{problem}");
+
+    // The lock window passes: the right PIN works again.
+    set("update users set pin_locked_until = now() - interval '1 second' where email = 'jane@example.com'").await;
+    let (status, body) = send(&app, reqwest::Method::POST, "/v1/auth/pin", &jane, &json!({ "pin": "4821" })).await;
+    assert_eq!(status, 200, "{body}");
+}
