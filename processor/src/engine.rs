@@ -24,8 +24,9 @@ pub struct Position {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// The message's Kafka timestamp, when it has one: the time of the log
-    /// that hold expiry is decided against (see [`Engine::apply`]).
+    /// The broker's append time of the message, when the topic records it
+    /// (`message.timestamp.type=LogAppendTime`): the time of the log that
+    /// hold expiry is decided against (see [`Engine::apply`]).
     pub timestamp: Option<DateTime<Utc>>,
 }
 
@@ -143,8 +144,9 @@ pub struct Changes {
 #[derive(Debug)]
 pub struct Engine {
     now: DateTime<Utc>,
-    /// The time of the command being applied, in the log's terms: its Kafka
-    /// timestamp (else its `requested_at`), never later than `now`.
+    /// The time of the command being applied, in the log's terms: the
+    /// broker's append time when the topic records it (else `now`), never
+    /// later than `now`.
     log_time: DateTime<Utc>,
     /// The payout outcomes the relay or a provider callback recorded, for
     /// the payouts the batch settles.
@@ -156,6 +158,21 @@ pub struct Engine {
     settled_holds: Vec<TransferId>,
     account_commands: HashMap<Uuid, String>,
     changes: Changes,
+}
+
+/// Whether a refusal is stored under the command's id, deciding it for
+/// good. Refusals that say "not from the payment provider" are told by
+/// their event only: a payout's settlement ids are derived from the payout
+/// (anyone can compute them), so a forged or premature `payout.outcome`, or
+/// a `transfer.post`/`transfer.void` of a payout under such an id (a relay
+/// of a version before `payout.outcome`), must not take the id the
+/// provider's real outcome will come under.
+fn refusal_is_kept(command: &Command, reason: RejectionReason) -> bool {
+    !matches!(
+        (command, reason),
+        (Command::PayoutOutcome(_), RejectionReason::PayoutOutcomeNotRecorded | RejectionReason::HoldNotFound)
+            | (Command::TransferPost(_) | Command::TransferVoid(_), RejectionReason::PayoutSettledByProviderOnly)
+    )
 }
 
 /// The canonical form of a command for duplicate detection: its JSON
@@ -266,11 +283,13 @@ impl Engine {
     /// Applies one command.
     ///
     /// Whether a hold has expired is decided against the command's own time
-    /// in the log (its Kafka timestamp), not the time the processor gets to
-    /// it: a post accepted before the hold's expiry is applied even when a
-    /// backlog is applied an hour later.
+    /// in the log (the broker's `LogAppendTime`), not the time the processor
+    /// gets to it: a post accepted before the hold's expiry is applied even
+    /// when a backlog is applied an hour later. A producer's own timestamp
+    /// (`CreateTime`) or `requested_at` is never trusted for it: a producer
+    /// could backdate a post past an expiry.
     pub fn apply(&mut self, command: &Command, position: &Position) -> Outcome {
-        self.log_time = position.timestamp.unwrap_or_else(|| command.requested_at()).min(self.now);
+        self.log_time = position.timestamp.unwrap_or(self.now).min(self.now);
         let fingerprint = fingerprint(command);
         match command {
             Command::AccountFrozen(_)
@@ -405,6 +424,10 @@ impl Engine {
                 record.rejection_reason = Some(reason);
                 let event = self.rejected_event(command, reason);
                 self.changes.events.push(event);
+                if !refusal_is_kept(command, reason) {
+                    // Told, not stored (see `refusal_is_kept`).
+                    return Outcome::Rejected(reason);
+                }
                 Outcome::Rejected(reason)
             }
         };
@@ -1357,6 +1380,25 @@ mod tests {
             Outcome::Rejected(RejectionReason::PayoutOutcomeNotRecorded)
         );
         assert_eq!(payouts.ledger.balance_and_held(payouts.ledger.alice), (dec("100.00"), dec("30.00")));
+        // A relay of an older version posts under the settlement's derived id.
+        let Command::PayoutOutcome(settled) =
+            schemas::messages::payout_outcome(payment_id, payouts.ledger.alice, PayoutResult::Settled, Utc::now())
+        else {
+            unreachable!("an outcome")
+        };
+        let old_post = Command::TransferPost(TransferPost {
+            version: V1,
+            transfer_id: settled.transfer_id,
+            hold_id: payment_id,
+            source_account_id: payouts.ledger.alice,
+            money: None,
+            requested_at: Utc::now(),
+        });
+        assert_eq!(payouts.ledger.apply(&old_post), Outcome::Rejected(RejectionReason::PayoutSettledByProviderOnly));
+        // Neither refusal took the ids: the provider's recorded outcome,
+        // under the same ids, still settles the payout.
+        assert_eq!(payouts.outcome(payment_id, PayoutResult::Settled, true), Outcome::Applied);
+        assert_eq!(payouts.ledger.balance_and_held(payouts.ledger.alice), (dec("70.00"), dec("0")));
     }
 
     #[test]
@@ -1431,7 +1473,8 @@ mod tests {
         let in_time = Position { timestamp: Some(Utc::now() + chrono::Duration::minutes(4)), ..position() };
         assert_eq!(ledger.engine.apply(&ledger.post(hold_id, None), &in_time), Outcome::Applied);
         let (late_hold_id, late_hold) = ledger.hold("10.00", chrono::Duration::minutes(5));
-        ledger.apply(&late_hold);
+        let made_now = Position { timestamp: Some(Utc::now()), ..position() };
+        assert_eq!(ledger.engine.apply(&late_hold, &made_now), Outcome::Applied);
         let too_late = Position { timestamp: Some(Utc::now() + chrono::Duration::minutes(6)), ..position() };
         assert_eq!(
             ledger.engine.apply(&ledger.post(late_hold_id, None), &too_late),
