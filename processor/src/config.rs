@@ -32,8 +32,8 @@ pub struct ProcessorConfig {
     /// `LEDGERLINE_PROCESSOR_HOLD_EXPIRY_GRACE_MS`: how long past its expiry
     /// a hold waits before the sweep releases it. A post or void decided
     /// against its own time in the log still wins until then; the grace
-    /// covers the age of the broker's high watermark the sweep trusts (see
-    /// `STATISTICS_INTERVAL_MS`) and clock skew between services.
+    /// covers a post on its way to the broker at the expiry and clock skew
+    /// between the broker and the processor.
     pub hold_expiry_grace_ms: u64,
     /// The longest one statement of a batch may run, and the longest it may
     /// wait for a row lock (`LEDGERLINE_DB_STATEMENT_TIMEOUT_MS`,

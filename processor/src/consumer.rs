@@ -59,8 +59,6 @@ impl Processor {
             in_flight: Mutex::new(None),
             in_flight_result: Mutex::new(None),
             next_offsets: Mutex::new(BTreeMap::new()),
-            high_watermarks: Mutex::new(BTreeMap::new()),
-            command_topic: config.kafka.topics.commands.clone(),
             runtime: runtime.clone(),
             pool: pool.clone(),
             consumer_group: config.consumer_group.clone(),
@@ -70,7 +68,6 @@ impl Processor {
         let consumer: BaseConsumer<OffsetsInPostgres> = config
             .kafka
             .consumer(&config.consumer_group)
-            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string())
             .create_with_context(context)
             .context("creating the command consumer")?;
         let metrics = Arc::new(ProcessorMetrics::default());
@@ -161,18 +158,13 @@ struct OffsetsInPostgres {
     /// polled message. Against the broker's high watermark it tells which
     /// partitions are caught up (for the hold sweep).
     next_offsets: Mutex<BTreeMap<i32, i64>>,
-    /// The broker's high watermark per partition of the command topic, from
-    /// librdkafka's statistics (every [`STATISTICS_INTERVAL_MS`]).
-    high_watermarks: Mutex<BTreeMap<i32, i64>>,
-    command_topic: String,
 }
 
 /// How long a stopping processor waits to leave its consumer group.
 pub const CLOSE_TIMEOUT_MS: u64 = 10_000;
 
-/// How often librdkafka reports its statistics, which carry the brokers'
-/// high watermarks: how far behind the log each partition is.
-pub const STATISTICS_INTERVAL_MS: u64 = 1_000;
+/// The longest the sweep waits for one partition's high watermark.
+pub const WATERMARK_TIMEOUT_MS: u64 = 1_000;
 
 type BatchTask = tokio::task::JoinHandle<Result<BatchResult, sqlx::Error>>;
 
@@ -198,22 +190,7 @@ impl OffsetsInPostgres {
     }
 }
 
-impl ClientContext for OffsetsInPostgres {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.command_topic) else { return };
-        if let Ok(mut high_watermarks) = self.high_watermarks.lock() {
-            high_watermarks.clear();
-            // Partition -1 is librdkafka's internal "unassigned" queue.
-            high_watermarks.extend(
-                topic
-                    .partitions
-                    .values()
-                    .filter(|partition| partition.partition >= 0 && partition.hi_offset >= 0)
-                    .map(|partition| (partition.partition, partition.hi_offset)),
-            );
-        }
-    }
-}
+impl ClientContext for OffsetsInPostgres {}
 
 impl OffsetsInPostgres {
     /// Sets each assigned partition's start to its stored offset, or to the
@@ -343,7 +320,12 @@ impl Item {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
-            timestamp: message.timestamp().to_millis().and_then(chrono::DateTime::from_timestamp_millis),
+            // Only the broker's clock: a producer's CreateTime could be
+            // backdated.
+            timestamp: match message.timestamp() {
+                rdkafka::Timestamp::LogAppendTime(millis) => chrono::DateTime::from_timestamp_millis(millis),
+                _ => None,
+            },
         };
         let command = decode::decode(message.payload());
         let original = command.is_err().then(|| message.detach());
@@ -504,20 +486,26 @@ impl Worker {
     /// with the offsets of all, on the runtime. `None` when a stop
     /// interrupted the dead-lettering.
     /// The assigned partitions of `topic` read to the broker's high
-    /// watermark (as last reported by a fetch): their expired holds may be
-    /// released, since every post or void of them in the log is applied.
+    /// watermark, asked of the broker now (a watermark remembered from an
+    /// earlier fetch could predate a post appended since): their expired
+    /// holds may be released, since every post or void of them in the log
+    /// is applied. None when the broker does not answer.
     fn caught_up_partitions(&self, topic: &str) -> Vec<i32> {
-        let context = self.consumer.context();
-        if topic != context.command_topic {
+        let Ok(next_offsets) = self.consumer.context().next_offsets.lock().map(|offsets| offsets.clone()) else {
             return Vec::new();
+        };
+        let mut caught_up = Vec::with_capacity(next_offsets.len());
+        for (partition, next) in next_offsets {
+            match self.consumer.fetch_watermarks(topic, partition, Duration::from_millis(WATERMARK_TIMEOUT_MS)) {
+                Ok((_, high)) if next >= high => caught_up.push(partition),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, partition, "no high watermark: no hold sweep this time");
+                    return Vec::new();
+                }
+            }
         }
-        let Ok(next_offsets) = context.next_offsets.lock().map(|offsets| offsets.clone()) else { return Vec::new() };
-        let Ok(high_watermarks) = context.high_watermarks.lock().map(|marks| marks.clone()) else { return Vec::new() };
-        next_offsets
-            .into_iter()
-            .filter(|(partition, next)| high_watermarks.get(partition).is_some_and(|high| next >= high))
-            .map(|(partition, _)| partition)
-            .collect()
+        caught_up
     }
 
     fn start(&self, scope: &OffsetScope, batch: Vec<Item>, sweep: Option<Sweep>) -> Option<Pending> {

@@ -40,9 +40,9 @@ pub struct OffsetScope {
 pub struct Sweep {
     pub topic: String,
     pub partitions: Vec<i32>,
-    /// Only holds that expired longer ago than this: it covers the
-    /// staleness of the high watermarks the partitions were judged caught
-    /// up by, and some clock skew between ingest and the processor.
+    /// Only holds that expired longer ago than this: it covers a post that
+    /// reached the broker just before the expiry but not yet its high
+    /// watermark, and clock skew between the broker and the processor.
     pub grace: chrono::Duration,
 }
 

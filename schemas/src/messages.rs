@@ -121,25 +121,6 @@ impl Command {
         }
     }
 
-    /// When the command was requested, as its sender says.
-    #[must_use]
-    pub fn requested_at(&self) -> DateTime<Utc> {
-        match self {
-            Command::TransferRequested(command) => command.requested_at,
-            Command::AccountDeposited(command) => command.requested_at,
-            Command::TransferHold(command) => command.requested_at,
-            Command::TransferPost(command) => command.requested_at,
-            Command::TransferVoid(command) => command.requested_at,
-            Command::TransferReverse(command) => command.requested_at,
-            Command::AccountFrozen(command) | Command::AccountUnfrozen(command) | Command::AccountClosed(command) => {
-                command.requested_at
-            }
-            Command::AccountOverdraftLimitSet(command) => command.requested_at,
-            Command::TransferExternal(command) => command.requested_at,
-            Command::PayoutOutcome(command) => command.requested_at,
-        }
-    }
-
     /// The Kafka key: the account whose balance the command lowers, so all
     /// debits of one account are ordered in one partition. A deposit lowers
     /// only the system account, so it is keyed by the funded account instead
