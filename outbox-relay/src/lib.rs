@@ -499,8 +499,10 @@ async fn relay_round(
         webhooks::endpoints_of(&mut connection, &claim.rows).await.context("reading webhook endpoints")?
     };
     let start_deadline = claimed_at + Duration::from_millis(lease_ms / 2);
-    let attempts =
-        outbox::deliver_in_order(&claim.rows, start_deadline, |row| destinations.deliver(row, &endpoints)).await;
+    let attempts = outbox::deliver_in_order(&claim.rows, start_deadline, |row| {
+        destinations.deliver(row, &endpoints, start_deadline)
+    })
+    .await;
     let mut transaction = pool.begin().await.context("starting the recording transaction")?;
     let recorded = outbox::record(&mut transaction, &claim, &attempts, &config.retry_policy())
         .await
@@ -525,10 +527,11 @@ impl Destinations<'_> {
         &self,
         row: &Row,
         endpoints: &std::collections::HashMap<uuid::Uuid, webhooks::Endpoint>,
+        start_deadline: std::time::Instant,
     ) -> Attempt {
         match row.destination.as_str() {
             "events" => publish(self.config, self.producer, row).await,
-            "payments" => self.payments.deliver(row).await,
+            "payments" => self.payments.deliver(row, start_deadline).await,
             "webhooks" => self.webhooks.deliver(row, endpoints).await,
             "notifications" => self.webhooks.deliver_notification(row, self.config.notifier.as_ref()).await,
             other => Attempt::Failed {

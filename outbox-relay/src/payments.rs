@@ -107,8 +107,10 @@ impl Payments {
         })
     }
 
-    /// Orders one payment and relays its outcome to the ledger.
-    pub async fn deliver(&self, row: &Row) -> Attempt {
+    /// Orders one payment and relays its outcome to the ledger, unless its
+    /// turn for a call comes after `start_deadline` (the claim's lease
+    /// could then run out mid-call, and another relay order it meanwhile).
+    pub async fn deliver(&self, row: &Row, start_deadline: std::time::Instant) -> Attempt {
         let Some(client) = self.client.as_ref() else {
             return failed("no_provider", "no payment provider is configured (LEDGERLINE_PROVIDER_BASE_URL)", None);
         };
@@ -124,6 +126,11 @@ impl Payments {
         let Ok(_permit) = self.permits.acquire().await else {
             return Attempt::HeldBack;
         };
+        // The wait for a permit can be long (every payment of a claim starts
+        // at once): a call begun after the deadline could outlive the lease.
+        if Instant::now() >= start_deadline {
+            return Attempt::HeldBack;
+        }
         let order = PaymentOrder {
             payment_id: payment.payment_id.to_string(),
             amount: payment.money.amount().value().to_string(),
