@@ -190,6 +190,10 @@ async fn invalid_requests_get_problem_details_with_stable_codes() {
         .post(app.url("/v1/accounts"))
         .bearer_auth(&token)
         .header("content-type", "application/json")
+        // The server answers before reading the body and then closes the
+        // connection; without this the client may reuse it for the next
+        // request before it notices (IncompleteMessage).
+        .header("connection", "close")
         .body(format!(r#"{{"currency": "EUR", "pad": "{}"}}"#, "x".repeat(64 * 1024)))
         .send()
         .await
