@@ -1,6 +1,7 @@
 //! `ledgerctl`, the operator's tool: migrate the database, create API
 //! clients and topics, run the whole stack in one process (`dev`), and
-//! benchmark the processor (`bench`).
+//! benchmark the processor (`bench`) or load a running stack (`load`, a
+//! library of its own in `load.rs` so the end-to-end tests drive it).
 
 mod bench;
 mod dev;
@@ -98,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Sustained open-loop load against a running stack over HTTP
+    /// (DATABASE_URL, KAFKA_BROKERS): latency from when each request was due
+    /// to its decision on ledger.events, and an exactly-once audit at the
+    /// end. Exits non-zero when the audit fails.
+    Load(ledgerctl_load::LoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,7 +208,7 @@ enum TopicsCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A benchmark's stdout is its result, which a log line would corrupt.
-    if matches!(cli.command, Command::Bench { .. }) {
+    if matches!(cli.command, Command::Bench { .. } | Command::Load(_)) {
         platform::telemetry::init_on_stderr();
     } else {
         platform::telemetry::init();
@@ -306,7 +312,39 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Bench { command } => bench::run(command).await?,
+        Command::Load(args) => load(&args).await?,
     }
+    Ok(())
+}
+
+/// `ledgerctl load`: Ctrl-C stops the sending; the drain, the audit and
+/// the report still come.
+async fn load(args: &ledgerctl_load::LoadArgs) -> anyhow::Result<()> {
+    let config = ledgerctl_load::LoadConfig::from_args(args)?;
+    let kafka = KafkaConfig::from_env()?.context("KAFKA_BROKERS is required (the load reads ledger.events)")?;
+    let pool = DatabaseConfig::from_env()?.connect().await?;
+    let stop = platform::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopping: draining, then the report");
+                stop.cancel();
+            }
+        }
+    });
+    let outcome = ledgerctl_load::run(&config, &pool, &kafka, &stop).await?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, ledgerctl_load::html_report(&outcome.report))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&outcome.report)?);
+    } else {
+        print!("{}", outcome.report);
+    }
+    anyhow::ensure!(outcome.report.audit_ok, "the audit failed");
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod events;
 mod group;
 mod hardening;
 mod ledger_features;
+mod load;
 mod metrics;
 mod model;
 mod openapi;
