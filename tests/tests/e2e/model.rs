@@ -199,13 +199,7 @@ impl Model {
     }
 
     /// Checks of a debit of `source` towards `destination`.
-    fn check(
-        &self,
-        source: AccountId,
-        destination: AccountId,
-        amount: Decimal,
-        funds: bool,
-    ) -> Result<(), &'static str> {
+    fn check(&self, source: AccountId, destination: AccountId, amount: Decimal) -> Result<(), &'static str> {
         if source == destination {
             return Err("same_account");
         }
@@ -216,7 +210,7 @@ impl Model {
             return Err("account_frozen");
         }
         let system = source == AccountId::cash_in(Currency::EUR);
-        if funds && !system && self.available(source) < amount {
+        if !system && self.available(source) < amount {
             return Err("insufficient_funds");
         }
         Ok(())
@@ -229,7 +223,7 @@ impl Model {
         destination: AccountId,
         amount: Decimal,
     ) -> Result<(), &'static str> {
-        self.check(source, destination, amount, true)?;
+        self.check(source, destination, amount)?;
         *self.balance.get_mut(&source).expect("known") -= amount;
         *self.balance.get_mut(&destination).expect("known") += amount;
         if let Some(id) = id {
@@ -249,7 +243,7 @@ impl Model {
                 .map(|()| "completed"),
             Command::TransferHold(c) => {
                 let amount = c.money.amount().value();
-                self.check(c.source_account_id, c.destination_account_id, amount, true).map(|()| {
+                self.check(c.source_account_id, c.destination_account_id, amount).map(|()| {
                     *self.held.get_mut(&c.source_account_id).expect("known") += amount;
                     self.holds.insert(c.transfer_id, (c.source_account_id, c.destination_account_id, amount));
                     "held"
@@ -264,7 +258,11 @@ impl Model {
                     if amount > hold_amount {
                         Err("amount_exceeds_hold")
                     } else {
-                        self.check(source, destination, amount, false).map(|()| {
+                        // Settling a hold does not depend on the source's
+                        // status (the hold reserved the funds, issue 10 #1);
+                        // the destination must still be open.
+                        let open = if self.status[&destination] == "closed" { Err("account_closed") } else { Ok(()) };
+                        open.map(|()| {
                             self.holds.remove(&c.hold_id);
                             self.settled_holds.insert(c.hold_id);
                             *self.held.get_mut(&source).expect("known") -= hold_amount;
