@@ -1013,7 +1013,11 @@ pub async fn run_schedule(config: &LoadConfig, target: Target, stop: &Cancellati
 impl LoadReport {
     fn build(config: &LoadConfig, tracker: &Tracker, sending_ended: Instant, audit: Audit) -> Self {
         let state = tracker.state();
-        let sending_s = sending_ended.saturating_duration_since(tracker.start).as_secs_f64().max(0.001);
+        // The k-th request stands for the interval [k/R, (k+1)/R): the
+        // window ends one interval after the last one was due.
+        let sending_s = (sending_ended.saturating_duration_since(tracker.start).as_secs_f64()
+            + 1.0 / f64::from(config.rate_per_s))
+        .max(0.001);
         let ms = |histogram: &Histogram<u64>, quantile: f64| {
             (!histogram.is_empty()).then(|| histogram.value_at_quantile(quantile) as f64 / 1000.0)
         };

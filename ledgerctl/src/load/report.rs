@@ -214,7 +214,13 @@ fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<Option<f64>>)]
             .enumerate()
             .filter_map(|(index, value)| value.map(|value| format!("{:.1},{:.1}", x(index), y(value))))
             .collect();
-        let _ = write!(svg, r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#, path.join(" "));
+        // A max often sits on the p99 at low rates: dashed, so both show.
+        let dash = if name.contains("max") { r#" stroke-dasharray="6 4""# } else { "" };
+        let _ = write!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+            path.join(" ")
+        );
         let legend_x = LEFT + 10.0 + 150.0 * position as f64;
         let _ = write!(
             svg,
