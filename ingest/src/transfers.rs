@@ -311,9 +311,18 @@ pub async fn accept(
     request_id: &str,
 ) -> Result<Accepted, ApiError> {
     let transfer_id = TransferId::from_uuid(command.id());
-    sqlx::query(
-        r"insert into accepted_requests (transfer_id, api_client_id, user_id, idempotency_key, request)
-          values ($1, $2, $5, $3, $4) on conflict (transfer_id) do nothing",
+    // One round trip: the new record, or the one an earlier request with
+    // this key left (whose body a retry must match).
+    let (recorded, published_at): (serde_json::Value, Option<DateTime<Utc>>) = sqlx::query_as(
+        r"with inserted as (
+              insert into accepted_requests (transfer_id, api_client_id, user_id, idempotency_key, request)
+              values ($1, $2, $5, $3, $4) on conflict (transfer_id) do nothing
+              returning request, published_at
+          )
+          select request, published_at from inserted
+          union all
+          select request, published_at from accepted_requests
+          where transfer_id = $1 and not exists (select 1 from inserted)",
     )
     .bind(transfer_id.as_uuid())
     .bind(match requester {
@@ -326,13 +335,8 @@ pub async fn accept(
         Requester::User(id) => Some(id),
         Requester::Client(_) => None,
     })
-    .execute(&state.pool)
+    .fetch_one(&state.pool)
     .await?;
-    let (recorded, published_at): (serde_json::Value, Option<DateTime<Utc>>) =
-        sqlx::query_as("select request, published_at from accepted_requests where transfer_id = $1")
-            .bind(transfer_id.as_uuid())
-            .fetch_one(&state.pool)
-            .await?;
     if recorded != canonical {
         return Err(ApiError::unprocessable(
             "idempotency_key_reused",
@@ -361,17 +365,26 @@ async fn publish_and_mark(
     request_id: String,
 ) -> Result<(), ApiError> {
     state.publisher.publish(&command, &request_id).await?;
-    let marked = sqlx::query(
-        "update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null",
-    )
-    .bind(transfer_id.as_uuid())
-    .execute(&state.pool)
-    .await;
+    // Without waiting for the WAL flush (`synchronous_commit = off` for this
+    // transaction only): the marker is a hint, and a marker lost in a
+    // database crash only shows the request `unconfirmed` until the ledger
+    // decides it. The record itself (above) is committed durably.
+    let marked = mark_published(&state.pool, transfer_id).await;
     if let Err(error) = marked {
         tracing::warn!(%transfer_id, %error, "published, but the marker was not written; the status shows the decision");
     }
     tracing::info!(%transfer_id, command = command.type_name(), "accepted");
     Ok(())
+}
+
+async fn mark_published(pool: &sqlx::PgPool, transfer_id: TransferId) -> Result<(), sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query("select set_config('synchronous_commit', 'off', true)").execute(&mut *transaction).await?;
+    sqlx::query("update accepted_requests set published_at = now() where transfer_id = $1 and published_at is null")
+        .bind(transfer_id.as_uuid())
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await
 }
 
 /// The status of a request the broker has acknowledged, before the
