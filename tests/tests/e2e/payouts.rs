@@ -20,13 +20,15 @@ const PROVIDER_CLIENT_ID: &str = "ledgerline";
 const PROVIDER_SECRET: &str = "payout-test-secret";
 const IBAN: &str = "DE89370400440532013000";
 
-struct Payouts {
-    app: TestApp,
-    provider: FakeProvider,
+/// A stack without its own relay, and a fake payment provider; the relay
+/// tests (`relay_safety`) drive the same harness.
+pub(crate) struct Payouts {
+    pub(crate) app: TestApp,
+    pub(crate) provider: FakeProvider,
 }
 
 impl Payouts {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let app = TestApp::spawn_without_relay().await;
         let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let provider = FakeProvider::start(any_port, PROVIDER_CLIENT_ID, PROVIDER_SECRET).await.expect("fake provider");
@@ -34,6 +36,12 @@ impl Payouts {
     }
 
     fn relay_config(&self) -> RelayConfig {
+        self.relay_config_with_timeout(2_000)
+    }
+
+    /// The relay's settings for this provider, each call to it bounded by
+    /// `provider_timeout_ms`.
+    pub(crate) fn relay_config_with_timeout(&self, provider_timeout_ms: u64) -> RelayConfig {
         let mut config = RelayConfig::new(self.app.kafka.clone());
         config.provider = Some(ProviderConfig {
             name: "fake".into(),
@@ -41,7 +49,7 @@ impl Payouts {
             token_url: self.provider.token_url(),
             client_id: PROVIDER_CLIENT_ID.into(),
             client_secret: SecretString::from(PROVIDER_SECRET.to_owned()),
-            timeout_ms: 2_000,
+            timeout_ms: provider_timeout_ms,
             token_refresh_margin_s: 0,
         });
         config.poll_interval_ms = 50;
@@ -56,13 +64,17 @@ impl Payouts {
         stop
     }
 
-    async fn funded_account(&self, amount: &str) -> Uuid {
+    pub(crate) async fn funded_account(&self, amount: &str) -> Uuid {
         let account = self.app.open_account("EUR").await;
         self.app.fund(account, amount, "EUR").await;
         account
     }
 
     async fn payout(&self, source: Uuid, amount: &str, key: &str) -> reqwest::Response {
+        self.payout_to(source, amount, key, "Jane Doe").await
+    }
+
+    async fn payout_to(&self, source: Uuid, amount: &str, key: &str, creditor: &str) -> reqwest::Response {
         self.app
             .http()
             .post(self.app.url("/v1/payouts"))
@@ -72,7 +84,7 @@ impl Payouts {
                 "source_account_id": source,
                 "amount": amount,
                 "currency": "EUR",
-                "creditor": { "name": "Jane Doe", "iban": IBAN },
+                "creditor": { "name": creditor, "iban": IBAN },
                 "remittance_information": "invoice 42",
             }))
             .send()
@@ -81,14 +93,19 @@ impl Payouts {
     }
 
     async fn submit(&self, source: Uuid, amount: &str) -> String {
-        let response = self.payout(source, amount, &unique_key("payout")).await;
+        self.submit_to(source, amount, "Jane Doe").await
+    }
+
+    /// A payout to `creditor` (by name), accepted; its id.
+    pub(crate) async fn submit_to(&self, source: Uuid, amount: &str, creditor: &str) -> String {
+        let response = self.payout_to(source, amount, &unique_key("payout"), creditor).await;
         assert_eq!(response.status(), 202);
         let body: Value = response.json().await.expect("JSON");
         body["transfer_id"].as_str().expect("transfer id").to_owned()
     }
 
     /// Waits until the payout's status is one of `statuses`.
-    async fn wait_for_status(&self, transfer_id: &str, statuses: &[&str]) -> Value {
+    pub(crate) async fn wait_for_status(&self, transfer_id: &str, statuses: &[&str]) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         loop {
             let body: Value = self.app.get_transfer(transfer_id).await.json().await.expect("JSON");
@@ -100,12 +117,12 @@ impl Payouts {
         }
     }
 
-    async fn available(&self, account: Uuid) -> Decimal {
+    pub(crate) async fn available(&self, account: Uuid) -> Decimal {
         let account = self.app.account(account).await;
         account["available"].as_str().expect("available").parse().expect("decimal")
     }
 
-    async fn clearing_balance(&self) -> Decimal {
+    pub(crate) async fn clearing_balance(&self) -> Decimal {
         sqlx::query_scalar("select balance from accounts where id = $1")
             .bind(AccountId::external_clearing(Currency::EUR).as_uuid())
             .fetch_one(&self.app.pool)

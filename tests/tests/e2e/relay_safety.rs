@@ -6,61 +6,35 @@
 //! holds back its own key only, and what was delivered is settled.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use ledgerline_tests::{TestApp, WAIT_MAX, unique_key, webhook_secret_keys};
+use ledgerline_tests::{TestApp, WAIT_MAX, webhook_secret_keys};
 use outbox_relay::RelayConfig;
 use outbox_relay::admin::{self, Retry};
-use outbox_relay::fake_provider::{FakeProvider, Mode};
-use outbox_relay::provider::ProviderConfig;
+use outbox_relay::fake_provider::Mode;
 use platform::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rust_decimal::Decimal;
-use schemas::{AccountId, Currency};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const PROVIDER_CLIENT_ID: &str = "ledgerline";
-const PROVIDER_SECRET: &str = "relay-safety-secret";
-const IBAN: &str = "DE89370400440532013000";
 /// The relay's connections carry this name, so the test can find them in
 /// `pg_stat_activity`.
 const RELAY_APPLICATION: &str = "ledgerline-relay-under-test";
 
-struct Bench {
-    app: TestApp,
-    provider: FakeProvider,
-}
+/// The payouts' harness, with a relay of the tests' own.
+type Bench = crate::payouts::Payouts;
 
 impl Bench {
-    async fn start() -> Self {
-        let app = TestApp::spawn_without_relay().await;
-        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let provider = FakeProvider::start(any_port, PROVIDER_CLIENT_ID, PROVIDER_SECRET).await.expect("fake provider");
-        Self { app, provider }
-    }
-
-    fn relay_config(&self, provider_timeout_ms: u64) -> RelayConfig {
-        let mut config = RelayConfig::new(self.app.kafka.clone());
-        config.provider = Some(ProviderConfig {
-            name: "fake".into(),
-            base_url: self.provider.base_url(),
-            token_url: self.provider.token_url(),
-            client_id: PROVIDER_CLIENT_ID.into(),
-            client_secret: SecretString::from(PROVIDER_SECRET.to_owned()),
-            timeout_ms: provider_timeout_ms,
-            token_refresh_margin_s: 0,
-        });
-        config.poll_interval_ms = 50;
-        config.backoff_base_ms = 100;
-        config.backoff_max_ms = 400;
+    /// The relay's settings, webhooks to the tests' local receivers allowed.
+    fn safety_relay_config(&self, provider_timeout_ms: u64) -> RelayConfig {
+        let mut config = self.relay_config_with_timeout(provider_timeout_ms);
         config.webhooks.private_networks_allowed = true;
         config.webhooks.secret_keys = Some(webhook_secret_keys());
         config
@@ -68,64 +42,12 @@ impl Bench {
 
     /// A relay on a pool of its own, whose connections are named
     /// [`RELAY_APPLICATION`].
-    async fn start_relay(&self, config: RelayConfig) -> CancellationToken {
+    async fn start_named_relay(&self, config: RelayConfig) -> CancellationToken {
         let options = (*self.app.pool.connect_options()).clone().application_name(RELAY_APPLICATION);
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect_with(options).await.expect("pool");
         let stop = CancellationToken::new();
         tokio::spawn(outbox_relay::run(config, pool, stop.clone()));
         stop
-    }
-
-    async fn funded_account(&self, amount: &str) -> Uuid {
-        let account = self.app.open_account("EUR").await;
-        self.app.fund(account, amount, "EUR").await;
-        account
-    }
-
-    async fn submit(&self, source: Uuid, amount: &str, creditor: &str) -> String {
-        let response = self
-            .app
-            .http()
-            .post(self.app.url("/v1/payouts"))
-            .bearer_auth(self.app.token().await)
-            .header("Idempotency-Key", unique_key("payout"))
-            .json(&json!({
-                "source_account_id": source,
-                "amount": amount,
-                "currency": "EUR",
-                "creditor": { "name": creditor, "iban": IBAN },
-            }))
-            .send()
-            .await
-            .expect("payout request");
-        assert_eq!(response.status(), 202);
-        let body: Value = response.json().await.expect("JSON");
-        body["transfer_id"].as_str().expect("transfer id").to_owned()
-    }
-
-    async fn wait_for_status(&self, transfer_id: &str, statuses: &[&str]) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        loop {
-            let body: Value = self.app.get_transfer(transfer_id).await.json().await.expect("JSON");
-            if statuses.iter().any(|status| body["status"] == *status) {
-                return body;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "payout {transfer_id} stuck at {}", body["status"]);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn available(&self, account: Uuid) -> Decimal {
-        let account = self.app.account(account).await;
-        account["available"].as_str().expect("available").parse().expect("decimal")
-    }
-
-    async fn clearing_balance(&self) -> Decimal {
-        sqlx::query_scalar("select balance from accounts where id = $1")
-            .bind(AccountId::external_clearing(Currency::EUR).as_uuid())
-            .fetch_one(&self.app.pool)
-            .await
-            .expect("clearing account")
     }
 }
 
@@ -150,11 +72,11 @@ async fn a_dead_payment_retried_after_the_providers_key_retention_is_looked_up_a
     let bench = Bench::start().await;
     // It pays at once and answers after 1.5 s; the relay waits 300 ms.
     bench.provider.set_mode(Mode::Slow { delay_ms: 1_500 });
-    let mut config = bench.relay_config(300);
+    let mut config = bench.safety_relay_config(300);
     config.attempts_max = 2;
-    let stop = bench.start_relay(config).await;
+    let stop = bench.start_named_relay(config).await;
     let alice = bench.funded_account("100.00").await;
-    let payout = bench.submit(alice, "40.00", "Jane Doe").await;
+    let payout = bench.submit_to(alice, "40.00", "Jane Doe").await;
 
     wait_until(
         &bench.app.pool,
@@ -191,16 +113,16 @@ async fn a_dead_payment_retried_after_the_providers_key_retention_is_looked_up_a
 async fn a_payment_the_provider_refuses_is_voided_with_its_reason_and_holds_back_nothing() {
     let bench = Bench::start().await;
     bench.provider.refuse_creditor("Refused Creditor", 400, "creditor_name_invalid");
-    let mut config = bench.relay_config(2_000);
+    let mut config = bench.safety_relay_config(2_000);
     config.payments.breaker_failures_max = 1;
     config.payments.breaker_open_ms = 3_600_000;
     config.attempts_max = 5;
-    let stop = bench.start_relay(config).await;
+    let stop = bench.start_named_relay(config).await;
     let alice = bench.funded_account("100.00").await;
     // The refused one first: today it would lead its account's lane.
-    let refused = bench.submit(alice, "20.00", "Refused Creditor").await;
-    let first = bench.submit(alice, "10.00", "Jane Doe").await;
-    let second = bench.submit(alice, "30.00", "Jane Doe").await;
+    let refused = bench.submit_to(alice, "20.00", "Refused Creditor").await;
+    let first = bench.submit_to(alice, "10.00", "Jane Doe").await;
+    let second = bench.submit_to(alice, "30.00", "Jane Doe").await;
 
     let voided = bench.wait_for_status(&refused, &["voided", "posted"]).await;
     assert_eq!(voided["status"], "voided", "{voided}");
@@ -219,7 +141,7 @@ async fn a_payment_the_provider_refuses_is_voided_with_its_reason_and_holds_back
     assert_eq!((attempts, error), (1, None), "one attempt, and not a failure");
 
     // The breaker is closed: a later payout goes straight through.
-    let later = bench.submit(alice, "5.00", "Jane Doe").await;
+    let later = bench.submit_to(alice, "5.00", "Jane Doe").await;
     assert_eq!(bench.wait_for_status(&later, &["posted", "voided"]).await["status"], "posted");
     assert_eq!(bench.available(alice).await, Decimal::new(5500, 2));
     assert_eq!(bench.clearing_balance().await, Decimal::new(4500, 2));
@@ -291,7 +213,7 @@ async fn a_slow_webhook_endpoint_holds_back_no_payout_or_notification_and_no_tra
         )
         .await;
     assert_eq!(status, 201);
-    let mut config = bench.relay_config(5_000);
+    let mut config = bench.safety_relay_config(5_000);
     // Longer than the test waits for anything: the call stays in flight
     // until the test releases it.
     config.webhooks.timeout_ms = 180_000;
@@ -299,7 +221,7 @@ async fn a_slow_webhook_endpoint_holds_back_no_payout_or_notification_and_no_tra
         url: notify_url,
         secret: SecretString::from("whsec_a2V5LW9uZS1rZXktb25lLWtleS1vbmUta2V5LW9uZS0=".to_owned()),
     });
-    let stop = bench.start_relay(config).await;
+    let stop = bench.start_named_relay(config).await;
 
     // The deposit's `transfer.completed` goes to the endpoint, which holds it.
     let alice = bench.funded_account("100.00").await;
@@ -315,7 +237,7 @@ async fn a_slow_webhook_endpoint_holds_back_no_payout_or_notification_and_no_tra
     }
 
     // A payout and a notification go out meanwhile.
-    let payout = bench.submit(alice, "25.00", "Jane Doe").await;
+    let payout = bench.submit_to(alice, "25.00", "Jane Doe").await;
     let settled = bench.wait_for_status(&payout, &["posted", "voided"]).await;
     assert_eq!(settled["status"], "posted", "{settled}");
     sqlx::query(
@@ -400,9 +322,9 @@ async fn a_failed_kafka_row_holds_back_its_own_key_only_and_nothing_delivered_is
     let behind_poison = insert(&poisoned, json!({ "seq": 2 })).await;
     let neighbour_second = insert(&neighbour, json!({ "seq": 3 })).await;
 
-    let mut config = bench.relay_config(2_000);
+    let mut config = bench.safety_relay_config(2_000);
     config.attempts_max = 1_000;
-    let stop = bench.start_relay(config).await;
+    let stop = bench.start_named_relay(config).await;
     wait_until(
         &app.pool,
         "the neighbour's rows delivered while the poison row keeps failing",
