@@ -429,14 +429,10 @@ impl Worker {
             }
             let sweep = if last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval) {
                 last_sweep = Some(Instant::now());
-                Some(Sweep {
-                    topic: topic.clone(),
-                    partitions: self.caught_up_partitions(&topic),
-                    grace: chrono::Duration::milliseconds(
-                        i64::try_from(self.config.hold_expiry_grace_ms).unwrap_or(i64::MAX),
-                    ),
-                })
-                .filter(|sweep| !sweep.partitions.is_empty())
+                let grace =
+                    chrono::Duration::milliseconds(i64::try_from(self.config.hold_expiry_grace_ms).unwrap_or(i64::MAX));
+                Some(Sweep { topic: topic.clone(), partitions: self.caught_up_partitions(&topic, grace), grace })
+                    .filter(|sweep| !sweep.partitions.is_empty())
             } else {
                 None
             };
@@ -485,17 +481,28 @@ impl Worker {
     /// Dead-letters what cannot be decoded, then starts committing the rest,
     /// with the offsets of all, on the runtime. `None` when a stop
     /// interrupted the dead-lettering.
-    /// The assigned partitions of `topic` read to the broker's high
-    /// watermark, asked of the broker now (a watermark remembered from an
-    /// earlier fetch could predate a post appended since): their expired
-    /// holds may be released, since every post or void of them in the log
-    /// is applied. None when the broker does not answer.
-    fn caught_up_partitions(&self, topic: &str) -> Vec<i32> {
+    /// The assigned partitions of `topic` that have holds expired more than
+    /// `grace` ago and are read to the broker's high watermark, asked of the
+    /// broker now (a watermark remembered from an earlier fetch could
+    /// predate a post appended since): their expired holds may be released,
+    /// since every post or void of them in the log is applied. None when
+    /// the broker does not answer. Partitions without expired holds cost no
+    /// call to the broker (the usual case: one indexed query a sweep).
+    fn caught_up_partitions(&self, topic: &str, grace: chrono::Duration) -> Vec<i32> {
+        let due = self.runtime.block_on(ledger::partitions_with_expired_holds(&self.pool, topic, grace));
+        let due = match due {
+            Ok(due) if !due.is_empty() => due,
+            Ok(_) => return Vec::new(),
+            Err(error) => {
+                tracing::debug!(%error, "looking for expired holds failed: no hold sweep this time");
+                return Vec::new();
+            }
+        };
         let Ok(next_offsets) = self.consumer.context().next_offsets.lock().map(|offsets| offsets.clone()) else {
             return Vec::new();
         };
-        let mut caught_up = Vec::with_capacity(next_offsets.len());
-        for (partition, next) in next_offsets {
+        let mut caught_up = Vec::with_capacity(due.len());
+        for (partition, next) in next_offsets.into_iter().filter(|(partition, _)| due.contains(partition)) {
             match self.consumer.fetch_watermarks(topic, partition, Duration::from_millis(WATERMARK_TIMEOUT_MS)) {
                 Ok((_, high)) if next >= high => caught_up.push(partition),
                 Ok(_) => {}

@@ -46,6 +46,26 @@ pub struct Sweep {
     pub grace: chrono::Duration,
 }
 
+/// The partitions of `topic` whose commands made holds that expired more
+/// than `grace` ago and are still pending (through the pending-holds index).
+///
+/// # Errors
+/// Database errors.
+pub async fn partitions_with_expired_holds(
+    pool: &PgPool,
+    topic: &str,
+    grace: chrono::Duration,
+) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        r"select distinct kafka_partition from transfers
+          where kind = 'hold' and status = 'held' and expires_at <= $1 and kafka_topic = $2",
+    )
+    .bind(Utc::now() - grace)
+    .bind(topic)
+    .fetch_all(pool)
+    .await
+}
+
 /// A batch transaction's `statement_timeout` and `lock_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
