@@ -680,21 +680,28 @@ impl Worker {
             }
         }
         // The offsets of the whole batch, dead letters included.
+        self.retry_until_done("storing offsets", || {
+            ledger::apply_batch(&self.pool, scope, &[], positions, None, self.config.timeouts())
+        })
+        .is_some()
+    }
+
+    /// Runs `attempt` on this thread until it succeeds, logging each failure
+    /// as `what` failing and backing off between attempts; `None` when a stop
+    /// interrupted the retries.
+    fn retry_until_done<T, E, F>(&self, what: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: std::future::Future<Output = Result<T, E>>,
+    {
         let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
         loop {
-            match self.runtime.block_on(ledger::apply_batch(
-                &self.pool,
-                scope,
-                &[],
-                positions,
-                None,
-                self.config.timeouts(),
-            )) {
-                Ok(_) => return true,
-                Err(error) => tracing::warn!(%error, "storing offsets failed; retrying"),
+            match self.runtime.block_on(attempt()) {
+                Ok(done) => return Some(done),
+                Err(error) => tracing::warn!(%error, "{what} failed; retrying"),
             }
             if self.stop.is_cancelled() {
-                return false;
+                return None;
             }
             backoff.sleep();
         }
@@ -786,26 +793,21 @@ impl Worker {
                 headers = headers.insert(header);
             }
         }
-        let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
-        loop {
+        let timeout = Duration::from_millis(self.config.kafka.produce_timeout_ms);
+        let published = self.retry_until_done("dead-lettering", || {
             let mut record: FutureRecord<'_, str, [u8]> =
                 FutureRecord::to(&self.config.kafka.topics.commands_dlq).headers(headers.clone()).payload(payload);
             if !key.is_empty() {
                 record = record.key(key);
             }
-            let timeout = Duration::from_millis(self.config.kafka.produce_timeout_ms);
-            match self.runtime.block_on(self.producer.send(record, timeout)) {
-                Ok(_) => {
-                    self.metrics.record_dead_letter();
-                    return self.record_dead_letter(payload, position, reason);
-                }
-                Err((error, _)) => tracing::warn!(%error, "dead-lettering failed; retrying"),
-            }
-            if self.stop.is_cancelled() {
-                return false;
-            }
-            backoff.sleep();
+            let sent = self.producer.send(record, timeout);
+            async move { sent.await.map_err(|(error, _)| error) }
+        });
+        if published.is_none() {
+            return false;
         }
+        self.metrics.record_dead_letter();
+        self.record_dead_letter(payload, position, reason)
     }
 
     /// Records a dead-lettered command that names its id, so its sender
@@ -815,17 +817,10 @@ impl Worker {
     /// again).
     fn record_dead_letter(&self, payload: &[u8], position: &Position, reason: &DeadLetterReason) -> bool {
         let Some(identity) = decode::identity(payload) else { return true };
-        let mut backoff = Backoff::new(self.config.retry_backoff_max_ms);
-        loop {
-            match self.runtime.block_on(ledger::record_dead_letter(&self.pool, &identity, reason, position)) {
-                Ok(()) => return true,
-                Err(error) => tracing::warn!(%error, "recording a dead letter failed; retrying"),
-            }
-            if self.stop.is_cancelled() {
-                return false;
-            }
-            backoff.sleep();
-        }
+        self.retry_until_done("recording a dead letter", || {
+            ledger::record_dead_letter(&self.pool, &identity, reason, position)
+        })
+        .is_some()
     }
 }
 
