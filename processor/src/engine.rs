@@ -160,6 +160,15 @@ pub struct Engine {
     changes: Changes,
 }
 
+/// What a payout's settlement is in the ledger: the post of its hold, or
+/// its release.
+fn settlement_kind(result: PayoutResult) -> TransferKind {
+    match result {
+        PayoutResult::Settled => TransferKind::Post,
+        PayoutResult::Rejected => TransferKind::Void,
+    }
+}
+
 /// Whether a refusal is stored under the command's id, deciding it for
 /// good. Refusals that say "not from the payment provider" are told by
 /// their event only: a payout's settlement ids are derived from the payout
@@ -374,10 +383,7 @@ impl Engine {
                 self.void(&mut record, void.source_account_id)
             }
             Command::PayoutOutcome(outcome) => {
-                record.kind = match outcome.result {
-                    PayoutResult::Settled => TransferKind::Post,
-                    PayoutResult::Rejected => TransferKind::Void,
-                };
+                record.kind = settlement_kind(outcome.result);
                 record.requested_at = outcome.requested_at;
                 record.related_transfer_id = Some(outcome.payment_id);
                 self.settle_payout(&mut record, outcome)
@@ -894,15 +900,7 @@ impl Engine {
             Command::TransferPost(c) => (TransferKind::Post, Some(c.source_account_id), None, c.money),
             Command::TransferVoid(c) => (TransferKind::Void, Some(c.source_account_id), None, None),
             Command::TransferReverse(_) => (TransferKind::Reversal, None, None, None),
-            Command::PayoutOutcome(c) => (
-                match c.result {
-                    PayoutResult::Settled => TransferKind::Post,
-                    PayoutResult::Rejected => TransferKind::Void,
-                },
-                Some(c.source_account_id),
-                None,
-                None,
-            ),
+            Command::PayoutOutcome(c) => (settlement_kind(c.result), Some(c.source_account_id), None, None),
             Command::TransferExternal(c) => (
                 TransferKind::Payout,
                 Some(c.source_account_id),
