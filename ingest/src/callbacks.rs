@@ -122,21 +122,16 @@ async fn callback(
     };
     // The payout must be applied before its outcome can be: a callback that
     // overtakes it gets 404 and the provider calls again.
-    let payout: Option<(Uuid, String)> =
-        sqlx::query_as("select source_account_id, status from transfers where id = $1 and kind = 'payout'")
+    // A callback contradicting the payout's settlement is recorded and
+    // published like any other: the processor finds the conflict and raises
+    // it (one place for that rule).
+    let source: Option<Uuid> =
+        sqlx::query_scalar("select source_account_id from transfers where id = $1 and kind = 'payout'")
             .bind(callback.payment_id)
             .fetch_optional(&state.pool)
             .await?;
-    let (source, status) = payout.ok_or_else(|| ApiError::not_found("payment_not_found", "no such payout"))?;
+    let source = source.ok_or_else(|| ApiError::not_found("payment_not_found", "no such payout"))?;
     let payment_id = TransferId::from_uuid(callback.payment_id);
-    let contradicts =
-        matches!((status.as_str(), result), ("posted", PayoutResult::Rejected) | ("voided", PayoutResult::Settled));
-    if contradicts {
-        tracing::error!(
-            provider = %name, %payment_id, ledger_status = %status, reported = result.code(),
-            "a provider callback contradicts the payout's settlement: recorded as a conflict for an operator"
-        );
-    }
     platform::payouts::record_outcome(
         &state.pool,
         payment_id,
