@@ -17,6 +17,7 @@ pub mod customer_transfers;
 pub mod customers;
 pub mod decisions;
 pub mod error;
+pub mod group_commit;
 pub mod health;
 pub mod limits;
 pub mod metrics;

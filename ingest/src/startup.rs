@@ -41,6 +41,8 @@ pub struct AppState {
     pub refresh_token_ttl_s: u64,
     /// The customers' long polls waiting for decisions.
     pub decisions: Arc<crate::decisions::Decisions>,
+    /// Group commits of accepted requests and their published markers.
+    pub acceptances: crate::transfers::Acceptances,
 }
 
 /// Keys one limiter remembers at most (a bound on its memory).
@@ -93,6 +95,7 @@ impl Application {
         let background =
             Background { pool: pool.clone(), decisions: Arc::clone(&decisions), retention: config.retention };
         let state = AppState {
+            acceptances: crate::transfers::Acceptances::spawn(&pool),
             pool,
             decisions,
             publisher: Publisher::new(&config.kafka)?,

@@ -490,7 +490,7 @@ async fn measure_processor(server: &Server, args: &ProcessorArgs) -> anyhow::Res
     let topics = Topics::namespaced(TOPIC_NAMESPACE);
     let partitions = args.partitions()?;
     let mock = MockKafka::start(1, &topics, partitions)?;
-    let kafka = KafkaConfig::new(mock.bootstrap_servers(), topics);
+    let kafka = mock.kafka_config(topics);
     eprintln!(
         "processor: publishing {} commands to {} ({} partitions)",
         args.transfers, kafka.topics.commands, partitions

@@ -58,7 +58,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         None => {
             let topics = KafkaConfig::topics_from_env()?;
             let mock = MockKafka::start(1, &topics, args.partitions)?;
-            (KafkaConfig::new(mock.bootstrap_servers(), topics), Some(mock))
+            (mock.kafka_config(topics), Some(mock))
         }
     };
 
@@ -108,7 +108,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             tolerance_s: 300,
         });
     }
-    let application = ingest::Application::build(&ingest_config, pool.clone()).await?;
+    // A pool per service, as when they run as separate processes: a
+    // processor batch or a relay round never waits for a connection that an
+    // HTTP request holds, nor the other way round.
+    let application = ingest::Application::build(&ingest_config, pool).await?;
     let address = application.local_addr()?;
     if let Some(provider) = &fake_provider {
         provider.set_callbacks(&format!("http://{address}/v1/providers/fake/callbacks"), FAKE_PROVIDER_CALLBACK_SECRET);
@@ -117,8 +120,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let provider_url = relay_config.provider.as_ref().map(|provider| provider.base_url.clone()).unwrap_or_default();
 
     let mut processor =
-        processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, pool.clone())?;
-    let relay = tokio::spawn(outbox_relay::run(relay_config, pool.clone(), shutdown.clone()));
+        processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, database.connect().await?)?;
+    let relay = tokio::spawn(outbox_relay::run(relay_config, database.connect().await?, shutdown.clone()));
     let server = tokio::spawn(application.run_until(shutdown.clone()));
     // The first consumer-group join takes a few seconds; a transfer sent
     // before it would wait in Kafka. Announce readiness only after it.

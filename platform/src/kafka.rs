@@ -31,13 +31,34 @@ pub struct KafkaConfig {
     /// `LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS`: a consumer silent for this long
     /// leaves its group and its partitions move to another member.
     pub session_timeout_ms: u64,
+    /// `LEDGERLINE_KAFKA_FETCH_WAIT_MAX_MS`: how long a broker may hold a
+    /// fetch that finds nothing new (librdkafka's `fetch.wait.max.ms`). A
+    /// real broker answers as soon as a message arrives, so this only
+    /// bounds idle fetches; the mock cluster answers no fetch early, so
+    /// there it is the latency every consumer hop adds (see
+    /// [`MockKafka::kafka_config`]).
+    pub fetch_wait_max_ms: u64,
 }
+
+/// [`KafkaConfig::fetch_wait_max_ms`] on a real broker: librdkafka's 500 ms
+/// default, lowered so a consumer notices a stopped broker sooner.
+pub const FETCH_WAIT_MAX_MS_DEFAULT: u64 = 100;
+/// [`KafkaConfig::fetch_wait_max_ms`] on the mock cluster: a few
+/// milliseconds per consumer hop instead of up to a hundred, for some
+/// hundred idle fetches a second per consumer (in-process, cheap).
+pub const MOCK_FETCH_WAIT_MAX_MS: u64 = 5;
 
 impl KafkaConfig {
     /// Settings for an explicit broker list and the default limits.
     #[must_use]
     pub fn new(brokers: impl Into<String>, topics: Topics) -> Self {
-        Self { brokers: brokers.into(), topics, produce_timeout_ms: 10_000, session_timeout_ms: 10_000 }
+        Self {
+            brokers: brokers.into(),
+            topics,
+            produce_timeout_ms: 10_000,
+            session_timeout_ms: 10_000,
+            fetch_wait_max_ms: FETCH_WAIT_MAX_MS_DEFAULT,
+        }
     }
 
     /// # Errors
@@ -52,6 +73,8 @@ impl KafkaConfig {
             config::limit("LEDGERLINE_KAFKA_PRODUCE_TIMEOUT_MS", kafka.produce_timeout_ms, 100..=300_000)?;
         kafka.session_timeout_ms =
             config::limit("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", kafka.session_timeout_ms, 1_000..=300_000)?;
+        kafka.fetch_wait_max_ms =
+            config::limit("LEDGERLINE_KAFKA_FETCH_WAIT_MAX_MS", kafka.fetch_wait_max_ms, 1..=10_000)?;
         Ok(Some(kafka))
     }
 
@@ -74,9 +97,10 @@ impl KafkaConfig {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", self.produce_timeout_ms.to_string())
-            // A few milliseconds of batching costs little latency and saves
-            // many requests under load.
-            .set("linger.ms", "5");
+            // librdkafka batches what queues while its requests are in
+            // flight anyway; a millisecond more gathers a little at low
+            // rates, where 5 ms was half of an HTTP answer's time.
+            .set("linger.ms", "1");
         config
     }
 
@@ -98,10 +122,7 @@ impl KafkaConfig {
             .set("auto.offset.reset", "error")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set("enable.partition.eof", "false")
-            // librdkafka's 500 ms default is the latency floor on a broker
-            // that does not answer a fetch early (the mock cluster); 100 ms
-            // costs a few idle fetches a second and keeps transfers snappy.
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string());
         config
     }
 
@@ -199,6 +220,17 @@ impl MockKafka {
     #[must_use]
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers
+    }
+
+    /// Settings for this cluster: the defaults, but with
+    /// [`MOCK_FETCH_WAIT_MAX_MS`], since the mock holds every fetch that
+    /// finds nothing for its whole wait, even when a message arrives
+    /// meanwhile.
+    #[must_use]
+    pub fn kafka_config(&self, topics: Topics) -> KafkaConfig {
+        let mut kafka = KafkaConfig::new(self.bootstrap_servers(), topics);
+        kafka.fetch_wait_max_ms = MOCK_FETCH_WAIT_MAX_MS;
+        kafka
     }
 }
 

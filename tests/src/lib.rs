@@ -116,7 +116,7 @@ impl TestBroker {
             }
             None => {
                 let mock = MockKafka::start(1, &topics, COMMAND_PARTITIONS)?;
-                Ok(Self { kafka: KafkaConfig::new(mock.bootstrap_servers(), topics), _mock: Some(mock) })
+                Ok(Self { kafka: mock.kafka_config(topics), _mock: Some(mock) })
             }
         }
     }
