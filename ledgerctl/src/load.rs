@@ -108,6 +108,12 @@ pub struct LoadArgs {
     pub client_id: Option<Uuid>,
     #[arg(long, env = "LEDGERLINE_LOAD_CLIENT_SECRET", hide_env_values = true, requires = "client_id")]
     pub client_secret: Option<String>,
+    /// Produce the transfers straight to the commands topic
+    /// (KAFKA_BROKERS), as an upstream app on Kafka does, instead of
+    /// `POST /v1/transfers`; the setup still goes through the API. The
+    /// answer latency is then the broker's acknowledgement.
+    #[arg(long)]
+    pub direct: bool,
     /// Print the report as one JSON object (no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -130,6 +136,8 @@ pub struct LoadConfig {
     pub in_flight_max: u64,
     pub request_timeout_ms: u64,
     pub drain_timeout_ms: u64,
+    /// Produced to Kafka instead of sent over HTTP (`--direct`).
+    pub direct: bool,
     #[serde(skip)]
     pub credentials: Option<(Uuid, SecretString)>,
     /// Show the live progress bar (only on a terminal).
@@ -153,6 +161,7 @@ impl LoadConfig {
             in_flight_max: 10_000,
             request_timeout_ms: 10_000,
             drain_timeout_ms: 30_000,
+            direct: false,
             credentials: None,
             progress: false,
         }
@@ -175,6 +184,7 @@ impl LoadConfig {
             in_flight_max: args.in_flight_max,
             request_timeout_ms: args.request_timeout_ms,
             drain_timeout_ms: args.drain_timeout_ms,
+            direct: args.direct,
             credentials: args.client_id.zip(args.client_secret.clone().map(SecretString::from)),
             progress: !args.json && std::io::stdout().is_terminal(),
         })
@@ -722,7 +732,11 @@ async fn open_and_fund(
 /// # Errors
 /// When the broker cannot be reached or the topic has no partitions.
 pub async fn events_consumer(kafka: &KafkaConfig) -> anyhow::Result<StreamConsumer> {
-    let kafka = kafka.clone();
+    let mut kafka = kafka.clone();
+    // An instrument: a decision is timed when its event arrives, so the
+    // reader's own idle fetch must not add to it (the mock cluster holds a
+    // fetch for its whole wait even when a message arrives meanwhile).
+    kafka.fetch_wait_max_ms = kafka.fetch_wait_max_ms.min(platform::kafka::MOCK_FETCH_WAIT_MAX_MS);
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(10);
         let consumer: StreamConsumer = kafka.consumer(&format!("ledgerctl-load-{}", Uuid::new_v4())).create()?;
@@ -776,6 +790,16 @@ fn plan(rng: &mut StdRng, accounts: &[Uuid], hot_share: f64) -> (Uuid, Uuid, Str
     (accounts[source_index], accounts[destination_index], format!("{}.{:02}", cents / 100, cents % 100))
 }
 
+/// How the transfers reach the stack.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// `POST /v1/transfers` with this client.
+    Http(reqwest::Client),
+    /// `transfer.requested` commands produced to the commands topic, by
+    /// the same publisher ingest uses.
+    Kafka(ingest::publish::Publisher),
+}
+
 /// How the schedule went.
 #[derive(Debug, Clone, Copy)]
 pub struct Drive {
@@ -791,7 +815,7 @@ pub struct Drive {
 /// When the target has fewer than two accounts.
 pub async fn drive(
     config: &LoadConfig,
-    http: &reqwest::Client,
+    via: &Via,
     target: &Arc<Target>,
     tracker: &Arc<Tracker>,
     stop: &CancellationToken,
@@ -818,52 +842,97 @@ pub async fn drive(
             continue;
         }
         tracker.in_flight.fetch_add(1, Ordering::Relaxed);
-        let request = http.post(&url).bearer_auth(target.token.current()).header("Idempotency-Key", key).json(&json!({
-            "source_account_id": source,
-            "destination_account_id": destination,
-            "amount": amount,
-            "currency": target.currency,
-        }));
-        let tracker = Arc::clone(tracker);
+        let transfer = Planned { id, key, source, destination, amount };
+        let (via, url, target, tracker) = (via.clone(), url.clone(), Arc::clone(target), Arc::clone(tracker));
         tokio::spawn(async move {
-            let result = request.send().await;
-            let at = Instant::now();
-            match result {
-                Ok(response) if response.status().as_u16() == 202 => {
-                    // The answer names the id; it is the derived one unless
-                    // ingest's derivation changed, and the answer wins.
-                    let named = response
-                        .json::<Value>()
-                        .await
-                        .ok()
-                        .and_then(|body| body["transfer_id"].as_str()?.parse::<Uuid>().ok());
-                    tracker.answered(named.unwrap_or(id), due, at, Answer::Accepted, None);
-                }
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let code =
-                        response.json::<Value>().await.ok().and_then(|body| body["code"].as_str().map(str::to_owned));
-                    let kind = match code {
-                        Some(code) => format!("http_{status}_{code}"),
-                        None => format!("http_{status}"),
-                    };
-                    tracker.answered(id, due, at, Answer::Refused, Some(&kind));
-                }
-                Err(error) => {
-                    let kind = if error.is_timeout() {
-                        "timeout"
-                    } else if error.is_connect() {
-                        "connect"
-                    } else {
-                        "transport"
-                    };
-                    tracker.answered(id, due, at, Answer::Unanswered, Some(kind));
-                }
-            }
+            let (answer, at, error) = match &via {
+                Via::Http(http) => send_http(http, &url, &target, &transfer).await,
+                Via::Kafka(publisher) => produce(publisher, &target, &transfer).await,
+            };
+            tracker.answered(answer.0, due, at, answer.1, error.as_deref());
             tracker.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
     Drive { sending_ended: Instant::now() }
+}
+
+/// One transfer of the schedule.
+#[derive(Debug)]
+struct Planned {
+    /// The transfer id derived from the client and the key.
+    id: Uuid,
+    key: String,
+    source: Uuid,
+    destination: Uuid,
+    amount: String,
+}
+
+/// The id the answer names, its fate, when it came, and the error kind.
+type Sent = ((Uuid, Answer), Instant, Option<String>);
+
+async fn send_http(http: &reqwest::Client, url: &str, target: &Target, transfer: &Planned) -> Sent {
+    let request =
+        http.post(url).bearer_auth(target.token.current()).header("Idempotency-Key", &transfer.key).json(&json!({
+            "source_account_id": transfer.source,
+            "destination_account_id": transfer.destination,
+            "amount": transfer.amount,
+            "currency": target.currency,
+        }));
+    let result = request.send().await;
+    let at = Instant::now();
+    match result {
+        Ok(response) if response.status().as_u16() == 202 => {
+            // The answer names the id; it is the derived one unless
+            // ingest's derivation changed, and the answer wins.
+            let named =
+                response.json::<Value>().await.ok().and_then(|body| body["transfer_id"].as_str()?.parse::<Uuid>().ok());
+            ((named.unwrap_or(transfer.id), Answer::Accepted), at, None)
+        }
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let code = response.json::<Value>().await.ok().and_then(|body| body["code"].as_str().map(str::to_owned));
+            let kind = match code {
+                Some(code) => format!("http_{status}_{code}"),
+                None => format!("http_{status}"),
+            };
+            ((transfer.id, Answer::Refused), at, Some(kind))
+        }
+        Err(error) => {
+            let kind = if error.is_timeout() {
+                "timeout"
+            } else if error.is_connect() {
+                "connect"
+            } else {
+                "transport"
+            };
+            ((transfer.id, Answer::Unanswered), at, Some(kind.to_owned()))
+        }
+    }
+}
+
+/// Produces the transfer as a `transfer.requested` command; an
+/// acknowledged one is accepted (it must be applied exactly once), a failed
+/// one unanswered (the broker may have it).
+async fn produce(publisher: &ingest::publish::Publisher, target: &Target, transfer: &Planned) -> Sent {
+    let money = match target.currency.parse().map(|currency| schemas::Money::parse(&transfer.amount, currency)) {
+        Ok(Ok(money)) => money,
+        // The plan makes amounts of 0.01 to 1.00 in a checked currency.
+        _ => return ((transfer.id, Answer::NotSent), Instant::now(), Some("invalid_amount".to_owned())),
+    };
+    let command = schemas::Command::TransferRequested(schemas::messages::TransferRequested {
+        version: schemas::messages::V1,
+        transfer_id: TransferId::from_uuid(transfer.id),
+        source_account_id: schemas::AccountId::from_uuid(transfer.source),
+        destination_account_id: schemas::AccountId::from_uuid(transfer.destination),
+        money,
+        requested_at: Utc::now(),
+    });
+    let result = publisher.publish(&command, &transfer.key).await;
+    let at = Instant::now();
+    match result {
+        Ok(()) => ((transfer.id, Answer::Accepted), at, None),
+        Err(_) => ((transfer.id, Answer::Unanswered), at, Some("produce".to_owned())),
+    }
 }
 
 /// Waits until every sent request has its answer, at most the request
@@ -981,7 +1050,12 @@ pub async fn run(
         currency: config.currency.clone(),
         run_id,
     });
-    let driven = drive(config, &http, &target, &tracker, stop).await;
+    let via = if config.direct {
+        Via::Kafka(ingest::publish::Publisher::new(kafka).context("creating the producer for --direct")?)
+    } else {
+        Via::Http(http)
+    };
+    let driven = drive(config, &via, &target, &tracker, stop).await;
     let sending_ended = driven.sending_ended.max(tracker.start);
     wait_for_answers(config, &tracker).await;
     let drain_deadline = Instant::now() + Duration::from_millis(config.drain_timeout_ms);
@@ -1002,9 +1076,9 @@ pub async fn run(
 /// # Errors
 /// When the HTTP client cannot be built.
 pub async fn run_schedule(config: &LoadConfig, target: Target, stop: &CancellationToken) -> anyhow::Result<LoadReport> {
-    let http = config.http_client()?;
+    let via = Via::Http(config.http_client()?);
     let tracker = Tracker::new();
-    let driven = drive(config, &http, &Arc::new(target), &tracker, stop).await;
+    let driven = drive(config, &via, &Arc::new(target), &tracker, stop).await;
     let sending_ended = driven.sending_ended.max(tracker.start);
     wait_for_answers(config, &tracker).await;
     Ok(LoadReport::build(config, &tracker, sending_ended, Audit::default()))

@@ -11,7 +11,8 @@ use super::LoadConfig;
 
 /// A run's figures. Latencies are milliseconds, `None` without samples;
 /// end to end runs from when a request was due to when its decision was
-/// read from `ledger.events`, HTTP from when it was due to its answer, and
+/// read from `ledger.events`, HTTP from when it was due to its answer (with
+/// `--direct`, to the broker's acknowledgement), and
 /// `decision_*` to the processor's own decision time in the event.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
@@ -118,7 +119,7 @@ impl LoadReport {
         [
             ("end to end", [self.e2e_p50_ms, self.e2e_p90_ms, self.e2e_p99_ms, self.e2e_p999_ms, self.e2e_max_ms]),
             (
-                "HTTP answer",
+                if self.parameters.direct { "Kafka ack (http_*)" } else { "HTTP answer" },
                 [self.http_p50_ms, self.http_p90_ms, self.http_p99_ms, self.http_p999_ms, self.http_max_ms],
             ),
             ("processor decision", [self.decision_p50_ms, None, self.decision_p99_ms, None, self.decision_max_ms]),

@@ -1,8 +1,10 @@
 //! `ledgerctl load`'s engine against the in-process stack: a short load is
 //! applied exactly once and its audit passes; the audit counts a transfer
 //! deleted behind the ledger's back as lost and one applied twice as
-//! duplicated; and the schedule is an open loop: a server that never
-//! answers does not lower what is offered.
+//! duplicated; the latencies show a delay injected in front of ingest; a
+//! load produced straight to Kafka (`--direct`) passes the same audit; and
+//! the schedule is an open loop: a server that never answers does not lower
+//! what is offered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +96,86 @@ async fn the_audit_counts_a_planted_loss_and_a_planted_duplicate() {
     let audit = ledgerctl_load::audit(&app.pool, &outcome.record).await.expect("audit");
     assert_eq!((audit.lost, audit.duplicated), (1, 1), "{audit:?}");
     assert!(!audit.invariants_ok, "the balances no longer match their entries: {audit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_produced_straight_to_kafka_is_applied_exactly_once() {
+    let app = TestApp::spawn().await;
+    let mut config = short_load(&app, 50, 2);
+    config.direct = true;
+    let outcome = ledgerctl_load::run(&config, &app.pool, &app.kafka, &CancellationToken::new()).await.expect("load");
+    let report = &outcome.report;
+    assert_eq!((report.offered, report.accepted, report.errors), (100, 100, 0), "{report}");
+    assert_eq!(report.decided, 100, "{report}");
+    assert_eq!((report.applied, report.lost, report.duplicated, report.applied_unaccepted), (100, 0, 0, 0), "{report}");
+    assert!(report.audit_ok, "{report}");
+    // Nothing went through ingest's transfer route: no request recorded.
+    let recorded: i64 = sqlx::query_scalar("select count(*) from accepted_requests where transfer_id = any($1)")
+        .bind(outcome.record.answers.keys().copied().collect::<Vec<Uuid>>())
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(recorded, 0);
+}
+
+/// The delay the proxy adds in front of `POST /v1/transfers`.
+const INJECTED_DELAY_MS: u64 = 200;
+
+/// An HTTP proxy to `upstream` that holds every `POST /v1/transfers` for
+/// [`INJECTED_DELAY_MS`] before forwarding it (the setup's requests pass
+/// at once); its base URL.
+async fn delaying_proxy(upstream: String) -> String {
+    let http = reqwest::Client::new();
+    let forward = move |request: axum::extract::Request| {
+        let (http, upstream) = (http.clone(), upstream.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+            if parts.method == axum::http::Method::POST && parts.uri.path() == "/v1/transfers" {
+                tokio::time::sleep(std::time::Duration::from_millis(INJECTED_DELAY_MS)).await;
+            }
+            let path = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+            let mut outgoing = http.request(parts.method.clone(), format!("{upstream}{path}")).body(body);
+            for (name, value) in &parts.headers {
+                if name != axum::http::header::HOST {
+                    outgoing = outgoing.header(name, value);
+                }
+            }
+            let answer = outgoing.send().await.expect("upstream");
+            let mut response = axum::response::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                response = response.header(name, value);
+            }
+            response.body(axum::body::Body::from(answer.bytes().await.expect("upstream body"))).expect("response")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(forward)).await });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_injected_in_front_of_ingest_shows_in_the_latencies() {
+    let app = TestApp::spawn().await;
+    let proxy = delaying_proxy(app.address.clone()).await;
+    let mut config = short_load(&app, 20, 2);
+    config.base_url = proxy;
+    let outcome = ledgerctl_load::run(&config, &app.pool, &app.kafka, &CancellationToken::new()).await.expect("load");
+    let report = &outcome.report;
+    assert!(report.audit_ok && report.accepted == 40, "{report}");
+    let delay = INJECTED_DELAY_MS as f64;
+    // Every transfer waited at the proxy before ingest saw it: no
+    // percentile can be under the delay, and the decision (made after
+    // the command reached Kafka) comes later still.
+    for (name, value) in [
+        ("http_p50_ms", report.http_p50_ms),
+        ("e2e_p50_ms", report.e2e_p50_ms),
+        ("decision_p50_ms", report.decision_p50_ms),
+    ] {
+        let value = value.unwrap_or_else(|| panic!("{name} measured: {report}"));
+        assert!(value >= delay, "{name} = {value} ms shows the injected {delay} ms: {report}");
+    }
 }
 
 /// A TCP listener that accepts connections, keeps them open and never
