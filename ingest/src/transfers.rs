@@ -476,7 +476,10 @@ impl Acceptances {
 /// its transfer id.
 ///
 /// Inserted in transfer id order, so two batches that share ids (retries
-/// racing each other) lock them in the same order and cannot deadlock. A
+/// racing each other) lock them in the same order and cannot deadlock. An
+/// earlier record is looked up only for a request not inserted now, by one
+/// primary-key probe each (the lateral subquery's `offset 0` keeps the
+/// planner from turning it into a scan of the whole table). A
 /// request whose id another transaction recorded while this statement ran
 /// is read again afterwards: the statement's snapshot does not show it.
 async fn record_requests(
@@ -501,11 +504,14 @@ async fn record_requests(
               on conflict (transfer_id) do nothing
               returning transfer_id, request
           )
-          select input.position, coalesce(inserted.request, earlier.request),
-                 case when inserted.transfer_id is null then earlier.published_at end
+          select input.position, coalesce(inserted.request, earlier.request), earlier.published_at
           from input
           left join inserted on inserted.transfer_id = input.transfer_id
-          left join accepted_requests earlier on earlier.transfer_id = input.transfer_id
+          left join lateral (
+              select request, published_at from accepted_requests
+              where transfer_id = input.transfer_id and inserted.transfer_id is null
+              offset 0
+          ) earlier on true
           order by input.position",
     )
     .bind(&ids)

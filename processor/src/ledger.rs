@@ -202,13 +202,19 @@ async fn load_transfers(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
+    // One primary-key probe per id (the lateral subquery's `offset 0`
+    // keeps the planner from flattening it into a join): with `id = any($1)`
+    // it chose a sequential scan of the whole table for every batch, on a
+    // plan made while the table was small, so each batch cost more than
+    // the last.
     let rows = sqlx::query(
         r"select t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
                  t.amount, t.currency, t.related_transfer_id, t.expires_at, t.settled_amount, t.requested_at,
                  t.request_fingerprint,
                  exists (select 1 from transfers r
                          where r.related_transfer_id = t.id and r.kind = 'reversal' and r.status = 'completed') as reversed
-          from transfers t where t.id = any($1)",
+          from unnest($1::uuid[]) as wanted (id)
+          cross join lateral (select * from transfers where id = wanted.id offset 0) t",
     )
     .bind(ids)
     .fetch_all(&mut *connection)
