@@ -156,20 +156,19 @@ pub async fn claim(
     .fetch_all(&mut *transaction)
     .await?;
     due_lanes.shuffle(&mut rand::thread_rng());
-    let mut locked: Vec<i16> = Vec::new();
-    for lane in due_lanes {
-        if locked.len() >= lanes_max {
-            break;
-        }
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1, $2)")
-            .bind(LANE_LOCK_CLASS)
-            .bind(lane)
-            .fetch_one(&mut *transaction)
-            .await?;
-        if got {
-            locked.push(i16::try_from(lane).unwrap_or_default());
-        }
-    }
+    // One statement for every lane lock, not a round trip per lane: the
+    // lanes are tried in the shuffled order and the tries stop at
+    // `lanes_max` locks (the limit stops the scan; the volatile lock call
+    // is evaluated row by row, never for rows past it).
+    let locked: Vec<i16> = sqlx::query_scalar(
+        r"select due.lane::int2 from unnest($2::int4[]) as due (lane)
+          where pg_try_advisory_xact_lock($1, due.lane) limit $3",
+    )
+    .bind(LANE_LOCK_CLASS)
+    .bind(&due_lanes)
+    .bind(i64::try_from(lanes_max).unwrap_or(i64::MAX))
+    .fetch_all(&mut *transaction)
+    .await?;
     let token = Uuid::new_v4();
     if locked.is_empty() {
         return Ok(Claim { token, ..Claim::default() });
