@@ -36,6 +36,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use uuid::Uuid;
 
+mod load;
+
 /// The most transfers one run may generate.
 const TRANSFERS_MAX: u64 = 100_000_000;
 /// The most accounts one run may create; at least two, so a transfer has a
@@ -113,6 +115,10 @@ pub enum BenchCommand {
     /// The processor half of `bench processor`, run as its child process.
     #[command(hide = true)]
     ProcessorWorker(WorkerArgs),
+    /// Find the rate the whole stack sustains under `ledgerctl load` (and,
+    /// with --curve, the curve around it), against pgbench TPC-B on the
+    /// server of DATABASE_URL.
+    Load(load::LoadBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +181,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Processor(args) => run_bench(args).await,
         BenchCommand::ProcessorWorker(args) => run_worker(args).await,
+        BenchCommand::Load(args) => load::run(args).await,
     }
 }
 
