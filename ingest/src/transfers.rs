@@ -330,6 +330,16 @@ pub enum Requester {
     User(Uuid),
 }
 
+impl Requester {
+    /// As `accepted_requests` keeps it: `(api_client_id, user_id)`, one set.
+    fn ids(self) -> (Option<Uuid>, Option<Uuid>) {
+        match self {
+            Requester::Client(id) => (Some(id), None),
+            Requester::User(id) => (None, Some(id)),
+        }
+    }
+}
+
 /// Records the request under its transfer id and publishes the command,
 /// unless an earlier identical request already did.
 ///
@@ -345,10 +355,7 @@ pub async fn accept(
     request_id: &str,
 ) -> Result<Accepted, ApiError> {
     let transfer_id = TransferId::from_uuid(command.id());
-    let (api_client_id, user_id) = match requester {
-        Requester::Client(id) => (Some(id), None),
-        Requester::User(id) => (None, Some(id)),
-    };
+    let (api_client_id, user_id) = requester.ids();
     let record = Record {
         transfer_id: transfer_id.as_uuid(),
         api_client_id,
@@ -633,10 +640,7 @@ pub async fn transfer_view(
     transfer_id: Uuid,
     requester: Requester,
 ) -> Result<TransferView, ApiError> {
-    let (client_id, user_id) = match requester {
-        Requester::Client(id) => (Some(id), None),
-        Requester::User(id) => (None, Some(id)),
-    };
+    let (client_id, user_id) = requester.ids();
     type Row = (serde_json::Value, DateTime<Utc>, bool, Option<String>, Option<String>, Option<DateTime<Utc>>);
     let row: Option<Row> = sqlx::query_as(
         r"select request.request, coalesce(request.published_at, request.created_at), request.published_at is not null,
