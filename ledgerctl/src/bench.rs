@@ -8,9 +8,14 @@
 //! 2. pgbench's TPC-B: what the server does with small write transactions.
 //! 3. The SQL ceiling: the same transfers applied by one set-based statement
 //!    per chunk of 2,000, with no Kafka and no per-transfer logic.
+//! 4. The minimal Postgres ledger ([`min_ledger`]): the same transfers on
+//!    the smallest schema a ledger can have, one statement per 2,000.
+//!
+//! With `--processors N`, a one-processor run of the same workload too, for
+//! the scaling ratio.
 //!
 //! It drops and recreates its own databases (`ledgerline_bench`,
-//! `ledgerline_bench_sql`, `ledgerline_pgbench`) on the server of
+//! `ledgerline_bench_sql`, `ledgerline_bench_min`, `ledgerline_pgbench`) on the server of
 //! `DATABASE_URL`, and touches no other. Progress goes to stderr; stdout
 //! carries only the result, so `--json` output can be piped.
 
@@ -37,6 +42,7 @@ use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 use uuid::Uuid;
 
 mod load;
+mod min_ledger;
 
 /// The most transfers one run may generate.
 const TRANSFERS_MAX: u64 = 100_000_000;
@@ -187,10 +193,20 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 async fn run_bench(args: ProcessorArgs) -> anyhow::Result<()> {
     let server = Server::from_env()?;
-    let processor = measure_processor(&server, &args).await?;
+    let processor = measure_processor(&server, &args, args.processors).await?;
+    // The scaling ratio needs one processor on the same machine in the same hour.
+    let one_processor = if args.processors > 1 { Some(measure_processor(&server, &args, 1).await?) } else { None };
     let pgbench_tps = measure_pgbench(&server, args.pgbench_seconds).await?;
     let ceiling_elapsed = measure_sql_ceiling(&server, &args).await?;
-    let report = BenchReport::new(&args, &processor, pgbench_tps, ceiling_elapsed);
+    let min_ledger_elapsed =
+        min_ledger::measure(&server, Workload::new(args.transfers, args.accounts, args.hot_share), args.accounts)
+            .await?;
+    let report = BenchReport::new(
+        &args,
+        &processor,
+        one_processor.as_ref(),
+        Yardsticks { pgbench_tps, ceiling_elapsed, min_ledger_elapsed },
+    );
     if args.json {
         println!("{}", serde_json::to_string(&report).context("serializing the report")?);
     } else {
@@ -386,9 +402,14 @@ async fn create_funded_accounts(pool: &PgPool, accounts: u64) -> anyhow::Result<
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PlannedTransfer {
     transfer_id: Uuid,
+    /// The accounts' numbers, from 1: the minimal ledger's ids.
+    source_number: u64,
+    destination_number: u64,
     source_account_id: Uuid,
     destination_account_id: Uuid,
     amount: Decimal,
+    /// `amount` in cents: the minimal ledger's integer minor units.
+    amount_cents: i64,
 }
 
 impl PlannedTransfer {
@@ -440,11 +461,15 @@ impl Iterator for Workload {
         }
         let mut id = [0_u8; 16];
         self.random.fill_bytes(&mut id);
+        let amount_cents = self.random.gen_range(1..=TRANSFER_AMOUNT_MAX_CENTS);
         Some(PlannedTransfer {
             transfer_id: uuid::Builder::from_random_bytes(id).into_uuid(),
+            source_number: source,
+            destination_number: destination,
             source_account_id: account_id(source),
             destination_account_id: account_id(destination),
-            amount: Decimal::new(self.random.gen_range(1..=TRANSFER_AMOUNT_MAX_CENTS), 2),
+            amount: Decimal::new(amount_cents, 2),
+            amount_cents,
         })
     }
 }
@@ -458,6 +483,9 @@ struct WorkerReport {
     commit_p99_ms: Option<f64>,
     batches: u64,
     rss_peak_mb: f64,
+    /// Batches by how they took their account locks (`first`, `late`,
+    /// `late_rebalanced`, `late_redecided`), summed over the processors.
+    batches_by_locking: std::collections::BTreeMap<String, u64>,
 }
 
 /// The processor's run as the parent saw it.
@@ -492,7 +520,7 @@ impl ProcessorArgs {
     }
 }
 
-async fn measure_processor(server: &Server, args: &ProcessorArgs) -> anyhow::Result<ProcessorRun> {
+async fn measure_processor(server: &Server, args: &ProcessorArgs, processors: u64) -> anyhow::Result<ProcessorRun> {
     let pool = server.create_ledger(PROCESSOR_DATABASE, args.accounts).await?;
     let topics = Topics::namespaced(TOPIC_NAMESPACE);
     let partitions = args.partitions()?;
@@ -504,7 +532,7 @@ async fn measure_processor(server: &Server, args: &ProcessorArgs) -> anyhow::Res
     );
     publish(&kafka, Workload::new(args.transfers, args.accounts, args.hot_share)).await?;
 
-    eprintln!("processor: applying them in a child process");
+    eprintln!("processor: applying them in a child process ({processors} processors)");
     let mut worker = std::process::Command::new(std::env::current_exe().context("locating the ledgerctl binary")?);
     worker.args([
         "bench",
@@ -520,7 +548,7 @@ async fn measure_processor(server: &Server, args: &ProcessorArgs) -> anyhow::Res
         "--timeout-s",
         &args.processor_timeout_s.to_string(),
         "--processors",
-        &args.processors.to_string(),
+        &processors.to_string(),
     ]);
     let timeout = Duration::from_secs(args.processor_timeout_s) + ASSIGNMENT_TIMEOUT + WORKER_EXIT_MARGIN;
     let output = run_child(worker, timeout, "the processor worker").await?;
@@ -642,6 +670,12 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             .map(milliseconds),
         batches: metrics.iter().map(|metrics| metrics.batches_total()).sum(),
         rss_peak_mb: kibibytes_to_mebibytes(peak_rss_kib()?),
+        batches_by_locking: processor::Locking::ALL
+            .into_iter()
+            .map(|locking| {
+                (locking.code().to_owned(), metrics.iter().map(|metrics| metrics.lockings_total(locking)).sum())
+            })
+            .collect(),
     };
     println!("{}", serde_json::to_string(&report).context("serializing the worker's result")?);
     Ok(())
@@ -890,6 +924,7 @@ struct BenchReport {
     transfers_per_s: f64,
     elapsed_s: f64,
     batches: u64,
+    batches_by_locking: std::collections::BTreeMap<String, u64>,
     commit_p99_ms: Option<f64>,
     rss_peak_mb: f64,
     rejected: u64,
@@ -902,14 +937,38 @@ struct BenchReport {
     sql_ceiling_elapsed_s: f64,
     sql_ceiling_chunk: u64,
     ratio_vs_ceiling: f64,
+    min_ledger_per_s: f64,
+    min_ledger_elapsed_s: f64,
+    min_ledger_chunk: usize,
+    /// The run with `--processors N` beside one processor's, same workload.
+    one_processor_per_s: Option<f64>,
+    ratio_vs_one_processor: Option<f64>,
+    /// Reported under the name too: the processor's rate over the
+    /// minimal ledger's.
+    ratio_vs_min_ledger: f64,
+}
+
+/// What the processor's rate is set against, measured in the same run.
+struct Yardsticks {
+    pgbench_tps: f64,
+    ceiling_elapsed: Duration,
+    min_ledger_elapsed: Duration,
 }
 
 impl BenchReport {
     #[allow(clippy::float_arithmetic)] // Rates and ratios of a measurement; no money involved.
-    fn new(args: &ProcessorArgs, processor: &ProcessorRun, pgbench_tps: f64, ceiling_elapsed: Duration) -> Self {
+    fn new(
+        args: &ProcessorArgs,
+        processor: &ProcessorRun,
+        one_processor: Option<&ProcessorRun>,
+        yardsticks: Yardsticks,
+    ) -> Self {
+        let Yardsticks { pgbench_tps, ceiling_elapsed, min_ledger_elapsed } = yardsticks;
         let transfers = args.transfers as f64;
         let transfers_per_s = transfers / processor.worker.elapsed_s;
         let sql_ceiling_per_s = transfers / ceiling_elapsed.as_secs_f64();
+        let min_ledger_per_s = transfers / min_ledger_elapsed.as_secs_f64();
+        let one_processor_per_s = one_processor.map(|run| transfers / run.worker.elapsed_s);
         Self {
             transfers: args.transfers,
             accounts: args.accounts,
@@ -919,6 +978,7 @@ impl BenchReport {
             transfers_per_s,
             elapsed_s: processor.worker.elapsed_s,
             batches: processor.worker.batches,
+            batches_by_locking: processor.worker.batches_by_locking.clone(),
             commit_p99_ms: processor.worker.commit_p99_ms,
             rss_peak_mb: processor.worker.rss_peak_mb,
             rejected: processor.rejected,
@@ -931,6 +991,12 @@ impl BenchReport {
             sql_ceiling_elapsed_s: ceiling_elapsed.as_secs_f64(),
             sql_ceiling_chunk: SQL_CHUNK_TRANSFERS,
             ratio_vs_ceiling: transfers_per_s / sql_ceiling_per_s,
+            min_ledger_per_s,
+            min_ledger_elapsed_s: min_ledger_elapsed.as_secs_f64(),
+            min_ledger_chunk: min_ledger::CHUNK_TRANSFERS,
+            one_processor_per_s,
+            ratio_vs_one_processor: one_processor_per_s.map(|one| transfers_per_s / one),
+            ratio_vs_min_ledger: transfers_per_s / min_ledger_per_s,
         }
     }
 
@@ -944,6 +1010,9 @@ impl BenchReport {
             "  processor            {:>12.1} transfers/s  ({:.2} s, {} batches, commit p99 {commit_p99}, peak RSS {:.1} MB, {} rejected)",
             self.transfers_per_s, self.elapsed_s, self.batches, self.rss_peak_mb, self.rejected
         );
+        let lockings: Vec<String> =
+            self.batches_by_locking.iter().map(|(locking, batches)| format!("{locking} {batches}")).collect();
+        println!("  batches by locking   {}", lockings.join(", "));
         println!(
             "  pgbench TPC-B        {:>12.1} tps          (scale {}, {} clients, {} s)",
             self.pgbench_tps, self.pgbench_scale, self.pgbench_clients, self.pgbench_seconds
@@ -952,8 +1021,19 @@ impl BenchReport {
             "  SQL ceiling          {:>12.1} transfers/s  ({:.2} s, {} transfers per statement)",
             self.sql_ceiling_per_s, self.sql_ceiling_elapsed_s, self.sql_ceiling_chunk
         );
+        println!(
+            "  minimal ledger       {:>12.1} transfers/s  ({:.2} s, {} transfers per statement, one session)",
+            self.min_ledger_per_s, self.min_ledger_elapsed_s, self.min_ledger_chunk
+        );
+        if let Some(one) = self.one_processor_per_s {
+            println!("  one processor        {one:>12.1} transfers/s  (same workload, same run)");
+        }
         println!("  processor / pgbench  {:>12.3}", self.ratio_vs_pgbench);
         println!("  processor / ceiling  {:>12.3}", self.ratio_vs_ceiling);
+        println!("  processor / minimal  {:>12.3}", self.ratio_vs_min_ledger);
+        if let Some(ratio) = self.ratio_vs_one_processor {
+            println!("  processors / one     {ratio:>12.3}");
+        }
     }
 }
 

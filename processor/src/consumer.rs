@@ -551,7 +551,7 @@ impl Worker {
         let result = self.consumer.context().take_in_flight_result();
         let done = match result {
             Some(Ok(result)) => {
-                self.metrics.record_batch(pending.commands.len(), result.elapsed);
+                self.metrics.record_batch(pending.commands.len(), result.elapsed, result.locking);
                 self.log_outcomes(&pending.commands, &result);
                 true
             }
@@ -577,7 +577,7 @@ impl Worker {
     fn settle_after_rebalance(&self, pending: Pending) {
         match self.consumer.context().take_in_flight_result() {
             Some(Ok(result)) => {
-                self.metrics.record_batch(pending.commands.len(), result.elapsed);
+                self.metrics.record_batch(pending.commands.len(), result.elapsed, result.locking);
                 self.log_outcomes(&pending.commands, &result);
             }
             Some(Err(error)) => {
@@ -624,7 +624,7 @@ impl Worker {
                 self.config.timeouts(),
             )) {
                 Ok(result) => {
-                    self.metrics.record_batch(commands.len(), result.elapsed);
+                    self.metrics.record_batch(commands.len(), result.elapsed, result.locking);
                     self.log_outcomes(commands, &result);
                     return true;
                 }
@@ -655,7 +655,7 @@ impl Worker {
                     self.config.timeouts(),
                 )) {
                     Ok(result) => {
-                        self.metrics.record_batch(1, result.elapsed);
+                        self.metrics.record_batch(1, result.elapsed, result.locking);
                         self.log_outcomes(&single, &result);
                         break;
                     }

@@ -140,6 +140,40 @@ pub struct Changes {
     pub payments: Vec<PaymentRequested>,
 }
 
+impl Changes {
+    /// Whether `other` decides everything as these changes do, balances
+    /// aside: the same rows of `transfers` (statuses, reasons, amounts), the
+    /// same settled holds, account commands, events and payment orders, and
+    /// the same entries (transfer, account, amount, currency), in the same
+    /// order. Only the entries' `balance_after` and the accounts' final
+    /// balances may differ. Events carry no balance, so equal decisions
+    /// mean equal outbox rows.
+    ///
+    /// This is what lets a batch decided on an unlocked read of its
+    /// accounts keep the rows it wrote before locking them when the locked
+    /// read finds that another batch moved one of them meanwhile (see
+    /// `crate::ledger`).
+    #[must_use]
+    pub fn decides_as(&self, other: &Changes) -> bool {
+        let entry_shape = |entries: &[(TransferId, Entry)]| {
+            entries.iter().map(|(id, entry)| (*id, entry.account_id, entry.amount, entry.currency)).collect::<Vec<_>>()
+        };
+        let account_shape = |accounts: &[AccountState]| {
+            accounts
+                .iter()
+                .map(|account| (account.id, account.status, account.held, account.overdraft_limit))
+                .collect::<Vec<_>>()
+        };
+        self.new_transfers == other.new_transfers
+            && self.settled_holds == other.settled_holds
+            && self.account_commands == other.account_commands
+            && self.events == other.events
+            && self.payments == other.payments
+            && entry_shape(&self.entries) == entry_shape(&other.entries)
+            && account_shape(&self.accounts) == account_shape(&other.accounts)
+    }
+}
+
 /// The batch's view of the ledger.
 #[derive(Debug)]
 pub struct Engine {
@@ -275,6 +309,23 @@ impl Engine {
                 ids
             }
         }
+    }
+
+    /// Whether a command can be decided on an unlocked read of its
+    /// accounts, checked against the locked read before its batch commits
+    /// (`crate::ledger::apply_batch`). It must depend on nothing but those
+    /// accounts and its own id: no hold, original transfer, account command
+    /// or recorded payout outcome, whose rows an unlocked read could see
+    /// before another batch changes them.
+    #[must_use]
+    pub fn decidable_before_locking(command: &Command) -> bool {
+        matches!(
+            command,
+            Command::TransferRequested(_)
+                | Command::AccountDeposited(_)
+                | Command::TransferHold(_)
+                | Command::TransferExternal(_)
+        )
     }
 
     /// The transfer ids a command refers to besides its own.
@@ -1074,6 +1125,53 @@ mod tests {
             original_transfer_id: original,
             requested_at: Utc::now(),
         })
+    }
+
+    /// The same commands decided on two reads of the same accounts.
+    fn decided_on(accounts: &[AccountState], commands: &[Command], now: DateTime<Utc>) -> Changes {
+        let mut engine = Engine::new(now, accounts.to_vec(), Vec::new(), HashMap::new());
+        for command in commands {
+            engine.apply(command, &position());
+        }
+        engine.finish()
+    }
+
+    #[test]
+    fn decisions_on_reads_that_differ_in_balances_only_decide_alike_and_a_changed_outcome_does_not() {
+        let now = Utc::now();
+        let ledger = Ledger::new("50.00");
+        let commands = [ledger.transfer("30.00"), ledger.transfer("15.00")];
+        let read = [account("50.00"), account("0")];
+        let (mut alice, mut bob) = (read[0].clone(), read[1].clone());
+        let commands: Vec<Command> = commands
+            .iter()
+            .map(|command| match command {
+                Command::TransferRequested(request) => Command::TransferRequested(TransferRequested {
+                    source_account_id: alice.id,
+                    destination_account_id: bob.id,
+                    ..request.clone()
+                }),
+                other => other.clone(),
+            })
+            .collect();
+        let first = decided_on(&read, &commands, now);
+
+        // A credit to either account meanwhile: same decisions, other balances.
+        bob.balance = dec("7.00");
+        alice.balance = dec("60.00");
+        let credited = decided_on(&[alice.clone(), bob.clone()], &commands, now);
+        assert!(first.decides_as(&credited));
+        assert_ne!(first.entries, credited.entries, "the balances after differ");
+
+        // Less on the source: the second transfer is refused now.
+        alice.balance = dec("40.00");
+        let debited = decided_on(&[alice.clone(), bob.clone()], &commands, now);
+        assert!(!first.decides_as(&debited));
+
+        // Frozen meanwhile: nothing moves.
+        alice.balance = dec("50.00");
+        alice.status = AccountStatus::Frozen;
+        assert!(!first.decides_as(&decided_on(&[alice, bob], &commands, now)));
     }
 
     #[test]

@@ -30,4 +30,5 @@ pub mod verify;
 
 pub use config::ProcessorConfig;
 pub use consumer::Processor;
+pub use ledger::Locking;
 pub use metrics::ProcessorMetrics;

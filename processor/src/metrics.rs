@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::health::PartitionState;
+use crate::ledger::Locking;
+
+/// Every way a batch takes its locks, in the order of the counters.
+const LOCKINGS: [Locking; 4] = Locking::ALL;
 
 /// The most commit-latency samples kept; older ones are overwritten, so the
 /// quantiles describe the recent past and memory stays bounded.
@@ -18,6 +22,9 @@ pub struct ProcessorMetrics {
     batches: AtomicU64,
     dead_letters: AtomicU64,
     payout_conflicts: AtomicU64,
+    /// Batches by how they took their account locks, in the order of
+    /// [`LOCKINGS`].
+    lockings: [AtomicU64; 4],
     latencies_us: Mutex<LatencyRing>,
     commit_latency: platform::metrics::Histogram,
     /// Out-of-range fetches the consumer reported (a partition stopped).
@@ -46,8 +53,10 @@ struct LatencyRing {
 
 impl ProcessorMetrics {
     /// Records one committed batch of `commands` commands whose database
-    /// transaction took `commit_latency` from BEGIN to COMMIT.
-    pub fn record_batch(&self, commands: usize, commit_latency: Duration) {
+    /// transaction took `commit_latency` from BEGIN to COMMIT and took its
+    /// account locks `locking`.
+    pub fn record_batch(&self, commands: usize, commit_latency: Duration, locking: Locking) {
+        self.record_locking(locking);
         self.commands.fetch_add(u64::try_from(commands).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.commit_latency.observe(commit_latency);
@@ -61,6 +70,20 @@ impl ProcessorMetrics {
                 ring.next = (slot + 1) % LATENCY_SAMPLES_MAX;
             }
         }
+    }
+
+    fn record_locking(&self, locking: Locking) {
+        if let Some(index) = LOCKINGS.iter().position(|known| *known == locking) {
+            self.lockings[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Committed batches that took their locks `locking`.
+    pub fn lockings_total(&self, locking: Locking) -> u64 {
+        LOCKINGS
+            .iter()
+            .position(|known| *known == locking)
+            .map_or(0, |index| self.lockings[index].load(Ordering::Relaxed))
     }
 
     pub fn record_dead_letter(&self) {
@@ -188,6 +211,20 @@ impl ProcessorMetrics {
             self.payout_conflicts_total(),
         )
         .family(
+            "ledgerline_processor_batch_locking_total",
+            Kind::Counter,
+            "Batches committed, by how they took their account locks: first (held for the whole batch), late (after \
+             deciding; accounts as read), late_rebalanced (accounts moved meanwhile, decisions unchanged), \
+             late_redecided (decisions changed, rows written again)",
+        );
+        for locking in LOCKINGS {
+            page.sample(
+                "ledgerline_processor_batch_locking_total",
+                &[("locking", locking.code())],
+                self.lockings_total(locking),
+            );
+        }
+        page.family(
             "ledgerline_processor_batch_commit_seconds",
             Kind::Histogram,
             "A batch's database transaction, BEGIN to COMMIT",
@@ -240,7 +277,7 @@ mod tests {
         let metrics = ProcessorMetrics::default();
         assert_eq!(metrics.commit_latency_quantile(990), None);
         for millis in 1..=100 {
-            metrics.record_batch(10, Duration::from_millis(millis));
+            metrics.record_batch(10, Duration::from_millis(millis), Locking::First);
         }
         assert_eq!(metrics.commands_total(), 1000);
         assert_eq!(metrics.batches_total(), 100);

@@ -103,5 +103,26 @@ pub async fn problems(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     problems.extend(orphans.into_iter().map(|(id, transfer, account)| {
         format!("entry {id} refers to a missing transfer {transfer} or account {account}")
     }));
+
+    // An account's history shows its entries in id order, each with the
+    // balance after it: every balance after must be the sum of the
+    // account's entries up to it. Entries numbered out of the order they
+    // were applied in (written before their account was locked, say) break
+    // this even when every total is right.
+    let out_of_order: Vec<(i64, Uuid, Decimal, Decimal)> = sqlx::query_as(
+        r"select id, account_id, balance_after, running from (
+              select id, account_id, balance_after,
+                     sum(amount) over (partition by account_id order by id) as running
+              from entries
+          ) e
+          where balance_after <> running
+          order by id
+          limit 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    problems.extend(out_of_order.into_iter().map(|(id, account, stored, running)| {
+        format!("entry {id} of account {account}: balance after {stored}, but its account's entries up to it sum to {running}")
+    }));
     Ok(problems)
 }

@@ -12,6 +12,7 @@ mod edge;
 mod events;
 mod group;
 mod hardening;
+mod late_locking;
 mod ledger_features;
 mod load;
 mod metrics;

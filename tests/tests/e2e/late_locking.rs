@@ -1,0 +1,272 @@
+//! Batches decided before their accounts are locked (`processor::ledger`):
+//! a concurrent change to an account between the unlocked read and the lock
+//! is caught by the locked read, and what commits is what a batch that
+//! locked first would have committed. Each test holds a real Postgres lock
+//! in a second transaction to put the change exactly in that window.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ledgerline_tests::{TestDatabase, dec};
+use processor::Locking;
+use processor::ledger::{BatchResult, OffsetScope, Position, Timeouts, apply_batch};
+use rust_decimal::Decimal;
+use schemas::messages::{AccountDeposited, TransferPost, TransferRequested, V1};
+use schemas::{AccountId, Command, Currency, Money, TransferId};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// How long a test waits for the batch to queue behind its lock.
+const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn eur(amount: &str) -> Money {
+    Money::parse(amount, Currency::EUR).expect("valid money")
+}
+
+async fn open(pool: &PgPool) -> AccountId {
+    let id = AccountId::new_random();
+    sqlx::query("insert into accounts (id, currency, kind) values ($1, 'EUR', 'customer')")
+        .bind(id.as_uuid())
+        .execute(pool)
+        .await
+        .expect("account");
+    id
+}
+
+fn transfer(source: AccountId, destination: AccountId, amount: &str) -> Command {
+    Command::TransferRequested(TransferRequested {
+        version: V1,
+        transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+        source_account_id: source,
+        destination_account_id: destination,
+        money: eur(amount),
+        requested_at: Utc::now(),
+    })
+}
+
+fn deposit(account: AccountId, amount: &str) -> Command {
+    Command::AccountDeposited(AccountDeposited {
+        version: V1,
+        transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+        account_id: account,
+        money: eur(amount),
+        requested_at: Utc::now(),
+    })
+}
+
+async fn apply(pool: &PgPool, commands: Vec<Command>, first_offset: i64) -> BatchResult {
+    let scope = OffsetScope { cluster_id: "late".into(), consumer_group: "late".into() };
+    let with_positions: Vec<(Command, Position)> = commands
+        .into_iter()
+        .zip(first_offset..)
+        .map(|(command, offset)| (command, Position { topic: "late".into(), partition: 0, offset, timestamp: None }))
+        .collect();
+    let positions: Vec<Position> = with_positions.iter().map(|(_, position)| position.clone()).collect();
+    apply_batch(pool, &scope, &with_positions, &positions, None, Timeouts::DEFAULT).await.expect("batch applies")
+}
+
+/// Another processor's deposit into `account`, left uncommitted so that it
+/// holds the account's lock: the same rows the processor writes for a
+/// deposit, so the ledger stays sound once it commits.
+async fn uncommitted_deposit(connection: &mut PgConnection, account: AccountId, amount: Decimal) {
+    let cash_in = AccountId::cash_in(Currency::EUR);
+    sqlx::query("begin").execute(&mut *connection).await.expect("begin");
+    let balances: Vec<(Uuid, Decimal)> =
+        sqlx::query_as("select id, balance from accounts where id = any($1) order by id for update")
+            .bind([cash_in.as_uuid(), account.as_uuid()])
+            .fetch_all(&mut *connection)
+            .await
+            .expect("lock");
+    let balance = |id: AccountId| balances.iter().find(|(found, _)| *found == id.as_uuid()).expect("locked").1;
+    let deposit = Uuid::new_v4();
+    sqlx::query(
+        r"insert into transfers (id, kind, source_account_id, destination_account_id, amount, currency, status,
+                                 requested_at, kafka_topic, kafka_partition, kafka_offset)
+          values ($1, 'deposit', $2, $3, $4, 'EUR', 'completed', now(), 'other', 0, 0)",
+    )
+    .bind(deposit)
+    .bind(cash_in.as_uuid())
+    .bind(account.as_uuid())
+    .bind(amount)
+    .execute(&mut *connection)
+    .await
+    .expect("deposit row");
+    sqlx::query(
+        r"insert into entries (transfer_id, account_id, amount, currency, balance_after)
+          values ($1, $2, $3, 'EUR', $4), ($1, $5, $6, 'EUR', $7)",
+    )
+    .bind(deposit)
+    .bind(cash_in.as_uuid())
+    .bind(-amount)
+    .bind(balance(cash_in) - amount)
+    .bind(account.as_uuid())
+    .bind(amount)
+    .bind(balance(account) + amount)
+    .execute(&mut *connection)
+    .await
+    .expect("deposit entries");
+    sqlx::query("update accounts set balance = balance + case when id = $1 then $3 else -$3 end where id in ($1, $2)")
+        .bind(account.as_uuid())
+        .bind(cash_in.as_uuid())
+        .bind(amount)
+        .execute(&mut *connection)
+        .await
+        .expect("deposit balances");
+}
+
+/// Waits until some session waits for a row lock: the batch has read its
+/// accounts, written its rows, and queued behind the uncommitted deposit.
+async fn wait_for_a_lock_waiter(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT_TIMEOUT;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the batch never waited for the account lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn transfer_status(pool: &PgPool, command: &Command) -> (String, Option<String>) {
+    sqlx::query_as("select status, rejection_reason from transfers where id = $1")
+        .bind(command.id())
+        .fetch_one(pool)
+        .await
+        .expect("decided")
+}
+
+async fn outbox_types(pool: &PgPool, command: &Command) -> Vec<String> {
+    sqlx::query_scalar("select event_type from outbox where payload->>'transfer_id' = $1 order by id")
+        .bind(command.id().to_string())
+        .fetch_all(pool)
+        .await
+        .expect("outbox")
+}
+
+#[tokio::test]
+async fn a_batch_of_transfers_locks_its_accounts_last_and_one_that_reads_a_hold_locks_them_first() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = &database.pool;
+    let (a, b) = (open(pool).await, open(pool).await);
+    let funded = apply(pool, vec![deposit(a, "100.00")], 1).await;
+    assert_eq!(funded.locking, Locking::Late);
+    let paid = apply(pool, vec![transfer(a, b, "10.00")], 2).await;
+    assert_eq!(paid.locking, Locking::Late);
+    let post = Command::TransferPost(TransferPost {
+        version: V1,
+        transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+        hold_id: TransferId::from_uuid(Uuid::new_v4()),
+        source_account_id: a,
+        money: None,
+        requested_at: Utc::now(),
+    });
+    let settled = apply(pool, vec![transfer(a, b, "1.00"), post], 3).await;
+    assert_eq!(settled.locking, Locking::First);
+    assert!(
+        processor::verify::problems(&database.pool).await.expect("verify").is_empty(),
+        "{:?}",
+        processor::verify::problems(&database.pool).await.expect("verify")
+    );
+}
+
+#[tokio::test]
+async fn a_credit_committed_between_the_read_and_the_lock_is_in_the_balances_after() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = database.pool.clone();
+    let (a, b) = (open(&pool).await, open(&pool).await);
+    apply(&pool, vec![deposit(a, "100.00"), deposit(b, "5.00")], 1).await;
+
+    let mut other = pool.acquire().await.expect("connection");
+    uncommitted_deposit(&mut other, b, dec("50.00")).await;
+    let command = transfer(a, b, "10.00");
+    let batch = tokio::spawn({
+        let (pool, command) = (pool.clone(), command.clone());
+        async move { apply(&pool, vec![command], 3).await }
+    });
+    wait_for_a_lock_waiter(&pool).await;
+    sqlx::query("commit").execute(&mut *other).await.expect("commit");
+    let result = batch.await.expect("batch task");
+
+    assert_eq!(result.locking, Locking::LateRebalanced);
+    assert_eq!(transfer_status(&pool, &command).await, ("completed".to_owned(), None));
+    // 5 + 50 (the other deposit, committed first) + 10.
+    let (balance, last_after): (Decimal, Decimal) = sqlx::query_as(
+        "select balance, (select balance_after from entries where account_id = $1 order by id desc limit 1) \
+         from accounts where id = $1",
+    )
+    .bind(b.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .expect("balance");
+    assert_eq!((balance, last_after), (dec("65.00"), dec("65.00")));
+    assert_eq!(outbox_types(&pool, &command).await, ["transfer.completed"]);
+    assert!(
+        processor::verify::problems(&database.pool).await.expect("verify").is_empty(),
+        "{:?}",
+        processor::verify::problems(&database.pool).await.expect("verify")
+    );
+}
+
+#[tokio::test]
+async fn a_debit_refused_on_the_unlocked_read_is_applied_when_the_locked_read_finds_the_funds() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = database.pool.clone();
+    let (a, b) = (open(&pool).await, open(&pool).await);
+    apply(&pool, vec![deposit(a, "5.00")], 1).await;
+
+    let mut other = pool.acquire().await.expect("connection");
+    uncommitted_deposit(&mut other, a, dec("100.00")).await;
+    let command = transfer(a, b, "10.00");
+    let batch = tokio::spawn({
+        let (pool, command) = (pool.clone(), command.clone());
+        async move { apply(&pool, vec![command], 2).await }
+    });
+    wait_for_a_lock_waiter(&pool).await;
+    sqlx::query("commit").execute(&mut *other).await.expect("commit");
+    let result = batch.await.expect("batch task");
+
+    // Decided on the unlocked read (5.00) it was insufficient funds; under
+    // the lock (105.00) it is not, and only that decision is kept.
+    assert_eq!(result.locking, Locking::LateRedecided);
+    assert_eq!(transfer_status(&pool, &command).await, ("completed".to_owned(), None));
+    assert_eq!(outbox_types(&pool, &command).await, ["transfer.completed"]);
+    let balance: Decimal = sqlx::query_scalar("select balance from accounts where id = $1")
+        .bind(a.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .expect("balance");
+    assert_eq!(balance, dec("95.00"));
+    assert!(
+        processor::verify::problems(&database.pool).await.expect("verify").is_empty(),
+        "{:?}",
+        processor::verify::problems(&database.pool).await.expect("verify")
+    );
+}
+
+#[tokio::test]
+async fn verify_reports_an_entry_whose_balance_after_breaks_its_accounts_running_sum() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = &database.pool;
+    let (a, b) = (open(pool).await, open(pool).await);
+    apply(pool, vec![deposit(a, "100.00"), transfer(a, b, "10.00"), transfer(a, b, "20.00")], 1).await;
+    assert!(processor::verify::problems(pool).await.expect("verify").is_empty());
+    // Every total still right; only the first transfer's line on `b` claims
+    // the balance it had after the second.
+    sqlx::query(
+        "update entries set balance_after = 30.00 where account_id = $1 \
+         and id = (select min(id) from entries where account_id = $1)",
+    )
+    .bind(b.as_uuid())
+    .execute(pool)
+    .await
+    .expect("plant");
+    let problems = processor::verify::problems(pool).await.expect("verify");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("entries up to it sum to 10"), "{problems:?}");
+}
