@@ -35,6 +35,12 @@ pub struct ProcessorConfig {
     /// covers a post on its way to the broker at the expiry and clock skew
     /// between the broker and the processor.
     pub hold_expiry_grace_ms: u64,
+    /// `LEDGERLINE_PROCESSOR_ACCOUNT_CACHE_MAX`: the most account states
+    /// the processor remembers from earlier batches, so a batch decided
+    /// before locking need not read its accounts first (see
+    /// [`crate::ledger::AccountCache`]). About 150 bytes each; 0 turns the
+    /// memory off.
+    pub account_cache_max: usize,
     /// The longest one statement of a batch may run, and the longest it may
     /// wait for a row lock (`LEDGERLINE_DB_STATEMENT_TIMEOUT_MS`,
     /// `LEDGERLINE_DB_LOCK_TIMEOUT_MS` of the processor's database
@@ -60,6 +66,7 @@ impl ProcessorConfig {
             batch_linger_ms: 5,
             hold_sweep_interval_ms: 1_000,
             hold_expiry_grace_ms: 5_000,
+            account_cache_max: 200_000,
             statement_timeout_ms: platform::postgres::DatabaseConfig::STATEMENT_TIMEOUT_MS_DEFAULT,
             lock_timeout_ms: platform::postgres::DatabaseConfig::LOCK_TIMEOUT_MS_DEFAULT,
         }
@@ -110,6 +117,11 @@ impl ProcessorConfig {
                 "LEDGERLINE_PROCESSOR_HOLD_EXPIRY_GRACE_MS",
                 defaults.hold_expiry_grace_ms,
                 0..=3_600_000,
+            )?,
+            account_cache_max: config::limit(
+                "LEDGERLINE_PROCESSOR_ACCOUNT_CACHE_MAX",
+                defaults.account_cache_max,
+                0..=10_000_000,
             )?,
             // From the database settings (`DatabaseConfig`), by the binary.
             statement_timeout_ms: defaults.statement_timeout_ms,

@@ -28,7 +28,7 @@ use tokio::runtime::Handle;
 use crate::config::ProcessorConfig;
 use crate::decode::{self, DeadLetterReason};
 use crate::engine::Outcome;
-use crate::ledger::{self, BatchResult, OffsetScope, Position, Sweep};
+use crate::ledger::{self, AccountCache, BatchResult, OffsetScope, Position, Sweep};
 use crate::metrics::ProcessorMetrics;
 
 /// A running processor. Stop it with [`Processor::stop`]; dropping it stops
@@ -73,6 +73,7 @@ impl Processor {
         let metrics = Arc::new(ProcessorMetrics::default());
         let worker = Worker {
             metrics: metrics.clone(),
+            accounts: Arc::new(AccountCache::new(config.account_cache_max)),
             config,
             pool,
             runtime,
@@ -291,6 +292,9 @@ impl ConsumerContext for OffsetsInPostgres {
 struct Worker {
     config: ProcessorConfig,
     metrics: Arc<ProcessorMetrics>,
+    /// Account states of earlier batches, shared by every batch of this
+    /// processor (see [`AccountCache`]).
+    accounts: Arc<AccountCache>,
     pool: PgPool,
     runtime: Handle,
     producer: FutureProducer,
@@ -529,11 +533,17 @@ impl Worker {
             .collect();
         let positions: Vec<Position> = batch.iter().map(|item| item.position.clone()).collect();
         let task = {
-            let (pool, scope, commands, positions, sweep) =
-                (self.pool.clone(), scope.clone(), commands.clone(), positions.clone(), sweep.clone());
+            let (pool, scope, commands, positions, sweep, accounts) = (
+                self.pool.clone(),
+                scope.clone(),
+                commands.clone(),
+                positions.clone(),
+                sweep.clone(),
+                self.accounts.clone(),
+            );
             let timeouts = self.config.timeouts();
             self.runtime.spawn(async move {
-                ledger::apply_batch(&pool, &scope, &commands, &positions, sweep.as_ref(), timeouts).await
+                ledger::apply_batch(&pool, &scope, &commands, &positions, sweep.as_ref(), timeouts, &accounts).await
             })
         };
         if let Ok(mut slot) = self.consumer.context().in_flight.lock() {
@@ -622,6 +632,7 @@ impl Worker {
                 positions,
                 sweep,
                 self.config.timeouts(),
+                &self.accounts,
             )) {
                 Ok(result) => {
                     self.metrics.record_batch(commands.len(), result.elapsed, result.locking);
@@ -653,6 +664,7 @@ impl Worker {
                     std::slice::from_ref(position),
                     None,
                     self.config.timeouts(),
+                    &self.accounts,
                 )) {
                     Ok(result) => {
                         self.metrics.record_batch(1, result.elapsed, result.locking);
@@ -681,7 +693,7 @@ impl Worker {
         }
         // The offsets of the whole batch, dead letters included.
         self.retry_until_done("storing offsets", || {
-            ledger::apply_batch(&self.pool, scope, &[], positions, None, self.config.timeouts())
+            ledger::apply_batch(&self.pool, scope, &[], positions, None, self.config.timeouts(), &self.accounts)
         })
         .is_some()
     }

@@ -75,6 +75,70 @@ pub async fn partitions_with_expired_holds(
     .await
 }
 
+/// What the processor remembers of the accounts its batches read and
+/// wrote: each account's state as of the last batch that locked it here.
+///
+/// A batch decided before locking ([`decide_then_lock`]) takes its
+/// accounts from here and reads only the others. Nothing here is trusted:
+/// the locked read checks every account before anything commits, so a
+/// state another processor changed meanwhile (or one from a batch that
+/// rolled back) costs a second decision, never a wrong one. With one
+/// processor the memory is always current, since no one else moves
+/// balances.
+///
+/// Bounded by `capacity` accounts; when full it forgets everything and
+/// fills again (simple, and a cold start costs one read per account).
+#[derive(Debug)]
+pub struct AccountCache {
+    capacity: usize,
+    accounts: std::sync::Mutex<HashMap<AccountId, AccountState>>,
+}
+
+impl AccountCache {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, accounts: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// The remembered states of `ids` (sorted, distinct), and the ids it has none of.
+    fn recall(&self, ids: &[AccountId]) -> (Vec<AccountState>, Vec<AccountId>) {
+        let Ok(accounts) = self.accounts.lock() else { return (Vec::new(), ids.to_vec()) };
+        let (mut known, mut unknown) = (Vec::with_capacity(ids.len()), Vec::new());
+        for id in ids {
+            match accounts.get(id) {
+                Some(account) => known.push(account.clone()),
+                None => unknown.push(*id),
+            }
+        }
+        (known, unknown)
+    }
+
+    /// Remembers the states of a committed batch.
+    fn remember(&self, states: Vec<AccountState>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Ok(mut accounts) = self.accounts.lock() else { return };
+        if accounts.len() + states.len() > self.capacity {
+            accounts.clear();
+        }
+        for state in states.into_iter().take(self.capacity) {
+            accounts.insert(state.id, state);
+        }
+    }
+
+    /// How many account states are remembered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.accounts.lock().map_or(0, |accounts| accounts.len())
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A batch transaction's `statement_timeout` and `lock_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -119,6 +183,7 @@ pub async fn apply_batch(
     positions: &[Position],
     sweep: Option<&Sweep>,
     timeouts: Timeouts,
+    cache: &AccountCache,
 ) -> Result<BatchResult, sqlx::Error> {
     let now = Utc::now();
     let started = std::time::Instant::now();
@@ -170,13 +235,14 @@ pub async fn apply_batch(
 
     let late = expired.is_empty() && commands.iter().all(|(command, _)| Engine::decidable_before_locking(command));
     let decided = if late {
-        decide_then_lock(&mut transaction, now, commands, &unlocked, &account_ids).await?
+        decide_then_lock(&mut transaction, now, commands, &unlocked, &account_ids, cache).await?
     } else {
         lock_then_decide(&mut transaction, now, commands, unlocked, &account_ids, &expired).await?
     };
     let written = started.elapsed();
     store_offsets(&mut transaction, scope, positions).await?;
     transaction.commit().await?;
+    cache.remember(decided.accounts_after);
     tracing::debug!(
         commands = commands.len(),
         locking = ?decided.locking,
@@ -231,6 +297,15 @@ struct Decided {
     outcomes: Vec<Outcome>,
     holds_expired: usize,
     locking: Locking,
+    /// The state of every account the batch locked, once it commits.
+    accounts_after: Vec<AccountState>,
+}
+
+/// The locked states with the batch's changes applied.
+fn accounts_after(locked: Vec<AccountState>, changes: &Changes) -> Vec<AccountState> {
+    let changed: HashMap<AccountId, &AccountState> =
+        changes.accounts.iter().map(|account| (account.id, account)).collect();
+    locked.into_iter().map(|account| changed.get(&account.id).map_or(account, |state| (*state).clone())).collect()
 }
 
 /// Runs the engine over the batch.
@@ -263,6 +338,7 @@ async fn lock_then_decide(
     expired: &[Uuid],
 ) -> Result<Decided, sqlx::Error> {
     let accounts = read_accounts(connection, account_ids, true).await?;
+    let locked = accounts.clone();
     // Read again, under the locks, what can have changed since: the rows
     // found (a hold settles, a transfer gets reversed) and the ones referred
     // to. A command id inserted meanwhile by another processor needs no
@@ -286,7 +362,8 @@ async fn lock_then_decide(
     );
     write_records(connection, &changes).await?;
     write_balances(connection, &changes).await?;
-    Ok(Decided { outcomes, holds_expired, locking: Locking::First })
+    let accounts_after = accounts_after(locked, &changes);
+    Ok(Decided { outcomes, holds_expired, locking: Locking::First, accounts_after })
 }
 
 /// The batch of commands that depend on their accounts only
@@ -313,10 +390,15 @@ async fn decide_then_lock(
     commands: &[(Command, Position)],
     unlocked: &HashMap<TransferId, TransferRecord>,
     account_ids: &[AccountId],
+    cache: &AccountCache,
 ) -> Result<Decided, sqlx::Error> {
     let started = std::time::Instant::now();
     let known: Vec<TransferRecord> = unlocked.values().cloned().collect();
-    let read = read_accounts(connection, account_ids, false).await?;
+    let (mut read, unremembered) = cache.recall(account_ids);
+    if !unremembered.is_empty() {
+        read.extend(read_accounts(connection, &unremembered, false).await?);
+        read.sort_unstable_by_key(|account| account.id);
+    }
     let read_ms = started.elapsed().as_millis();
     let (outcomes, _, changes) = decide(now, commands, read.clone(), known.clone(), HashMap::new(), Vec::new(), &[]);
     let decided_ms = started.elapsed().as_millis();
@@ -327,6 +409,7 @@ async fn decide_then_lock(
     let locked_ms = started.elapsed().as_millis();
     if locked == read {
         write_balances(connection, &changes).await?;
+        let accounts_after = accounts_after(locked, &changes);
         tracing::debug!(
             read_ms,
             decided_ms,
@@ -335,9 +418,10 @@ async fn decide_then_lock(
             balances_ms = started.elapsed().as_millis(),
             "late locking timings (cumulative)"
         );
-        return Ok(Decided { outcomes, holds_expired: 0, locking: Locking::Late });
+        return Ok(Decided { outcomes, holds_expired: 0, locking: Locking::Late, accounts_after });
     }
-    let (relocked_outcomes, _, relocked) = decide(now, commands, locked, known, HashMap::new(), Vec::new(), &[]);
+    let (relocked_outcomes, _, relocked) =
+        decide(now, commands, locked.clone(), known, HashMap::new(), Vec::new(), &[]);
     let locking = if changes.decides_as(&relocked) {
         Locking::LateRebalanced
     } else {
@@ -346,7 +430,8 @@ async fn decide_then_lock(
         Locking::LateRedecided
     };
     write_balances(connection, &relocked).await?;
-    Ok(Decided { outcomes: relocked_outcomes, holds_expired: 0, locking })
+    let accounts_after = accounts_after(locked, &relocked);
+    Ok(Decided { outcomes: relocked_outcomes, holds_expired: 0, locking, accounts_after })
 }
 
 async fn load_transfers(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ledgerline_tests::{TestDatabase, dec};
 use processor::Locking;
-use processor::ledger::{BatchResult, OffsetScope, Position, Timeouts, apply_batch};
+use processor::ledger::{AccountCache, BatchResult, OffsetScope, Position, Timeouts, apply_batch};
 use rust_decimal::Decimal;
 use schemas::messages::{AccountDeposited, TransferPost, TransferRequested, V1};
 use schemas::{AccountId, Command, Currency, Money, TransferId};
@@ -54,7 +54,17 @@ fn deposit(account: AccountId, amount: &str) -> Command {
     })
 }
 
+/// Applies a batch as a processor with no memory of accounts: it reads them.
 async fn apply(pool: &PgPool, commands: Vec<Command>, first_offset: i64) -> BatchResult {
+    apply_remembering(pool, commands, first_offset, &AccountCache::new(0)).await
+}
+
+async fn apply_remembering(
+    pool: &PgPool,
+    commands: Vec<Command>,
+    first_offset: i64,
+    cache: &AccountCache,
+) -> BatchResult {
     let scope = OffsetScope { cluster_id: "late".into(), consumer_group: "late".into() };
     let with_positions: Vec<(Command, Position)> = commands
         .into_iter()
@@ -62,7 +72,7 @@ async fn apply(pool: &PgPool, commands: Vec<Command>, first_offset: i64) -> Batc
         .map(|(command, offset)| (command, Position { topic: "late".into(), partition: 0, offset, timestamp: None }))
         .collect();
     let positions: Vec<Position> = with_positions.iter().map(|(_, position)| position.clone()).collect();
-    apply_batch(pool, &scope, &with_positions, &positions, None, Timeouts::DEFAULT).await.expect("batch applies")
+    apply_batch(pool, &scope, &with_positions, &positions, None, Timeouts::DEFAULT, cache).await.expect("batch applies")
 }
 
 /// Another processor's deposit into `account`, left uncommitted so that it
@@ -269,4 +279,35 @@ async fn verify_reports_an_entry_whose_balance_after_breaks_its_accounts_running
     let problems = processor::verify::problems(pool).await.expect("verify");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("entries up to it sum to 10"), "{problems:?}");
+}
+
+#[tokio::test]
+async fn a_processor_that_remembers_a_balance_another_processor_moved_since_books_the_current_one() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = &database.pool;
+    let (a, b, c) = (open(pool).await, open(pool).await, open(pool).await);
+    let (first, second) = (AccountCache::new(16), AccountCache::new(16));
+    let funded = apply_remembering(pool, vec![deposit(a, "100.00"), deposit(c, "100.00")], 1, &first).await;
+    assert_eq!(funded.locking, Locking::Late);
+    assert!(!first.is_empty());
+    // The first processor remembers a at 100.00 and b at 0; the second one
+    // pays 30.00 into b and takes 20.00 from a.
+    apply_remembering(pool, vec![transfer(c, b, "30.00"), transfer(a, c, "20.00")], 3, &second).await;
+    // The first one pays 70.00 from a to b, deciding on 100.00 and 0.
+    let command = transfer(a, b, "70.00");
+    let stale = apply_remembering(pool, vec![command.clone()], 5, &first).await;
+    assert_eq!(stale.locking, Locking::LateRebalanced);
+    assert_eq!(transfer_status(pool, &command).await, ("completed".to_owned(), None));
+    // And from 10.00 left, 20.00 is refused: its memory is current again.
+    let refused = transfer(a, b, "20.00");
+    let current = apply_remembering(pool, vec![refused.clone()], 6, &first).await;
+    assert_eq!(current.locking, Locking::Late);
+    assert_eq!(transfer_status(pool, &refused).await, ("rejected".to_owned(), Some("insufficient_funds".to_owned())));
+    let balances: Vec<Decimal> = sqlx::query_scalar("select balance from accounts where id = any($1) order by id")
+        .bind([a.as_uuid()])
+        .fetch_all(pool)
+        .await
+        .expect("balances");
+    assert_eq!(balances, [dec("10.00")]);
+    assert!(processor::verify::problems(pool).await.expect("verify").is_empty());
 }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use ledgerline_tests::TestDatabase;
-use processor::ledger::{OffsetScope, Position, apply_batch};
+use processor::ledger::{AccountCache, OffsetScope, Position, apply_batch};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use schemas::messages::{
@@ -390,8 +390,13 @@ async fn run_case(ops: Vec<Op>, sizes: Vec<usize>, redeliveries: Vec<usize>) -> 
     }
 
     let scope = OffsetScope { cluster_id: "model".into(), consumer_group: "model".into() };
+    // Batches alternate between two processors' memories of the accounts,
+    // so each often decides on states the other has moved since: the
+    // locked read must catch every one of them.
+    let caches = [AccountCache::new(64), AccountCache::new(64)];
     let mut offset = 0;
-    for batch in batches(&commands, &sizes, &redeliveries) {
+    for (index, batch) in batches(&commands, &sizes, &redeliveries).into_iter().enumerate() {
+        let cache = &caches[index % 2];
         let with_positions: Vec<(Command, Position)> = batch
             .into_iter()
             .map(|command| {
@@ -400,7 +405,7 @@ async fn run_case(ops: Vec<Op>, sizes: Vec<usize>, redeliveries: Vec<usize>) -> 
             })
             .collect();
         let positions: Vec<Position> = with_positions.iter().map(|(_, position)| position.clone()).collect();
-        apply_batch(pool, &scope, &with_positions, &positions, None, processor::ledger::Timeouts::DEFAULT)
+        apply_batch(pool, &scope, &with_positions, &positions, None, processor::ledger::Timeouts::DEFAULT, cache)
             .await
             .expect("batch applies");
     }
