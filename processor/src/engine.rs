@@ -77,7 +77,8 @@ pub struct TransferRecord {
     pub expires_at: Option<DateTime<Utc>>,
     pub settled_amount: Option<Decimal>,
     pub requested_at: DateTime<Utc>,
-    pub fingerprint: String,
+    /// See [`fingerprint`].
+    pub fingerprint: Vec<u8>,
     /// Where the command came from; `None` for rows loaded from the database.
     pub position: Option<Position>,
     /// Whether a completed reversal of this transfer exists.
@@ -109,7 +110,8 @@ pub struct AccountCommandRecord {
     pub account_id: AccountId,
     pub command_type: &'static str,
     pub rejection_reason: Option<RejectionReason>,
-    pub fingerprint: String,
+    /// See [`fingerprint`].
+    pub fingerprint: Vec<u8>,
     pub requested_at: DateTime<Utc>,
     pub position: Position,
 }
@@ -190,7 +192,7 @@ pub struct Engine {
     transfers: HashMap<TransferId, TransferRecord>,
     new_transfer_order: Vec<TransferId>,
     settled_holds: Vec<TransferId>,
-    account_commands: HashMap<Uuid, String>,
+    account_commands: HashMap<Uuid, Vec<u8>>,
     changes: Changes,
 }
 
@@ -222,13 +224,30 @@ fn refusal_is_kept(command: &Command, reason: RejectionReason) -> bool {
 /// without `version` and `requested_at` (a retried HTTP request gets a new
 /// timestamp), keys sorted.
 #[must_use]
-pub fn fingerprint(command: &Command) -> String {
+pub fn canonical_form(command: &Command) -> String {
     let mut value = serde_json::to_value(command).unwrap_or_default();
     if let Some(object) = value.as_object_mut() {
         object.remove("version");
         object.remove("requested_at");
     }
     value.to_string()
+}
+
+/// What a decided command's row keeps to recognise its redelivery: the
+/// SHA-256 of its [`canonical_form`]. 32 bytes, whatever the command says
+/// (a payout's creditor name and IBAN stay out of the ledger's rows), and
+/// the same for the same command in any process or version that keeps the
+/// canonical form.
+#[must_use]
+pub fn fingerprint(command: &Command) -> Vec<u8> {
+    fingerprint_of(&canonical_form(command))
+}
+
+/// The fingerprint of a canonical form.
+#[must_use]
+pub fn fingerprint_of(canonical: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(canonical.as_bytes()).to_vec()
 }
 
 impl Engine {
@@ -240,7 +259,7 @@ impl Engine {
         now: DateTime<Utc>,
         accounts: Vec<AccountState>,
         transfers: Vec<TransferRecord>,
-        account_commands: HashMap<Uuid, String>,
+        account_commands: HashMap<Uuid, Vec<u8>>,
     ) -> Self {
         let accounts: HashMap<AccountId, AccountState> =
             accounts.into_iter().map(|account| (account.id, account)).collect();
@@ -350,13 +369,14 @@ impl Engine {
     /// could backdate a post past an expiry.
     pub fn apply(&mut self, command: &Command, position: &Position) -> Outcome {
         self.log_time = position.timestamp.unwrap_or(self.now).min(self.now);
-        let fingerprint = fingerprint(command);
+        let canonical = canonical_form(command);
+        let fingerprint = fingerprint_of(&canonical);
         match command {
             Command::AccountFrozen(_)
             | Command::AccountUnfrozen(_)
             | Command::AccountClosed(_)
             | Command::AccountOverdraftLimitSet(_) => {
-                return self.apply_account_command(command, fingerprint, position);
+                return self.apply_account_command(command, &canonical, fingerprint, position);
             }
             _ => {}
         }
@@ -368,7 +388,7 @@ impl Engine {
             // The row belongs to the first request; the refusal of this one
             // is told through the outbox only, under an id of its own.
             let account_id = previous.source_account_id;
-            let event = self.id_reused_event(command, &fingerprint, account_id);
+            let event = self.id_reused_event(command, &canonical, account_id);
             self.changes.events.push(event);
             return Outcome::Rejected(RejectionReason::IdempotencyKeyReused);
         }
@@ -787,7 +807,13 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_account_command(&mut self, command: &Command, fingerprint: String, position: &Position) -> Outcome {
+    fn apply_account_command(
+        &mut self,
+        command: &Command,
+        canonical: &str,
+        fingerprint: Vec<u8>,
+        position: &Position,
+    ) -> Outcome {
         let command_id = command.id();
         let (account_id, requested_at) = match command {
             Command::AccountFrozen(c) | Command::AccountUnfrozen(c) | Command::AccountClosed(c) => {
@@ -802,7 +828,7 @@ impl Engine {
             }
             // The row belongs to the first command; this one is refused
             // through the outbox only, under an id of its own.
-            let event = self.id_reused_event(command, &fingerprint, Some(account_id));
+            let event = self.id_reused_event(command, canonical, Some(account_id));
             self.changes.events.push(event);
             return Outcome::Rejected(RejectionReason::IdempotencyKeyReused);
         }
@@ -924,11 +950,13 @@ impl Engine {
     /// not told as that id's rejection (consumers would take the earlier,
     /// decided command for rejected) but under an id derived from the reused
     /// id and this command's content.
-    fn id_reused_event(&self, command: &Command, fingerprint: &str, account_id: Option<AccountId>) -> Event {
+    /// `canonical` is the reusing command's [`canonical_form`]: the
+    /// conflict id is derived from it, as it always was.
+    fn id_reused_event(&self, command: &Command, canonical: &str, account_id: Option<AccountId>) -> Event {
         let reused_id = command.id();
         Event::CommandIdReused(CommandIdReused {
             version: V1,
-            conflict_id: Uuid::new_v5(&reused_id, fingerprint.as_bytes()),
+            conflict_id: Uuid::new_v5(&reused_id, canonical.as_bytes()),
             reused_id,
             command_type: command.type_name().to_owned(),
             account_id,

@@ -314,7 +314,7 @@ fn decide(
     commands: &[(Command, Position)],
     accounts: Vec<AccountState>,
     transfers: Vec<TransferRecord>,
-    account_commands: HashMap<Uuid, String>,
+    account_commands: HashMap<Uuid, Vec<u8>>,
     recorded_outcomes: Vec<(TransferId, PayoutResult)>,
     expired: &[Uuid],
 ) -> (Vec<Outcome>, usize, Changes) {
@@ -563,7 +563,7 @@ async fn load_payout_outcomes(
 async fn load_account_commands(
     connection: &mut PgConnection,
     commands: &[(Command, Position)],
-) -> Result<HashMap<Uuid, String>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Vec<u8>>, sqlx::Error> {
     let ids: Vec<Uuid> = commands
         .iter()
         .filter(|(command, _)| {
@@ -580,7 +580,7 @@ async fn load_account_commands(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, String)> =
+    let rows: Vec<(Uuid, Vec<u8>)> =
         sqlx::query_as("select id, request_fingerprint from account_commands where id = any($1)")
             .bind(&ids)
             .fetch_all(&mut *connection)
@@ -620,7 +620,7 @@ async fn write_records(connection: &mut PgConnection, changes: &Changes) -> Resu
                                      requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
               select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
                                    $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
-                                   $12::timestamptz[], $13::text[], $14::text[], $15::int[], $16::bigint[])",
+                                   $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])",
         )
         .bind(transfers.iter().map(|t| t.id.as_uuid()).collect::<Vec<_>>())
         .bind(transfers.iter().map(|t| t.kind.code()).collect::<Vec<_>>())
@@ -634,7 +634,7 @@ async fn write_records(connection: &mut PgConnection, changes: &Changes) -> Resu
         .bind(transfers.iter().map(|t| t.expires_at).collect::<Vec<_>>())
         .bind(transfers.iter().map(|t| t.settled_amount).collect::<Vec<_>>())
         .bind(transfers.iter().map(|t| t.requested_at).collect::<Vec<_>>())
-        .bind(transfers.iter().map(|t| t.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(transfers.iter().map(|t| t.fingerprint.as_slice()).collect::<Vec<_>>())
         .bind(transfers.iter().map(|t| position(t).topic).collect::<Vec<_>>())
         .bind(transfers.iter().map(|t| position(t).partition).collect::<Vec<_>>())
         .bind(transfers.iter().map(|t| position(t).offset).collect::<Vec<_>>())
@@ -664,7 +664,7 @@ async fn write_records(connection: &mut PgConnection, changes: &Changes) -> Resu
                                             request_fingerprint, requested_at, kafka_topic, kafka_partition, kafka_offset)
               select id, account_id, command_type, case when reason is null then 'completed' else 'rejected' end,
                      reason, fingerprint, requested_at, topic, partition, kafka_offset
-              from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+              from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
                           $7::text[], $8::int[], $9::bigint[])
                    as c (id, account_id, command_type, reason, fingerprint, requested_at, topic, partition, kafka_offset)",
         )
@@ -672,7 +672,7 @@ async fn write_records(connection: &mut PgConnection, changes: &Changes) -> Resu
         .bind(commands.iter().map(|c| c.account_id.as_uuid()).collect::<Vec<_>>())
         .bind(commands.iter().map(|c| c.command_type).collect::<Vec<_>>())
         .bind(commands.iter().map(|c| c.rejection_reason.map(RejectionReason::code)).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(commands.iter().map(|c| c.fingerprint.as_slice()).collect::<Vec<_>>())
         .bind(commands.iter().map(|c| c.requested_at).collect::<Vec<_>>())
         .bind(commands.iter().map(|c| c.position.topic.as_str()).collect::<Vec<_>>())
         .bind(commands.iter().map(|c| c.position.partition).collect::<Vec<_>>())

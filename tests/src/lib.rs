@@ -52,6 +52,17 @@ impl TestDatabase {
     /// # Errors
     /// When the server is unreachable or the migrations fail.
     pub async fn create() -> anyhow::Result<Self> {
+        let database = Self::create_migrated_before(i64::MAX).await?;
+        Ok(database)
+    }
+
+    /// A database with only the migrations older than `version`, as a
+    /// ledger that an earlier release filled looks: a test fills it the
+    /// way that release did, then runs [`schemas::MIGRATOR`] to the end.
+    ///
+    /// # Errors
+    /// When the server is unreachable or the migrations fail.
+    pub async fn create_migrated_before(version: i64) -> anyhow::Result<Self> {
         let url =
             std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let server = PgConnectOptions::from_str(&url).context("DATABASE_URL")?.database("postgres");
@@ -67,7 +78,13 @@ impl TestDatabase {
             .connect_with(server.clone().database(&name))
             .await
             .context("connecting to the test database")?;
-        schemas::MIGRATOR.run(&pool).await.context("migrating the test database")?;
+        let older = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                schemas::MIGRATOR.migrations.iter().filter(|migration| migration.version < version).cloned().collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        older.run(&pool).await.context("migrating the test database")?;
         Ok(Self { pool, name, server })
     }
 }

@@ -16,6 +16,7 @@ mod late_locking;
 mod ledger_features;
 mod load;
 mod metrics;
+mod migrations;
 mod model;
 mod openapi;
 mod ops;
