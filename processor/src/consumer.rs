@@ -382,6 +382,9 @@ impl Worker {
                     batch.clear();
                     deadline = None;
                     generation = current;
+                    // Partitions moved: what this processor remembers of
+                    // accounts another one applied meanwhile is stale.
+                    self.accounts.clear();
                     if let Some(abandoned) = pending.take() {
                         self.settle_after_rebalance(abandoned);
                     }

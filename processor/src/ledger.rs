@@ -18,8 +18,11 @@
 //!   decide, write.
 //!
 //! Either way every processor locks accounts in the same global order, so
-//! none deadlocks on them; the writes are set-based statements (`UNNEST`
-//! arrays, one round trip each), and the consumer offsets commit with them.
+//! none deadlocks on them. (Two concurrent batches that carry the same
+//! transfer id, an id reused across partitions, can deadlock on that row
+//! and an account; Postgres detects it and the batch is retried.) The
+//! writes are set-based statements (`UNNEST` arrays, one round trip each),
+//! and the consumer offsets commit with them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -126,6 +129,14 @@ impl AccountCache {
         }
         for state in states.into_iter().take(self.capacity) {
             accounts.insert(state.id, state);
+        }
+    }
+
+    /// Forgets everything: after a rebalance, the states of partitions
+    /// another processor applied meanwhile are stale.
+    pub fn clear(&self) {
+        if let Ok(mut accounts) = self.accounts.lock() {
+            accounts.clear();
         }
     }
 
@@ -279,7 +290,8 @@ pub enum Locking {
     LateRebalanced,
     /// Locked last; the decisions changed under the locked read (another
     /// batch's credit made a rejected debit affordable, say), so the
-    /// batch's rows were rolled back to a savepoint and written again.
+    /// batch went back to its savepoint (which releases the locks too) and
+    /// was applied again locking first.
     LateRedecided,
 }
 
@@ -387,15 +399,15 @@ async fn lock_then_decide(
 /// case: a batch of 2,000 transfers touches 4 % of 100,000 accounts) wait
 /// for a part of each other's batch, not for all of it.
 ///
-/// The locked read is the check. If it finds the accounts as the unlocked
-/// read did, the decisions stand. If another batch moved some of them
-/// meanwhile, the batch is decided again on the locked read: when every
-/// decision is the same (the usual case: a credit that arrived meanwhile
+/// The locked read is the check. If it finds the accounts as they were
+/// decided on, the decisions stand. If another batch moved some of them
+/// meanwhile, the batch is decided again on the locked read: when it
+/// writes the same rows (the usual case: a credit that arrived meanwhile
 /// changes balances, not outcomes), the rows written stand and the entries
-/// and balances come from the new decision; otherwise the rows go back to
-/// a savepoint and are written again. Either way what commits was decided
-/// on accounts locked until the commit, exactly as if they had been locked
-/// first.
+/// and balances come from the new decision; otherwise the batch goes back
+/// to the savepoint and is applied again the lock-first way
+/// ([`lock_then_decide`]). Either way what commits was decided on accounts
+/// locked until the commit, exactly as if they had been locked first.
 async fn decide_then_lock(
     connection: &mut PgConnection,
     now: chrono::DateTime<Utc>,
@@ -447,17 +459,26 @@ async fn decide_then_lock(
         return Ok(Decided { outcomes, holds_expired: 0, locking: Locking::Late, accounts_after });
     }
     let (relocked_outcomes, _, relocked) =
-        decide(now, commands, locked.clone(), known, HashMap::new(), Vec::new(), &[]);
-    let locking = if changes.decides_as(&relocked) {
-        Locking::LateRebalanced
-    } else {
-        sqlx::query("rollback to savepoint decided_unlocked").execute(&mut *connection).await?;
-        write_records(connection, &relocked, DecidedBefore::Fail).await?;
-        Locking::LateRedecided
-    };
-    write_balances(connection, &relocked).await?;
-    let accounts_after = accounts_after(locked, &relocked);
-    Ok(Decided { outcomes: relocked_outcomes, holds_expired: 0, locking, accounts_after })
+        decide(now, commands, locked.clone(), known.clone(), HashMap::new(), Vec::new(), &[]);
+    if changes.decides_as(&relocked) {
+        write_balances(connection, &relocked).await?;
+        let accounts_after = accounts_after(locked, &relocked);
+        return Ok(Decided {
+            outcomes: relocked_outcomes,
+            holds_expired: 0,
+            locking: Locking::LateRebalanced,
+            accounts_after,
+        });
+    }
+    // The rows written say otherwise than the locked accounts. Going back
+    // to the savepoint also releases the account locks taken after it
+    // (Postgres releases row locks on a rollback to savepoint), so the
+    // batch cannot keep `locked`: it starts again from the savepoint the
+    // way a batch that locks first does, and decides on what it locks now.
+    sqlx::query("rollback to savepoint decided_unlocked").execute(&mut *connection).await?;
+    let known: HashMap<TransferId, TransferRecord> = known.into_iter().map(|record| (record.id, record)).collect();
+    let decided = lock_then_decide(connection, now, commands, known, account_ids, &[]).await?;
+    Ok(Decided { locking: Locking::LateRedecided, ..decided })
 }
 
 async fn load_transfers(
@@ -622,9 +643,6 @@ fn status_code(status: AccountStatus) -> &'static str {
     }
 }
 
-/// Writes every row a batch decided that does not depend on balances: new
-/// transfers, settled holds, account commands, outbox rows (events carry no
-/// balance). None of these statements takes an account lock.
 /// What [`write_records`] does with a new transfer row whose id has a row
 /// already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -635,6 +653,10 @@ enum DecidedBefore {
     Skip,
 }
 
+/// Writes every row a batch decided that does not depend on balances: new
+/// transfers, settled holds, account commands, outbox rows (events carry no
+/// balance). None of these statements takes an account lock.
+///
 /// Returns whether every row was written: `false` only with
 /// [`DecidedBefore::Skip`] when some transfer id had a row already, in
 /// which case nothing after the transfer rows was written.

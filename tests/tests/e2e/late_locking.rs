@@ -127,6 +127,10 @@ async fn uncommitted_deposit(connection: &mut PgConnection, account: AccountId, 
 /// Waits until some session waits for a row lock: the batch has read its
 /// accounts, written its rows, and queued behind the uncommitted deposit.
 async fn wait_for_a_lock_waiter(pool: &PgPool) {
+    wait_for_lock_waiters(pool, 1).await;
+}
+
+async fn wait_for_lock_waiters(pool: &PgPool, waiters: i64) {
     let deadline = tokio::time::Instant::now() + LOCK_WAIT_TIMEOUT;
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -135,7 +139,7 @@ async fn wait_for_a_lock_waiter(pool: &PgPool) {
         .fetch_one(pool)
         .await
         .expect("pg_stat_activity");
-        if waiting > 0 {
+        if waiting >= waiters {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "the batch never waited for the account lock");
@@ -310,4 +314,48 @@ async fn a_processor_that_remembers_a_balance_another_processor_moved_since_book
         .expect("balances");
     assert_eq!(balances, [dec("10.00")]);
     assert!(processor::verify::problems(pool).await.expect("verify").is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_decided_again_keeps_no_stale_balance_when_another_deposit_takes_the_lock_it_gave_up() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = database.pool.clone();
+    let (a, b) = (open(&pool).await, open(&pool).await);
+    apply(&pool, vec![deposit(a, "5.00")], 1).await;
+
+    // One deposit holds a's lock; the batch queues behind it; a second
+    // deposit queues too.
+    let mut first = pool.acquire().await.expect("connection");
+    uncommitted_deposit(&mut first, a, dec("100.00")).await;
+    let command = transfer(a, b, "10.00");
+    let batch = tokio::spawn({
+        let (pool, command) = (pool.clone(), command.clone());
+        async move { apply(&pool, vec![command], 2).await }
+    });
+    wait_for_lock_waiters(&pool, 1).await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut connection = pool.acquire().await.expect("connection");
+            uncommitted_deposit(&mut connection, a, dec("7.00")).await;
+            sqlx::query("commit").execute(&mut *connection).await.expect("commit");
+        }
+    });
+    wait_for_lock_waiters(&pool, 2).await;
+    // The batch decided on 5.00 (refused) and finds 105.00 under the lock:
+    // it decides again. Whether the second deposit gets in before or after
+    // it, every balance must be the sum of its entries.
+    sqlx::query("commit").execute(&mut *first).await.expect("commit");
+    let result = batch.await.expect("batch task");
+    second.await.expect("second deposit");
+
+    assert_eq!(result.locking, Locking::LateRedecided);
+    assert_eq!(transfer_status(&pool, &command).await, ("completed".to_owned(), None));
+    let balance: Decimal = sqlx::query_scalar("select balance from accounts where id = $1")
+        .bind(a.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .expect("balance");
+    assert_eq!(balance, dec("102.00"), "5 + 100 + 7 - 10");
+    assert!(processor::verify::problems(&pool).await.expect("verify").is_empty());
 }
