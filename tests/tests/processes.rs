@@ -57,9 +57,13 @@ use uuid::Uuid;
 /// Concurrent HTTP clients.
 const CLIENTS: usize = 4;
 /// Each client sends at least this many transfers, and goes on until the
-/// fault schedule is over, up to [`TRANSFERS_PER_CLIENT_MAX`].
+/// fault schedule is over, up to [`TRANSFERS_PER_CLIENT_MAX`]. At a
+/// client's pace (~20 a second) the maximum lasts about a minute, well past
+/// the schedule's usual 20–30 s: with 400, a CI run whose group rebalances
+/// were slow (10.7 s for the first restart instead of 6) ran out of
+/// transfers before the last restart, and its wait for progress failed.
 const TRANSFERS_PER_CLIENT_MIN: usize = 10;
-const TRANSFERS_PER_CLIENT_MAX: usize = 400;
+const TRANSFERS_PER_CLIENT_MAX: usize = 1_500;
 /// A client's pause between two transfers: short, so requests are in flight
 /// (some between the publish and the answer) when ingest dies, without
 /// flooding a 2-core machine.
