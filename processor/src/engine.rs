@@ -227,13 +227,7 @@ pub fn canonical_form(command: &Command) -> String {
 /// the same for the same command in any process or version that keeps the
 /// canonical form.
 #[must_use]
-pub fn fingerprint(command: &Command) -> Vec<u8> {
-    fingerprint_of(&canonical_form(command))
-}
-
-/// The fingerprint of a canonical form.
-#[must_use]
-pub fn fingerprint_of(canonical: &str) -> Vec<u8> {
+pub fn fingerprint(canonical: &str) -> Vec<u8> {
     use sha2::Digest as _;
     sha2::Sha256::digest(canonical.as_bytes()).to_vec()
 }
@@ -358,7 +352,7 @@ impl Engine {
     pub fn apply(&mut self, command: &Command, position: &Position) -> Outcome {
         self.log_time = position.timestamp.unwrap_or(self.now).min(self.now);
         let canonical = canonical_form(command);
-        let fingerprint = fingerprint_of(&canonical);
+        let fingerprint = fingerprint(&canonical);
         match command {
             Command::AccountFrozen(_)
             | Command::AccountUnfrozen(_)

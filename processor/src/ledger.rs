@@ -281,8 +281,9 @@ pub enum Locking {
     /// commands that read holds, original transfers, account commands or
     /// payout outcomes, or that sweeps expired holds.
     First,
-    /// Decided on an unlocked read, locked last; the locked read found the
-    /// accounts as read.
+    /// Decided on the accounts' last known state (the processor's memory,
+    /// else an unlocked read), locked last; the locked read found them as
+    /// decided on.
     Late,
     /// Locked last; another batch had moved some accounts meanwhile, but
     /// the decisions stood: the rows written stood, the balances were
@@ -394,6 +395,7 @@ async fn lock_then_decide(
 /// transfer rows skips ids that have a row, and when it skipped any the
 /// batch goes back to the savepoint and is decided again knowing those
 /// rows.
+///
 /// The locks are held for the last statements and the commit, not for the
 /// whole batch, so two processors whose batches share accounts (the usual
 /// case: a batch of 2,000 transfers touches 4 % of 100,000 accounts) wait
