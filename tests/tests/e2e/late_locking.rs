@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ledgerline_tests::{TestDatabase, dec};
 use processor::Locking;
+use processor::engine::Outcome;
 use processor::ledger::{AccountCache, BatchResult, OffsetScope, Position, Timeouts, apply_batch};
 use rust_decimal::Decimal;
 use schemas::messages::{AccountDeposited, TransferPost, TransferRequested, V1};
@@ -357,5 +358,42 @@ async fn a_batch_decided_again_keeps_no_stale_balance_when_another_deposit_takes
         .await
         .expect("balance");
     assert_eq!(balance, dec("102.00"), "5 + 100 + 7 - 10");
+    assert!(processor::verify::problems(&pool).await.expect("verify").is_empty());
+}
+
+#[tokio::test]
+async fn a_redelivered_transfer_in_a_batch_decided_again_under_the_lock_stays_applied_once() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = database.pool.clone();
+    let (a, b) = (open(&pool).await, open(&pool).await);
+    apply(&pool, vec![deposit(a, "5.00")], 1).await;
+    let earlier = transfer(a, b, "2.00");
+    apply(&pool, vec![earlier.clone()], 2).await;
+
+    // a has 3.00. The batch carries the earlier transfer again (a
+    // redelivery) and a new one of 10.00, refused on 3.00 but affordable
+    // once the deposit holding a's lock commits.
+    let mut other = pool.acquire().await.expect("connection");
+    uncommitted_deposit(&mut other, a, dec("100.00")).await;
+    let new = transfer(a, b, "10.00");
+    let batch = tokio::spawn({
+        let (pool, commands) = (pool.clone(), vec![earlier.clone(), new.clone()]);
+        async move { apply(&pool, commands, 2).await }
+    });
+    wait_for_a_lock_waiter(&pool).await;
+    sqlx::query("commit").execute(&mut *other).await.expect("commit");
+    let result = batch.await.expect("batch task");
+
+    assert_eq!(result.locking, Locking::LateRedecided);
+    assert_eq!(result.outcomes, [Outcome::AlreadyDecided, Outcome::Applied]);
+    assert_eq!(transfer_status(&pool, &new).await, ("completed".to_owned(), None));
+    assert_eq!(outbox_types(&pool, &earlier).await, ["transfer.completed"], "told once, by its first application");
+    assert_eq!(outbox_types(&pool, &new).await, ["transfer.completed"]);
+    let balance: Decimal = sqlx::query_scalar("select balance from accounts where id = $1")
+        .bind(a.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .expect("balance");
+    assert_eq!(balance, dec("93.00"), "5 - 2 + 100 - 10");
     assert!(processor::verify::problems(&pool).await.expect("verify").is_empty());
 }
