@@ -154,6 +154,10 @@ pub struct ProcessorArgs {
     /// Processors in one consumer group applying the transfers together.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
     processors: u64,
+    /// Commands per batch (`LEDGERLINE_PROCESSOR_BATCH_SIZE_MAX`): fewer
+    /// shorten each commit, more amortise each batch's round trips.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    batch_size_max: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +180,8 @@ pub struct WorkerArgs {
     /// Processors in the consumer group.
     #[arg(long, default_value_t = 1)]
     processors: usize,
+    #[arg(long, default_value_t = 1_000)]
+    batch_size_max: usize,
 }
 
 fn parse_share(text: &str) -> Result<f64, String> {
@@ -549,6 +555,8 @@ async fn measure_processor(server: &Server, args: &ProcessorArgs, processors: u6
         &args.processor_timeout_s.to_string(),
         "--processors",
         &processors.to_string(),
+        "--batch-size-max",
+        &args.batch_size_max.to_string(),
     ]);
     let timeout = Duration::from_secs(args.processor_timeout_s) + ASSIGNMENT_TIMEOUT + WORKER_EXIT_MARGIN;
     let output = run_child(worker, timeout, "the processor worker").await?;
@@ -610,7 +618,11 @@ async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let pool = Server::from_env()?.connect(&args.database).await?;
     let kafka = KafkaConfig::new(args.brokers, Topics::namespaced(&args.topic_namespace));
     let mut processors = (0..args.processors.max(1))
-        .map(|_| Processor::start(ProcessorConfig::new(kafka.clone()), pool.clone()))
+        .map(|_| {
+            let mut config = ProcessorConfig::new(kafka.clone());
+            config.batch_size_max = args.batch_size_max;
+            Processor::start(config, pool.clone())
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     for processor in &processors {
         anyhow::ensure!(
@@ -921,6 +933,7 @@ struct BenchReport {
     hot_share: f64,
     partitions: i32,
     processors: u64,
+    batch_size_max: u64,
     transfers_per_s: f64,
     elapsed_s: f64,
     batches: u64,
@@ -975,6 +988,7 @@ impl BenchReport {
             hot_share: args.hot_share,
             partitions: args.partitions().unwrap_or_default(),
             processors: args.processors,
+            batch_size_max: args.batch_size_max,
             transfers_per_s,
             elapsed_s: processor.worker.elapsed_s,
             batches: processor.worker.batches,
@@ -1003,8 +1017,8 @@ impl BenchReport {
     fn print_table(&self) {
         let commit_p99 = self.commit_p99_ms.map_or_else(|| "-".to_owned(), |millis| format!("{millis:.2} ms"));
         println!(
-            "{} transfers between {} accounts, hot share {:.2}, {} partitions",
-            self.transfers, self.accounts, self.hot_share, self.partitions
+            "{} transfers between {} accounts, hot share {:.2}, {} partitions, batches of up to {}",
+            self.transfers, self.accounts, self.hot_share, self.partitions, self.batch_size_max
         );
         println!(
             "  processor            {:>12.1} transfers/s  ({:.2} s, {} batches, commit p99 {commit_p99}, peak RSS {:.1} MB, {} rejected)",

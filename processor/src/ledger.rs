@@ -398,7 +398,7 @@ async fn lock_then_decide(
 ///
 /// The locks are held for the last statements and the commit, not for the
 /// whole batch, so two processors whose batches share accounts (the usual
-/// case: a batch of 2,000 transfers touches 4 % of 100,000 accounts) wait
+/// case: a batch of 1,000 transfers touches 2 % of 100,000 accounts) wait
 /// for a part of each other's batch, not for all of it.
 ///
 /// The locked read is the check. If it finds the accounts as they were
