@@ -148,6 +148,41 @@ async fn wait_for_lock_waiters(pool: &PgPool, waiters: i64) {
     }
 }
 
+/// Applies `commands` while another transaction's deposit into `account`
+/// holds the account's lock: the batch reads the balance before the
+/// deposit, queues behind it, and the deposit commits before the batch
+/// gets the lock.
+async fn apply_behind_a_deposit(
+    pool: &PgPool,
+    account: AccountId,
+    amount: &str,
+    commands: Vec<Command>,
+    first_offset: i64,
+) -> BatchResult {
+    let mut other = pool.acquire().await.expect("connection");
+    uncommitted_deposit(&mut other, account, dec(amount)).await;
+    let batch = tokio::spawn({
+        let pool = pool.clone();
+        async move { apply(&pool, commands, first_offset).await }
+    });
+    wait_for_a_lock_waiter(pool).await;
+    sqlx::query("commit").execute(&mut *other).await.expect("commit");
+    batch.await.expect("batch task")
+}
+
+async fn balance(pool: &PgPool, account: AccountId) -> Decimal {
+    sqlx::query_scalar("select balance from accounts where id = $1")
+        .bind(account.as_uuid())
+        .fetch_one(pool)
+        .await
+        .expect("balance")
+}
+
+async fn assert_sound(pool: &PgPool) {
+    let problems = processor::verify::problems(pool).await.expect("verify");
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 async fn transfer_status(pool: &PgPool, command: &Command) -> (String, Option<String>) {
     sqlx::query_as("select status, rejection_reason from transfers where id = $1")
         .bind(command.id())
@@ -183,11 +218,7 @@ async fn a_batch_of_transfers_locks_its_accounts_last_and_one_that_reads_a_hold_
     });
     let settled = apply(pool, vec![transfer(a, b, "1.00"), post], 3).await;
     assert_eq!(settled.locking, Locking::First);
-    assert!(
-        processor::verify::problems(&database.pool).await.expect("verify").is_empty(),
-        "{:?}",
-        processor::verify::problems(&database.pool).await.expect("verify")
-    );
+    assert_sound(&database.pool).await;
 }
 
 #[tokio::test]
@@ -197,16 +228,8 @@ async fn a_credit_committed_between_the_read_and_the_lock_is_in_the_balances_aft
     let (a, b) = (open(&pool).await, open(&pool).await);
     apply(&pool, vec![deposit(a, "100.00"), deposit(b, "5.00")], 1).await;
 
-    let mut other = pool.acquire().await.expect("connection");
-    uncommitted_deposit(&mut other, b, dec("50.00")).await;
     let command = transfer(a, b, "10.00");
-    let batch = tokio::spawn({
-        let (pool, command) = (pool.clone(), command.clone());
-        async move { apply(&pool, vec![command], 3).await }
-    });
-    wait_for_a_lock_waiter(&pool).await;
-    sqlx::query("commit").execute(&mut *other).await.expect("commit");
-    let result = batch.await.expect("batch task");
+    let result = apply_behind_a_deposit(&pool, b, "50.00", vec![command.clone()], 3).await;
 
     assert_eq!(result.locking, Locking::LateRebalanced);
     assert_eq!(transfer_status(&pool, &command).await, ("completed".to_owned(), None));
@@ -221,11 +244,7 @@ async fn a_credit_committed_between_the_read_and_the_lock_is_in_the_balances_aft
     .expect("balance");
     assert_eq!((balance, last_after), (dec("65.00"), dec("65.00")));
     assert_eq!(outbox_types(&pool, &command).await, ["transfer.completed"]);
-    assert!(
-        processor::verify::problems(&database.pool).await.expect("verify").is_empty(),
-        "{:?}",
-        processor::verify::problems(&database.pool).await.expect("verify")
-    );
+    assert_sound(&database.pool).await;
 }
 
 #[tokio::test]
@@ -235,33 +254,16 @@ async fn a_debit_refused_on_the_unlocked_read_is_applied_when_the_locked_read_fi
     let (a, b) = (open(&pool).await, open(&pool).await);
     apply(&pool, vec![deposit(a, "5.00")], 1).await;
 
-    let mut other = pool.acquire().await.expect("connection");
-    uncommitted_deposit(&mut other, a, dec("100.00")).await;
     let command = transfer(a, b, "10.00");
-    let batch = tokio::spawn({
-        let (pool, command) = (pool.clone(), command.clone());
-        async move { apply(&pool, vec![command], 2).await }
-    });
-    wait_for_a_lock_waiter(&pool).await;
-    sqlx::query("commit").execute(&mut *other).await.expect("commit");
-    let result = batch.await.expect("batch task");
+    let result = apply_behind_a_deposit(&pool, a, "100.00", vec![command.clone()], 2).await;
 
     // Decided on the unlocked read (5.00) it was insufficient funds; under
     // the lock (105.00) it is not, and only that decision is kept.
     assert_eq!(result.locking, Locking::LateRedecided);
     assert_eq!(transfer_status(&pool, &command).await, ("completed".to_owned(), None));
     assert_eq!(outbox_types(&pool, &command).await, ["transfer.completed"]);
-    let balance: Decimal = sqlx::query_scalar("select balance from accounts where id = $1")
-        .bind(a.as_uuid())
-        .fetch_one(&pool)
-        .await
-        .expect("balance");
-    assert_eq!(balance, dec("95.00"));
-    assert!(
-        processor::verify::problems(&database.pool).await.expect("verify").is_empty(),
-        "{:?}",
-        processor::verify::problems(&database.pool).await.expect("verify")
-    );
+    assert_eq!(balance(&pool, a).await, dec("95.00"));
+    assert_sound(&database.pool).await;
 }
 
 #[tokio::test]
@@ -270,7 +272,7 @@ async fn verify_reports_an_entry_whose_balance_after_breaks_its_accounts_running
     let pool = &database.pool;
     let (a, b) = (open(pool).await, open(pool).await);
     apply(pool, vec![deposit(a, "100.00"), transfer(a, b, "10.00"), transfer(a, b, "20.00")], 1).await;
-    assert!(processor::verify::problems(pool).await.expect("verify").is_empty());
+    assert_sound(pool).await;
     // Every total still right; only the first transfer's line on `b` claims
     // the balance it had after the second.
     sqlx::query(
@@ -308,13 +310,8 @@ async fn a_processor_that_remembers_a_balance_another_processor_moved_since_book
     let current = apply_remembering(pool, vec![refused.clone()], 6, &first).await;
     assert_eq!(current.locking, Locking::Late);
     assert_eq!(transfer_status(pool, &refused).await, ("rejected".to_owned(), Some("insufficient_funds".to_owned())));
-    let balances: Vec<Decimal> = sqlx::query_scalar("select balance from accounts where id = any($1) order by id")
-        .bind([a.as_uuid()])
-        .fetch_all(pool)
-        .await
-        .expect("balances");
-    assert_eq!(balances, [dec("10.00")]);
-    assert!(processor::verify::problems(pool).await.expect("verify").is_empty());
+    assert_eq!(balance(pool, a).await, dec("10.00"));
+    assert_sound(pool).await;
 }
 
 #[tokio::test]
@@ -352,13 +349,8 @@ async fn a_batch_decided_again_keeps_no_stale_balance_when_another_deposit_takes
 
     assert_eq!(result.locking, Locking::LateRedecided);
     assert_eq!(transfer_status(&pool, &command).await, ("completed".to_owned(), None));
-    let balance: Decimal = sqlx::query_scalar("select balance from accounts where id = $1")
-        .bind(a.as_uuid())
-        .fetch_one(&pool)
-        .await
-        .expect("balance");
-    assert_eq!(balance, dec("102.00"), "5 + 100 + 7 - 10");
-    assert!(processor::verify::problems(&pool).await.expect("verify").is_empty());
+    assert_eq!(balance(&pool, a).await, dec("102.00"), "5 + 100 + 7 - 10");
+    assert_sound(&pool).await;
 }
 
 #[tokio::test]
@@ -373,27 +365,14 @@ async fn a_redelivered_transfer_in_a_batch_decided_again_under_the_lock_stays_ap
     // a has 3.00. The batch carries the earlier transfer again (a
     // redelivery) and a new one of 10.00, refused on 3.00 but affordable
     // once the deposit holding a's lock commits.
-    let mut other = pool.acquire().await.expect("connection");
-    uncommitted_deposit(&mut other, a, dec("100.00")).await;
     let new = transfer(a, b, "10.00");
-    let batch = tokio::spawn({
-        let (pool, commands) = (pool.clone(), vec![earlier.clone(), new.clone()]);
-        async move { apply(&pool, commands, 2).await }
-    });
-    wait_for_a_lock_waiter(&pool).await;
-    sqlx::query("commit").execute(&mut *other).await.expect("commit");
-    let result = batch.await.expect("batch task");
+    let result = apply_behind_a_deposit(&pool, a, "100.00", vec![earlier.clone(), new.clone()], 2).await;
 
     assert_eq!(result.locking, Locking::LateRedecided);
     assert_eq!(result.outcomes, [Outcome::AlreadyDecided, Outcome::Applied]);
     assert_eq!(transfer_status(&pool, &new).await, ("completed".to_owned(), None));
     assert_eq!(outbox_types(&pool, &earlier).await, ["transfer.completed"], "told once, by its first application");
     assert_eq!(outbox_types(&pool, &new).await, ["transfer.completed"]);
-    let balance: Decimal = sqlx::query_scalar("select balance from accounts where id = $1")
-        .bind(a.as_uuid())
-        .fetch_one(&pool)
-        .await
-        .expect("balance");
-    assert_eq!(balance, dec("93.00"), "5 - 2 + 100 - 10");
-    assert!(processor::verify::problems(&pool).await.expect("verify").is_empty());
+    assert_eq!(balance(&pool, a).await, dec("93.00"), "5 - 2 + 100 - 10");
+    assert_sound(&pool).await;
 }
