@@ -1,7 +1,9 @@
 //! The outbox relay: delivers rows of the transactional outbox to Kafka
 //! (`ledger.events`), at least once, through an idempotent producer, keyed
-//! by account, with the outbox id in a header so consumers can drop
-//! duplicates.
+//! by account, with the event's id in a header (`ledgerline-event-id`) so
+//! consumers can drop duplicates. A processor batch's events come as one
+//! row ([`admin::EVENT_BATCH_TYPE`]) that the relay publishes event by
+//! event.
 //!
 //! Several relays can run side by side. Each destination (Kafka events,
 //! payments, notifications, webhooks) is worked by a loop of its own, so a
@@ -41,7 +43,7 @@ use anyhow::Context as _;
 use platform::CancellationToken;
 use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
@@ -543,23 +545,101 @@ impl Destinations<'_> {
     }
 }
 
-/// Sends one row and waits for the broker's acknowledgement (the next row
-/// of its key goes only then, see [`outbox::deliver_in_order`]).
+/// Sends one row (an event, or a batch of them) and waits for the broker's
+/// acknowledgement (the next row of its key goes only then, see
+/// [`outbox::deliver_in_order`]).
 async fn publish(config: &RelayConfig, producer: &FutureProducer, row: &Row) -> Attempt {
+    if row.event_type == admin::EVENT_BATCH_TYPE {
+        return publish_batch(config, producer, row).await;
+    }
     let outbox_id = row.id.to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id.as_str()) })
-        .insert(Header { key: "ledgerline-event-type", value: Some(row.event_type.as_str()) });
     let record = FutureRecord::to(&config.kafka.topics.events)
         .key(row.message_key.as_str())
         .payload(row.payload.as_str())
-        .headers(headers);
+        .headers(event_headers(&outbox_id, &outbox_id, &row.event_type));
     match producer.send(record, Duration::from_millis(config.kafka.produce_timeout_ms)).await {
         Ok(_) => Attempt::Delivered,
-        Err((error, _)) => {
-            Attempt::Failed { code: kafka_error_code(&error), error: error.to_string(), retry_after_ms: None }
+        Err((error, _)) => kafka_failed(&error),
+    }
+}
+
+/// Publishes every event of a batch row, each under its own key, and
+/// waits for all the acknowledgements. They are queued in the batch's
+/// order, and the idempotent producer keeps that order within a partition,
+/// so one account's events stay in order. If one fails the whole row is
+/// tried again later: consumers drop what they had already by
+/// `ledgerline-event-id`.
+async fn publish_batch(config: &RelayConfig, producer: &FutureProducer, row: &Row) -> Attempt {
+    let events: Vec<admin::BatchedEvent<'_>> = match serde_json::from_str(&row.payload) {
+        Ok(events) => events,
+        Err(error) => {
+            return Attempt::Failed {
+                code: "malformed_event_batch".into(),
+                error: format!("the batch row is not an array of events: {error}"),
+                retry_after_ms: None,
+            };
+        }
+    };
+    let outbox_id = row.id.to_string();
+    let deadline = Duration::from_millis(config.kafka.produce_timeout_ms);
+    let mut acknowledgements = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let event_id = admin::batched_event_id(row.id, index);
+        let mut record = FutureRecord::to(&config.kafka.topics.events)
+            .key(event.key.as_ref())
+            .payload(event.event.get())
+            .headers(event_headers(&outbox_id, &event_id, &event.event_type));
+        // Queued without waiting; a full queue (librdkafka's bound on what
+        // waits for the broker) is waited out here, up to the deadline.
+        let queued_by = std::time::Instant::now() + deadline;
+        loop {
+            match producer.send_result(record) {
+                Ok(acknowledgement) => break acknowledgements.push(acknowledgement),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
+                    if std::time::Instant::now() < queued_by =>
+                {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => return kafka_failed(&error),
+            }
         }
     }
+    let acknowledged = tokio::time::timeout(deadline, futures::future::join_all(acknowledgements)).await;
+    let Ok(acknowledged) = acknowledged else {
+        return Attempt::Failed {
+            code: "kafka_timeout".into(),
+            error: format!("no acknowledgement of the batch's {} events within {deadline:?}", events.len()),
+            retry_after_ms: None,
+        };
+    };
+    for acknowledgement in acknowledged {
+        match acknowledgement {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return kafka_failed(&error),
+            Err(_canceled) => {
+                return Attempt::Failed {
+                    code: "kafka_error".into(),
+                    error: "the producer dropped a message before it was acknowledged".into(),
+                    retry_after_ms: None,
+                };
+            }
+        }
+    }
+    Attempt::Delivered
+}
+
+/// The headers of a published event: the outbox row it came from, the
+/// event's own id (what consumers deduplicate by) and its type.
+fn event_headers(outbox_id: &str, event_id: &str, event_type: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id) })
+        .insert(Header { key: "ledgerline-event-id", value: Some(event_id) })
+        .insert(Header { key: "ledgerline-event-type", value: Some(event_type) })
+}
+
+fn kafka_failed(error: &KafkaError) -> Attempt {
+    Attempt::Failed { code: kafka_error_code(error), error: error.to_string(), retry_after_ms: None }
 }
 
 /// A stable reason for a Kafka failure: librdkafka's error code name.

@@ -5,8 +5,9 @@
 //! transaction, one `webhooks` row per matching endpoint (the endpoint's
 //! client owns the event's account and subscribed to its type). Those rows
 //! are keyed by endpoint, so each endpoint receives its events in order.
-//! A delivery POSTs the event JSON with `webhook-id: evt_<event outbox id>`
-//! (the same on every retry, so a receiver drops duplicates),
+//! A delivery POSTs the event JSON with `webhook-id: evt_<event id>` (its
+//! `ledgerline-event-id`, the same on every retry, so a receiver drops
+//! duplicates),
 //! `webhook-timestamp` (seconds, for replay protection) and
 //! `webhook-signature: v1,<base64 HMAC-SHA256>`.
 
@@ -91,14 +92,15 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
     let inserted = sqlx::query(
         r"insert into outbox (destination, event_type, message_key, payload, next_attempt_at)
           select 'webhooks', event.event_type, endpoint.id::text,
-                 json_build_object('endpoint_id', endpoint.id, 'event_id', event.id, 'event', event.payload),
+                 json_build_object('endpoint_id', endpoint.id, 'event_id', event.event_id, 'event', event.payload),
                  -- Behind an endpoint's failing row, a new row waits as long
                  -- as the endpoint's last pending one (a failure pushed them all).
                  (select last.next_attempt_at from outbox last
                   where last.destination = 'webhooks' and last.message_key = endpoint.id::text
                     and last.delivered_at is null and last.dead_at is null
                   order by last.id desc limit 1)
-          from outbox event
+          -- One row per event, inside batch rows too.
+          from outbox_events event
           -- Keys are account ids, except for a few events about no account;
           -- CASE keeps the cast from seeing those, and the join on the
           -- primary key from scanning accounts.
@@ -109,8 +111,8 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
             on endpoint.api_client_id = account.owner_client_id
            and endpoint.disabled_at is null
            and event.event_type = any(endpoint.event_types)
-          where event.id = any($1) and event.destination = 'events'
-          order by event.id, endpoint.id",
+          where event.outbox_id = any($1)
+          order by event.outbox_id, event.event_index, endpoint.id",
     )
     .bind(event_ids)
     .execute(&mut *connection)
@@ -184,8 +186,26 @@ pub async fn endpoints_of(connection: &mut PgConnection, rows: &[Row]) -> sqlx::
 #[derive(Debug, Deserialize)]
 struct WebhookRow {
     endpoint_id: Uuid,
-    event_id: i64,
+    event_id: EventId,
     event: serde_json::Value,
+}
+
+/// An event's `ledgerline-event-id`: `<outbox id>` or `<outbox id>.<index>`
+/// (in a batch row). Rows fanned out before batches carry the number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EventId {
+    Number(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Number(id) => write!(formatter, "{id}"),
+            Self::Text(id) => formatter.write_str(id),
+        }
+    }
 }
 
 /// The relay's webhook sender.

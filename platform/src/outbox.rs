@@ -10,6 +10,44 @@ use sqlx::PgPool;
 /// The channel relays `LISTEN` on; a statement trigger on `outbox` notifies it.
 pub const NOTIFY_CHANNEL: &str = "ledgerline_outbox";
 
+/// The `event_type` of an `events` row that carries a processor batch's
+/// ledger events: a JSON array of [`BatchedEvent`]s, in the order they
+/// were decided. The relay publishes each as a Kafka message of its own.
+///
+/// One row per batch instead of one per event: a batch of 1,000 transfers
+/// wrote 1,000 outbox rows (about a fifth of the batch's time, measured)
+/// that the relay then claimed, updated and pruned one by one.
+pub const EVENT_BATCH_TYPE: &str = "events.batch";
+
+/// The `message_key` of every event batch row. One key, hence one lane:
+/// batches go out in the order they were written (the processor writes a
+/// batch's row under its account locks, so two batches that share an
+/// account are in commit order), which keeps every account's events in
+/// order across batches.
+pub const EVENT_BATCH_KEY: &str = "ledger";
+
+/// One event in an [`EVENT_BATCH_TYPE`] row: its Kafka key, its type (for
+/// the `ledgerline-event-type` header and webhook subscriptions, without
+/// parsing the event) and the event, byte for byte as the processor wrote
+/// it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct BatchedEvent<'a, E: ?Sized = serde_json::value::RawValue> {
+    pub key: std::borrow::Cow<'a, str>,
+    #[serde(rename = "type")]
+    pub event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow, bound(deserialize = "&'a E: serde::Deserialize<'de>"))]
+    pub event: &'a E,
+}
+
+/// The id of the `index`-th event (from 0) of the batch row `outbox_id`:
+/// `<outbox id>.<index>`, the `ledgerline-event-id` header, stable across
+/// retries, for consumers to drop duplicates by. An event in a row of its
+/// own has the row's id.
+#[must_use]
+pub fn batched_event_id(outbox_id: i64, index: usize) -> String {
+    format!("{outbox_id}.{index}")
+}
+
 /// The state of the outbox, from the database (the same for every relay).
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {

@@ -6,9 +6,10 @@
 //!   payouts, which depend on nothing but their accounts and their own ids):
 //!   take the accounts' last known state (the processor's [`AccountCache`],
 //!   else a read without locking), run the in-memory [`Engine`], write the
-//!   transfer and outbox rows (the transfer insert is also what detects a
-//!   redelivery), then lock the accounts in id order, check them against
-//!   what was decided on, and write the entries and balances. Locks are held
+//!   transfer rows and payment orders (the transfer insert is also what
+//!   detects a redelivery), then lock the accounts in id order, check them
+//!   against what was decided on, and write the entries, balances and the
+//!   batch's events (one outbox row for all of them). Locks are held
 //!   for the last statements and the commit only, so processors sharing
 //!   accounts wait for a part of each other's batch, not for all of it. See
 //!   [`decide_then_lock`] for the check.
@@ -27,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
+use platform::outbox::BatchedEvent;
 use rust_decimal::Decimal;
 use schemas::messages::{PayoutResult, TransferKind};
 use schemas::{AccountId, Command, Currency, Event, Money, RejectionReason, TransferId};
@@ -387,8 +389,8 @@ async fn lock_then_decide(
 /// The batch of commands that depend on their accounts only
 /// ([`Engine::decidable_before_locking`]): decide on the accounts' last
 /// known state, write the rows that do not depend on balances (transfers,
-/// outbox), and only then lock the accounts (in id order) to write the
-/// entries and balances.
+/// payment orders), and only then lock the accounts (in id order) to write
+/// the entries, balances and events.
 ///
 /// No query looks for the batch's ids among the decided commands first (at
 /// 2,000 primary-key probes, about a sixth of a batch): the insert of the
@@ -656,8 +658,9 @@ enum DecidedBefore {
 }
 
 /// Writes every row a batch decided that does not depend on balances: new
-/// transfers, settled holds, account commands, outbox rows (events carry no
-/// balance). None of these statements takes an account lock.
+/// transfers, settled holds, account commands, payment orders. None of these
+/// statements takes an account lock. (Events are written by
+/// [`write_balances`], under the locks, for their order.)
 ///
 /// Returns whether every row was written: `false` only with
 /// [`DecidedBefore::Skip`] when some transfer id had a row already, in
@@ -749,39 +752,26 @@ async fn write_records(
         .await?;
     }
 
-    // Events for ledger.events and payment orders for the provider, in one
-    // statement, in the order they were decided.
-    let encode = |error: serde_json::Error| sqlx::Error::Encode(Box::new(error));
-    let rows = changes.events.len() + changes.payments.len();
-    let (mut destinations, mut types, mut keys, mut payloads) =
-        (Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows), Vec::with_capacity(rows));
-    for event in &changes.events {
-        destinations.push("events");
-        types.push(event.type_name());
-        keys.push(event_key(event));
-        payloads.push(serde_json::to_string(event).map_err(encode)?);
-    }
-    for payment in &changes.payments {
-        destinations.push("payments");
-        types.push(schemas::messages::PaymentRequested::TYPE);
-        keys.push(payment.source_account_id.to_string());
-        payloads.push(serde_json::to_string(payment).map_err(encode)?);
-    }
-    if rows > 0 {
+    // Payment orders for the provider, one row each: each is its own
+    // payout, claimed and retried on its own. (The batch's events are
+    // written with its balances, under the account locks.)
+    if !changes.payments.is_empty() {
+        let payloads = changes
+            .payments
+            .iter()
+            .map(|payment| serde_json::to_string(payment).map_err(encode_error))
+            .collect::<Result<Vec<_>, _>>()?;
         sqlx::query(
             r"insert into outbox (destination, event_type, message_key, payload)
-              select destination, event_type, message_key, payload::json
-              from unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                   as row (destination, event_type, message_key, payload)",
+              select 'payments', $1, key, payload::json from unnest($2::text[], $3::text[]) as row (key, payload)",
         )
-        .bind(destinations)
-        .bind(types)
-        .bind(keys)
+        .bind(schemas::messages::PaymentRequested::TYPE)
+        .bind(changes.payments.iter().map(|payment| payment.source_account_id.to_string()).collect::<Vec<_>>())
         .bind(payloads)
         .execute(&mut *connection)
         .await?;
     }
-    tracing::debug!(transfers_ms, outbox_ms = started.elapsed().as_millis(), "write timings (cumulative)");
+    tracing::debug!(transfers_ms, payments_ms = started.elapsed().as_millis(), "write timings (cumulative)");
     Ok(true)
 }
 
@@ -793,8 +783,9 @@ const TRANSFERS_INSERT_SQL: &str = r"
                          $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
                          $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])";
 
-/// Writes the entries and the final state of every account the batch
-/// changed, under the locks the batch holds on those accounts. Entries are
+/// Writes the entries, the batch's events and the final state of every
+/// account the batch changed, under the locks the batch holds on those
+/// accounts. Entries are
 /// written under the locks, never before: an account's entries are then
 /// numbered (`entries.id`) in the order they were applied, which is the
 /// order its history shows them and their balances after follow.
@@ -815,6 +806,11 @@ async fn write_balances(connection: &mut PgConnection, changes: &Changes) -> Res
         .execute(&mut *connection)
         .await?;
     }
+
+    // Under the locks too: a later batch that shares an account with this
+    // one writes its row after this one commits, so event rows are in
+    // commit order for every account they share.
+    write_events(connection, &changes.events).await?;
 
     let accounts = &changes.accounts;
     if accounts.is_empty() {
@@ -837,6 +833,32 @@ async fn write_balances(connection: &mut PgConnection, changes: &Changes) -> Res
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// Writes `events` as one outbox row (see [`platform::outbox::EVENT_BATCH_TYPE`]),
+/// in the order they were decided, for the relay to publish one by one.
+async fn write_events(connection: &mut PgConnection, events: &[Event]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let batch: Vec<BatchedEvent<'_, Event>> = events
+        .iter()
+        .map(|event| BatchedEvent { key: event_key(event).into(), event_type: event.type_name().into(), event })
+        .collect();
+    sqlx::query(
+        r"insert into outbox (destination, event_type, message_key, payload)
+          values ('events', $1, $2, $3::json)",
+    )
+    .bind(platform::outbox::EVENT_BATCH_TYPE)
+    .bind(platform::outbox::EVENT_BATCH_KEY)
+    .bind(serde_json::to_string(&batch).map_err(encode_error)?)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+fn encode_error(error: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Encode(Box::new(error))
 }
 
 /// The Kafka key of an event: the account it is about (the one debited, or
@@ -906,15 +928,8 @@ pub async fn record_dead_letter(
             detail: reason.detail.clone(),
             dead_lettered_at: Utc::now(),
         });
-        sqlx::query(
-            r"insert into outbox (destination, event_type, message_key, payload)
-              values ('events', $1, $2, $3::json)",
-        )
-        .bind(event.type_name())
-        .bind(event_key(&event))
-        .bind(serde_json::to_string(&event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?)
-        .execute(&mut *transaction)
-        .await?;
+        // A batch of one, in the same lane as every other ledger event.
+        write_events(&mut transaction, &[event]).await?;
     }
     transaction.commit().await
 }

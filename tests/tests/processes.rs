@@ -17,7 +17,7 @@
 //!   never accepted unless its client saw an error and retried it;
 //! - `ledgerctl verify`, run as a process, finds no violation;
 //! - every outbox event, and so every decision, reached `ledger.events` at
-//!   least once (deduplicated by the `ledgerline-outbox-id` header).
+//!   least once (deduplicated by the `ledgerline-event-id` header).
 //!
 //! A second test runs the processor binary with its metrics listener: a
 //! partition whose stored offset is outside the log makes `/health/ready`
@@ -383,14 +383,14 @@ fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Vec<(Option<String>, Value)>
         assert!(std::time::Instant::now() < deadline, "{topic} not read to its end: {remaining:?} left");
         let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
         let message = result.expect("reading the events topic");
-        let outbox_id = message.headers().and_then(|headers| {
+        let event_id = message.headers().and_then(|headers| {
             headers
                 .iter()
-                .find(|header| header.key == "ledgerline-outbox-id")
+                .find(|header| header.key == "ledgerline-event-id")
                 .and_then(|header| header.value.map(|value| String::from_utf8_lossy(value).into_owned()))
         });
         let payload = serde_json::from_slice(message.payload().unwrap_or_default()).expect("event JSON");
-        messages.push((outbox_id, payload));
+        messages.push((event_id, payload));
         if remaining.get(&message.partition()).is_some_and(|high| message.offset() + 1 >= *high) {
             remaining.remove(&message.partition());
         }
@@ -681,8 +681,8 @@ async fn services_killed_and_restarted_as_processes_lose_nothing_and_apply_nothi
     );
 
     // Every event reached ledger.events at least once: the relay drains the
-    // outbox, then every outbox row is on the topic, and with it every
-    // decision.
+    // outbox, then every event of every outbox row is on the topic, and with
+    // it every decision.
     let deadline = Instant::now() + STEP_MAX;
     loop {
         relay.assert_running();
@@ -698,30 +698,28 @@ async fn services_killed_and_restarted_as_processes_lose_nothing_and_apply_nothi
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     phase("outbox drained");
-    let outbox_ids: Vec<i64> = sqlx::query_scalar("select id from outbox where destination = 'events'")
-        .fetch_all(&pool)
-        .await
-        .expect("outbox ids");
+    let event_ids: Vec<String> =
+        sqlx::query_scalar("select event_id from outbox_events").fetch_all(&pool).await.expect("event ids");
     let (kafka, topic) = (broker.kafka.clone(), broker.kafka.topics.events.clone());
     let messages = tokio::task::spawn_blocking(move || read_to_end(&kafka, &topic)).await.expect("reader");
-    let mut seen_outbox_ids = HashSet::new();
+    let mut seen_event_ids = HashSet::new();
     let mut seen_transfers = HashSet::new();
-    for (outbox_id, payload) in &messages {
-        let outbox_id = outbox_id.as_deref().expect("every event carries its outbox id");
-        if seen_outbox_ids.insert(outbox_id.parse::<i64>().expect("numeric outbox id"))
+    for (event_id, payload) in &messages {
+        let event_id = event_id.as_deref().expect("every event carries its event id");
+        if seen_event_ids.insert(event_id.to_owned())
             && let Some(id) = payload["transfer_id"].as_str()
         {
             seen_transfers.insert(id.parse::<Uuid>().expect("transfer id"));
         }
     }
     eprintln!(
-        "{} events on the topic for {} outbox rows ({} duplicates)",
+        "{} events on the topic for {} events in the outbox ({} duplicates)",
         messages.len(),
-        outbox_ids.len(),
-        messages.len() - seen_outbox_ids.len()
+        event_ids.len(),
+        messages.len() - seen_event_ids.len()
     );
-    let missing: Vec<i64> = outbox_ids.iter().filter(|id| !seen_outbox_ids.contains(id)).copied().collect();
-    assert!(missing.is_empty(), "outbox rows delivered but not on {}: {missing:?}", broker.kafka.topics.events);
+    let missing: Vec<&String> = event_ids.iter().filter(|id| !seen_event_ids.contains(*id)).collect();
+    assert!(missing.is_empty(), "events delivered but not on {}: {missing:?}", broker.kafka.topics.events);
     for id in applied.iter().chain(&deposits) {
         assert!(seen_transfers.contains(id), "no event for transfer {id}");
     }

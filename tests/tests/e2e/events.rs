@@ -23,6 +23,18 @@ async fn completed_and_rejected_transfers_are_published_as_events_with_the_outbo
     assert_eq!(completed.json()["type"], "transfer.completed");
     assert_eq!(completed.key.as_deref(), Some(alice.to_string().as_str()));
     assert!(completed.header("ledgerline-outbox-id").is_some_and(|id| id.parse::<i64>().is_ok()));
+    assert_eq!(completed.header("ledgerline-event-type"), Some("transfer.completed"));
+    // The processor wrote its batch's events as one outbox row; each event
+    // is published on its own, with an id of its own in that row.
+    let event_id = completed.header("ledgerline-event-id").expect("an event id");
+    let (row, _index) = event_id.split_once('.').expect("<outbox id>.<index>");
+    assert_eq!(Some(row), completed.header("ledgerline-outbox-id"));
+    let stored: String = sqlx::query_scalar("select payload::text from outbox_events where event_id = $1")
+        .bind(event_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("the event in the outbox");
+    assert_eq!(stored.as_bytes(), completed.payload.as_slice(), "published byte for byte as written");
     let rejected = find(&too_much["transfer_id"]);
     assert_eq!(rejected.json()["type"], "transfer.rejected");
     assert_eq!(rejected.json()["reason"], "insufficient_funds");

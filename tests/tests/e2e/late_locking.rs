@@ -192,11 +192,13 @@ async fn transfer_status(pool: &PgPool, command: &Command) -> (String, Option<St
 }
 
 async fn outbox_types(pool: &PgPool, command: &Command) -> Vec<String> {
-    sqlx::query_scalar("select event_type from outbox where payload->>'transfer_id' = $1 order by id")
-        .bind(command.id().to_string())
-        .fetch_all(pool)
-        .await
-        .expect("outbox")
+    sqlx::query_scalar(
+        "select event_type from outbox_events where payload->>'transfer_id' = $1 order by outbox_id, event_index",
+    )
+    .bind(command.id().to_string())
+    .fetch_all(pool)
+    .await
+    .expect("outbox")
 }
 
 #[tokio::test]

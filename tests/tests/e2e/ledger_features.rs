@@ -113,7 +113,7 @@ async fn holds_are_posted_in_part_voided_or_released_on_expiry() {
     wait_until(
         &app,
         &format!(
-            "select exists (select 1 from outbox where event_type = 'transfer.voided' \
+            "select exists (select 1 from outbox_events where event_type = 'transfer.voided' \
              and payload->>'hold_id' = '{third}' and payload->>'reason' = 'expired')"
         ),
     )

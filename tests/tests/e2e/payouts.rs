@@ -443,7 +443,7 @@ impl Payouts {
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         loop {
             let reason: Option<String> = sqlx::query_scalar(
-                "select payload->>'reason' from outbox
+                "select payload->>'reason' from outbox_events
                  where event_type = 'transfer.rejected' and payload->>'transfer_id' = $1",
             )
             .bind(id.to_string())
@@ -577,7 +577,9 @@ async fn a_provider_outcome_contradicting_the_settlement_is_recorded_and_raised(
     );
     // An event for the world, a metric for alerts, a list for operators.
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while payouts.app.count("select count(*) from outbox where event_type = 'payout.outcome_conflicted'").await != 1 {
+    while payouts.app.count("select count(*) from outbox_events where event_type = 'payout.outcome_conflicted'").await
+        != 1
+    {
         assert!(tokio::time::Instant::now() < deadline, "no payout.outcome_conflicted event");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -288,3 +288,95 @@ async fn delivered_rows_are_pruned_after_the_retention_period_and_nothing_else_i
         .expect("kept");
     assert_eq!(kept, vec![recent, dead, pending], "recent, dead and pending rows stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_row_is_published_event_by_event_in_order_under_ids_of_their_own() {
+    const BATCHES: usize = 20;
+    const EVENTS_PER_BATCH: usize = 50;
+    const ACCOUNTS: usize = 7;
+    let app = TestApp::spawn_without_relay().await;
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|_| Uuid::new_v4().to_string()).collect();
+    // Rows as the processor writes them: each a JSON array of
+    // {key, type, event}; sequence numbers grow across batches.
+    let mut rows = Vec::new();
+    for batch in 0..BATCHES {
+        let events: Vec<serde_json::Value> = (0..EVENTS_PER_BATCH)
+            .map(|index| {
+                let seq = batch * EVENTS_PER_BATCH + index;
+                serde_json::json!({
+                    "key": accounts[seq % ACCOUNTS],
+                    "type": "test.event",
+                    "event": { "type": "test.event", "seq": seq },
+                })
+            })
+            .collect();
+        let id: i64 = sqlx::query_scalar(
+            "insert into outbox (destination, event_type, message_key, payload) values ('events', $1, $2, $3) returning id",
+        )
+        .bind(admin::EVENT_BATCH_TYPE)
+        .bind(admin::EVENT_BATCH_KEY)
+        .bind(serde_json::Value::Array(events))
+        .fetch_one(&app.pool)
+        .await
+        .expect("batch row");
+        rows.push(id);
+    }
+    let (stop, metrics) = start_relay(&app, RelayConfig::new(app.kafka.clone()));
+    let messages = app.read_topic(&app.kafka.topics.events, BATCHES * EVENTS_PER_BATCH).await;
+    wait_until(
+        &app,
+        "every batch row marked delivered",
+        "select (count(*) = 0)::int::bigint from outbox where delivered_at is null",
+    )
+    .await;
+    stop.cancel();
+
+    let mut last_seq: HashMap<String, usize> = HashMap::new();
+    let mut event_ids = HashSet::new();
+    for message in &messages {
+        let seq = usize::try_from(message.json()["seq"].as_u64().expect("the event, not the batch")).expect("small");
+        let (batch, index) = (seq / EVENTS_PER_BATCH, seq % EVENTS_PER_BATCH);
+        assert_eq!(message.header("ledgerline-outbox-id"), Some(rows[batch].to_string().as_str()));
+        assert_eq!(message.header("ledgerline-event-id"), Some(format!("{}.{index}", rows[batch]).as_str()));
+        assert_eq!(message.header("ledgerline-event-type"), Some("test.event"));
+        let key = message.key.clone().expect("keyed by the event's own key");
+        assert_eq!(key, accounts[seq % ACCOUNTS]);
+        if let Some(previous) = last_seq.insert(key.clone(), seq) {
+            assert!(previous < seq, "account {key}: event {seq} published after {previous}");
+        }
+        event_ids.insert(message.header("ledgerline-event-id").expect("id").to_owned());
+    }
+    assert_eq!(event_ids.len(), BATCHES * EVENTS_PER_BATCH, "every event once among the first read");
+    assert_eq!(metrics.delivered_total.load(Ordering::Relaxed), u64::try_from(BATCHES).expect("small"));
+    // The view operators and the webhook fan-out read has every event.
+    assert_eq!(
+        app.count("select count(*) from outbox_events where delivered_at is not null").await,
+        i64::try_from(BATCHES * EVENTS_PER_BATCH).expect("small")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_row_that_is_not_an_array_of_events_fails_with_its_reason_and_stays_undelivered() {
+    let app = TestApp::spawn_without_relay().await;
+    let poison: i64 = sqlx::query_scalar(
+        "insert into outbox (destination, event_type, message_key, payload) values ('events', $1, $2, $3) returning id",
+    )
+    .bind(admin::EVENT_BATCH_TYPE)
+    .bind(admin::EVENT_BATCH_KEY)
+    .bind(serde_json::json!({ "not": "an array" }))
+    .fetch_one(&app.pool)
+    .await
+    .expect("batch row");
+    let (stop, _metrics) = start_relay(&app, RelayConfig::new(app.kafka.clone()));
+    wait_until(
+        &app,
+        "the malformed batch failed with its reason",
+        &format!("select count(*) from outbox where id = {poison} and last_error_code = 'malformed_event_batch'"),
+    )
+    .await;
+    stop.cancel();
+    assert_eq!(
+        app.count(&format!("select count(*) from outbox where id = {poison} and delivered_at is not null")).await,
+        0
+    );
+}

@@ -99,7 +99,7 @@ async fn the_same_key_with_another_body_is_refused_and_nothing_is_applied() {
             .count(
                 // Told under an id of its own, never as the completed
                 // transfer's rejection.
-                "select count(*) from outbox where event_type = 'command.id_reused' \
+                "select count(*) from outbox_events where event_type = 'command.id_reused' \
                  and payload->>'reason' = 'idempotency_key_reused' and payload->>'conflict_id' <> payload->>'reused_id'",
             )
             .await;
@@ -109,7 +109,7 @@ async fn the_same_key_with_another_body_is_refused_and_nothing_is_applied() {
         assert!(tokio::time::Instant::now() < deadline, "the reuse was not refused");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(app.count("select count(*) from outbox where event_type = 'transfer.rejected'").await, 0);
+    assert_eq!(app.count("select count(*) from outbox_events where event_type = 'transfer.rejected'").await, 0);
     assert_eq!(app.balance(alice).await, dec("90.00"));
     assert_eq!(app.balance(bob).await, dec("10.00"));
 }

@@ -78,6 +78,12 @@ fn verify(key: &[u8], webhook: &Received, body: &[u8], now: i64) -> Result<(), S
     signature::verify_webhook(key, &webhook.id, webhook.timestamp, &webhook.signature, body, now, 300)
 }
 
+/// An event id (`<outbox id>` or `<outbox id>.<index>`) as what orders it.
+fn event_order(id: &str) -> (i64, u64) {
+    let (row, index) = id.split_once('.').unwrap_or((id, "0"));
+    (row.parse().expect("evt_<outbox id>[.<index>]"), index.parse().expect("evt_<outbox id>.<index>"))
+}
+
 fn accepted(state: &Shared) -> Vec<Received> {
     state.lock().expect("receiver").received.iter().filter(|r| r.answered < 300).cloned().collect()
 }
@@ -128,7 +134,7 @@ async fn events_arrive_signed_in_order_retried_under_the_same_id_and_a_replay_is
             assert_eq!(verify(&key, webhook, tampered.as_bytes(), now), Err(SignatureError::Mismatch));
         }
         serde_json::from_str::<schemas::Event>(&webhook.body).expect("the body is a ledger event");
-        ids.push(webhook.id.trim_start_matches("evt_").parse::<i64>().expect("evt_<outbox id>"));
+        ids.push(event_order(webhook.id.trim_start_matches("evt_")));
     }
     assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "in order: {ids:?}");
     let types: Vec<String> = received
@@ -296,7 +302,7 @@ async fn an_endpoint_that_is_down_does_not_hold_back_kafka_events() {
     loop {
         let published = app
             .count(&format!(
-                "select count(*) from outbox where destination = 'events' and delivered_at is not null
+                "select count(*) from outbox_events where delivered_at is not null
                    and payload::text like '%{transfer_id}%'"
             ))
             .await;
