@@ -580,23 +580,25 @@ async fn publish_batch(config: &RelayConfig, producer: &FutureProducer, row: &Ro
             };
         }
     };
-    let outbox_id = row.id.to_string();
-    let deadline = Duration::from_millis(config.kafka.produce_timeout_ms);
+    let outbox_row = row.id.to_string();
+    // The whole row within one produce timeout, as a row of one event: the
+    // claim's lease is sized on it, and a row still being sent when its
+    // lease ends would be claimed and sent by another relay at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(config.kafka.produce_timeout_ms);
     let mut acknowledgements = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let event_id = admin::batched_event_id(row.id, index);
         let mut record = FutureRecord::to(&config.kafka.topics.events)
             .key(event.key.as_ref())
             .payload(event.event.get())
-            .headers(event_headers(&outbox_id, &event_id, &event.event_type));
+            .headers(event_headers(&outbox_row, &event_id, &event.event_type));
         // Queued without waiting; a full queue (librdkafka's bound on what
         // waits for the broker) is waited out here, up to the deadline.
-        let queued_by = std::time::Instant::now() + deadline;
         loop {
             match producer.send_result(record) {
                 Ok(acknowledgement) => break acknowledgements.push(acknowledgement),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned))
-                    if std::time::Instant::now() < queued_by =>
+                    if tokio::time::Instant::now() < deadline =>
                 {
                     record = returned;
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -605,11 +607,15 @@ async fn publish_batch(config: &RelayConfig, producer: &FutureProducer, row: &Ro
             }
         }
     }
-    let acknowledged = tokio::time::timeout(deadline, futures::future::join_all(acknowledgements)).await;
+    let acknowledged = tokio::time::timeout_at(deadline, futures::future::join_all(acknowledgements)).await;
     let Ok(acknowledged) = acknowledged else {
         return Attempt::Failed {
             code: "kafka_timeout".into(),
-            error: format!("no acknowledgement of the batch's {} events within {deadline:?}", events.len()),
+            error: format!(
+                "not every one of the batch's {} events acknowledged within {} ms",
+                events.len(),
+                config.kafka.produce_timeout_ms
+            ),
             retry_after_ms: None,
         };
     };
@@ -629,12 +635,16 @@ async fn publish_batch(config: &RelayConfig, producer: &FutureProducer, row: &Ro
     Attempt::Delivered
 }
 
-/// The headers of a published event: the outbox row it came from, the
-/// event's own id (what consumers deduplicate by) and its type.
-fn event_headers(outbox_id: &str, event_id: &str, event_type: &str) -> OwnedHeaders {
+/// The headers of a published event: its own id, what consumers
+/// deduplicate by, under both `ledgerline-event-id` and (the name
+/// consumers were first told to deduplicate by, so that one written for
+/// one event per row never drops a batch's later events as duplicates)
+/// `ledgerline-outbox-id`; the outbox row it came from; its type.
+fn event_headers(outbox_row: &str, event_id: &str, event_type: &str) -> OwnedHeaders {
     OwnedHeaders::new()
-        .insert(Header { key: "ledgerline-outbox-id", value: Some(outbox_id) })
         .insert(Header { key: "ledgerline-event-id", value: Some(event_id) })
+        .insert(Header { key: "ledgerline-outbox-id", value: Some(event_id) })
+        .insert(Header { key: "ledgerline-outbox-row", value: Some(outbox_row) })
         .insert(Header { key: "ledgerline-event-type", value: Some(event_type) })
 }
 

@@ -4,6 +4,11 @@
 -- each event as a Kafka message of its own. Rows of one event (written
 -- before, and by tests and tools) keep working as they did.
 
+-- Upgrade order: relays first (a relay from before this migration would
+-- publish a batch row as one message keyed 'ledger'), then processors.
+
+set local lock_timeout = '10s';
+
 -- A batch row is a few hundred kilobytes, stored out of line (TOAST).
 -- pglz took 8-11 ms to compress one of 1,000 events on the benchmark
 -- machine, lz4 3-4 ms (as fast as storing it uncompressed, and a fifth of

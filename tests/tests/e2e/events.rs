@@ -4,7 +4,7 @@ use ledgerline_tests::{TestApp, unique_key};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn completed_and_rejected_transfers_are_published_as_events_with_the_outbox_id() {
+async fn completed_and_rejected_transfers_are_published_as_events_with_their_event_id() {
     let app = TestApp::spawn().await;
     let alice = app.open_account("EUR").await;
     let bob = app.open_account("EUR").await;
@@ -22,13 +22,14 @@ async fn completed_and_rejected_transfers_are_published_as_events_with_the_outbo
     let completed = find(&ok["transfer_id"]);
     assert_eq!(completed.json()["type"], "transfer.completed");
     assert_eq!(completed.key.as_deref(), Some(alice.to_string().as_str()));
-    assert!(completed.header("ledgerline-outbox-id").is_some_and(|id| id.parse::<i64>().is_ok()));
     assert_eq!(completed.header("ledgerline-event-type"), Some("transfer.completed"));
     // The processor wrote its batch's events as one outbox row; each event
     // is published on its own, with an id of its own in that row.
     let event_id = completed.header("ledgerline-event-id").expect("an event id");
-    let (row, _index) = event_id.split_once('.').expect("<outbox id>.<index>");
-    assert_eq!(Some(row), completed.header("ledgerline-outbox-id"));
+    let (row, index) = event_id.split_once('.').expect("<outbox id>.<index>");
+    assert!(row.parse::<i64>().is_ok() && index.parse::<u32>().is_ok(), "{event_id}");
+    assert_eq!(Some(row), completed.header("ledgerline-outbox-row"));
+    assert_eq!(Some(event_id), completed.header("ledgerline-outbox-id"), "unique per event under the older name");
     let stored: String = sqlx::query_scalar("select payload::text from outbox_events where event_id = $1")
         .bind(event_id)
         .fetch_one(&app.pool)
