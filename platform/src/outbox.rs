@@ -20,10 +20,11 @@ pub const NOTIFY_CHANNEL: &str = "ledgerline_outbox";
 pub const EVENT_BATCH_TYPE: &str = "events.batch";
 
 /// The `message_key` of every event batch row. One key, hence one lane:
-/// batches go out in the order they were written (the processor writes a
-/// batch's row under its account locks, so two batches that share an
-/// account are in commit order), which keeps every account's events in
-/// order across batches.
+/// batch rows go out in id order, one after the other, which keeps each
+/// processor's events in order across its batches. (Rows are numbered when
+/// written, before the batch locks its accounts: two processors' batches
+/// that share an account can commit in the other order than their rows'
+/// ids, as with one row per event before.)
 pub const EVENT_BATCH_KEY: &str = "ledger";
 
 /// One event in an [`EVENT_BATCH_TYPE`] row: its Kafka key, its type (for
