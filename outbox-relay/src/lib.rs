@@ -536,11 +536,7 @@ impl Destinations<'_> {
             "payments" => self.payments.deliver(row, start_deadline).await,
             "webhooks" => self.webhooks.deliver(row, endpoints).await,
             "notifications" => self.webhooks.deliver_notification(row, self.config.notifier.as_ref()).await,
-            other => Attempt::Failed {
-                code: "unknown_destination".into(),
-                error: format!("no delivery for destination {other:?}"),
-                retry_after_ms: None,
-            },
+            other => Attempt::failed("unknown_destination", &format!("no delivery for destination {other:?}"), None),
         }
     }
 }
@@ -573,11 +569,11 @@ async fn publish_batch(config: &RelayConfig, producer: &FutureProducer, row: &Ro
     let events: Vec<admin::BatchedEvent<'_>> = match serde_json::from_str(&row.payload) {
         Ok(events) => events,
         Err(error) => {
-            return Attempt::Failed {
-                code: "malformed_event_batch".into(),
-                error: format!("the batch row is not an array of events: {error}"),
-                retry_after_ms: None,
-            };
+            return Attempt::failed(
+                "malformed_event_batch",
+                &format!("the batch row is not an array of events: {error}"),
+                None,
+            );
         }
     };
     let outbox_row = row.id.to_string();
@@ -609,26 +605,23 @@ async fn publish_batch(config: &RelayConfig, producer: &FutureProducer, row: &Ro
     }
     let acknowledged = tokio::time::timeout_at(deadline, futures::future::join_all(acknowledgements)).await;
     let Ok(acknowledged) = acknowledged else {
-        return Attempt::Failed {
-            code: "kafka_timeout".into(),
-            error: format!(
-                "not every one of the batch's {} events acknowledged within {} ms",
-                events.len(),
-                config.kafka.produce_timeout_ms
-            ),
-            retry_after_ms: None,
-        };
+        let error = format!(
+            "not every one of the batch's {} events acknowledged within {} ms",
+            events.len(),
+            config.kafka.produce_timeout_ms
+        );
+        return Attempt::failed("kafka_timeout", &error, None);
     };
     for acknowledgement in acknowledged {
         match acknowledgement {
             Ok(Ok(_)) => {}
             Ok(Err((error, _))) => return kafka_failed(&error),
             Err(_canceled) => {
-                return Attempt::Failed {
-                    code: "kafka_error".into(),
-                    error: "the producer dropped a message before it was acknowledged".into(),
-                    retry_after_ms: None,
-                };
+                return Attempt::failed(
+                    "kafka_error",
+                    "the producer dropped a message before it was acknowledged",
+                    None,
+                );
             }
         }
     }
@@ -649,7 +642,7 @@ fn event_headers(outbox_row: &str, event_id: &str, event_type: &str) -> OwnedHea
 }
 
 fn kafka_failed(error: &KafkaError) -> Attempt {
-    Attempt::Failed { code: kafka_error_code(error), error: error.to_string(), retry_after_ms: None }
+    Attempt::failed(&kafka_error_code(error), &error.to_string(), None)
 }
 
 /// A stable reason for a Kafka failure: librdkafka's error code name.

@@ -226,6 +226,13 @@ pub enum Attempt {
 }
 
 impl Attempt {
+    /// A failed attempt, with its stable `code`, what went wrong, and how
+    /// long the destination asked to wait, if it did.
+    #[must_use]
+    pub fn failed(code: &str, error: &str, retry_after_ms: Option<u64>) -> Self {
+        Self::Failed { code: code.to_owned(), error: error.to_owned(), retry_after_ms }
+    }
+
     fn delivered(&self) -> bool {
         matches!(self, Attempt::Delivered | Attempt::Answered { .. })
     }

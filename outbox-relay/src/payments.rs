@@ -112,11 +112,15 @@ impl Payments {
     /// could then run out mid-call, and another relay order it meanwhile).
     pub async fn deliver(&self, row: &Row, start_deadline: std::time::Instant) -> Attempt {
         let Some(client) = self.client.as_ref() else {
-            return failed("no_provider", "no payment provider is configured (LEDGERLINE_PROVIDER_BASE_URL)", None);
+            return Attempt::failed(
+                "no_provider",
+                "no payment provider is configured (LEDGERLINE_PROVIDER_BASE_URL)",
+                None,
+            );
         };
         let payment: PaymentRequested = match serde_json::from_str(&row.payload) {
             Ok(payment) => payment,
-            Err(error) => return failed("bad_payload", &format!("not a payment.requested: {error}"), None),
+            Err(error) => return Attempt::failed("bad_payload", &format!("not a payment.requested: {error}"), None),
         };
         if self.breaker_open() {
             // Not an attempt: the row keeps its budget for when the
@@ -159,7 +163,7 @@ impl Payments {
                 tracing::info!(outbox_id = row.id, payment_id = %payment.payment_id, %provider_reference, "payment pending at the provider");
                 Attempt::Answered { outcome: format!("pending:{provider_reference}") }
             }
-            Err(failure) => failed(&failure.code, &failure.message, failure.retry_after_ms),
+            Err(failure) => Attempt::failed(&failure.code, &failure.message, failure.retry_after_ms),
         }
     }
 
@@ -207,7 +211,7 @@ impl Payments {
         )
         .await;
         if let Err(error) = recorded {
-            return failed("outcome_not_recorded", &error.to_string(), None);
+            return Attempt::failed("outcome_not_recorded", &error.to_string(), None);
         }
         self.publish(&payout_outcome(payment.payment_id, payment.source_account_id, result, Utc::now())).await
     }
@@ -215,13 +219,13 @@ impl Payments {
     async fn publish(&self, command: &Command) -> Attempt {
         let payload = match serde_json::to_string(command) {
             Ok(payload) => payload,
-            Err(error) => return failed("bad_command", &error.to_string(), None),
+            Err(error) => return Attempt::failed("bad_command", &error.to_string(), None),
         };
         let key = command.partition_key();
         let record = FutureRecord::to(&self.commands_topic).key(&key).payload(&payload);
         match self.producer.send(record, self.produce_timeout).await {
             Ok(_) => Attempt::Delivered,
-            Err((error, _)) => failed(&crate::kafka_error_code(&error), &error.to_string(), None),
+            Err((error, _)) => Attempt::failed(&crate::kafka_error_code(&error), &error.to_string(), None),
         }
     }
 
@@ -277,8 +281,4 @@ fn answered(settled: Attempt, outcome: String) -> Attempt {
         Attempt::Delivered => Attempt::Answered { outcome },
         other => other,
     }
-}
-
-fn failed(code: &str, error: &str, retry_after_ms: Option<u64>) -> Attempt {
-    Attempt::Failed { code: code.to_owned(), error: error.to_owned(), retry_after_ms }
 }

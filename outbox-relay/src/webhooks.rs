@@ -148,10 +148,10 @@ impl Endpoint {
             return Ok(secret.clone());
         }
         let (Some(nonce), Some(key_id)) = (&self.secret_nonce, &self.secret_key_id) else {
-            return Err(failed("no_secret", "the endpoint has no secret", None));
+            return Err(Attempt::failed("no_secret", "the endpoint has no secret", None));
         };
         keys.and_then(|keys| keys.derive(key_id, &self.id.to_string(), nonce)).ok_or_else(|| {
-            failed(
+            Attempt::failed(
                 "secret_key_unknown",
                 &format!("the webhook secrets key {key_id:?} is not in LEDGERLINE_WEBHOOK_SECRETS_KEYS"),
                 None,
@@ -255,7 +255,7 @@ impl Webhooks {
     pub async fn deliver(&self, row: &Row, endpoints: &HashMap<Uuid, Endpoint>) -> Attempt {
         let webhook: WebhookRow = match serde_json::from_str(&row.payload) {
             Ok(webhook) => webhook,
-            Err(error) => return failed("bad_payload", &format!("not a webhook row: {error}"), None),
+            Err(error) => return Attempt::failed("bad_payload", &format!("not a webhook row: {error}"), None),
         };
         let Some(endpoint) = endpoints.get(&webhook.endpoint_id) else {
             // Removed since the event: nobody wants it any more.
@@ -266,7 +266,7 @@ impl Webhooks {
             && let Some(address) = literal_address(&endpoint.url)
             && !platform::net::is_public(address)
         {
-            return failed(NOT_PUBLIC_CODE, &format!("{address} is not a public address"), None);
+            return Attempt::failed(NOT_PUBLIC_CODE, &format!("{address} is not a public address"), None);
         }
         let secret = match endpoint.secret(self.secret_keys.as_ref()) {
             Ok(secret) => secret,
@@ -287,7 +287,11 @@ impl Webhooks {
     /// same way. Without one configured the row fails until dead.
     pub async fn deliver_notification(&self, row: &Row, notifier: Option<&Notifier>) -> Attempt {
         let Some(notifier) = notifier else {
-            return failed("no_notifier", "no notification service is configured (LEDGERLINE_NOTIFY_URL)", None);
+            return Attempt::failed(
+                "no_notifier",
+                "no notification service is configured (LEDGERLINE_NOTIFY_URL)",
+                None,
+            );
         };
         self.post_signed(
             &self.internal_http,
@@ -310,7 +314,7 @@ impl Webhooks {
     ) -> Attempt {
         let key = match platform::signature::webhook_key(secret) {
             Ok(key) => key,
-            Err(error) => return failed("bad_secret", &error.to_string(), None),
+            Err(error) => return Attempt::failed("bad_secret", &error.to_string(), None),
         };
         let timestamp = chrono::Utc::now().timestamp();
         let signature = platform::signature::sign_webhook(&key, message_id, timestamp, body.as_bytes());
@@ -328,14 +332,14 @@ impl Webhooks {
             Ok(response) if response.status().is_success() => Attempt::Delivered,
             Ok(response) => {
                 let status = response.status();
-                failed(
+                Attempt::failed(
                     &format!("http_{}", status.as_u16()),
                     &format!("the endpoint answered {status}"),
                     crate::provider::retry_after_ms(response.headers()),
                 )
             }
-            Err(error) if caused_by_not_public(&error) => failed(NOT_PUBLIC_CODE, &error.to_string(), None),
-            Err(error) => failed(crate::provider::reqwest_error_code(&error), &error.to_string(), None),
+            Err(error) if caused_by_not_public(&error) => Attempt::failed(NOT_PUBLIC_CODE, &error.to_string(), None),
+            Err(error) => Attempt::failed(crate::provider::reqwest_error_code(&error), &error.to_string(), None),
         }
     }
 }
@@ -485,8 +489,4 @@ impl Notifier {
         }
         Ok(Some(Self { url, secret }))
     }
-}
-
-fn failed(code: &str, error: &str, retry_after_ms: Option<u64>) -> Attempt {
-    Attempt::Failed { code: code.to_owned(), error: error.to_owned(), retry_after_ms }
 }

@@ -43,7 +43,9 @@ pub struct BatchedEvent<'a, E: ?Sized = serde_json::value::RawValue> {
 /// The id of the `index`-th event (from 0) of the batch row `outbox_id`:
 /// `<outbox id>.<index>`, the `ledgerline-event-id` header, stable across
 /// retries, for consumers to drop duplicates by. An event in a row of its
-/// own has the row's id.
+/// own has the row's id. The view `outbox_events` builds the same ids in
+/// SQL (migration `20261202000002_event_batches.sql`); the events test
+/// finds a published event there by its header.
 #[must_use]
 pub fn batched_event_id(outbox_id: i64, index: usize) -> String {
     format!("{outbox_id}.{index}")
