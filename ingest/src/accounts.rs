@@ -14,10 +14,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::auth::{Principal, Scope};
 use crate::context::RequestId;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::transfers::{self, Accepted, Requester};
 
 pub fn router() -> OpenApiRouter<AppState> {

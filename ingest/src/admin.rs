@@ -25,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::accounts::{AccountView, find_account};
 use crate::audit;
 use crate::auth::Scope;
@@ -32,7 +33,6 @@ use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::staff::require_role;
-use crate::startup::AppState;
 
 /// Rows one list returns at most.
 pub const PAGE_LIMIT_MAX: i64 = 500;

@@ -14,9 +14,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::customers::User;
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 pub const PAGE_LIMIT_MAX: i64 = 500;
 

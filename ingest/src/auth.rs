@@ -24,9 +24,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::passwords::SecretHasher;
-use crate::startup::AppState;
 
 /// What a token allows. The string forms are the OAuth2 scope values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

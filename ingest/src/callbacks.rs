@@ -27,9 +27,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::context::RequestId;
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 pub const SIGNATURE_HEADER: &str = "provider-signature";
 

@@ -56,9 +56,6 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    // Responses may hold balances and tokens: no shared caches.
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     span.in_scope(|| {
         tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis(), "served");
     });

@@ -16,10 +16,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::accounts::{AccountRow, AccountView, find_account, format_amount, parse_currency};
 use crate::customers::User;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::transfers::{self, Requester};
 
 /// Accounts one customer may open.

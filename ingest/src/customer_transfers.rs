@@ -25,12 +25,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::audit;
 use crate::auth::JwtKeys;
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::transfers::{self, Accepted, Requester, TransferView};
 
 pub const PIN_ATTEMPTS_MAX: i32 = 5;

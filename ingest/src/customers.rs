@@ -34,11 +34,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::audit;
 use crate::auth::bearer_token;
 use crate::context::RequestId;
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 pub const PASSWORD_LENGTH_MIN: usize = 12;
 pub const PASSWORD_LENGTH_MAX: usize = 128;

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod callbacks;
@@ -21,17 +22,20 @@ pub mod group_commit;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod passwords;
 pub mod publish;
 pub mod retention;
+pub mod router;
 pub mod serve;
 pub mod staff;
-pub mod startup;
+pub mod state;
 pub mod tls;
 pub mod transfers;
 pub mod webhooks;
 
+pub use app::Application;
 pub use config::IngestConfig;
-pub use startup::Application;
+pub use state::AppState;

@@ -24,12 +24,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::AppState;
 use crate::audit;
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
 use crate::staff::require_role;
-use crate::startup::AppState;
 
 /// Dead letters one read returns at most, and one replay republishes at most.
 pub const DEAD_LETTERS_PAGE_MAX: i64 = 500;

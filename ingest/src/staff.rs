@@ -23,12 +23,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::accounts::{AccountView, find_account};
 use crate::audit;
 use crate::context::RequestId;
 use crate::customers::User;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::transfers::{self, Requester, TransferView};
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -28,11 +28,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::auth::{Principal, Scope};
 use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::group_commit::{GroupCommit, GroupCommitLimits};
-use crate::startup::AppState;
 
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 

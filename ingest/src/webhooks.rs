@@ -18,9 +18,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::AppState;
 use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 /// The event types an endpoint may subscribe to: what the ledger tells.
 pub const EVENT_TYPES: &[&str] = &[

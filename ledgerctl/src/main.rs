@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::DeadLetters { command } => dead_letters(command).await?,
         Command::Openapi => {
-            println!("{}", ingest::startup::openapi().to_pretty_json()?);
+            println!("{}", ingest::router::openapi().to_pretty_json()?);
         }
         Command::Verify => {
             let pool = DatabaseConfig::from_env()?.connect().await?;

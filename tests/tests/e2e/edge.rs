@@ -97,6 +97,33 @@ async fn every_answer_carries_the_security_headers_and_no_cors_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_may_be_cached_and_every_security_header_is_sent_once() {
+    let app = TestApp::spawn().await;
+    let document = app.http().get(app.url("/openapi.json")).send().await.expect("document");
+    let live = app.http().get(app.url("/health/live")).send().await.expect("live");
+    assert_eq!(document.status(), 200);
+    let values = |response: &reqwest::Response, name: &str| {
+        response
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+    };
+    // The document holds no balance and no token: shared caches may keep it
+    // a minute; everything else stays uncached.
+    assert_eq!(values(&document, "cache-control"), ["public, max-age=60"]);
+    assert_eq!(values(&live, "cache-control"), ["no-store"]);
+    for response in [&document, &live] {
+        for name in
+            ["x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy", "x-request-id"]
+        {
+            assert_eq!(values(response, name).len(), 1, "{name} once on {}", response.url());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_attempts_are_throttled_per_account_whatever_the_address() {
     let app = TestApp::spawn_configured(|config| {
         config.login_account_rate_limit = RateLimit { per_minute: 1, burst: 3 };

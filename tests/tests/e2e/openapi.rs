@@ -91,7 +91,7 @@ async fn every_documented_route_answers_each_caller_as_its_rule_says() {
     .await;
     let served: Value =
         app.http().get(app.url("/openapi.json")).send().await.expect("document").json().await.expect("JSON");
-    assert_eq!(served, serde_json::to_value(ingest::startup::openapi()).expect("serializes"), "served as generated");
+    assert_eq!(served, serde_json::to_value(ingest::router::openapi()).expect("serializes"), "served as generated");
 
     let callers = [
         ("customer", Some(app.user_token("jane@example.com", "customer").await)),
