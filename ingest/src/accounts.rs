@@ -20,7 +20,7 @@ use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::transfers::{self, Accepted, Requester};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(open_account))
         .routes(routes!(get_account))
@@ -30,7 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// An amount at its currency's scale, as a string ("12.50", "1000" for JPY).
 #[must_use]
-pub fn format_amount(value: Decimal, currency: Currency) -> String {
+pub(crate) fn format_amount(value: Decimal, currency: Currency) -> String {
     let mut value = value;
     value.rescale(currency.minor_unit_scale());
     value.to_string()
@@ -52,7 +52,7 @@ struct OpenAccountRequest {
 
 /// An account and its balances, as decimal strings in its currency.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AccountView {
+pub(crate) struct AccountView {
     id: Uuid,
     #[schema(value_type = String, example = "EUR")]
     currency: Currency,
@@ -297,7 +297,7 @@ struct DepositRequest {
 
 /// An `account.deposited` command, and the canonical form of its request.
 #[must_use]
-pub fn deposit_command(transfer_id: TransferId, account_id: Uuid, money: Money) -> (Command, serde_json::Value) {
+pub(crate) fn deposit_command(transfer_id: TransferId, account_id: Uuid, money: Money) -> (Command, serde_json::Value) {
     let command = Command::AccountDeposited(AccountDeposited {
         version: V1,
         transfer_id,

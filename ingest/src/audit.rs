@@ -18,15 +18,15 @@ use crate::AppState;
 use crate::customers::User;
 use crate::error::ApiError;
 
-pub const PAGE_LIMIT_MAX: i64 = 500;
+pub(crate) const PAGE_LIMIT_MAX: i64 = 500;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(read))
 }
 
 /// One event to record.
 #[derive(Debug, Clone)]
-pub struct Event<'a> {
+pub(crate) struct Event<'a> {
     pub action: &'a str,
     pub actor_user_id: Option<Uuid>,
     pub subject_user_id: Option<Uuid>,
@@ -39,7 +39,7 @@ impl<'a> Event<'a> {
     /// What a staff member did to something other than a user (an account,
     /// an API client, a dead letter), with the detail naming it.
     #[must_use]
-    pub fn by_staff(
+    pub(crate) fn by_staff(
         action: &'a str,
         staff_user_id: Uuid,
         peer: SocketAddr,
@@ -51,7 +51,7 @@ impl<'a> Event<'a> {
 
     /// What a user did to their own account, with no more detail.
     #[must_use]
-    pub fn by_user(action: &'a str, user_id: Uuid, peer: SocketAddr, request_id: &'a str) -> Self {
+    pub(crate) fn by_user(action: &'a str, user_id: Uuid, peer: SocketAddr, request_id: &'a str) -> Self {
         Self {
             action,
             actor_user_id: Some(user_id),
@@ -65,7 +65,7 @@ impl<'a> Event<'a> {
 
 /// Records an event. A failure to record is logged, not returned: the
 /// request it describes has already happened.
-pub async fn record(state: &AppState, event: Event<'_>) {
+pub(crate) async fn record(state: &AppState, event: Event<'_>) {
     let action = event.action;
     let written = match state.pool.acquire().await {
         Ok(mut connection) => record_in(&mut connection, event).await,
@@ -81,7 +81,7 @@ pub async fn record(state: &AppState, event: Event<'_>) {
 ///
 /// # Errors
 /// When the row cannot be written.
-pub async fn record_in(connection: &mut sqlx::PgConnection, event: Event<'_>) -> Result<(), sqlx::Error> {
+pub(crate) async fn record_in(connection: &mut sqlx::PgConnection, event: Event<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         r"insert into audit_log (action, actor_user_id, subject_user_id, ip, request_id, detail)
           values ($1, $2, $3, $4, $5, $6)",

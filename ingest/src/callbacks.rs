@@ -31,9 +31,9 @@ use crate::AppState;
 use crate::context::RequestId;
 use crate::error::ApiError;
 
-pub const SIGNATURE_HEADER: &str = "provider-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "provider-signature";
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(callback))
 }
 

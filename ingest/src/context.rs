@@ -14,14 +14,14 @@ use tracing::Instrument as _;
 
 use crate::error::Problem;
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The longest incoming request id we keep; a longer one is replaced.
 const REQUEST_ID_LENGTH_MAX: usize = 128;
 
 /// The id of the request being served, for handlers that log or publish it.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub(crate) struct RequestId(pub String);
 
 fn incoming_request_id(request: &Request) -> Option<String> {
     let value = request.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
@@ -38,7 +38,7 @@ struct ProblemBody<'a> {
     request_id: &'a str,
 }
 
-pub async fn middleware(mut request: Request, next: Next) -> Response {
+pub(crate) async fn middleware(mut request: Request, next: Next) -> Response {
     let request_id = incoming_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(request_id.clone()));
     let span =

@@ -23,11 +23,11 @@ use crate::error::ApiError;
 use crate::transfers::{self, Requester};
 
 /// Accounts one customer may open.
-pub const ACCOUNTS_PER_USER_MAX: i64 = 20;
+pub(crate) const ACCOUNTS_PER_USER_MAX: i64 = 20;
 /// The most history items one page returns.
-pub const HISTORY_LIMIT_MAX: i64 = 200;
+pub(crate) const HISTORY_LIMIT_MAX: i64 = 200;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list, open)).routes(routes!(read)).routes(routes!(history))
 }
 

@@ -33,14 +33,14 @@ use crate::customers::User;
 use crate::error::ApiError;
 use crate::transfers::{self, Accepted, Requester, TransferView};
 
-pub const PIN_ATTEMPTS_MAX: i32 = 5;
-pub const PIN_LOCK_S: i64 = 15 * 60;
-pub const STEP_UP_HEADER: &str = "x-step-up-token";
+pub(crate) const PIN_ATTEMPTS_MAX: i32 = 5;
+pub(crate) const PIN_LOCK_S: i64 = 15 * 60;
+pub(crate) const STEP_UP_HEADER: &str = "x-step-up-token";
 /// The longest a status request may wait for the decision (below the
 /// request timeout).
-pub const WAIT_MS_MAX: u64 = 10_000;
+pub(crate) const WAIT_MS_MAX: u64 = 10_000;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(set_pin))
         .routes(routes!(step_up))

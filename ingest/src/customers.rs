@@ -40,11 +40,11 @@ use crate::auth::bearer_token;
 use crate::context::RequestId;
 use crate::error::ApiError;
 
-pub const PASSWORD_LENGTH_MIN: usize = 12;
-pub const PASSWORD_LENGTH_MAX: usize = 128;
+pub(crate) const PASSWORD_LENGTH_MIN: usize = 12;
+pub(crate) const PASSWORD_LENGTH_MAX: usize = 128;
 const EMAIL_LENGTH_MAX: usize = 254;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register))
         .routes(routes!(login))
@@ -58,7 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A logged-in customer (or staff member), from a customer access token.
 #[derive(Debug, Clone)]
-pub struct User {
+pub(crate) struct User {
     pub id: Uuid,
     pub role: String,
 }
@@ -570,7 +570,7 @@ async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -
 }
 
 /// How long a reset token is valid.
-pub const RESET_TOKEN_TTL_S: i64 = 30 * 60;
+pub(crate) const RESET_TOKEN_TTL_S: i64 = 30 * 60;
 
 /// Whose password to reset.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 /// A problem, minus the request id the middleware adds.
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     #[serde(rename = "type")]
     pub type_uri: String,
     pub title: &'static str,
@@ -181,7 +181,7 @@ impl IntoResponse for ApiError {
 }
 
 /// An empty response carrying the problem for the middleware to render.
-pub fn problem_response(
+pub(crate) fn problem_response(
     status: StatusCode,
     code: &'static str,
     title: &'static str,

@@ -20,7 +20,7 @@ use crate::error::ApiError;
 
 /// Limits of one group commit.
 #[derive(Debug, Clone, Copy)]
-pub struct GroupCommitLimits {
+pub(crate) struct GroupCommitLimits {
     /// Flushes running at once (each on its own connection).
     pub workers: usize,
     /// Items written by one flush at most.
@@ -35,7 +35,7 @@ type Queue<I, O> = Arc<Mutex<mpsc::Receiver<(I, Answer<O>)>>>;
 
 /// A queue of items written in groups; see the module docs.
 #[derive(Debug)]
-pub struct GroupCommit<I, O> {
+pub(crate) struct GroupCommit<I, O> {
     name: &'static str,
     queue: mpsc::Sender<(I, Answer<O>)>,
 }
@@ -53,7 +53,7 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     ///
     /// # Panics
     /// When a limit is zero.
-    pub fn spawn<F, Fut>(name: &'static str, limits: GroupCommitLimits, flush: F) -> Self
+    pub(crate) fn spawn<F, Fut>(name: &'static str, limits: GroupCommitLimits, flush: F) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, sqlx::Error>> + Send + 'static,
@@ -73,7 +73,7 @@ impl<I: Send + 'static, O: Send + 'static> GroupCommit<I, O> {
     /// # Errors
     /// The flush's error (every item of a failed batch gets it), or 500
     /// when the workers are gone.
-    pub async fn submit(&self, item: I) -> Result<O, ApiError> {
+    pub(crate) async fn submit(&self, item: I) -> Result<O, ApiError> {
         let (answer, answered) = oneshot::channel();
         let gone = || ApiError::Internal(anyhow::anyhow!("the {} group commit has stopped", self.name));
         self.queue.send((item, answer)).await.map_err(|_| gone())?;

@@ -5,36 +5,36 @@
 //! It stays thin: it never changes a balance. Money moves only in the
 //! processor, from the commands this service publishes.
 
-pub mod accounts;
+pub(crate) mod accounts;
 pub mod admin;
 pub mod app;
-pub mod audit;
+pub(crate) mod audit;
 pub mod auth;
-pub mod callbacks;
+pub(crate) mod callbacks;
 pub mod config;
-pub mod context;
-pub mod customer_accounts;
-pub mod customer_transfers;
-pub mod customers;
-pub mod decisions;
-pub mod error;
-pub mod group_commit;
-pub mod health;
+pub(crate) mod context;
+pub(crate) mod customer_accounts;
+pub(crate) mod customer_transfers;
+pub(crate) mod customers;
+pub(crate) mod decisions;
+pub(crate) mod error;
+pub(crate) mod group_commit;
+pub(crate) mod health;
 pub mod limits;
-pub mod metrics;
+pub(crate) mod metrics;
 mod middleware;
-pub mod openapi;
-pub mod ops;
+pub(crate) mod openapi;
+pub(crate) mod ops;
 pub mod passwords;
 pub mod publish;
-pub mod retention;
+pub(crate) mod retention;
 pub mod router;
-pub mod serve;
-pub mod staff;
+pub(crate) mod serve;
+pub(crate) mod staff;
 pub mod state;
 pub mod tls;
-pub mod transfers;
-pub mod webhooks;
+pub(crate) mod transfers;
+pub(crate) mod webhooks;
 
 pub use app::Application;
 pub use config::IngestConfig;

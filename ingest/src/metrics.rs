@@ -37,7 +37,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// What one ingest instance counted.
 #[derive(Debug, Default)]
-pub struct HttpMetrics {
+pub(crate) struct HttpMetrics {
     requests: Mutex<HashMap<(String, String, u16), u64>>,
     latency: Mutex<HashMap<String, Arc<Histogram>>>,
 }
@@ -57,7 +57,7 @@ impl HttpMetrics {
 
     /// The Prometheus page.
     #[must_use]
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut page = Exposition::new();
         page.family("ledgerline_http_requests_total", Kind::Counter, "Requests answered, by method, route and status");
         let mut requests: Vec<((String, String, u16), u64)> = self
@@ -89,7 +89,7 @@ impl HttpMetrics {
 
 /// Inside the router (a route layer): notes the matched route's template on
 /// the response.
-pub async fn note_route(request: Request, next: Next) -> Response {
+pub(crate) async fn note_route(request: Request, next: Next) -> Response {
     if let (Some(path), Some(slot)) =
         (request.extensions().get::<MatchedPath>(), request.extensions().get::<RouteSlot>())
     {
@@ -100,7 +100,7 @@ pub async fn note_route(request: Request, next: Next) -> Response {
 
 /// Outside everything: counts the request once it is answered, whatever
 /// answered it (a handler, a rejection, the timeout, the fallback).
-pub async fn count(State(metrics): State<Arc<HttpMetrics>>, mut request: Request, next: Next) -> Response {
+pub(crate) async fn count(State(metrics): State<Arc<HttpMetrics>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
     let slot = RouteSlot::default();

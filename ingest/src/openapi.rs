@@ -15,7 +15,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
 use utoipa::{Modify, ToSchema};
 
 /// The name of the bearer scheme operations refer to.
-pub const BEARER: &str = "bearer";
+pub(crate) const BEARER: &str = "bearer";
 
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
@@ -42,11 +42,11 @@ pub const BEARER: &str = "bearer";
         (name = "health", description = "Probes"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// An error answer (RFC 9457, `application/problem+json`).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// `urn:ledgerline:problem:<code>`.
     #[serde(rename = "type")]
     pub type_uri: String,
@@ -66,7 +66,7 @@ pub struct Problem {
 /// what every operation shares (the bearer scheme and the error answers),
 /// added once the paths are known.
 #[must_use]
-pub fn complete(mut openapi: OpenApi) -> OpenApi {
+pub(crate) fn complete(mut openapi: OpenApi) -> OpenApi {
     Conventions.modify(&mut openapi);
     openapi
 }
@@ -129,12 +129,12 @@ fn add_problems(operation: &mut Operation) {
 
 /// The document, serialized once at start.
 #[derive(Debug, Clone)]
-pub struct Document(std::sync::Arc<str>);
+pub(crate) struct Document(std::sync::Arc<str>);
 
 impl Document {
     /// # Errors
     /// When the document cannot be serialized.
-    pub fn new(openapi: OpenApi) -> anyhow::Result<Self> {
+    pub(crate) fn new(openapi: OpenApi) -> anyhow::Result<Self> {
         Ok(Self(std::sync::Arc::from(openapi.to_json()?)))
     }
 }
@@ -148,7 +148,7 @@ impl Document {
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")),
     security(()),
 )]
-pub async fn serve(axum::Extension(document): axum::Extension<Document>) -> impl axum::response::IntoResponse {
+pub(crate) async fn serve(axum::Extension(document): axum::Extension<Document>) -> impl axum::response::IntoResponse {
     (
         [
             (axum::http::header::CONTENT_TYPE, "application/json"),

@@ -32,17 +32,17 @@ use crate::error::ApiError;
 use crate::staff::require_role;
 
 /// Dead letters one read returns at most, and one replay republishes at most.
-pub const DEAD_LETTERS_PAGE_MAX: i64 = 500;
+pub(crate) const DEAD_LETTERS_PAGE_MAX: i64 = 500;
 /// How long one read of the dead-letter topic may take.
-pub const KAFKA_READ_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const KAFKA_READ_TIMEOUT_MS: u64 = 5_000;
 /// Payload bytes shown per dead letter; the rest is cut (the replay sends all).
-pub const PAYLOAD_SHOWN_MAX_BYTES: usize = 8 * 1024;
+pub(crate) const PAYLOAD_SHOWN_MAX_BYTES: usize = 8 * 1024;
 /// Dead outbox rows one read returns at most.
-pub const OUTBOX_DEAD_PAGE_MAX: i64 = 1_000;
+pub(crate) const OUTBOX_DEAD_PAGE_MAX: i64 = 1_000;
 
 const ROLES: &[&str] = &["ops", "admin"];
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(dead_letters))
         .routes(routes!(replay_dead_letters))
@@ -65,7 +65,7 @@ struct DeadLetterQuery {
 
 /// One dead-lettered command.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// Its offset in the dead-letter topic: what a replay names.
     offset: i64,
     key: Option<String>,
@@ -83,7 +83,7 @@ pub struct DeadLetter {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetterPage {
+pub(crate) struct DeadLetterPage {
     /// The partition read, and how many the topic has: read each.
     partition: i32,
     partitions: i32,
@@ -126,7 +126,7 @@ async fn dead_letters(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
+pub(crate) struct ReplayRequest {
     /// The dead-letter topic's partition (default 0).
     partition: Option<i32>,
     /// The first dead letter to replay.
@@ -137,7 +137,7 @@ pub struct ReplayRequest {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     /// The dead letters' offsets published again to the commands topic.
     replayed: Vec<i64>,
 }
@@ -259,7 +259,7 @@ async fn outbox_dead(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct OutboxRetryRequest {
+pub(crate) struct OutboxRetryRequest {
     /// The dead rows to retry (at most 1000), or…
     ids: Option<Vec<i64>>,
     /// …`true` for every dead row.

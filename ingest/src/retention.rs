@@ -100,7 +100,7 @@ impl RetentionConfig {
 
 /// Rows one round removed or redacted, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
+pub(crate) struct Pruned {
     pub accepted_requests: u64,
     pub audit_log: u64,
     pub refresh_tokens: u64,
@@ -110,7 +110,7 @@ pub struct Pruned {
 
 /// Prunes every `interval_s` until `shutdown`; a failed round is logged and
 /// the next one tries again.
-pub async fn run(config: RetentionConfig, pool: PgPool, shutdown: CancellationToken) {
+pub(crate) async fn run(config: RetentionConfig, pool: PgPool, shutdown: CancellationToken) {
     let interval = Duration::from_secs(config.interval_s);
     loop {
         match prune_once(&pool, &config).await {
@@ -129,7 +129,7 @@ pub async fn run(config: RetentionConfig, pool: PgPool, shutdown: CancellationTo
 ///
 /// # Errors
 /// When a statement fails.
-pub async fn prune_once(pool: &PgPool, config: &RetentionConfig) -> anyhow::Result<Pruned> {
+pub(crate) async fn prune_once(pool: &PgPool, config: &RetentionConfig) -> anyhow::Result<Pruned> {
     let delete = |sql, retention_s, what| statement(pool, sql, retention_s, config.batch_max, what);
     Ok(Pruned {
         accepted_requests: delete(

@@ -29,11 +29,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt as _;
 
 /// How long requests in flight may take to finish after a stop.
-pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const DRAIN_TIMEOUT_MS: u64 = 30_000;
 
 /// The bounds on each listener's connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub write_timeout: Duration,
     pub connections_max: usize,
@@ -41,7 +41,7 @@ pub struct ConnectionLimits {
 
 /// Serves `router` on the connections `listener` accepts until `shutdown`.
 /// Each request carries the peer's address as `ConnectInfo<SocketAddr>`.
-pub async fn serve<L>(mut listener: L, router: Router, limits: ConnectionLimits, shutdown: CancellationToken)
+pub(crate) async fn serve<L>(mut listener: L, router: Router, limits: ConnectionLimits, shutdown: CancellationToken)
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {

@@ -31,7 +31,7 @@ use crate::customers::User;
 use crate::error::ApiError;
 use crate::transfers::{self, Requester, TransferView};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(read_account))
         .routes(routes!(deposit))
@@ -71,7 +71,7 @@ async fn command_status(
 
 /// # Errors
 /// 403 `forbidden_role` unless the user has one of `roles`.
-pub fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
     if roles.contains(&user.role.as_str()) {
         Ok(())
     } else {
@@ -255,7 +255,7 @@ async fn change_status(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DepositRequest {
+pub(crate) struct DepositRequest {
     /// A positive decimal string, at most the currency's minor units.
     #[schema(example = "100.00")]
     amount: String,

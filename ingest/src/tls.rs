@@ -6,7 +6,7 @@
 //! Handshakes run in their own tasks, at most [`HANDSHAKES_IN_FLIGHT_MAX`] at
 //! once and each for at most [`HANDSHAKE_TIMEOUT_MS`], so a client that opens
 //! a connection and says nothing holds up no one else. Only completed
-//! connections are served ([`crate::serve`]), as plain TCP ones are.
+//! connections are served (`crate::serve`), as plain TCP ones are.
 
 use std::io;
 use std::net::SocketAddr;

@@ -34,22 +34,22 @@ use crate::context::RequestId;
 use crate::error::ApiError;
 use crate::group_commit::{GroupCommit, GroupCommitLimits};
 
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub(crate) const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(submit_transfer)).routes(routes!(get_transfer)).routes(routes!(submit_payout))
 }
 
 /// # Errors
 /// 400 when the header is missing or malformed.
-pub fn required_idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+pub(crate) fn required_idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     optional_idempotency_key(headers)?
         .ok_or_else(|| ApiError::bad_request("idempotency_key_missing", "this request needs an Idempotency-Key header"))
 }
 
 /// # Errors
 /// 400 when the header is present but malformed.
-pub fn optional_idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+pub(crate) fn optional_idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
     let text = value
         .to_str()
@@ -74,7 +74,7 @@ struct TransferRequest {
 
 /// The answer to an accepted command: 202 with where to follow it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// Derived from the requester and the `Idempotency-Key`: a retry gets the same id.
     #[schema(value_type = Uuid)]
     transfer_id: TransferId,
@@ -85,17 +85,12 @@ pub struct Accepted {
 impl Accepted {
     /// The 202 answer with its status URL at `location` (staff and
     /// customers follow their commands under their own routes).
-    pub fn into_response_at(self, location: &str) -> Response {
+    pub(crate) fn into_response_at(self, location: &str) -> Response {
         let mut response = self.into_response();
         if let Ok(location) = location.parse() {
             response.headers_mut().insert(header::LOCATION, location);
         }
         response
-    }
-
-    #[must_use]
-    pub fn transfer_id(&self) -> TransferId {
-        self.transfer_id
     }
 }
 
@@ -147,7 +142,7 @@ async fn submit_transfer(
 /// A `transfer.requested` command, and the canonical form of its request
 /// that a retry with the same key must match.
 #[must_use]
-pub fn transfer_command(
+pub(crate) fn transfer_command(
     transfer_id: TransferId,
     source_account_id: Uuid,
     destination_account_id: Uuid,
@@ -175,7 +170,7 @@ pub fn transfer_command(
 ///
 /// # Errors
 /// When the amount is not a positive decimal within the currency's scale.
-pub fn parse_money(amount: &str, currency: Currency) -> Result<Money, ApiError> {
+pub(crate) fn parse_money(amount: &str, currency: Currency) -> Result<Money, ApiError> {
     Money::parse(amount, currency).map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))
 }
 
@@ -203,7 +198,7 @@ async fn owned_source(state: &AppState, principal: &Principal, source_account_id
 /// when it is opened, and never changes, so a yes can be kept for good and
 /// never goes stale (a no cannot: the account may be opened next).
 #[derive(Debug, Default)]
-pub struct KnownOwners(std::sync::RwLock<std::collections::HashMap<Uuid, Uuid>>);
+pub(crate) struct KnownOwners(std::sync::RwLock<std::collections::HashMap<Uuid, Uuid>>);
 
 /// Accounts [`KnownOwners`] remembers at most (~50 bytes each); when full it
 /// forgets them all and learns again, one read per account.
@@ -325,7 +320,7 @@ async fn submit_payout(
 
 /// Who submitted a request: an API client or a customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requester {
+pub(crate) enum Requester {
     Client(Uuid),
     User(Uuid),
 }
@@ -346,7 +341,7 @@ impl Requester {
 /// # Errors
 /// 422 `idempotency_key_reused` when the key was used for another request;
 /// 503 when the broker does not take the command.
-pub async fn accept(
+pub(crate) async fn accept(
     state: &AppState,
     requester: Requester,
     key: &IdempotencyKey,
@@ -579,19 +574,19 @@ async fn mark_published(pool: &sqlx::PgPool, transfer_ids: &[Uuid]) -> Result<()
 
 /// The status of a request the broker has acknowledged, before the
 /// processor decides.
-pub const STATUS_ACCEPTED: &str = "accepted";
+pub(crate) const STATUS_ACCEPTED: &str = "accepted";
 /// The status of a request recorded, but whose publish was never confirmed
 /// (the broker's answer was lost, the handler was cancelled, or the marker
 /// could not be written), and that the ledger has not decided.
-pub const STATUS_UNCONFIRMED: &str = "unconfirmed";
+pub(crate) const STATUS_UNCONFIRMED: &str = "unconfirmed";
 /// The processor could not apply the command and sent it to the
 /// dead-letter topic (the reason says why); an operator's replay after a
 /// fix may still apply it, and the status then shows the decision.
-pub const STATUS_DEAD_LETTERED: &str = "dead_lettered";
+pub(crate) const STATUS_DEAD_LETTERED: &str = "dead_lettered";
 
 /// A transfer (or deposit, payout, account command) and its status.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TransferView {
+pub(crate) struct TransferView {
     transfer_id: Uuid,
     /// The ledger's decision: `completed` or `rejected` (a hold or payout:
     /// `held`, then `posted`, `voided` or `expired`). Before it:
@@ -623,7 +618,7 @@ impl TransferView {
     /// Whether the ledger has decided (a hold counts: it is the decision
     /// the requester waits for).
     #[must_use]
-    pub fn is_decided(&self) -> bool {
+    pub(crate) fn is_decided(&self) -> bool {
         self.decided_at.is_some()
     }
 }
@@ -635,7 +630,7 @@ impl TransferView {
 ///
 /// # Errors
 /// 404 `transfer_not_found` when it is unknown or another requester's.
-pub async fn transfer_view(
+pub(crate) async fn transfer_view(
     state: &AppState,
     transfer_id: Uuid,
     requester: Requester,

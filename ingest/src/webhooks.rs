@@ -23,7 +23,7 @@ use crate::auth::{Principal, Scope};
 use crate::error::ApiError;
 
 /// The event types an endpoint may subscribe to: what the ledger tells.
-pub const EVENT_TYPES: &[&str] = &[
+pub(crate) const EVENT_TYPES: &[&str] = &[
     "transfer.completed",
     "transfer.rejected",
     "transfer.held",
@@ -34,10 +34,10 @@ pub const EVENT_TYPES: &[&str] = &[
 ];
 
 /// Endpoints one client may have.
-pub const ENDPOINTS_PER_CLIENT_MAX: i64 = 20;
+pub(crate) const ENDPOINTS_PER_CLIENT_MAX: i64 = 20;
 const URL_LENGTH_MAX: usize = 2_000;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list, register)).routes(routes!(remove))
 }
 

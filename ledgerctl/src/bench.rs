@@ -114,7 +114,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(1_800);
 const LEDGER_CHECK_TIMEOUT: Duration = Duration::from_secs(1_800);
 
 #[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// Measure the processor's throughput against pgbench TPC-B and a
     /// set-based SQL ceiling, on the server of DATABASE_URL.
     Processor(ProcessorArgs),
@@ -128,7 +128,7 @@ pub enum BenchCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ProcessorArgs {
+pub(crate) struct ProcessorArgs {
     /// Transfer commands to apply.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=TRANSFERS_MAX))]
     transfers: u64,
@@ -161,7 +161,7 @@ pub struct ProcessorArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// The mock cluster the parent hosts.
     #[arg(long)]
     brokers: String,
@@ -189,7 +189,7 @@ fn parse_share(text: &str) -> Result<f64, String> {
     if (0.0..=1.0).contains(&share) { Ok(share) } else { Err(format!("{share} is not between 0 and 1")) }
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Processor(args) => run_bench(args).await,
         BenchCommand::ProcessorWorker(args) => run_worker(args).await,

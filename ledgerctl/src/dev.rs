@@ -21,15 +21,15 @@ use uuid::Uuid;
 
 /// The development client, the same on every start so the README's
 /// walkthrough works verbatim.
-pub const DEV_CLIENT_ID: Uuid = Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0001);
-pub const DEV_CLIENT_SECRET_DEFAULT: &str = "ledgerline-dev-secret";
+pub(crate) const DEV_CLIENT_ID: Uuid = Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0001);
+pub(crate) const DEV_CLIENT_SECRET_DEFAULT: &str = "ledgerline-dev-secret";
 /// The relay's credentials at the embedded fake payment provider.
 const FAKE_PROVIDER_CLIENT_ID: &str = "ledgerline-dev";
 const FAKE_PROVIDER_SECRET: &str = "fake-provider-dev-secret";
 const FAKE_PROVIDER_CALLBACK_SECRET: &str = "fake-provider-dev-callback-secret";
 
 #[derive(Debug, clap::Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Where ingest listens.
     #[arg(long, env = "LEDGERLINE_HTTP_ADDR", default_value = ingest::IngestConfig::HTTP_ADDR_DEFAULT)]
     http_addr: SocketAddr,
@@ -41,7 +41,7 @@ pub struct DevArgs {
     client_secret: String,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = platform::shutdown::token_on_signal();
 
     let database = DatabaseConfig::from_env()?;

@@ -1,6 +1,6 @@
 //! Delivering `payments` rows: order the payment from the provider, then
 //! tell the ledger how it ended with a `payout.outcome` command of the
-//! payout's hold ([`Payments::settle`], the one place that does).
+//! payout's hold (`Payments::settle`, the one place that does).
 //!
 //! Exactly-once payment rests on three things. The provider receives the
 //! payout's own id as `Idempotency-Key`, so ordering the same payout again

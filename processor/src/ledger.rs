@@ -12,7 +12,7 @@
 //!   what was decided on, and write the entries and balances. Locks are held
 //!   for the last statements and the commit only, so processors sharing
 //!   accounts wait for a part of each other's batch, not for all of it. See
-//!   [`decide_then_lock`] for the check.
+//!   `decide_then_lock` for the check.
 //! - **First** (batches that read holds, original transfers, account
 //!   commands or payout outcomes, or sweep expired holds): lock every
 //!   account in id order first, read again what the locks make stable,
@@ -85,7 +85,7 @@ pub async fn partitions_with_expired_holds(
 /// What the processor remembers of the accounts its batches read and
 /// wrote: each account's state as of the last batch that locked it here.
 ///
-/// A batch decided before locking ([`decide_then_lock`]) takes its
+/// A batch decided before locking (`decide_then_lock`) takes its
 /// accounts from here and reads only the others. Nothing here is trusted:
 /// the locked read checks every account before anything commits, so a
 /// state another processor changed meanwhile (or one from a batch that

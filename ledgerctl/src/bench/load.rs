@@ -40,7 +40,7 @@ const SUSTAINED_SHARE_MIN: f64 = 0.99;
 const CURVE_PERCENTS: [u32; 5] = [25, 50, 75, 100, 125];
 
 #[derive(Debug, clap::Args)]
-pub struct LoadBenchArgs {
+pub(crate) struct LoadBenchArgs {
     /// Rates to search for the knee, per second, ascending.
     #[arg(long, value_delimiter = ',', default_value = "500,1000,1500,2000,2500,3000,4000")]
     rates: Vec<u32>,
@@ -99,7 +99,7 @@ struct LoadBenchReport {
     points: Vec<Point>,
 }
 
-pub async fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.rates.is_empty(), "give at least one rate");
     anyhow::ensure!(args.rates.windows(2).all(|pair| pair[0] < pair[1]), "--rates must ascend");
     let server = Server::from_env()?;
