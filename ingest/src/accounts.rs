@@ -67,15 +67,14 @@ pub(crate) struct AccountView {
     created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
 pub(crate) struct AccountRow {
-    id: Uuid,
+    pub(crate) id: Uuid,
     pub(crate) currency: String,
-    status: String,
-    balance: Decimal,
-    held: Decimal,
-    overdraft_limit: Decimal,
-    created_at: DateTime<Utc>,
+    pub(crate) status: String,
+    pub(crate) balance: Decimal,
+    pub(crate) held: Decimal,
+    pub(crate) overdraft_limit: Decimal,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl AccountRow {
@@ -107,13 +106,14 @@ pub(crate) async fn find_account(
         Some(Requester::User(id)) => (None, Some(id)),
         None => (None, None),
     };
-    sqlx::query_as::<_, AccountRow>(
+    sqlx::query_as!(
+        AccountRow,
         r"select id, currency, status, balance, held, overdraft_limit, created_at from accounts
           where id = $1 and ($2::uuid is null or owner_client_id = $2) and ($3::uuid is null or owner_user_id = $3)",
+        account_id,
+        client_id,
+        user_id,
     )
-    .bind(account_id)
-    .bind(client_id)
-    .bind(user_id)
     .fetch_optional(&state.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
@@ -161,13 +161,13 @@ async fn open_account(
         Some(key) => AccountId::derive(principal.client_id, &key),
         None => AccountId::new_random(),
     };
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         r"insert into accounts (id, currency, kind, owner_client_id) values ($1, $2, 'customer', $3)
           on conflict (id) do nothing",
+        account_id.as_uuid(),
+        request.currency.code(),
+        principal.client_id,
     )
-    .bind(account_id.as_uuid())
-    .bind(request.currency.code())
-    .bind(principal.client_id)
     .execute(&state.pool)
     .await?
     .rows_affected();
@@ -263,23 +263,23 @@ async fn list_entries(
     }
     let account = find_account(&state, account_id, Some(Requester::Client(principal.client_id))).await?;
     let currency = parse_currency(&account.currency)?;
-    let rows: Vec<(Uuid, Decimal, Decimal, DateTime<Utc>)> = sqlx::query_as(
+    let rows = sqlx::query!(
         r"select transfer_id, amount, balance_after, created_at from entries
           where account_id = $1 order by id desc limit $2",
+        account_id,
+        limit,
     )
-    .bind(account_id)
-    .bind(limit)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(EntriesView {
         account_id,
         entries: rows
             .into_iter()
-            .map(|(transfer_id, amount, balance_after, created_at)| EntryView {
-                transfer_id,
-                amount: format_amount(amount, currency),
-                balance_after: format_amount(balance_after, currency),
-                created_at,
+            .map(|row| EntryView {
+                transfer_id: row.transfer_id,
+                amount: format_amount(row.amount, currency),
+                balance_after: format_amount(row.balance_after, currency),
+                created_at: row.created_at,
             })
             .collect(),
     }))

@@ -82,16 +82,16 @@ pub(crate) async fn record(state: &AppState, event: Event<'_>) {
 /// # Errors
 /// When the row cannot be written.
 pub(crate) async fn record_in(connection: &mut sqlx::PgConnection, event: Event<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         r"insert into audit_log (action, actor_user_id, subject_user_id, ip, request_id, detail)
           values ($1, $2, $3, $4, $5, $6)",
+        event.action,
+        event.actor_user_id,
+        event.subject_user_id,
+        event.peer.map(|peer| peer.ip().to_string()),
+        event.request_id,
+        &event.detail,
     )
-    .bind(event.action)
-    .bind(event.actor_user_id)
-    .bind(event.subject_user_id)
-    .bind(event.peer.map(|peer| peer.ip().to_string()))
-    .bind(event.request_id)
-    .bind(&event.detail)
     .execute(connection)
     .await?;
     Ok(())
@@ -110,7 +110,7 @@ struct AuditQuery {
     subject_user_id: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize)]
 struct Row {
     id: i64,
     at: DateTime<Utc>,
@@ -158,14 +158,15 @@ async fn read(
     if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={PAGE_LIMIT_MAX}")));
     }
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        Row,
         r"select id, at, action, actor_user_id, subject_user_id, ip, request_id, detail from audit_log
           where ($1::bigint is null or id < $1) and ($2::uuid is null or subject_user_id = $2)
           order by id desc limit $3",
+        query.before,
+        query.subject_user_id,
+        limit,
     )
-    .bind(query.before)
-    .bind(query.subject_user_id)
-    .bind(limit)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(serde_json::json!({ "events": rows })))

@@ -272,17 +272,17 @@ pub struct StepUp {
 /// # Errors
 /// 401 `step_up_used` when it paid for another transfer; database failures.
 pub async fn spend_step_up(pool: &PgPool, step_up: &StepUp, transfer_id: Uuid) -> Result<(), ApiError> {
-    let spent: Option<i32> = sqlx::query_scalar(
-        r"with pruned as (delete from step_up_uses where user_id = $2 and expires_at < now() - interval '1 minute')
+    let spent = sqlx::query_scalar!(
+        r#"with pruned as (delete from step_up_uses where user_id = $2 and expires_at < now() - interval '1 minute')
           insert into step_up_uses (id, user_id, transfer_id, expires_at) values ($1, $2, $3, $4)
           on conflict (id) do update set transfer_id = excluded.transfer_id
               where step_up_uses.transfer_id = excluded.transfer_id
-          returning 1",
+          returning 1 as "spent!""#,
+        step_up.id,
+        step_up.user_id,
+        transfer_id,
+        step_up.expires_at,
     )
-    .bind(step_up.id)
-    .bind(step_up.user_id)
-    .bind(transfer_id)
-    .bind(step_up.expires_at)
     .fetch_optional(pool)
     .await?;
     if spent.is_none() {
@@ -334,8 +334,7 @@ impl FromRequestParts<AppState> for Principal {
         // disabling a client or taking a scope away takes effect on its next
         // request, not when its tokens expire. One primary-key read.
         let granted: Option<Vec<String>> =
-            sqlx::query_scalar("select scopes from api_clients where id = $1 and disabled_at is null")
-                .bind(client_id)
+            sqlx::query_scalar!("select scopes from api_clients where id = $1 and disabled_at is null", client_id)
                 .fetch_optional(&state.pool)
                 .await?;
         let granted = granted.ok_or_else(|| ApiError::invalid_token("this API client is disabled"))?;
@@ -496,10 +495,10 @@ pub async fn verify_client(
 ) -> Result<Option<ApiClient>, ApiError> {
     let stored: Option<(Uuid, String, Vec<String>)> = match Uuid::parse_str(client_id) {
         Ok(id) => {
-            sqlx::query_as("select id, secret_hash, scopes from api_clients where id = $1 and disabled_at is null")
-                .bind(id)
+            sqlx::query!("select id, secret_hash, scopes from api_clients where id = $1 and disabled_at is null", id)
                 .fetch_optional(pool)
                 .await?
+                .map(|row| (row.id, row.secret_hash, row.scopes))
         }
         Err(_) => None,
     };
@@ -565,15 +564,15 @@ pub async fn upsert_client(
 ) -> anyhow::Result<()> {
     let hash = hasher.hash_blocking(secret.clone()).await?;
     let scopes: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
-    sqlx::query(
+    sqlx::query!(
         r"insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)
           on conflict (id) do update set name = excluded.name, secret_hash = excluded.secret_hash,
                                          scopes = excluded.scopes, disabled_at = null",
+        id,
+        name,
+        hash,
+        &scopes as &[&str],
     )
-    .bind(id)
-    .bind(name)
-    .bind(hash)
-    .bind(&scopes)
     .execute(pool)
     .await
     .context("storing the API client")?;

@@ -125,11 +125,12 @@ async fn callback(
     // A callback contradicting the payout's settlement is recorded and
     // published like any other: the processor finds the conflict and raises
     // it (one place for that rule).
-    let source: Option<Uuid> =
-        sqlx::query_scalar("select source_account_id from transfers where id = $1 and kind = 'payout'")
-            .bind(callback.payment_id)
-            .fetch_optional(&state.pool)
-            .await?;
+    let source: Option<Uuid> = sqlx::query_scalar!(
+        r#"select source_account_id as "source_account_id!" from transfers where id = $1 and kind = 'payout'"#,
+        callback.payment_id
+    )
+    .fetch_optional(&state.pool)
+    .await?;
     let source = source.ok_or_else(|| ApiError::not_found("payment_not_found", "no such payout"))?;
     let payment_id = TransferId::from_uuid(callback.payment_id);
     platform::payouts::record_outcome(

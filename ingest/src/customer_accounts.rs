@@ -81,20 +81,19 @@ async fn open(
         Some(key) => AccountId::derive(user.id, &key),
         None => AccountId::new_random(),
     };
-    let count: i64 = sqlx::query_scalar("select count(*) from accounts where owner_user_id = $1")
-        .bind(user.id)
+    let count = sqlx::query_scalar!(r#"select count(*) as "count!" from accounts where owner_user_id = $1"#, user.id)
         .fetch_one(&state.pool)
         .await?;
     if count >= ACCOUNTS_PER_USER_MAX {
         return Err(ApiError::unprocessable("too_many_accounts", "close an account before opening another"));
     }
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         r"insert into accounts (id, currency, kind, owner_user_id) values ($1, $2, 'customer', $3)
           on conflict (id) do nothing",
+        account_id.as_uuid(),
+        request.currency.code(),
+        user.id,
     )
-    .bind(account_id.as_uuid())
-    .bind(request.currency.code())
-    .bind(user.id)
     .execute(&state.pool)
     .await?
     .rows_affected();
@@ -133,11 +132,12 @@ async fn open(
     )),
 )]
 async fn list(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
-    let rows: Vec<AccountRow> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        AccountRow,
         r"select id, currency, status, balance, held, overdraft_limit, created_at
           from accounts where owner_user_id = $1 order by created_at, id",
+        user.id,
     )
-    .bind(user.id)
     .fetch_all(&state.pool)
     .await?;
     let accounts = rows.into_iter().map(AccountRow::view).collect::<Result<Vec<_>, _>>()?;

@@ -182,12 +182,12 @@ impl Decisions {
             return Ok(());
         }
         self.watcher_queries.fetch_add(1, Ordering::Relaxed);
-        let decided: Vec<Uuid> = sqlx::query_scalar(
-            r"select id from transfers where id = any($1)
+        let decided: Vec<Uuid> = sqlx::query_scalar!(
+            r#"select id as "id!" from transfers where id = any($1)
               union all
-              select id from account_commands where id = any($1)",
+              select id from account_commands where id = any($1)"#,
+            &ids,
         )
-        .bind(&ids)
         .fetch_all(pool)
         .await?;
         self.wake(&decided);

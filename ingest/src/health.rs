@@ -37,7 +37,7 @@ async fn live() -> StatusCode {
     security(()),
 )]
 async fn ready(State(state): State<AppState>) -> StatusCode {
-    match sqlx::query("select 1").execute(&state.pool).await {
+    match sqlx::query_scalar!("select 1 as probe").fetch_one(&state.pool).await {
         Ok(_) => StatusCode::NO_CONTENT,
         Err(error) => {
             tracing::warn!(%error, "not ready: Postgres does not answer");

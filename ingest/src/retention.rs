@@ -181,6 +181,8 @@ pub(crate) async fn prune_once(pool: &PgPool, config: &RetentionConfig) -> anyho
 }
 
 /// Runs one pruning statement: `$1` the retention in seconds, `$2` the batch.
+/// A runtime query, not a macro: one function runs every table's statement
+/// (each a `&'static str` above), which a macro cannot take as an argument.
 async fn statement(
     pool: &PgPool,
     sql: &'static str,

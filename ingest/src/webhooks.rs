@@ -57,7 +57,7 @@ struct Registration {
 }
 
 /// A registered webhook endpoint.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = WebhookEndpoint)]
 struct Endpoint {
     id: Uuid,
@@ -152,11 +152,12 @@ async fn register(
     validate(&registration, state.webhook_private_networks_allowed)?;
     registration.event_types.sort();
     registration.event_types.dedup();
-    let count: i64 =
-        sqlx::query_scalar("select count(*) from webhook_endpoints where api_client_id = $1 and disabled_at is null")
-            .bind(principal.client_id)
-            .fetch_one(&state.pool)
-            .await?;
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from webhook_endpoints where api_client_id = $1 and disabled_at is null"#,
+        principal.client_id
+    )
+    .fetch_one(&state.pool)
+    .await?;
     if count >= ENDPOINTS_PER_CLIENT_MAX {
         return Err(ApiError::unprocessable("too_many_webhooks", "remove an endpoint before adding another"));
     }
@@ -177,17 +178,18 @@ async fn register(
             (secret.clone(), Some(secret), None, None)
         }
     };
-    let endpoint: Endpoint = sqlx::query_as(
-        r"insert into webhook_endpoints (id, api_client_id, url, event_types, secret, secret_nonce, secret_key_id)
-          values ($1, $2, $3, $4, $5, $6, $7) returning id, url, event_types, created_at, 'active' as status",
+    let endpoint = sqlx::query_as!(
+        Endpoint,
+        r#"insert into webhook_endpoints (id, api_client_id, url, event_types, secret, secret_nonce, secret_key_id)
+          values ($1, $2, $3, $4, $5, $6, $7) returning id, url, event_types, created_at, 'active' as "status!""#,
+        id,
+        principal.client_id,
+        &registration.url,
+        &registration.event_types,
+        stored,
+        nonce,
+        key_id,
     )
-    .bind(id)
-    .bind(principal.client_id)
-    .bind(&registration.url)
-    .bind(&registration.event_types)
-    .bind(stored)
-    .bind(nonce)
-    .bind(key_id)
     .fetch_one(&state.pool)
     .await?;
     tracing::info!(endpoint_id = %endpoint.id, client_id = %principal.client_id, "webhook endpoint registered");
@@ -217,15 +219,16 @@ async fn register(
 )]
 async fn list(State(state): State<AppState>, principal: Principal) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::WebhooksManage)?;
-    let endpoints: Vec<Endpoint> = sqlx::query_as(
-        r"select id, url, event_types, created_at,
-                 case when disabled_at is null then 'active' else 'disabled_failing' end as status
+    let endpoints = sqlx::query_as!(
+        Endpoint,
+        r#"select id, url, event_types, created_at,
+                 case when disabled_at is null then 'active' else 'disabled_failing' end as "status!"
           from webhook_endpoints
           where api_client_id = $1
             and (disabled_at is null or (disabled_reason = 'failing' and disabled_at > now() - interval '30 days'))
-          order by created_at",
+          order by created_at"#,
+        principal.client_id,
     )
-    .bind(principal.client_id)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(serde_json::json!({ "endpoints": endpoints })))
@@ -249,12 +252,12 @@ async fn remove(
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::WebhooksManage)?;
     let Path(endpoint_id) = path?;
-    let removed = sqlx::query(
+    let removed = sqlx::query!(
         r"update webhook_endpoints set disabled_at = now(), disabled_reason = 'removed'
           where id = $1 and api_client_id = $2 and (disabled_at is null or disabled_reason = 'failing')",
+        endpoint_id,
+        principal.client_id,
     )
-    .bind(endpoint_id)
-    .bind(principal.client_id)
     .execute(&state.pool)
     .await?;
     if removed.rows_affected() == 0 {

@@ -42,7 +42,7 @@ const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// failure to Kafka or a provider is already retried and counted in the
 /// metrics (`ledgerline_outbox_*`), which is where to alert on them.
 async fn readiness(pool: &sqlx::PgPool) -> Vec<String> {
-    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query("select 1").execute(pool)).await {
+    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query_scalar!("select 1 as probe").fetch_one(pool)).await {
         Ok(Ok(_)) => Vec::new(),
         Ok(Err(error)) => vec![format!("Postgres does not answer: {error}")],
         Err(_) => vec![format!("Postgres does not answer within {} ms", DATABASE_PROBE_TIMEOUT.as_millis())],

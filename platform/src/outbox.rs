@@ -67,7 +67,7 @@ pub struct Status {
     pub failing: Vec<Failing>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Failing {
     pub destination: String,
     pub code: String,
@@ -78,29 +78,32 @@ pub struct Failing {
 /// # Errors
 /// Database failures.
 pub async fn status(pool: &PgPool) -> sqlx::Result<Status> {
-    let (pending, retrying, oldest_pending_age_s): (i64, i64, f64) = sqlx::query_as(
-        r"select count(*),
-                 count(*) filter (where next_attempt_at > now()),
-                 coalesce(extract(epoch from now() - min(created_at))::double precision, 0)
-          from outbox where delivered_at is null and dead_at is null",
+    let backlog = sqlx::query!(
+        r#"select count(*) as "pending!",
+                 count(*) filter (where next_attempt_at > now()) as "retrying!",
+                 coalesce(extract(epoch from now() - min(created_at))::double precision, 0) as "oldest_pending_age_s!"
+          from outbox where delivered_at is null and dead_at is null"#,
     )
     .fetch_one(pool)
     .await?;
-    let dead: i64 =
-        sqlx::query_scalar("select count(*) from outbox where dead_at is not null and delivered_at is null")
-            .fetch_one(pool)
-            .await?;
-    let failing: Vec<Failing> = sqlx::query_as(
+    let (pending, retrying, oldest_pending_age_s) = (backlog.pending, backlog.retrying, backlog.oldest_pending_age_s);
+    let dead = sqlx::query_scalar!(
+        r#"select count(*) as "dead!" from outbox where dead_at is not null and delivered_at is null"#
+    )
+    .fetch_one(pool)
+    .await?;
+    let failing = sqlx::query_as!(
+        Failing,
         // Pending and dead rows separately, each through its partial index:
         // delivered rows (most of the table) are never read.
-        r"select destination, coalesce(last_error_code, 'unknown') as code, count(*) as rows,
-                 count(*) filter (where dead) as dead
+        r#"select destination as "destination!", coalesce(last_error_code, 'unknown') as "code!",
+                 count(*) as "rows!", count(*) filter (where dead) as "dead!"
           from (select destination, last_error_code, false as dead from outbox
                 where delivered_at is null and dead_at is null and last_error is not null
                 union all
                 select destination, last_error_code, true from outbox
                 where dead_at is not null and delivered_at is null) as failing
-          group by 1, 2 order by 3 desc",
+          group by 1, 2 order by 3 desc"#,
     )
     .fetch_all(pool)
     .await?;
@@ -108,7 +111,7 @@ pub async fn status(pool: &PgPool) -> sqlx::Result<Status> {
 }
 
 /// A dead row, for an operator to inspect.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DeadRow {
     pub id: i64,
     pub destination: String,
@@ -126,12 +129,14 @@ pub struct DeadRow {
 /// # Errors
 /// Database failures.
 pub async fn dead_rows(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<DeadRow>> {
-    sqlx::query_as(
-        r"select id, destination, event_type, message_key, attempts, last_error_code, last_error, created_at, dead_at
+    sqlx::query_as!(
+        DeadRow,
+        r#"select id, destination, event_type, message_key, attempts, last_error_code, last_error, created_at,
+                  dead_at as "dead_at!"
           from outbox where dead_at is not null and delivered_at is null
-          order by id limit $1",
+          order by id limit $1"#,
+        limit,
     )
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -153,21 +158,29 @@ pub enum Retry {
 /// # Errors
 /// Database failures.
 pub async fn retry(pool: &PgPool, which: &Retry) -> sqlx::Result<u64> {
-    let query = match which {
-        Retry::Ids(ids) => sqlx::query(
-            r"update outbox set dead_at = null, attempts = 0, next_attempt_at = null
-              where id = any($1) and dead_at is not null and delivered_at is null",
-        )
-        .bind(ids.clone()),
-        Retry::AllDead => sqlx::query(
-            r"update outbox set dead_at = null, attempts = 0, next_attempt_at = null
-              where dead_at is not null and delivered_at is null",
-        ),
+    let result = match which {
+        Retry::Ids(ids) => {
+            sqlx::query!(
+                r"update outbox set dead_at = null, attempts = 0, next_attempt_at = null
+                  where id = any($1) and dead_at is not null and delivered_at is null",
+                ids,
+            )
+            .execute(pool)
+            .await?
+        }
+        Retry::AllDead => {
+            sqlx::query!(
+                r"update outbox set dead_at = null, attempts = 0, next_attempt_at = null
+                  where dead_at is not null and delivered_at is null",
+            )
+            .execute(pool)
+            .await?
+        }
     };
-    let result = query.execute(pool).await?;
     if result.rows_affected() > 0 {
-        // Wake the relays now rather than at their next poll.
-        sqlx::query("select pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(pool).await?;
+        // Wake the relays now rather than at their next poll (`pg_notify`
+        // returns void, which the query macros cannot decode: cast to text).
+        sqlx::query!("select pg_notify($1, '')::text", NOTIFY_CHANNEL).fetch_one(pool).await?;
     }
     Ok(result.rows_affected())
 }

@@ -45,16 +45,16 @@ pub async fn record_outcome(
     provider_reference: Option<&str>,
     provider_code: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         r"insert into payout_outcomes (payment_id, result, origin, provider_reference, provider_code)
           values ($1, $2, $3, $4, $5)
           on conflict (payment_id, result) do nothing",
+        payment_id.as_uuid(),
+        result.code(),
+        origin.code(),
+        provider_reference,
+        provider_code,
     )
-    .bind(payment_id.as_uuid())
-    .bind(result.code())
-    .bind(origin.code())
-    .bind(provider_reference)
-    .bind(provider_code)
     .execute(pool)
     .await?;
     Ok(())
@@ -81,36 +81,23 @@ pub struct Conflict {
 /// # Errors
 /// Database errors.
 pub async fn conflicts(pool: &PgPool, limit: i64) -> Result<Vec<Conflict>, sqlx::Error> {
-    sqlx::query_as::<
-        _,
-        (Uuid, Option<Uuid>, Option<String>, Option<String>, String, DateTime<Utc>, DateTime<Utc>, Option<String>),
-    >(
-        r"select settled.payment_id, t.source_account_id, t.amount::text, t.currency, t.status,
-                 settled.reported_at, rejected.reported_at, rejected.provider_code
+    // A payout's transfer row exists before any outcome can be recorded
+    // for it (its payment order comes from the same transaction), hence
+    // the `!` on its status.
+    sqlx::query_as!(
+        Conflict,
+        r#"select settled.payment_id, t.source_account_id as "source_account_id?", t.amount::text as "amount?",
+                 t.currency as "currency?", t.status as "ledger_status!",
+                 settled.reported_at as settled_reported_at, rejected.reported_at as rejected_reported_at,
+                 rejected.provider_code as rejected_code
           from payout_outcomes settled
           join payout_outcomes rejected on rejected.payment_id = settled.payment_id and rejected.result = 'rejected'
           left join transfers t on t.id = settled.payment_id
           where settled.result = 'settled'
           order by greatest(settled.reported_at, rejected.reported_at) desc
-          limit $1",
+          limit $1"#,
+        limit,
     )
-    .bind(limit)
     .fetch_all(pool)
     .await
-    .map(|rows| {
-        rows.into_iter()
-            .map(|(payment_id, source_account_id, amount, currency, ledger_status, settled_at, rejected_at, code)| {
-                Conflict {
-                    payment_id,
-                    source_account_id,
-                    amount,
-                    currency,
-                    ledger_status,
-                    settled_reported_at: settled_at,
-                    rejected_reported_at: rejected_at,
-                    rejected_code: code,
-                }
-            })
-            .collect()
-    })
 }

@@ -100,11 +100,11 @@ impl DatabaseConfig {
             .connect()
             .await
             .context("connecting to the maintenance database `postgres`")?;
-        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut maintenance)
-            .await
-            .context("looking the database up")?;
+        let exists =
+            sqlx::query_scalar!(r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#, &name)
+                .fetch_one(&mut maintenance)
+                .await
+                .context("looking the database up")?;
         if !exists {
             let statement = format!("create database \"{}\"", name.replace('"', "\"\""));
             sqlx::raw_sql(&statement)

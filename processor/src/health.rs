@@ -253,7 +253,7 @@ pub fn spawn_monitor(
 /// the monitor's view must be recent, and no partition may be stopped.
 pub async fn readiness(metrics: &ProcessorMetrics, pool: &PgPool, interval: Duration) -> Vec<String> {
     let mut problems = Vec::new();
-    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query("select 1").execute(pool)).await {
+    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query_scalar!("select 1 as probe").fetch_one(pool)).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => problems.push(format!("Postgres does not answer: {error}")),
         Err(_) => problems.push(format!("Postgres does not answer within {} ms", DATABASE_PROBE_TIMEOUT.as_millis())),

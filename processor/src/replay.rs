@@ -90,11 +90,11 @@ pub async fn refeed(
                 Err(_) => report.undecodable += 1,
             }
         }
-        let decided: std::collections::HashSet<Uuid> = sqlx::query_scalar(
-            r"select id from transfers where id = any($1)
-              union select id from account_commands where id = any($1)",
+        let decided: std::collections::HashSet<Uuid> = sqlx::query_scalar!(
+            r#"select id as "id!" from transfers where id = any($1)
+              union select id from account_commands where id = any($1)"#,
+            &ids,
         )
-        .bind(&ids)
         .fetch_all(pool)
         .await
         .context("looking the commands up in the ledger")?
