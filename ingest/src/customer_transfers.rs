@@ -156,8 +156,8 @@ const PIN_RESERVATION_STALE_S: i32 = 300;
 /// first and counting after the check let a burst of N requests make N
 /// guesses.) Stale reservations turn into wrong attempts on the way.
 async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reservation, ApiError> {
-    let hash: Option<String> = sqlx::query_scalar(
-        r"update users set
+    let hash: Option<String> = sqlx::query_scalar!(
+        r#"update users set
               pin_failed_attempts = pin_failed_attempts
                   + case when pin_attempt_reserved_at < now() - make_interval(secs => $3)
                          then pin_attempts_in_flight else 0 end,
@@ -168,11 +168,11 @@ async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reser
           where id = $1 and pin_hash is not null
             and (pin_locked_until is null or pin_locked_until <= now())
             and pin_failed_attempts + pin_attempts_in_flight < $2
-          returning pin_hash",
+          returning pin_hash as "pin_hash!""#,
+        user_id,
+        PIN_ATTEMPTS_MAX,
+        f64::from(PIN_RESERVATION_STALE_S),
     )
-    .bind(user_id)
-    .bind(PIN_ATTEMPTS_MAX)
-    .bind(f64::from(PIN_RESERVATION_STALE_S))
     .fetch_optional(pool)
     .await?;
     if let Some(hash) = hash {
@@ -182,8 +182,8 @@ async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reser
     // reservations, they were guesses whose outcome was lost: lock, and
     // count from zero after the lock (as a fifth wrong PIN does), or the
     // lost reservations would refuse every attempt after every lock.
-    let (has_pin, locked_until): (bool, Option<DateTime<Utc>>) = sqlx::query_as(
-        r"with stale as (
+    let refused = sqlx::query!(
+        r#"with stale as (
               select id, pin_attempt_reserved_at < now() - make_interval(secs => $3)
                          and pin_failed_attempts + pin_attempts_in_flight >= $2
                          and (pin_locked_until is null or pin_locked_until <= now()) as lock
@@ -195,14 +195,15 @@ async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reser
               pin_attempts_in_flight = case when stale.lock then 0 else pin_attempts_in_flight end
           from stale
           where users.id = stale.id
-          returning pin_hash is not null, pin_locked_until",
+          returning pin_hash is not null as "has_pin!", pin_locked_until"#,
+        user_id,
+        PIN_ATTEMPTS_MAX,
+        f64::from(PIN_RESERVATION_STALE_S),
+        f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)),
     )
-    .bind(user_id)
-    .bind(PIN_ATTEMPTS_MAX)
-    .bind(f64::from(PIN_RESERVATION_STALE_S))
-    .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
     .fetch_one(pool)
     .await?;
+    let (has_pin, locked_until) = (refused.has_pin, refused.pin_locked_until);
     Ok(match locked_until.filter(|until| *until > Utc::now()) {
         _ if !has_pin => Reservation::NotSet,
         Some(until) => Reservation::Locked(until),
@@ -213,14 +214,14 @@ async fn reserve_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid) -> Result<Reser
 /// Ends a reservation that was no wrong guess: the right PIN (the wrong
 /// ones in a row start again from zero) or a check that failed itself.
 async fn release_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid, failed_check: bool) -> Result<(), ApiError> {
-    sqlx::query(
+    sqlx::query!(
         r"update users set
               pin_attempts_in_flight = greatest(pin_attempts_in_flight - 1, 0),
               pin_failed_attempts = case when $2 then pin_failed_attempts else 0 end
           where id = $1",
+        user_id,
+        failed_check,
     )
-    .bind(user_id)
-    .bind(failed_check)
     .execute(pool)
     .await?;
     Ok(())
@@ -229,7 +230,7 @@ async fn release_pin_attempt(pool: &sqlx::PgPool, user_id: Uuid, failed_check: b
 /// Ends a reservation as a wrong PIN, atomically: the fifth in a row locks
 /// PIN use for [`PIN_LOCK_S`] (and the count starts again).
 async fn settle_wrong_pin(pool: &sqlx::PgPool, user_id: Uuid) -> Result<(i32, Option<DateTime<Utc>>), ApiError> {
-    let settled = sqlx::query_as(
+    let settled = sqlx::query!(
         r"update users set
               pin_attempts_in_flight = greatest(pin_attempts_in_flight - 1, 0),
               pin_failed_attempts = case when pin_failed_attempts + 1 >= $2 then 0 else pin_failed_attempts + 1 end,
@@ -237,13 +238,13 @@ async fn settle_wrong_pin(pool: &sqlx::PgPool, user_id: Uuid) -> Result<(i32, Op
                                       then now() + make_interval(secs => $3) else pin_locked_until end
           where id = $1
           returning pin_failed_attempts, pin_locked_until",
+        user_id,
+        PIN_ATTEMPTS_MAX,
+        f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)),
     )
-    .bind(user_id)
-    .bind(PIN_ATTEMPTS_MAX)
-    .bind(f64::from(i32::try_from(PIN_LOCK_S).unwrap_or(i32::MAX)))
     .fetch_one(pool)
     .await?;
-    Ok(settled)
+    Ok((settled.pin_failed_attempts, settled.pin_locked_until))
 }
 
 fn locked(until: DateTime<Utc>) -> ApiError {
@@ -288,8 +289,7 @@ async fn set_pin(
 ) -> Result<StatusCode, ApiError> {
     let Json(request) = body?;
     check_pin_format(&request.pin)?;
-    let has_pin: bool = sqlx::query_scalar("select pin_hash is not null from users where id = $1")
-        .bind(user.id)
+    let has_pin = sqlx::query_scalar!(r#"select pin_hash is not null as "has_pin!" from users where id = $1"#, user.id)
         .fetch_one(&state.pool)
         .await?;
     if has_pin {
@@ -307,11 +307,13 @@ async fn set_pin(
     }
     let pin = request.pin;
     let hash = state.hasher.hash_blocking(pin).await?;
-    sqlx::query("update users set pin_hash = $2, pin_failed_attempts = 0, pin_locked_until = null where id = $1")
-        .bind(user.id)
-        .bind(hash)
-        .execute(&state.pool)
-        .await?;
+    sqlx::query!(
+        "update users set pin_hash = $2, pin_failed_attempts = 0, pin_locked_until = null where id = $1",
+        user.id,
+        hash
+    )
+    .execute(&state.pool)
+    .await?;
     tracing::info!(user_id = %user.id, changed = has_pin, "PIN set");
     audit::record(
         &state,
@@ -410,12 +412,13 @@ async fn submit(
     let key = transfers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
     let money = transfers::parse_money(&request.amount, request.currency)?;
-    let owns_source: bool =
-        sqlx::query_scalar("select exists (select 1 from accounts where id = $1 and owner_user_id = $2)")
-            .bind(request.source_account_id)
-            .bind(user.id)
-            .fetch_one(&state.pool)
-            .await?;
+    let owns_source = sqlx::query_scalar!(
+        r#"select exists (select 1 from accounts where id = $1 and owner_user_id = $2) as "owns!""#,
+        request.source_account_id,
+        user.id
+    )
+    .fetch_one(&state.pool)
+    .await?;
     if !owns_source {
         return Err(ApiError::not_found("account_not_found", "no such source account"));
     }
