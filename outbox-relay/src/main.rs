@@ -3,7 +3,6 @@
 //! `LEDGERLINE_METRICS_ADDR`, `/metrics`, `/health/live` and `/health/ready`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use platform::kafka::KafkaConfig;
@@ -35,16 +34,9 @@ async fn main() -> anyhow::Result<()> {
     outbox_relay::run_with_metrics(config, pool, shutdown, metrics).await
 }
 
-/// The longest the readiness probe waits for Postgres.
-const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Ready when Postgres answers: the outbox is there, and every delivery
 /// failure to Kafka or a provider is already retried and counted in the
 /// metrics (`ledgerline_outbox_*`), which is where to alert on them.
 async fn readiness(pool: &sqlx::PgPool) -> Vec<String> {
-    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query_scalar!("select 1 as probe").fetch_one(pool)).await {
-        Ok(Ok(_)) => Vec::new(),
-        Ok(Err(error)) => vec![format!("Postgres does not answer: {error}")],
-        Err(_) => vec![format!("Postgres does not answer within {} ms", DATABASE_PROBE_TIMEOUT.as_millis())],
-    }
+    platform::postgres::probe(pool).await.into_iter().collect()
 }

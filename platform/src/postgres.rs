@@ -117,3 +117,16 @@ impl DatabaseConfig {
         Ok(())
     }
 }
+
+/// The longest a readiness probe waits for Postgres.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether Postgres answers a trivial query within [`PROBE_TIMEOUT`], for
+/// the services' readiness: `None` when it does, else what is wrong.
+pub async fn probe(pool: &PgPool) -> Option<String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, sqlx::query_scalar!("select 1 as probe").fetch_one(pool)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(format!("Postgres does not answer: {error}")),
+        Err(_) => Some(format!("Postgres does not answer within {} ms", PROBE_TIMEOUT.as_millis())),
+    }
+}

@@ -40,8 +40,6 @@ use crate::metrics::ProcessorMetrics;
 pub const INTERVAL_MS_DEFAULT: u64 = 5_000;
 /// The longest one Kafka metadata or watermark request may take.
 const KAFKA_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest the readiness probe waits for Postgres.
-const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rounds the monitor may miss before the processor is not ready: its view
 /// is that old, so it can no longer say no partition is stopped.
 const ROUNDS_STALE: u32 = 3;
@@ -252,12 +250,7 @@ pub fn spawn_monitor(
 /// Whether the processor is ready, and if not why: Postgres must answer,
 /// the monitor's view must be recent, and no partition may be stopped.
 pub async fn readiness(metrics: &ProcessorMetrics, pool: &PgPool, interval: Duration) -> Vec<String> {
-    let mut problems = Vec::new();
-    match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, sqlx::query_scalar!("select 1 as probe").fetch_one(pool)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => problems.push(format!("Postgres does not answer: {error}")),
-        Err(_) => problems.push(format!("Postgres does not answer within {} ms", DATABASE_PROBE_TIMEOUT.as_millis())),
-    }
+    let mut problems: Vec<String> = platform::postgres::probe(pool).await.into_iter().collect();
     let view = metrics.partitions();
     match view.checked_at {
         None => problems.push("the partition monitor has not looked yet".to_owned()),
