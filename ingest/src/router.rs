@@ -1,6 +1,7 @@
-//! The router: the only module that names the route modules, and so the
-//! only place a route is added (a test scans the sources: no route module
-//! imports this one, and no route is added outside `routes!`). The OpenAPI
+//! The router: the only module that calls the route modules' `router()`,
+//! and so the only place a route is added (a test scans the sources: no
+//! module but the server imports this one, and no route is added outside
+//! `routes!`). The OpenAPI
 //! document is built from the same calls, so it lists every route.
 
 use std::sync::Arc;
