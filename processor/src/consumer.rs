@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use platform::CancellationToken;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
@@ -340,16 +340,7 @@ impl Item {
 impl Worker {
     fn run(self) -> anyhow::Result<()> {
         let topic = self.config.kafka.topics.commands.clone();
-        let cluster_id = self.fetch_cluster_id()?;
-        *self.consumer.context().cluster_id.lock().map_err(|_| anyhow::anyhow!("cluster id lock poisoned"))? =
-            Some(cluster_id.clone());
-        self.consumer.subscribe(&[&topic]).context("subscribing to the command topic")?;
-        tracing::info!(%topic, %cluster_id, group = %self.config.consumer_group, "processor started");
-        let scope = OffsetScope { cluster_id, consumer_group: self.config.consumer_group.clone() };
-
-        let poll_timeout = Duration::from_millis(self.config.poll_timeout_ms);
-        let linger = Duration::from_millis(self.config.batch_linger_ms);
-        let sweep_interval = Duration::from_millis(self.config.hold_sweep_interval_ms);
+        let scope = self.join(&topic)?;
         let mut last_sweep: Option<Instant> = None;
         let mut batch: Vec<Item> = Vec::with_capacity(self.config.batch_size_max);
         let mut generation = self.consumer.context().generation.load(Ordering::Acquire);
@@ -362,84 +353,15 @@ impl Worker {
                 self.finish(&scope, pending.take());
                 return Err(failure);
             }
-            // Collect a batch: up to batch_size_max messages, or whatever
-            // arrived within batch_linger_ms of the first one.
-            let mut deadline: Option<Instant> = None;
-            loop {
-                let timeout =
-                    deadline.map_or(poll_timeout, |deadline| deadline.saturating_duration_since(Instant::now()));
-                let polled = self.consumer.poll(timeout);
-                let current = self.consumer.context().generation.load(Ordering::Acquire);
-                if current != generation {
-                    // The assignment changed inside this poll. Messages polled
-                    // before it may belong to revoked partitions; they are not
-                    // applied and their offsets are not stored, so whoever
-                    // owns the partitions now reads them again. The batch in
-                    // flight was finished by the revocation.
-                    if !batch.is_empty() {
-                        tracing::info!(dropped = batch.len(), "rebalance: dropping the unapplied batch");
-                    }
-                    batch.clear();
-                    deadline = None;
-                    generation = current;
-                    // Partitions moved: what this processor remembers of
-                    // accounts another one applied meanwhile is stale.
-                    self.accounts.clear();
-                    if let Some(abandoned) = pending.take() {
-                        self.settle_after_rebalance(abandoned);
-                    }
-                }
-                match polled {
-                    Some(Ok(message)) => {
-                        if let Ok(mut next_offsets) = self.consumer.context().next_offsets.lock() {
-                            next_offsets.insert(message.partition(), message.offset() + 1);
-                        }
-                        batch.push(Item::new(&message));
-                        deadline.get_or_insert_with(|| Instant::now() + linger);
-                        if batch.len() >= self.config.batch_size_max {
-                            break;
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-                    Some(Err(KafkaError::MessageConsumption(
-                        code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
-                    ))) => {
-                        tracing::error!(
-                            error = %code,
-                            "a partition's next command is no longer in Kafka: retention deleted commands that were \
-                             never applied. The partition is stopped rather than skipped; restore the commands, or \
-                             move the stored offset deliberately after accounting for the lost ones"
-                        );
-                        // Readiness and metrics show it (crate::health).
-                        self.metrics.record_offset_out_of_range();
-                    }
-                    Some(Err(error)) => tracing::warn!(%error, "consumer error"),
-                }
-                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                    break;
-                }
-                if batch.is_empty()
-                    && (self.stop.is_cancelled() || last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval))
-                {
-                    break;
-                }
-                if batch.is_empty() && pending.is_some() {
-                    // Nothing new: settle the batch in flight now rather
-                    // than after a whole poll timeout.
-                    break;
-                }
-            }
+            self.collect(&mut batch, &mut generation, &mut pending, last_sweep);
             // The previous batch must be committed before the next starts:
             // they may touch the same accounts, in partition order.
             if !self.finish(&scope, pending.take()) {
                 break;
             }
-            let sweep = if last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval) {
+            let sweep = if self.sweep_due(last_sweep) {
                 last_sweep = Some(Instant::now());
-                let grace =
-                    chrono::Duration::milliseconds(i64::try_from(self.config.hold_expiry_grace_ms).unwrap_or(i64::MAX));
-                Some(Sweep { topic: topic.clone(), partitions: self.caught_up_partitions(&topic, grace), grace })
-                    .filter(|sweep| !sweep.partitions.is_empty())
+                self.sweep(&topic)
             } else {
                 None
             };
@@ -458,6 +380,123 @@ impl Worker {
         self.consumer.unsubscribe();
         self.close_bounded();
         Ok(())
+    }
+
+    /// Joins the consumer group on `topic` once the cluster's id is known:
+    /// the offsets are stored under it.
+    fn join(&self, topic: &str) -> anyhow::Result<OffsetScope> {
+        let cluster_id = self.fetch_cluster_id()?;
+        *self.consumer.context().cluster_id.lock().map_err(|_| anyhow::anyhow!("cluster id lock poisoned"))? =
+            Some(cluster_id.clone());
+        self.consumer.subscribe(&[topic]).context("subscribing to the command topic")?;
+        tracing::info!(%topic, %cluster_id, group = %self.config.consumer_group, "processor started");
+        Ok(OffsetScope { cluster_id, consumer_group: self.config.consumer_group.clone() })
+    }
+
+    /// Collects a batch: up to batch_size_max messages, or whatever arrived
+    /// within batch_linger_ms of the first one. While `batch` is empty it
+    /// returns after any poll once a stop is asked, the sweep is due or a
+    /// batch is in flight. A rebalance during a poll drops what `batch`
+    /// holds and settles `pending`.
+    fn collect(
+        &self,
+        batch: &mut Vec<Item>,
+        generation: &mut u64,
+        pending: &mut Option<Pending>,
+        last_sweep: Option<Instant>,
+    ) {
+        let poll_timeout = Duration::from_millis(self.config.poll_timeout_ms);
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let timeout = deadline.map_or(poll_timeout, |deadline| deadline.saturating_duration_since(Instant::now()));
+            let polled = self.consumer.poll(timeout);
+            let current = self.consumer.context().generation.load(Ordering::Acquire);
+            if current != *generation {
+                *generation = current;
+                deadline = None;
+                self.drop_after_rebalance(batch, pending.take());
+            }
+            if let Some(item) = self.receive(polled) {
+                batch.push(item);
+                deadline.get_or_insert_with(|| Instant::now() + linger);
+                if batch.len() >= self.config.batch_size_max {
+                    break;
+                }
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
+            if batch.is_empty() && (self.stop.is_cancelled() || self.sweep_due(last_sweep)) {
+                break;
+            }
+            if batch.is_empty() && pending.is_some() {
+                // Nothing new: settle the batch in flight now rather
+                // than after a whole poll timeout.
+                break;
+            }
+        }
+    }
+
+    /// The assignment changed inside a poll. Messages polled before it may
+    /// belong to revoked partitions; they are not applied and their offsets
+    /// are not stored, so whoever owns the partitions now reads them again.
+    /// The batch in flight was finished by the revocation.
+    fn drop_after_rebalance(&self, batch: &mut Vec<Item>, pending: Option<Pending>) {
+        if !batch.is_empty() {
+            tracing::info!(dropped = batch.len(), "rebalance: dropping the unapplied batch");
+        }
+        batch.clear();
+        // Partitions moved: what this processor remembers of accounts
+        // another one applied meanwhile is stale.
+        self.accounts.clear();
+        if let Some(abandoned) = pending {
+            self.settle_after_rebalance(abandoned);
+        }
+    }
+
+    /// The message a poll returned, decoded or with why it cannot be, and
+    /// its partition's next offset noted; `None` when the poll returned no
+    /// message (an error is logged and counted here).
+    fn receive(&self, polled: Option<KafkaResult<BorrowedMessage<'_>>>) -> Option<Item> {
+        match polled {
+            Some(Ok(message)) => {
+                if let Ok(mut next_offsets) = self.consumer.context().next_offsets.lock() {
+                    next_offsets.insert(message.partition(), message.offset() + 1);
+                }
+                return Some(Item::new(&message));
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(KafkaError::MessageConsumption(
+                code @ (RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange),
+            ))) => {
+                tracing::error!(
+                    error = %code,
+                    "a partition's next command is no longer in Kafka: retention deleted commands that were \
+                     never applied. The partition is stopped rather than skipped; restore the commands, or \
+                     move the stored offset deliberately after accounting for the lost ones"
+                );
+                // Readiness and metrics show it (crate::health).
+                self.metrics.record_offset_out_of_range();
+            }
+            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+        }
+        None
+    }
+
+    /// Whether the hold sweep is due: never run yet, or
+    /// hold_sweep_interval_ms ago.
+    fn sweep_due(&self, last_sweep: Option<Instant>) -> bool {
+        let sweep_interval = Duration::from_millis(self.config.hold_sweep_interval_ms);
+        last_sweep.is_none_or(|at| at.elapsed() >= sweep_interval)
+    }
+
+    /// The sweep of expired holds to run with the next batch, if any
+    /// partition of `topic` may have its holds released now.
+    fn sweep(&self, topic: &str) -> Option<Sweep> {
+        let grace = chrono::Duration::milliseconds(i64::try_from(self.config.hold_expiry_grace_ms).unwrap_or(i64::MAX));
+        Some(Sweep { topic: topic.to_owned(), partitions: self.caught_up_partitions(topic, grace), grace })
+            .filter(|sweep| !sweep.partitions.is_empty())
     }
 
     /// Leaves the group within [`CLOSE_TIMEOUT_MS`]. librdkafka's own close,
@@ -485,9 +524,6 @@ impl Worker {
         }
     }
 
-    /// Dead-letters what cannot be decoded, then starts committing the rest,
-    /// with the offsets of all, on the runtime. `None` when a stop
-    /// interrupted the dead-lettering.
     /// The assigned partitions of `topic` that have holds expired more than
     /// `grace` ago and are read to the broker's high watermark, asked of the
     /// broker now (a watermark remembered from an earlier fetch could
@@ -522,6 +558,9 @@ impl Worker {
         caught_up
     }
 
+    /// Dead-letters what cannot be decoded, then starts committing the rest,
+    /// with the offsets of all, on the runtime. `None` when a stop
+    /// interrupted the dead-lettering.
     fn start(&self, scope: &OffsetScope, batch: Vec<Item>, sweep: Option<Sweep>) -> Option<Pending> {
         for item in &batch {
             if let (Err(reason), Some(original)) = (&item.command, &item.original)

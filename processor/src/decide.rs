@@ -24,6 +24,23 @@ pub enum AccountKind {
     System,
 }
 
+impl AccountKind {
+    /// The stable code, as in the database.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            AccountKind::Customer => "customer",
+            AccountKind::System => "system",
+        }
+    }
+
+    /// Parses a stored code; `None` for a code this version does not know.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::Customer, Self::System].into_iter().find(|kind| kind.code() == code)
+    }
+}
+
 impl AccountState {
     /// What the account may still spend: balance − held + overdraft limit.
     #[must_use]

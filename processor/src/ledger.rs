@@ -30,14 +30,14 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use platform::outbox::BatchedEvent;
 use rust_decimal::Decimal;
-use schemas::messages::{PayoutResult, TransferKind};
+use schemas::messages::{PaymentRequested, PayoutResult, TransferKind};
 use schemas::{AccountId, Command, Currency, Event, Money, RejectionReason, TransferId};
-use sqlx::{PgConnection, PgPool, Row as _};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::decide::{AccountKind, AccountState, AccountStatus};
+use crate::decide::{AccountKind, AccountState, AccountStatus, Entry};
 pub use crate::engine::Position;
-use crate::engine::{Changes, Engine, Outcome, TransferRecord, TransferStatus};
+use crate::engine::{self, AccountCommandRecord, Changes, Engine, Outcome, TransferRecord, TransferStatus};
 
 /// The partition offsets a batch stores, with the identity they are stored under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +72,12 @@ pub async fn partitions_with_expired_holds(
     topic: &str,
     grace: chrono::Duration,
 ) -> Result<Vec<i32>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         r"select distinct kafka_partition from transfers
           where kind = 'hold' and status = 'held' and expires_at <= $1 and kafka_topic = $2",
+        Utc::now() - grace,
+        topic,
     )
-    .bind(Utc::now() - grace)
-    .bind(topic)
     .fetch_all(pool)
     .await
 }
@@ -203,58 +203,18 @@ pub async fn apply_batch(
     let now = Utc::now();
     let started = std::time::Instant::now();
     let mut transaction = pool.begin().await?;
-    // For this transaction only: a stray lock on an account row, or a stuck
-    // statement, fails the batch (which is retried) instead of hanging it.
-    sqlx::query("select set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)")
-        .bind(format!("{}ms", timeouts.statement_timeout_ms))
-        .bind(format!("{}ms", timeouts.lock_timeout_ms))
-        .execute(&mut *transaction)
-        .await?;
-
-    let expired: Vec<Uuid> = match sweep {
-        Some(sweep) if !sweep.partitions.is_empty() => {
-            sqlx::query_scalar(
-                r"select id from transfers
-                  where kind = 'hold' and status = 'held' and expires_at <= $1
-                    and kafka_topic = $2 and kafka_partition = any($3)
-                  order by expires_at limit $4",
-            )
-            .bind(now - sweep.grace)
-            .bind(&sweep.topic)
-            .bind(&sweep.partitions)
-            .bind(EXPIRED_HOLDS_PER_BATCH_MAX)
-            .fetch_all(&mut *transaction)
-            .await?
-        }
+    set_timeouts(&mut transaction, timeouts).await?;
+    let expired = match sweep {
+        Some(sweep) if !sweep.partitions.is_empty() => expired_holds(&mut transaction, now, sweep).await?,
         _ => Vec::new(),
     };
-
     let late = expired.is_empty() && commands.iter().all(|(command, _)| Engine::decidable_before_locking(command));
     let decided = if late {
-        let mut account_ids: Vec<AccountId> =
-            commands.iter().flat_map(|(command, _)| Engine::accounts_of(command, &HashMap::new())).collect();
-        account_ids.sort_unstable();
-        account_ids.dedup();
+        let account_ids = accounts_to_lock(commands, &HashMap::new(), &[]);
         decide_then_lock(&mut transaction, now, commands, &account_ids, cache).await?
     } else {
-        let mut transfer_ids: Vec<Uuid> = commands.iter().map(|(command, _)| command.id()).collect();
-        transfer_ids.extend(
-            commands.iter().flat_map(|(command, _)| Engine::referenced_transfers(command)).map(|id| id.as_uuid()),
-        );
-        transfer_ids.extend(&expired);
-        transfer_ids.sort_unstable();
-        transfer_ids.dedup();
-        let unlocked = load_transfers(&mut transaction, &transfer_ids).await?;
-        let mut account_ids: Vec<AccountId> =
-            commands.iter().flat_map(|(command, _)| Engine::accounts_of(command, &unlocked)).collect();
-        account_ids.extend(
-            expired
-                .iter()
-                .filter_map(|id| unlocked.get(&TransferId::from_uuid(*id)))
-                .filter_map(|hold| hold.source_account_id),
-        );
-        account_ids.sort_unstable();
-        account_ids.dedup();
+        let unlocked = load_transfers(&mut transaction, &transfers_to_read(commands, &expired)).await?;
+        let account_ids = accounts_to_lock(commands, &unlocked, &expired);
         lock_then_decide(&mut transaction, now, commands, unlocked, &account_ids, &expired).await?
     };
     let written = started.elapsed();
@@ -274,6 +234,78 @@ pub async fn apply_batch(
         locking: decided.locking,
         elapsed: started.elapsed(),
     })
+}
+
+/// Sets the batch transaction's timeouts, for this transaction only: a
+/// stray lock on an account row, or a stuck statement, fails the batch
+/// (which is retried) instead of hanging it.
+async fn set_timeouts(connection: &mut PgConnection, timeouts: Timeouts) -> Result<(), sqlx::Error> {
+    // The settings' new values come back as columns: the macro needs them
+    // named apart, and the statement is fetched, not executed.
+    sqlx::query!(
+        r#"select set_config('statement_timeout', $1, true) as "statement_timeout",
+                  set_config('lock_timeout', $2, true) as "lock_timeout""#,
+        format!("{}ms", timeouts.statement_timeout_ms),
+        format!("{}ms", timeouts.lock_timeout_ms),
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(())
+}
+
+/// The pending holds of the sweep's partitions that expired more than its
+/// grace ago, the oldest first, at most [`EXPIRED_HOLDS_PER_BATCH_MAX`].
+async fn expired_holds(
+    connection: &mut PgConnection,
+    now: chrono::DateTime<Utc>,
+    sweep: &Sweep,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r"select id from transfers
+          where kind = 'hold' and status = 'held' and expires_at <= $1
+            and kafka_topic = $2 and kafka_partition = any($3)
+          order by expires_at limit $4",
+        now - sweep.grace,
+        &sweep.topic,
+        &sweep.partitions,
+        EXPIRED_HOLDS_PER_BATCH_MAX,
+    )
+    .fetch_all(connection)
+    .await
+}
+
+/// The transfers a batch that locks first reads before locking: its own
+/// ids (redeliveries), the ones its commands refer to, and the expired
+/// holds it releases; sorted, distinct.
+fn transfers_to_read(commands: &[(Command, Position)], expired: &[Uuid]) -> Vec<Uuid> {
+    let mut transfer_ids: Vec<Uuid> = commands.iter().map(|(command, _)| command.id()).collect();
+    transfer_ids
+        .extend(commands.iter().flat_map(|(command, _)| Engine::referenced_transfers(command)).map(|id| id.as_uuid()));
+    transfer_ids.extend(expired);
+    transfer_ids.sort_unstable();
+    transfer_ids.dedup();
+    transfer_ids
+}
+
+/// The accounts a batch locks, sorted and distinct: those its commands may
+/// touch, given the `transfers` they refer to, and the sources of the
+/// `expired` holds it releases.
+fn accounts_to_lock(
+    commands: &[(Command, Position)],
+    transfers: &HashMap<TransferId, TransferRecord>,
+    expired: &[Uuid],
+) -> Vec<AccountId> {
+    let mut account_ids: Vec<AccountId> =
+        commands.iter().flat_map(|(command, _)| Engine::accounts_of(command, transfers)).collect();
+    account_ids.extend(
+        expired
+            .iter()
+            .filter_map(|id| transfers.get(&TransferId::from_uuid(*id)))
+            .filter_map(|hold| hold.source_account_id),
+    );
+    account_ids.sort_unstable();
+    account_ids.dedup();
+    account_ids
 }
 
 /// How a batch took its account locks.
@@ -420,30 +452,22 @@ async fn decide_then_lock(
     cache: &AccountCache,
 ) -> Result<Decided, sqlx::Error> {
     let started = std::time::Instant::now();
-    let (mut read, unremembered) = cache.recall(account_ids);
-    if !unremembered.is_empty() {
-        read.extend(read_accounts(connection, &unremembered, false).await?);
-        read.sort_unstable_by_key(|account| account.id);
-    }
+    let read = read_last_known(connection, account_ids, cache).await?;
     let read_ms = started.elapsed().as_millis();
     // Decided as if no command of the batch had been decided before, which
     // is nearly always so; the insert of the transfer rows tells (below).
     let mut known: Vec<TransferRecord> = Vec::new();
-    let (mut outcomes, _, mut changes) =
-        decide(now, commands, read.clone(), known.clone(), HashMap::new(), Vec::new(), &[]);
+    let (mut outcomes, mut changes) = decide_on_accounts(now, commands, &read, &known);
     let decided_ms = started.elapsed().as_millis();
-    sqlx::query("savepoint decided_unlocked").execute(&mut *connection).await?;
+    sqlx::query!("savepoint decided_unlocked").execute(&mut *connection).await?;
     if !write_records(connection, &changes, DecidedBefore::Skip).await? {
         // Some command of the batch has a row already: a redelivery (after
         // a crash or a rebalance), or another processor's meanwhile. Decide
         // again knowing those rows. Should one appear even now, the primary
         // key refuses the insert and the batch is retried.
-        sqlx::query("rollback to savepoint decided_unlocked").execute(&mut *connection).await?;
-        let mut ids: Vec<Uuid> = commands.iter().map(|(command, _)| command.id()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        known = load_transfers(connection, &ids).await?.into_values().collect();
-        (outcomes, _, changes) = decide(now, commands, read.clone(), known.clone(), HashMap::new(), Vec::new(), &[]);
+        sqlx::query!("rollback to savepoint decided_unlocked").execute(&mut *connection).await?;
+        known = load_transfers(connection, &own_ids(commands)).await?.into_values().collect();
+        (outcomes, changes) = decide_on_accounts(now, commands, &read, &known);
         write_records(connection, &changes, DecidedBefore::Fail).await?;
     }
     let records_ms = started.elapsed().as_millis();
@@ -462,8 +486,7 @@ async fn decide_then_lock(
         );
         return Ok(Decided { outcomes, holds_expired: 0, locking: Locking::Late, accounts_after });
     }
-    let (relocked_outcomes, _, relocked) =
-        decide(now, commands, locked.clone(), known.clone(), HashMap::new(), Vec::new(), &[]);
+    let (relocked_outcomes, relocked) = decide_on_accounts(now, commands, &locked, &known);
     if changes.decides_as(&relocked) {
         write_balances(connection, &relocked).await?;
         let accounts_after = accounts_after(locked, &relocked);
@@ -479,10 +502,46 @@ async fn decide_then_lock(
     // (Postgres releases row locks on a rollback to savepoint), so the
     // batch cannot keep `locked`: it starts again from the savepoint the
     // way a batch that locks first does, and decides on what it locks now.
-    sqlx::query("rollback to savepoint decided_unlocked").execute(&mut *connection).await?;
+    sqlx::query!("rollback to savepoint decided_unlocked").execute(&mut *connection).await?;
     let known: HashMap<TransferId, TransferRecord> = known.into_iter().map(|record| (record.id, record)).collect();
     let decided = lock_then_decide(connection, now, commands, known, account_ids, &[]).await?;
     Ok(Decided { locking: Locking::LateRedecided, ..decided })
+}
+
+/// The last known state of `account_ids` (sorted, distinct): what the
+/// processor remembers, the others read without locking.
+async fn read_last_known(
+    connection: &mut PgConnection,
+    account_ids: &[AccountId],
+    cache: &AccountCache,
+) -> Result<Vec<AccountState>, sqlx::Error> {
+    let (mut read, unremembered) = cache.recall(account_ids);
+    if !unremembered.is_empty() {
+        read.extend(read_accounts(connection, &unremembered, false).await?);
+        read.sort_unstable_by_key(|account| account.id);
+    }
+    Ok(read)
+}
+
+/// Runs the engine over a batch decided before locking: on `accounts` as
+/// read, knowing of the batch's own ids only the rows in `known`.
+fn decide_on_accounts(
+    now: chrono::DateTime<Utc>,
+    commands: &[(Command, Position)],
+    accounts: &[AccountState],
+    known: &[TransferRecord],
+) -> (Vec<Outcome>, Changes) {
+    let (outcomes, _, changes) =
+        decide(now, commands, accounts.to_vec(), known.to_vec(), HashMap::new(), Vec::new(), &[]);
+    (outcomes, changes)
+}
+
+/// The ids the batch's commands are decided under, sorted and distinct.
+fn own_ids(commands: &[(Command, Position)]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = commands.iter().map(|(command, _)| command.id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 async fn load_transfers(
@@ -497,51 +556,76 @@ async fn load_transfers(
     // it chose a sequential scan of the whole table for every batch, on a
     // plan made while the table was small, so each batch cost more than
     // the last.
-    let rows = sqlx::query(
-        r"select t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
+    let rows = sqlx::query_as!(
+        TransferRow,
+        r#"select t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
                  t.amount, t.currency, t.related_transfer_id, t.expires_at, t.settled_amount, t.requested_at,
                  t.request_fingerprint,
                  exists (select 1 from transfers r
-                         where r.related_transfer_id = t.id and r.kind = 'reversal' and r.status = 'completed') as reversed
+                         where r.related_transfer_id = t.id and r.kind = 'reversal' and r.status = 'completed')
+                     as "reversed!"
           from unnest($1::uuid[]) as wanted (id)
-          cross join lateral (select * from transfers where id = wanted.id offset 0) t",
+          cross join lateral (select * from transfers where id = wanted.id offset 0) t"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(&mut *connection)
     .await?;
     let mut transfers = HashMap::with_capacity(rows.len());
     for row in rows {
-        let currency: Option<String> = row.try_get("currency")?;
-        let currency = currency.map(|code| parse_currency(&code)).transpose()?;
-        let amount: Option<Decimal> = row.try_get("amount")?;
-        let money = match (amount, currency) {
+        let record = row.into_record()?;
+        transfers.insert(record.id, record);
+    }
+    Ok(transfers)
+}
+
+/// A row of `transfers` as stored, with whether a completed reversal of it
+/// exists.
+struct TransferRow {
+    id: Uuid,
+    kind: String,
+    status: String,
+    rejection_reason: Option<String>,
+    source_account_id: Option<Uuid>,
+    destination_account_id: Option<Uuid>,
+    amount: Option<Decimal>,
+    currency: Option<String>,
+    related_transfer_id: Option<Uuid>,
+    expires_at: Option<chrono::DateTime<Utc>>,
+    settled_amount: Option<Decimal>,
+    requested_at: chrono::DateTime<Utc>,
+    request_fingerprint: Vec<u8>,
+    reversed: bool,
+}
+
+impl TransferRow {
+    /// The row as the engine knows it. An unknown kind or status, a
+    /// malformed currency or amount is a decode error.
+    fn into_record(self) -> Result<TransferRecord, sqlx::Error> {
+        let currency = self.currency.map(|code| parse_currency(&code)).transpose()?;
+        let money = match (self.amount, currency) {
             (Some(amount), Some(currency)) => {
                 Some(Money::new(amount, currency).map_err(|error| decode_error("amount", error))?)
             }
             _ => None,
         };
-        let kind: String = row.try_get("kind")?;
-        let status: String = row.try_get("status")?;
-        let reason: Option<String> = row.try_get("rejection_reason")?;
-        let record = TransferRecord {
-            id: TransferId::from_uuid(row.try_get("id")?),
+        let (kind, status) = (self.kind, self.status);
+        Ok(TransferRecord {
+            id: TransferId::from_uuid(self.id),
             kind: TransferKind::from_code(&kind).ok_or_else(|| decode_error("kind", UnknownCode(kind)))?,
             status: TransferStatus::from_code(&status).ok_or_else(|| decode_error("status", UnknownCode(status)))?,
-            rejection_reason: reason.as_deref().and_then(RejectionReason::from_code),
-            source_account_id: row.try_get::<Option<Uuid>, _>("source_account_id")?.map(AccountId::from_uuid),
-            destination_account_id: row.try_get::<Option<Uuid>, _>("destination_account_id")?.map(AccountId::from_uuid),
+            rejection_reason: self.rejection_reason.as_deref().and_then(RejectionReason::from_code),
+            source_account_id: self.source_account_id.map(AccountId::from_uuid),
+            destination_account_id: self.destination_account_id.map(AccountId::from_uuid),
             money,
-            related_transfer_id: row.try_get::<Option<Uuid>, _>("related_transfer_id")?.map(TransferId::from_uuid),
-            expires_at: row.try_get("expires_at")?,
-            settled_amount: row.try_get("settled_amount")?,
-            requested_at: row.try_get("requested_at")?,
-            fingerprint: row.try_get("request_fingerprint")?,
+            related_transfer_id: self.related_transfer_id.map(TransferId::from_uuid),
+            expires_at: self.expires_at,
+            settled_amount: self.settled_amount,
+            requested_at: self.requested_at,
+            fingerprint: self.request_fingerprint,
             position: None,
-            reversed: row.try_get("reversed")?,
-        };
-        transfers.insert(record.id, record);
+            reversed: self.reversed,
+        })
     }
-    Ok(transfers)
 }
 
 /// Reads the accounts in ascending id order; with `lock`, locks them in
@@ -554,34 +638,78 @@ async fn read_accounts(
     let mut ids: Vec<Uuid> = ids.iter().map(AccountId::as_uuid).collect();
     ids.sort_unstable();
     ids.dedup();
-    let sql = if lock {
-        r"select id, currency, kind, status, balance, held, overdraft_limit
-          from accounts where id = any($1) order by id for update"
+    let rows = if lock {
+        sqlx::query_as!(
+            AccountRow,
+            r"select id, currency, kind, status, balance, held, overdraft_limit
+              from accounts where id = any($1) order by id for update",
+            &ids,
+        )
+        .fetch_all(&mut *connection)
+        .await?
     } else {
-        r"select id, currency, kind, status, balance, held, overdraft_limit
-          from accounts where id = any($1) order by id"
+        sqlx::query_as!(
+            AccountRow,
+            r"select id, currency, kind, status, balance, held, overdraft_limit
+              from accounts where id = any($1) order by id",
+            &ids,
+        )
+        .fetch_all(&mut *connection)
+        .await?
     };
-    let rows = sqlx::query(sql).bind(&ids).fetch_all(&mut *connection).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(AccountState {
-                id: AccountId::from_uuid(row.try_get("id")?),
-                currency: parse_currency(row.try_get("currency")?)?,
-                kind: match row.try_get::<&str, _>("kind")? {
-                    "system" => AccountKind::System,
-                    _ => AccountKind::Customer,
-                },
-                status: match row.try_get::<&str, _>("status")? {
-                    "active" => AccountStatus::Active,
-                    "frozen" => AccountStatus::Frozen,
-                    _ => AccountStatus::Closed,
-                },
-                balance: row.try_get("balance")?,
-                held: row.try_get("held")?,
-                overdraft_limit: row.try_get("overdraft_limit")?,
-            })
+    rows.into_iter().map(AccountRow::into_state).collect()
+}
+
+/// A row of `accounts`, the columns the engine reads.
+struct AccountRow {
+    id: Uuid,
+    currency: String,
+    kind: String,
+    status: String,
+    balance: Decimal,
+    held: Decimal,
+    overdraft_limit: Decimal,
+}
+
+impl AccountRow {
+    /// The account as the engine knows it.
+    ///
+    /// A kind or status this processor does not know is an error, never a
+    /// guess. Such a value means a newer schema than this processor: taking
+    /// the account for closed (as it once did) would refuse its commands as
+    /// `account_closed`, a wrong decision recorded for good, while failing
+    /// the batch records nothing: the consumer applies its commands one by
+    /// one, the others go through, and each command of this account is
+    /// dead-lettered (`apply_failed`, with this error) after its attempts,
+    /// for `ledgerctl replay` once the processor is upgraded.
+    fn into_state(self) -> Result<AccountState, sqlx::Error> {
+        let id = AccountId::from_uuid(self.id);
+        let kind = AccountKind::from_code(&self.kind).ok_or_else(|| unknown_account_code(id, "kind", self.kind))?;
+        let status =
+            AccountStatus::from_code(&self.status).ok_or_else(|| unknown_account_code(id, "status", self.status))?;
+        Ok(AccountState {
+            id,
+            currency: parse_currency(&self.currency)?,
+            kind,
+            status,
+            balance: self.balance,
+            held: self.held,
+            overdraft_limit: self.overdraft_limit,
         })
-        .collect()
+    }
+}
+
+/// A stored code of an account that this processor does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("account {account_id} has {column} {code:?}, which this processor does not know (a newer schema?)")]
+struct UnknownAccountCode {
+    account_id: AccountId,
+    column: &'static str,
+    code: String,
+}
+
+fn unknown_account_code(account_id: AccountId, column: &'static str, code: String) -> sqlx::Error {
+    decode_error(column, UnknownAccountCode { account_id, column, code })
 }
 
 /// The recorded provider outcomes of the payouts the batch's
@@ -600,14 +728,14 @@ async fn load_payout_outcomes(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("select payment_id, result from payout_outcomes where payment_id = any($1)")
-            .bind(&ids)
-            .fetch_all(&mut *connection)
-            .await?;
+    let rows = sqlx::query!("select payment_id, result from payout_outcomes where payment_id = any($1)", &ids)
+        .fetch_all(&mut *connection)
+        .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, result)| PayoutResult::from_code(&result).map(|result| (TransferId::from_uuid(id), result)))
+        .filter_map(|row| {
+            PayoutResult::from_code(&row.result).map(|result| (TransferId::from_uuid(row.payment_id), result))
+        })
         .collect())
 }
 
@@ -617,34 +745,16 @@ async fn load_account_commands(
 ) -> Result<HashMap<Uuid, Vec<u8>>, sqlx::Error> {
     let ids: Vec<Uuid> = commands
         .iter()
-        .filter(|(command, _)| {
-            matches!(
-                command,
-                Command::AccountFrozen(_)
-                    | Command::AccountUnfrozen(_)
-                    | Command::AccountClosed(_)
-                    | Command::AccountOverdraftLimitSet(_)
-            )
-        })
+        .filter(|(command, _)| engine::is_account_command(command))
         .map(|(command, _)| command.id())
         .collect();
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<(Uuid, Vec<u8>)> =
-        sqlx::query_as("select id, request_fingerprint from account_commands where id = any($1)")
-            .bind(&ids)
-            .fetch_all(&mut *connection)
-            .await?;
-    Ok(rows.into_iter().collect())
-}
-
-fn status_code(status: AccountStatus) -> &'static str {
-    match status {
-        AccountStatus::Active => "active",
-        AccountStatus::Frozen => "frozen",
-        AccountStatus::Closed => "closed",
-    }
+    let rows = sqlx::query!("select id, request_fingerprint from account_commands where id = any($1)", &ids)
+        .fetch_all(&mut *connection)
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row.request_fingerprint)).collect())
 }
 
 /// What [`write_records`] does with a new transfer row whose id has a row
@@ -671,105 +781,13 @@ async fn write_records(
     decided_before: DecidedBefore,
 ) -> Result<bool, sqlx::Error> {
     let started = std::time::Instant::now();
-    if !changes.new_transfers.is_empty() {
-        // Inserted in key order: neighbouring keys land on neighbouring
-        // index pages, which measurably beats random order.
-        let mut transfers: Vec<&TransferRecord> = changes.new_transfers.iter().collect();
-        transfers.sort_unstable_by_key(|transfer| transfer.id);
-        let position = |record: &TransferRecord| {
-            record.position.clone().unwrap_or(Position {
-                topic: String::new(),
-                partition: 0,
-                offset: 0,
-                timestamp: None,
-            })
-        };
-        let insert = match decided_before {
-            DecidedBefore::Fail => TRANSFERS_INSERT_SQL.to_owned(),
-            DecidedBefore::Skip => format!("{TRANSFERS_INSERT_SQL} on conflict (id) do nothing"),
-        };
-        let inserted = sqlx::query(&insert)
-            .bind(transfers.iter().map(|t| t.id.as_uuid()).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.kind.code()).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.status.code()).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.rejection_reason.map(RejectionReason::code)).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.source_account_id.map(|id| id.as_uuid())).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.destination_account_id.map(|id| id.as_uuid())).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.money.map(|money| money.amount().value())).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.money.map(|money| money.currency().code())).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.related_transfer_id.map(|id| id.as_uuid())).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.expires_at).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.settled_amount).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.requested_at).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| t.fingerprint.as_slice()).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| position(t).topic).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| position(t).partition).collect::<Vec<_>>())
-            .bind(transfers.iter().map(|t| position(t).offset).collect::<Vec<_>>())
-            .execute(&mut *connection)
-            .await?
-            .rows_affected();
-        if usize::try_from(inserted).ok() != Some(transfers.len()) {
-            return Ok(false);
-        }
+    if !insert_transfers(connection, &changes.new_transfers, decided_before).await? {
+        return Ok(false);
     }
-
     let transfers_ms = started.elapsed().as_millis();
-    if !changes.settled_holds.is_empty() {
-        let holds = &changes.settled_holds;
-        sqlx::query(
-            r"update transfers set status = settled.status, settled_amount = settled.amount
-              from unnest($1::uuid[], $2::text[], $3::numeric[]) as settled (id, status, amount)
-              where transfers.id = settled.id and transfers.status = 'held'",
-        )
-        .bind(holds.iter().map(|(id, _, _)| id.as_uuid()).collect::<Vec<_>>())
-        .bind(holds.iter().map(|(_, status, _)| status.code()).collect::<Vec<_>>())
-        .bind(holds.iter().map(|(_, _, amount)| *amount).collect::<Vec<_>>())
-        .execute(&mut *connection)
-        .await?;
-    }
-
-    if !changes.account_commands.is_empty() {
-        let commands = &changes.account_commands;
-        sqlx::query(
-            r"insert into account_commands (id, account_id, command_type, status, rejection_reason,
-                                            request_fingerprint, requested_at, kafka_topic, kafka_partition, kafka_offset)
-              select id, account_id, command_type, case when reason is null then 'completed' else 'rejected' end,
-                     reason, fingerprint, requested_at, topic, partition, kafka_offset
-              from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
-                          $7::text[], $8::int[], $9::bigint[])
-                   as c (id, account_id, command_type, reason, fingerprint, requested_at, topic, partition, kafka_offset)",
-        )
-        .bind(commands.iter().map(|c| c.id).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.account_id.as_uuid()).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.command_type).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.rejection_reason.map(RejectionReason::code)).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.fingerprint.as_slice()).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.requested_at).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.position.topic.as_str()).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.position.partition).collect::<Vec<_>>())
-        .bind(commands.iter().map(|c| c.position.offset).collect::<Vec<_>>())
-        .execute(&mut *connection)
-        .await?;
-    }
-
-    // Payment orders for the provider, one row each: each is its own
-    // payout, claimed and retried on its own.
-    if !changes.payments.is_empty() {
-        let payloads = changes
-            .payments
-            .iter()
-            .map(|payment| serde_json::to_string(payment).map_err(encode_error))
-            .collect::<Result<Vec<_>, _>>()?;
-        sqlx::query(
-            r"insert into outbox (destination, event_type, message_key, payload)
-              select 'payments', $1, key, payload::json from unnest($2::text[], $3::text[]) as row (key, payload)",
-        )
-        .bind(schemas::messages::PaymentRequested::TYPE)
-        .bind(changes.payments.iter().map(|payment| payment.source_account_id.to_string()).collect::<Vec<_>>())
-        .bind(payloads)
-        .execute(&mut *connection)
-        .await?;
-    }
+    settle_holds(connection, &changes.settled_holds).await?;
+    insert_account_commands(connection, &changes.account_commands).await?;
+    insert_payment_orders(connection, &changes.payments).await?;
     // The batch's events, one row, before the locks (as the rows above):
     // written under them, the few milliseconds of this insert made the
     // locked tail longer, and a second processor then added nothing
@@ -780,13 +798,216 @@ async fn write_records(
     Ok(true)
 }
 
-const TRANSFERS_INSERT_SQL: &str = r"
-    insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
-                           amount, currency, related_transfer_id, expires_at, settled_amount,
-                           requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
-    select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-                         $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
-                         $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])";
+/// The insert of `$columns` (a [`TransferColumns`]) into `transfers` by
+/// `$sql`, one of two statements that differ in their conflict clause only:
+/// each is checked at compile time, and the binds are written once.
+macro_rules! insert_transfer_rows {
+    ($sql:literal, $columns:ident) => {
+        sqlx::query!(
+            $sql,
+            &$columns.ids,
+            &$columns.kinds as &[&str],
+            &$columns.statuses as &[&str],
+            &$columns.rejection_reasons as &[Option<&str>],
+            &$columns.source_account_ids as &[Option<Uuid>],
+            &$columns.destination_account_ids as &[Option<Uuid>],
+            &$columns.amounts as &[Option<Decimal>],
+            &$columns.currencies as &[Option<&str>],
+            &$columns.related_transfer_ids as &[Option<Uuid>],
+            &$columns.expires_at as &[Option<chrono::DateTime<Utc>>],
+            &$columns.settled_amounts as &[Option<Decimal>],
+            &$columns.requested_at,
+            &$columns.fingerprints as &[&[u8]],
+            &$columns.topics as &[&str],
+            &$columns.partitions,
+            &$columns.offsets,
+        )
+    };
+}
+
+/// Inserts the new rows of `transfers`; returns whether every one was
+/// inserted (`false` only with [`DecidedBefore::Skip`], when some id had a
+/// row already).
+async fn insert_transfers(
+    connection: &mut PgConnection,
+    new_transfers: &[TransferRecord],
+    decided_before: DecidedBefore,
+) -> Result<bool, sqlx::Error> {
+    if new_transfers.is_empty() {
+        return Ok(true);
+    }
+    let columns = TransferColumns::new(new_transfers);
+    let inserted =
+        match decided_before {
+            DecidedBefore::Fail => insert_transfer_rows!(
+                r"insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                                         amount, currency, related_transfer_id, expires_at, settled_amount,
+                                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
+                  select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                                       $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
+                                       $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])",
+                columns
+            )
+            .execute(connection)
+            .await?,
+            DecidedBefore::Skip => insert_transfer_rows!(
+                r"insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                                         amount, currency, related_transfer_id, expires_at, settled_amount,
+                                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
+                  select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                                       $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
+                                       $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])
+                  on conflict (id) do nothing",
+                columns
+            )
+            .execute(connection)
+            .await?,
+        };
+    Ok(usize::try_from(inserted.rows_affected()).ok() == Some(new_transfers.len()))
+}
+
+/// New rows of `transfers`, one array per column, in key order:
+/// neighbouring keys land on neighbouring index pages, which measurably
+/// beats random order.
+struct TransferColumns<'a> {
+    ids: Vec<Uuid>,
+    kinds: Vec<&'static str>,
+    statuses: Vec<&'static str>,
+    rejection_reasons: Vec<Option<&'static str>>,
+    source_account_ids: Vec<Option<Uuid>>,
+    destination_account_ids: Vec<Option<Uuid>>,
+    amounts: Vec<Option<Decimal>>,
+    currencies: Vec<Option<&'static str>>,
+    related_transfer_ids: Vec<Option<Uuid>>,
+    expires_at: Vec<Option<chrono::DateTime<Utc>>>,
+    settled_amounts: Vec<Option<Decimal>>,
+    requested_at: Vec<chrono::DateTime<Utc>>,
+    fingerprints: Vec<&'a [u8]>,
+    /// Where each command came from; an empty topic and 0 for a row that
+    /// has no position.
+    topics: Vec<&'a str>,
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+}
+
+impl<'a> TransferColumns<'a> {
+    fn new(new_transfers: &'a [TransferRecord]) -> Self {
+        let mut transfers: Vec<&TransferRecord> = new_transfers.iter().collect();
+        transfers.sort_unstable_by_key(|transfer| transfer.id);
+        Self {
+            ids: transfers.iter().map(|t| t.id.as_uuid()).collect(),
+            kinds: transfers.iter().map(|t| t.kind.code()).collect(),
+            statuses: transfers.iter().map(|t| t.status.code()).collect(),
+            rejection_reasons: transfers.iter().map(|t| t.rejection_reason.map(RejectionReason::code)).collect(),
+            source_account_ids: transfers.iter().map(|t| t.source_account_id.map(|id| id.as_uuid())).collect(),
+            destination_account_ids: transfers
+                .iter()
+                .map(|t| t.destination_account_id.map(|id| id.as_uuid()))
+                .collect(),
+            amounts: transfers.iter().map(|t| t.money.map(|money| money.amount().value())).collect(),
+            currencies: transfers.iter().map(|t| t.money.map(|money| money.currency().code())).collect(),
+            related_transfer_ids: transfers.iter().map(|t| t.related_transfer_id.map(|id| id.as_uuid())).collect(),
+            expires_at: transfers.iter().map(|t| t.expires_at).collect(),
+            settled_amounts: transfers.iter().map(|t| t.settled_amount).collect(),
+            requested_at: transfers.iter().map(|t| t.requested_at).collect(),
+            fingerprints: transfers.iter().map(|t| t.fingerprint.as_slice()).collect(),
+            topics: transfers.iter().map(|t| t.position.as_ref().map_or("", |p| p.topic.as_str())).collect(),
+            partitions: transfers.iter().map(|t| t.position.as_ref().map_or(0, |p| p.partition)).collect(),
+            offsets: transfers.iter().map(|t| t.position.as_ref().map_or(0, |p| p.offset)).collect(),
+        }
+    }
+}
+
+/// Moves the holds the batch settled out of `held`: posted, voided or
+/// expired, with the amount posted.
+async fn settle_holds(
+    connection: &mut PgConnection,
+    holds: &[(TransferId, TransferStatus, Option<Decimal>)],
+) -> Result<(), sqlx::Error> {
+    if holds.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = holds.iter().map(|(id, _, _)| id.as_uuid()).collect();
+    let statuses: Vec<&str> = holds.iter().map(|(_, status, _)| status.code()).collect();
+    let amounts: Vec<Option<Decimal>> = holds.iter().map(|(_, _, amount)| *amount).collect();
+    sqlx::query!(
+        r"update transfers set status = settled.status, settled_amount = settled.amount
+          from unnest($1::uuid[], $2::text[], $3::numeric[]) as settled (id, status, amount)
+          where transfers.id = settled.id and transfers.status = 'held'",
+        &ids,
+        &statuses as &[&str],
+        &amounts as &[Option<Decimal>],
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Inserts the rows of the account commands the batch decided.
+async fn insert_account_commands(
+    connection: &mut PgConnection,
+    commands: &[AccountCommandRecord],
+) -> Result<(), sqlx::Error> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = commands.iter().map(|c| c.id).collect();
+    let account_ids: Vec<Uuid> = commands.iter().map(|c| c.account_id.as_uuid()).collect();
+    let command_types: Vec<&str> = commands.iter().map(|c| c.command_type).collect();
+    let reasons: Vec<Option<&str>> = commands.iter().map(|c| c.rejection_reason.map(RejectionReason::code)).collect();
+    let fingerprints: Vec<&[u8]> = commands.iter().map(|c| c.fingerprint.as_slice()).collect();
+    let requested_at: Vec<chrono::DateTime<Utc>> = commands.iter().map(|c| c.requested_at).collect();
+    let topics: Vec<&str> = commands.iter().map(|c| c.position.topic.as_str()).collect();
+    let partitions: Vec<i32> = commands.iter().map(|c| c.position.partition).collect();
+    let offsets: Vec<i64> = commands.iter().map(|c| c.position.offset).collect();
+    sqlx::query!(
+        r"insert into account_commands (id, account_id, command_type, status, rejection_reason,
+                                        request_fingerprint, requested_at, kafka_topic, kafka_partition, kafka_offset)
+          select id, account_id, command_type, case when reason is null then 'completed' else 'rejected' end,
+                 reason, fingerprint, requested_at, topic, partition, kafka_offset
+          from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::timestamptz[],
+                      $7::text[], $8::int[], $9::bigint[])
+               as c (id, account_id, command_type, reason, fingerprint, requested_at, topic, partition, kafka_offset)",
+        &ids,
+        &account_ids,
+        &command_types as &[&str],
+        &reasons as &[Option<&str>],
+        &fingerprints as &[&[u8]],
+        &requested_at,
+        &topics as &[&str],
+        &partitions,
+        &offsets,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Writes the payment orders for the provider, one outbox row each: each is
+/// its own payout, claimed and retried on its own.
+async fn insert_payment_orders(
+    connection: &mut PgConnection,
+    payments: &[PaymentRequested],
+) -> Result<(), sqlx::Error> {
+    if payments.is_empty() {
+        return Ok(());
+    }
+    let payloads = payments
+        .iter()
+        .map(|payment| serde_json::to_string(payment).map_err(encode_error))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys: Vec<String> = payments.iter().map(|payment| payment.source_account_id.to_string()).collect();
+    sqlx::query!(
+        r"insert into outbox (destination, event_type, message_key, payload)
+          select 'payments', $1, key, payload::json from unnest($2::text[], $3::text[]) as row (key, payload)",
+        PaymentRequested::TYPE,
+        &keys,
+        &payloads,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
 
 /// Writes the entries and the final state of every account the batch
 /// changed, under the locks the batch holds on those accounts. Entries are
@@ -794,41 +1015,61 @@ const TRANSFERS_INSERT_SQL: &str = r"
 /// numbered (`entries.id`) in the order they were applied, which is the
 /// order its history shows them and their balances after follow.
 async fn write_balances(connection: &mut PgConnection, changes: &Changes) -> Result<(), sqlx::Error> {
-    if !changes.entries.is_empty() {
-        // In account order, for the locality of the entries_account index.
-        let mut entries: Vec<&(TransferId, crate::decide::Entry)> = changes.entries.iter().collect();
-        entries.sort_by_key(|(_, entry)| entry.account_id);
-        sqlx::query(
-            r"insert into entries (transfer_id, account_id, amount, currency, balance_after)
-              select * from unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::text[], $5::numeric[])",
-        )
-        .bind(entries.iter().map(|(id, _)| id.as_uuid()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|(_, entry)| entry.account_id.as_uuid()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|(_, entry)| entry.amount).collect::<Vec<_>>())
-        .bind(entries.iter().map(|(_, entry)| entry.currency.code()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|(_, entry)| entry.balance_after).collect::<Vec<_>>())
-        .execute(&mut *connection)
-        .await?;
-    }
+    insert_entries(connection, &changes.entries).await?;
+    update_accounts(connection, &changes.accounts).await
+}
 
-    let accounts = &changes.accounts;
+/// Inserts the batch's entries.
+async fn insert_entries(connection: &mut PgConnection, entries: &[(TransferId, Entry)]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // In account order, for the locality of the entries_account index.
+    let mut entries: Vec<&(TransferId, Entry)> = entries.iter().collect();
+    entries.sort_by_key(|(_, entry)| entry.account_id);
+    let transfer_ids: Vec<Uuid> = entries.iter().map(|(id, _)| id.as_uuid()).collect();
+    let account_ids: Vec<Uuid> = entries.iter().map(|(_, entry)| entry.account_id.as_uuid()).collect();
+    let amounts: Vec<Decimal> = entries.iter().map(|(_, entry)| entry.amount).collect();
+    let currencies: Vec<&str> = entries.iter().map(|(_, entry)| entry.currency.code()).collect();
+    let balances_after: Vec<Decimal> = entries.iter().map(|(_, entry)| entry.balance_after).collect();
+    sqlx::query!(
+        r"insert into entries (transfer_id, account_id, amount, currency, balance_after)
+          select * from unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::text[], $5::numeric[])",
+        &transfer_ids,
+        &account_ids,
+        &amounts,
+        &currencies as &[&str],
+        &balances_after,
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Writes the final state of every account the batch changed: one row
+/// update per touched account, however many transfers of the batch moved
+/// it, so a hot merchant account costs one update per batch.
+async fn update_accounts(connection: &mut PgConnection, accounts: &[AccountState]) -> Result<(), sqlx::Error> {
     if accounts.is_empty() {
         return Ok(());
     }
-    // One row update per touched account, however many transfers of the
-    // batch moved it: a hot merchant account costs one update per batch.
-    sqlx::query(
+    let ids: Vec<Uuid> = accounts.iter().map(|a| a.id.as_uuid()).collect();
+    let balances: Vec<Decimal> = accounts.iter().map(|a| a.balance).collect();
+    let held: Vec<Decimal> = accounts.iter().map(|a| a.held).collect();
+    let statuses: Vec<&str> = accounts.iter().map(|a| a.status.code()).collect();
+    let overdraft_limits: Vec<Decimal> = accounts.iter().map(|a| a.overdraft_limit).collect();
+    sqlx::query!(
         r"update accounts set balance = changed.balance, held = changed.held, status = changed.status,
                               overdraft_limit = changed.overdraft_limit, updated_at = now()
           from unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::numeric[])
                as changed (id, balance, held, status, overdraft_limit)
           where accounts.id = changed.id",
+        &ids,
+        &balances,
+        &held,
+        &statuses as &[&str],
+        &overdraft_limits,
     )
-    .bind(accounts.iter().map(|a| a.id.as_uuid()).collect::<Vec<_>>())
-    .bind(accounts.iter().map(|a| a.balance).collect::<Vec<_>>())
-    .bind(accounts.iter().map(|a| a.held).collect::<Vec<_>>())
-    .bind(accounts.iter().map(|a| status_code(a.status)).collect::<Vec<_>>())
-    .bind(accounts.iter().map(|a| a.overdraft_limit).collect::<Vec<_>>())
     .execute(connection)
     .await?;
     Ok(())
@@ -844,13 +1085,15 @@ async fn write_events(connection: &mut PgConnection, events: &[Event]) -> Result
         .iter()
         .map(|event| BatchedEvent { key: event_key(event).into(), event_type: event.type_name().into(), event })
         .collect();
-    sqlx::query(
+    let payload = serde_json::to_string(&batch).map_err(encode_error)?;
+    // Bound as text, as the statement's cast to json expects it.
+    sqlx::query!(
         r"insert into outbox (destination, event_type, message_key, payload)
           values ('events', $1, $2, $3::json)",
+        platform::outbox::EVENT_BATCH_TYPE,
+        platform::outbox::EVENT_BATCH_KEY,
+        &payload as &str,
     )
-    .bind(platform::outbox::EVENT_BATCH_TYPE)
-    .bind(platform::outbox::EVENT_BATCH_KEY)
-    .bind(serde_json::to_string(&batch).map_err(encode_error)?)
     .execute(connection)
     .await?;
     Ok(())
@@ -900,20 +1143,20 @@ pub async fn record_dead_letter(
     position: &Position,
 ) -> Result<(), sqlx::Error> {
     let mut transaction = pool.begin().await?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         r"insert into dead_lettered_commands
               (command_id, command_type, account_id, reason, detail, kafka_topic, kafka_partition, kafka_offset)
           values ($1, $2, $3, $4, $5, $6, $7, $8)
           on conflict (command_id) do nothing",
+        identity.command_id,
+        identity.command_type.as_deref(),
+        identity.account_id,
+        reason.code,
+        &reason.detail,
+        &position.topic,
+        position.partition,
+        position.offset,
     )
-    .bind(identity.command_id)
-    .bind(identity.command_type.as_deref())
-    .bind(identity.account_id)
-    .bind(reason.code)
-    .bind(&reason.detail)
-    .bind(&position.topic)
-    .bind(position.partition)
-    .bind(position.offset)
     .execute(&mut *transaction)
     .await?
     .rows_affected();
@@ -949,18 +1192,21 @@ async fn store_offsets(
     if next.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let topics: Vec<&str> = next.keys().map(|(topic, _)| *topic).collect();
+    let partitions: Vec<i32> = next.keys().map(|(_, partition)| *partition).collect();
+    let next_offsets: Vec<i64> = next.values().copied().collect();
+    sqlx::query!(
         r"insert into consumer_offsets (cluster_id, consumer_group, topic, partition, next_offset)
           select $1, $2, topic, partition, next_offset
           from unnest($3::text[], $4::int[], $5::bigint[]) as offsets (topic, partition, next_offset)
           on conflict (cluster_id, consumer_group, topic, partition) do update
           set next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset), updated_at = now()",
+        &scope.cluster_id,
+        &scope.consumer_group,
+        &topics as &[&str],
+        &partitions,
+        &next_offsets,
     )
-    .bind(&scope.cluster_id)
-    .bind(&scope.consumer_group)
-    .bind(next.keys().map(|(topic, _)| *topic).collect::<Vec<_>>())
-    .bind(next.keys().map(|(_, partition)| *partition).collect::<Vec<_>>())
-    .bind(next.values().copied().collect::<Vec<_>>())
     .execute(connection)
     .await?;
     Ok(())
@@ -988,15 +1234,16 @@ pub async fn load_offsets(
     consumer_group: &str,
     topic: &str,
 ) -> Result<Vec<(i32, i64)>, sqlx::Error> {
-    sqlx::query_as(
+    let rows = sqlx::query!(
         r"select partition, next_offset from consumer_offsets
           where cluster_id = $1 and consumer_group = $2 and topic = $3",
+        cluster_id,
+        consumer_group,
+        topic,
     )
-    .bind(cluster_id)
-    .bind(consumer_group)
-    .bind(topic)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.partition, row.next_offset)).collect())
 }
 
 /// How many partitions of `topic` have offsets stored under another cluster
@@ -1010,13 +1257,61 @@ pub async fn offsets_of_other_clusters(
     consumer_group: &str,
     topic: &str,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        r"select count(*) from consumer_offsets
-          where cluster_id <> $1 and consumer_group = $2 and topic = $3",
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from consumer_offsets
+          where cluster_id <> $1 and consumer_group = $2 and topic = $3"#,
+        cluster_id,
+        consumer_group,
+        topic,
     )
-    .bind(cluster_id)
-    .bind(consumer_group)
-    .bind(topic)
     .fetch_one(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, status: &str) -> AccountRow {
+        AccountRow {
+            id: Uuid::from_u128(7),
+            currency: "EUR".to_owned(),
+            kind: kind.to_owned(),
+            status: status.to_owned(),
+            balance: Decimal::ZERO,
+            held: Decimal::ZERO,
+            overdraft_limit: Decimal::ZERO,
+        }
+    }
+
+    #[test]
+    fn an_account_row_with_known_codes_reads_as_its_state() {
+        for status in [AccountStatus::Active, AccountStatus::Frozen, AccountStatus::Closed] {
+            // The stored code is the one the events carry.
+            let json = serde_json::to_value(status).expect("serializes");
+            assert_eq!(json.as_str(), Some(status.code()));
+            for kind in [AccountKind::Customer, AccountKind::System] {
+                let state = row(kind.code(), status.code()).into_state().expect("known codes");
+                assert_eq!((state.kind, state.status), (kind, status));
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_account_status_is_an_error_naming_it_and_the_account_not_a_closed_account() {
+        let error = row("customer", "dormant").into_state().expect_err("an unknown status");
+        let message = error.to_string();
+        assert!(matches!(error, sqlx::Error::ColumnDecode { ref index, .. } if index == "status"), "{message}");
+        assert!(message.contains("\"dormant\""), "names the value: {message}");
+        assert!(message.contains(&Uuid::from_u128(7).to_string()), "names the account: {message}");
+    }
+
+    #[test]
+    fn an_unknown_account_kind_is_an_error_naming_it_and_the_account_not_a_customer_account() {
+        let error = row("merchant", "active").into_state().expect_err("an unknown kind");
+        let message = error.to_string();
+        assert!(matches!(error, sqlx::Error::ColumnDecode { ref index, .. } if index == "kind"), "{message}");
+        assert!(message.contains("\"merchant\""), "names the value: {message}");
+        assert!(message.contains(&Uuid::from_u128(7).to_string()), "names the account: {message}");
+    }
 }

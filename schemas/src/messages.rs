@@ -549,6 +549,24 @@ pub enum AccountStatus {
     Closed,
 }
 
+impl AccountStatus {
+    /// The stable code, as in the JSON and the database.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Frozen => "frozen",
+            AccountStatus::Closed => "closed",
+        }
+    }
+
+    /// Parses a stored code; `None` for a code this version does not know.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::Active, Self::Frozen, Self::Closed].into_iter().find(|status| status.code() == code)
+    }
+}
+
 /// Something that happened to the ledger, published to `ledger.events` by the
 /// outbox relay, keyed by account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
