@@ -11,12 +11,12 @@ use platform::CancellationToken;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::auth::JwtKeys;
 use crate::config::IngestConfig;
-use crate::limits::RateLimiter;
-use crate::passwords::SecretHasher;
-use crate::publish::Publisher;
 use crate::state::{AppState, Limits, RATE_LIMIT_KEYS_MAX};
+use crate::support::jwt::JwtKeys;
+use crate::support::limits::RateLimiter;
+use crate::support::passwords::SecretHasher;
+use crate::support::publish::Publisher;
 
 /// The server, bound and ready to run. Binding first lets a test ask for
 /// port 0 and learn the real port before any request is sent.
@@ -30,8 +30,8 @@ pub struct Application {
     redirect: Option<TcpListener>,
     /// Where `/metrics` is served, when configured, and what it shows.
     metrics: Option<TcpListener>,
-    http_metrics: Arc<crate::metrics::HttpMetrics>,
-    limits: crate::serve::ConnectionLimits,
+    http_metrics: Arc<crate::middleware::metrics::HttpMetrics>,
+    limits: crate::server::serve::ConnectionLimits,
     /// Background work beside the server: the decision watcher and pruning.
     background: Background,
 }
@@ -40,19 +40,19 @@ pub struct Application {
 #[derive(Debug)]
 struct Background {
     pool: PgPool,
-    decisions: Arc<crate::decisions::Decisions>,
-    retention: crate::retention::RetentionConfig,
+    decisions: Arc<crate::support::decisions::Decisions>,
+    retention: crate::support::retention::RetentionConfig,
 }
 
 impl Application {
     /// # Errors
     /// When the address cannot be bound or a client cannot be created.
     pub async fn build(config: &IngestConfig, pool: PgPool) -> anyhow::Result<Self> {
-        let decisions = crate::decisions::Decisions::new(config.decision_wait);
+        let decisions = crate::support::decisions::Decisions::new(config.decision_wait);
         let background =
             Background { pool: pool.clone(), decisions: Arc::clone(&decisions), retention: config.retention };
         let state = AppState {
-            acceptances: crate::transfers::Acceptances::spawn(&pool),
+            acceptances: crate::domain::acceptance::Acceptances::spawn(&pool),
             pool,
             decisions,
             publisher: Publisher::new(&config.kafka)?,
@@ -75,14 +75,14 @@ impl Application {
                 pin_users: RateLimiter::new(config.pin_user_rate_limit, RATE_LIMIT_KEYS_MAX),
             }),
         };
-        let tls = config.tls.as_ref().map(crate::tls::TlsConfig::server_config).transpose()?;
+        let tls = config.tls.as_ref().map(crate::server::tls::TlsConfig::server_config).transpose()?;
         let listener =
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
         let redirect = bind_optional(config.redirect_http_addr, "the redirect").await?;
         let metrics = bind_optional(config.metrics_addr, "the metrics").await?;
-        let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
+        let http_metrics = Arc::new(crate::middleware::metrics::HttpMetrics::default());
         let router = crate::router::app(state, config, Arc::clone(&http_metrics))?;
-        let limits = crate::serve::ConnectionLimits {
+        let limits = crate::server::serve::ConnectionLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             connections_max: config.connections_max,
@@ -122,7 +122,7 @@ impl Application {
         let address = self.local_addr()?;
         let Background { pool, decisions, retention } = self.background;
         tokio::spawn(Arc::clone(&decisions).watch(pool.clone(), shutdown.clone()));
-        tokio::spawn(crate::retention::run(retention, pool, shutdown.clone()));
+        tokio::spawn(crate::support::retention::run(retention, pool, shutdown.clone()));
         if let Some(listener) = self.metrics {
             let metrics = self.http_metrics;
             platform::metrics::spawn_on(
@@ -135,17 +135,17 @@ impl Application {
         // limits and the audit log use it.
         let Some(tls) = self.tls else {
             tracing::info!(%address, "ingest listening (HTTP)");
-            crate::serve::serve(self.listener, self.router, self.limits, shutdown).await;
+            crate::server::serve::serve(self.listener, self.router, self.limits, shutdown).await;
             return Ok(());
         };
         if let Some(redirect) = self.redirect {
             tracing::info!(address = %redirect.local_addr()?, "redirecting HTTP to HTTPS");
-            let router = crate::tls::redirect_router(address.port());
-            tokio::spawn(crate::serve::serve(redirect, router, self.limits, shutdown.clone()));
+            let router = crate::server::tls::redirect_router(address.port());
+            tokio::spawn(crate::server::serve::serve(redirect, router, self.limits, shutdown.clone()));
         }
         tracing::info!(%address, "ingest listening (HTTPS)");
-        let listener = crate::tls::TlsListener::new(self.listener, tls, shutdown.clone())?;
-        crate::serve::serve(listener, self.router, self.limits, shutdown).await;
+        let listener = crate::server::tls::TlsListener::new(self.listener, tls, shutdown.clone())?;
+        crate::server::serve::serve(listener, self.router, self.limits, shutdown).await;
         Ok(())
     }
 }

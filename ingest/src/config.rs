@@ -6,9 +6,9 @@ use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
 use secrecy::SecretString;
 
-use crate::limits::RateLimit;
-use crate::passwords::Argon2Cost;
-use crate::tls::TlsConfig;
+use crate::server::tls::TlsConfig;
+use crate::support::limits::RateLimit;
+use crate::support::passwords::Argon2Cost;
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -83,10 +83,10 @@ pub struct IngestConfig {
     /// `LEDGERLINE_LONG_POLL_WAITERS_MAX` and `LEDGERLINE_LONG_POLL_FALLBACK_POLL_MS`:
     /// customers' status requests waiting for a decision at once, and how
     /// often the decision watcher looks in case a notification was missed.
-    pub decision_wait: crate::decisions::DecisionWaitConfig,
+    pub decision_wait: crate::support::decisions::DecisionWaitConfig,
     /// `LEDGERLINE_*_RETENTION_S` and friends: how long recorded requests,
     /// audit events, expired tokens and dead notifications are kept.
-    pub retention: crate::retention::RetentionConfig,
+    pub retention: crate::support::retention::RetentionConfig,
 }
 
 /// Who may call `POST /v1/providers/{name}/callbacks`, and how it signs.
@@ -132,8 +132,8 @@ impl IngestConfig {
             webhook_private_networks_allowed: false,
             metrics_addr: None,
             webhook_secret_keys: None,
-            decision_wait: crate::decisions::DecisionWaitConfig::default(),
-            retention: crate::retention::RetentionConfig::default(),
+            decision_wait: crate::support::decisions::DecisionWaitConfig::default(),
+            retention: crate::support::retention::RetentionConfig::default(),
         }
     }
 
@@ -222,7 +222,7 @@ impl IngestConfig {
             webhook_private_networks_allowed: config::var_or("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED", false)?,
             metrics_addr: platform::metrics::addr_from_env()?,
             webhook_secret_keys: platform::signature::WebhookSecretKeys::from_env()?,
-            decision_wait: crate::decisions::DecisionWaitConfig {
+            decision_wait: crate::support::decisions::DecisionWaitConfig {
                 waiters_max: config::limit(
                     "LEDGERLINE_LONG_POLL_WAITERS_MAX",
                     defaults.decision_wait.waiters_max,
@@ -234,7 +234,7 @@ impl IngestConfig {
                     100..=10_000,
                 )?,
             },
-            retention: crate::retention::RetentionConfig::from_env()?,
+            retention: crate::support::retention::RetentionConfig::from_env()?,
             ..defaults
         })
         .and_then(|config| {

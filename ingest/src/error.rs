@@ -2,7 +2,7 @@
 //! `application/problem+json` with a stable machine `code` and the request id.
 //!
 //! Handlers return [`ApiError`]; its response carries the [`Problem`] as an
-//! extension, and the request-context middleware ([`crate::context`]) writes
+//! extension, and the request-context middleware ([`crate::middleware::context`]) writes
 //! the body, because only it knows the request id. A 500 gets a generic body;
 //! its cause chain goes to the log.
 

@@ -4,37 +4,30 @@
 //!
 //! It stays thin: it never changes a balance. Money moves only in the
 //! processor, from the commands this service publishes.
+//!
+//! The layout, from the outside in: [`app`] builds and runs the service
+//! ([`server`]: connections and TLS), [`router`] is the only module that
+//! names the route modules (and builds the OpenAPI document from them), each
+//! route sits in the [`middleware`] stack. Routes are grouped by who calls
+//! them (`routes::{clients, customers, staff, ops, providers, health}`) and
+//! never import one another: what several of them share is in `extract`
+//! (what a handler takes from a request: the caller, the headers), `domain`
+//! (accounts, transfers, users, API clients, the audit log) and [`support`]
+//! (tokens, passwords, rate limits, publishing, group commit). The state
+//! every route uses is [`AppState`], at the crate root.
 
-pub(crate) mod accounts;
-pub mod admin;
 pub mod app;
-pub(crate) mod audit;
-pub mod auth;
-pub(crate) mod callbacks;
 pub mod config;
-pub(crate) mod context;
-pub(crate) mod customer_accounts;
-pub(crate) mod customer_transfers;
-pub(crate) mod customers;
-pub(crate) mod decisions;
+pub mod domain;
 pub(crate) mod error;
-pub(crate) mod group_commit;
-pub(crate) mod health;
-pub mod limits;
-pub(crate) mod metrics;
-mod middleware;
+pub(crate) mod extract;
+pub(crate) mod middleware;
 pub(crate) mod openapi;
-pub(crate) mod ops;
-pub mod passwords;
-pub mod publish;
-pub(crate) mod retention;
 pub mod router;
-pub(crate) mod serve;
-pub(crate) mod staff;
+pub(crate) mod routes;
+pub mod server;
 pub mod state;
-pub mod tls;
-pub(crate) mod transfers;
-pub(crate) mod webhooks;
+pub mod support;
 
 pub use app::Application;
 pub use config::IngestConfig;

@@ -21,12 +21,12 @@ use crate::error::{ApiError, problem_response};
 pub(crate) fn app(
     state: AppState,
     config: &IngestConfig,
-    http_metrics: Arc<crate::metrics::HttpMetrics>,
+    http_metrics: Arc<crate::middleware::metrics::HttpMetrics>,
 ) -> anyhow::Result<Router> {
     let (api, document) = api_router().split_for_parts();
     let document = crate::openapi::Document::new(crate::openapi::complete(document))?;
     let routes = Router::new()
-        .merge(api.route_layer(axum::middleware::from_fn(crate::metrics::note_route)))
+        .merge(api.route_layer(axum::middleware::from_fn(crate::middleware::metrics::note_route)))
         .layer(axum::Extension(document))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -47,19 +47,19 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// sources), so the document lists every route.
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
-        .merge(documented(crate::auth::router()))
-        .merge(documented(crate::accounts::router()))
-        .merge(documented(crate::transfers::router()))
-        .merge(documented(crate::callbacks::router()))
-        .merge(documented(crate::webhooks::router()))
-        .merge(documented(crate::customers::router()))
-        .merge(documented(crate::customer_accounts::router()))
-        .merge(documented(crate::customer_transfers::router()))
-        .merge(documented(crate::audit::router()))
-        .merge(documented(crate::staff::router()))
-        .merge(documented(crate::admin::router()))
-        .merge(documented(crate::ops::router()))
-        .merge(documented(crate::health::router()))
+        .merge(documented(crate::routes::clients::token::router()))
+        .merge(documented(crate::routes::clients::accounts::router()))
+        .merge(documented(crate::routes::clients::transfers::router()))
+        .merge(documented(crate::routes::providers::router()))
+        .merge(documented(crate::routes::clients::webhooks::router()))
+        .merge(documented(crate::routes::customers::sessions::router()))
+        .merge(documented(crate::routes::customers::accounts::router()))
+        .merge(documented(crate::routes::customers::transfers::router()))
+        .merge(documented(crate::routes::staff::audit::router()))
+        .merge(documented(crate::routes::staff::desk::router()))
+        .merge(documented(crate::routes::staff::admin::router()))
+        .merge(documented(crate::routes::ops::router()))
+        .merge(documented(crate::routes::health::router()))
         .routes(routes!(crate::openapi::serve))
 }
 

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::auth::JwtKeys;
-use crate::limits::RateLimiter;
-use crate::passwords::SecretHasher;
-use crate::publish::Publisher;
+use crate::support::jwt::JwtKeys;
+use crate::support::limits::RateLimiter;
+use crate::support::passwords::SecretHasher;
+use crate::support::publish::Publisher;
 
 /// What every handler may use.
 #[derive(Debug, Clone)]
@@ -28,9 +28,9 @@ pub struct AppState {
     /// Lifetime of a customer's refresh token.
     pub refresh_token_ttl_s: u64,
     /// The customers' long polls waiting for decisions.
-    pub decisions: Arc<crate::decisions::Decisions>,
+    pub decisions: Arc<crate::support::decisions::Decisions>,
     /// Group commits of accepted requests and their published markers.
-    pub acceptances: crate::transfers::Acceptances,
+    pub acceptances: crate::domain::acceptance::Acceptances,
 }
 
 /// Keys one limiter remembers at most (a bound on its memory).

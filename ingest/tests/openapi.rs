@@ -189,6 +189,28 @@ fn only_the_router_names_the_route_modules_and_no_module_imports_the_router() {
     assert!(offenders.is_empty(), "only router.rs may name route modules or the router:\n{}", offenders.join("\n"));
 }
 
+/// Route modules never import one another (nor the router): what several
+/// of them share lives in `extract`, `domain` and `support`, so the routes
+/// form no import cycle. Only `router.rs` names `crate::routes`; a route
+/// module reaching a neighbour through `super::` fails too (a test module's
+/// `use super::*` names its own file, and is allowed).
+#[test]
+fn no_route_module_names_another() {
+    let offenders = lines_naming(&["crate::routes"], &["router.rs"]);
+    assert!(offenders.is_empty(), "only router.rs may name route modules:\n{}", offenders.join("\n"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut neighbours = Vec::new();
+    for (path, text) in sources(&root.join("routes")) {
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default().trim();
+            if code.contains("super::") && code != "use super::*;" {
+                neighbours.push(format!("{}:{}: {code}", path.display(), number + 1));
+            }
+        }
+    }
+    assert!(neighbours.is_empty(), "route modules reaching a neighbour:\n{}", neighbours.join("\n"));
+}
+
 #[test]
 fn the_document_has_the_routes_the_issue_names() {
     let document = document();

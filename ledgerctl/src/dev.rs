@@ -63,9 +63,16 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
 
     let secret = SecretString::from(args.client_secret);
-    let hasher = ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::from_env()?)?;
-    ingest::auth::upsert_client(&pool, &hasher, DEV_CLIENT_ID, "ledgerctl-dev", &secret, ingest::auth::Scope::ALL)
-        .await?;
+    let hasher = ingest::support::passwords::SecretHasher::new(ingest::support::passwords::Argon2Cost::from_env()?)?;
+    ingest::domain::clients::upsert_client(
+        &pool,
+        &hasher,
+        DEV_CLIENT_ID,
+        "ledgerctl-dev",
+        &secret,
+        ingest::domain::clients::Scope::ALL,
+    )
+    .await?;
 
     // A fresh signing key per start unless one is configured: tokens from an
     // earlier run stop working, which is what a developer expects.

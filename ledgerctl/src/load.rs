@@ -797,7 +797,7 @@ pub enum Via {
     Http(reqwest::Client),
     /// `transfer.requested` commands produced to the commands topic, by
     /// the same publisher ingest uses.
-    Kafka(ingest::publish::Publisher),
+    Kafka(ingest::support::publish::Publisher),
 }
 
 /// How the schedule went.
@@ -913,7 +913,7 @@ async fn send_http(http: &reqwest::Client, url: &str, target: &Target, transfer:
 /// Produces the transfer as a `transfer.requested` command; an
 /// acknowledged one is accepted (it must be applied exactly once), a failed
 /// one unanswered (the broker may have it).
-async fn produce(publisher: &ingest::publish::Publisher, target: &Target, transfer: &Planned) -> Sent {
+async fn produce(publisher: &ingest::support::publish::Publisher, target: &Target, transfer: &Planned) -> Sent {
     let money = match target.currency.parse().map(|currency| schemas::Money::parse(&transfer.amount, currency)) {
         Ok(Ok(money)) => money,
         // The plan makes amounts of 0.01 to 1.00 in a checked currency.
@@ -1014,10 +1014,16 @@ pub async fn run(
     let (client_id, secret) = match &config.credentials {
         Some((id, secret)) => (*id, secret.clone()),
         None => {
-            let hasher = ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::from_env()?)?;
-            let client = ingest::auth::create_client(pool, &hasher, "ledgerctl-load", ingest::auth::Scope::ALL)
-                .await
-                .context("creating the load's API client (DATABASE_URL)")?;
+            let hasher =
+                ingest::support::passwords::SecretHasher::new(ingest::support::passwords::Argon2Cost::from_env()?)?;
+            let client = ingest::domain::clients::create_client(
+                pool,
+                &hasher,
+                "ledgerctl-load",
+                ingest::domain::clients::Scope::ALL,
+            )
+            .await
+            .context("creating the load's API client (DATABASE_URL)")?;
             (client.id, client.secret)
         }
     };
@@ -1051,7 +1057,7 @@ pub async fn run(
         run_id,
     });
     let via = if config.direct {
-        Via::Kafka(ingest::publish::Publisher::new(kafka).context("creating the producer for --direct")?)
+        Via::Kafka(ingest::support::publish::Publisher::new(kafka).context("creating the producer for --direct")?)
     } else {
         Via::Http(http)
     };

@@ -227,13 +227,14 @@ async fn main() -> anyhow::Result<()> {
             let scopes = scopes
                 .split([' ', ','])
                 .filter(|text| !text.is_empty())
-                .map(ingest::auth::Scope::parse)
+                .map(ingest::domain::clients::Scope::parse)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(anyhow::Error::msg)?;
             anyhow::ensure!(!scopes.is_empty(), "give at least one scope");
             let pool = DatabaseConfig::from_env()?.connect().await?;
-            let hasher = ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::from_env()?)?;
-            let client = ingest::auth::create_client(&pool, &hasher, &name, &scopes).await?;
+            let hasher =
+                ingest::support::passwords::SecretHasher::new(ingest::support::passwords::Argon2Cost::from_env()?)?;
+            let client = ingest::domain::clients::create_client(&pool, &hasher, &name, &scopes).await?;
             println!("client_id={}", client.id);
             println!("client_secret={}", client.secret.expose_secret());
             eprintln!("Store the secret now: it is not shown again.");
@@ -246,12 +247,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await?,
         Command::Users { command: UsersCommand::SetRole { email, role } } => {
             let pool = DatabaseConfig::from_env()?.connect().await?;
-            let before = ingest::admin::set_role_by_email(&pool, &email, &role).await?;
+            let before = ingest::domain::users::set_role_by_email(&pool, &email, &role).await?;
             println!("{email}: {before} -> {role}");
         }
         Command::Users { command: UsersCommand::Unfreeze { email } } => {
             let pool = DatabaseConfig::from_env()?.connect().await?;
-            ingest::admin::unfreeze_by_email(&pool, &email).await?;
+            ingest::domain::users::unfreeze_by_email(&pool, &email).await?;
             println!("{email}: unfrozen");
         }
         Command::Replay { partition, from_offset, to_offset, dry_run } => {

@@ -147,6 +147,8 @@ pub async fn claim(
         READY.to_owned()
     };
     let mut transaction = pool.begin().await?;
+    // Runtime, not a macro: the SQL is built with format! (READY, and the
+    // webhook index's destination predicate for webhook lanes).
     let mut due_lanes: Vec<i32> = sqlx::query_scalar(&format!(
         r"select lanes.lane from generate_series($1, $2 - 1) as lanes (lane)
           where exists (select 1 from outbox o where o.lane = lanes.lane and {ready})"
@@ -160,13 +162,13 @@ pub async fn claim(
     // lanes are tried in the shuffled order and the tries stop at
     // `lanes_max` locks (the limit stops the scan; the volatile lock call
     // is evaluated row by row, never for rows past it).
-    let locked: Vec<i16> = sqlx::query_scalar(
-        r"select due.lane::int2 from unnest($2::int4[]) as due (lane)
-          where pg_try_advisory_xact_lock($1, due.lane) limit $3",
+    let locked: Vec<i16> = sqlx::query_scalar!(
+        r#"select due.lane::int2 as "lane!" from unnest($2::int4[]) as due (lane)
+          where pg_try_advisory_xact_lock($1, due.lane) limit $3"#,
+        LANE_LOCK_CLASS,
+        &due_lanes,
+        i64::try_from(lanes_max).unwrap_or(i64::MAX),
     )
-    .bind(LANE_LOCK_CLASS)
-    .bind(&due_lanes)
-    .bind(i64::try_from(lanes_max).unwrap_or(i64::MAX))
     .fetch_all(&mut *transaction)
     .await?;
     let token = Uuid::new_v4();
@@ -175,6 +177,7 @@ pub async fn claim(
     }
     // Within a locked lane no other relay claims; SKIP LOCKED only keeps a
     // claim from queueing behind an operator's statement on the table.
+    // Runtime, not a macro: the SQL is built with format! (see `due_lanes`).
     let rows: Vec<Row> = sqlx::query_as(&format!(
         r"select id, lane, destination, event_type, message_key, payload::text as payload, attempts,
                  claims as claims_before
@@ -189,14 +192,16 @@ pub async fn claim(
     .await?;
     if !rows.is_empty() {
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-        sqlx::query(
-            r"update outbox set claimed_until = now() + make_interval(secs => $2::double precision / 1000),
+        // `$2::bigint` first: bound as an integer (a bare `::double precision`
+        // cast would make the macro type the parameter `f64`).
+        sqlx::query!(
+            r"update outbox set claimed_until = now() + make_interval(secs => $2::bigint::double precision / 1000),
                                 claim_token = $3, claims = claims + 1
               where id = any($1)",
+            &ids,
+            i64::try_from(lease_ms).unwrap_or(i64::MAX),
+            token,
         )
-        .bind(&ids)
-        .bind(i64::try_from(lease_ms).unwrap_or(i64::MAX))
-        .bind(token)
         .execute(&mut *transaction)
         .await?;
     }
@@ -322,14 +327,15 @@ pub async fn record(
 ) -> sqlx::Result<Recorded> {
     let mut counts = Counts::default();
     let ids: Vec<i64> = claim.rows.iter().map(|row| row.id).collect();
-    let held: HashSet<i64> =
-        sqlx::query_scalar("select id from outbox where id = any($1) and claim_token = $2 for update")
-            .bind(&ids)
-            .bind(claim.token)
-            .fetch_all(&mut *connection)
-            .await?
-            .into_iter()
-            .collect();
+    let held: HashSet<i64> = sqlx::query_scalar!(
+        "select id from outbox where id = any($1) and claim_token = $2 for update",
+        &ids,
+        claim.token
+    )
+    .fetch_all(&mut *connection)
+    .await?
+    .into_iter()
+    .collect();
     let (rows, attempts): (Vec<&Row>, Vec<&Attempt>) =
         claim.rows.iter().zip(attempts).filter(|(row, _)| held.contains(&row.id)).unzip();
     if rows.len() < claim.rows.len() {
@@ -349,11 +355,11 @@ pub async fn record(
     if !reached.is_empty() {
         // Only live endpoints: rows of a removed or disabled one are dropped,
         // not delivered.
-        sqlx::query(
+        sqlx::query!(
             r"update webhook_endpoints set last_delivered_at = now(), failing_since = null
               where id = any($1) and disabled_at is null",
+            &reached,
         )
-        .bind(&reached)
         .execute(&mut *connection)
         .await?;
     }
@@ -398,19 +404,19 @@ pub async fn record(
                         "delivering an outbox row failed"
                     );
                 }
-                sqlx::query(
+                sqlx::query!(
                     r"update outbox set attempts = $2, last_error = $3, last_error_code = $4,
-                          next_attempt_at = now() + make_interval(secs => $5::double precision / 1000),
+                          next_attempt_at = now() + make_interval(secs => $5::bigint::double precision / 1000),
                           dead_at = case when $6 then now() end,
                           claimed_until = null, claim_token = null
                       where id = $1",
+                    row.id,
+                    attempts,
+                    error,
+                    code,
+                    backoff_ms,
+                    dead,
                 )
-                .bind(row.id)
-                .bind(attempts)
-                .bind(error)
-                .bind(code)
-                .bind(backoff_ms)
-                .bind(dead)
                 .execute(&mut *connection)
                 .await?;
                 if row.destination == WEBHOOKS && !RELAY_SIDE_CODES.contains(&code.as_str()) {
@@ -419,15 +425,15 @@ pub async fn record(
                 if row.destination == WEBHOOKS && !dead {
                     // The endpoint's later rows wait as long: not due, they
                     // cost a claim nothing and leave the lane to the others.
-                    sqlx::query(
+                    sqlx::query!(
                         r"update outbox later set next_attempt_at = failed.next_attempt_at
                           from outbox failed
                           where failed.id = $1 and later.destination = 'webhooks'
                             and later.message_key = failed.message_key and later.id > failed.id
                             and later.delivered_at is null and later.dead_at is null
                             and (later.next_attempt_at is null or later.next_attempt_at < failed.next_attempt_at)",
+                        row.id,
                     )
-                    .bind(row.id)
                     .execute(&mut *connection)
                     .await?;
                 }
@@ -438,25 +444,27 @@ pub async fn record(
         // A delivered notification's payload is blanked: it holds a person's
         // address and a single-use secret (a reset token) that must not
         // outlive its delivery in a table many can read.
-        sqlx::query(
+        sqlx::query!(
             r#"update outbox o set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null,
                                    claimed_until = null, claim_token = null, outcome = done.outcome,
                                    payload = case when destination = 'notifications'
                                                   then '{"redacted": true}'::json else payload end
                from unnest($1::bigint[], $2::text[]) as done (id, outcome)
                where o.id = done.id"#,
+            &delivered,
+            // The macros type a `text[]` parameter as `&[String]`; its
+            // elements may be null here (rows delivered with no outcome).
+            &outcomes as &[Option<String>],
         )
-        .bind(&delivered)
-        .bind(&outcomes)
         .execute(&mut *connection)
         .await?;
     }
     if !held_back.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             r"update outbox set claimed_until = null, claim_token = null, claims = greatest(claims - 1, 0)
               where id = any($1)",
+            &held_back,
         )
-        .bind(&held_back)
         .execute(&mut *connection)
         .await?;
     }
@@ -491,22 +499,22 @@ const RELAY_SIDE_CODES: &[&str] = &["secret_key_unknown", "no_secret", "bad_secr
 /// out its retries behind the previous one, without end.
 async fn endpoint_failed(connection: &mut PgConnection, row: &Row, dead: bool, after_s: u64) -> sqlx::Result<()> {
     let Ok(endpoint_id) = row.message_key.parse::<uuid::Uuid>() else { return Ok(()) };
-    sqlx::query(
+    sqlx::query!(
         "update webhook_endpoints set failing_since = coalesce(failing_since, now()) where id = $1 and disabled_at is null",
+        endpoint_id,
     )
-    .bind(endpoint_id)
     .execute(&mut *connection)
     .await?;
     if !dead {
         return Ok(());
     }
-    let disabled = sqlx::query(
+    let disabled = sqlx::query!(
         r"update webhook_endpoints set disabled_at = now(), disabled_reason = 'failing'
           where id = $1 and disabled_at is null
-            and failing_since < now() - make_interval(secs => $2::double precision)",
+            and failing_since < now() - make_interval(secs => $2::bigint::double precision)",
+        endpoint_id,
+        i64::try_from(after_s).unwrap_or(i64::MAX),
     )
-    .bind(endpoint_id)
-    .bind(i64::try_from(after_s).unwrap_or(i64::MAX))
     .execute(&mut *connection)
     .await?
     .rows_affected();
@@ -524,15 +532,15 @@ async fn endpoint_failed(connection: &mut PgConnection, row: &Row, dead: bool, a
 /// Database failures.
 pub async fn prune(pool: &sqlx::PgPool, retention_s: u64, batch_max: i64) -> sqlx::Result<u64> {
     let retention_s = i64::try_from(retention_s).unwrap_or(i64::MAX);
-    let deleted = sqlx::query(
+    let deleted = sqlx::query!(
         r"delete from outbox where id in (
               select id from outbox
-              where delivered_at is not null and delivered_at < now() - make_interval(secs => $1::double precision)
+              where delivered_at is not null and delivered_at < now() - make_interval(secs => $1::bigint::double precision)
               order by delivered_at limit $2
               for update skip locked)",
+        retention_s,
+        batch_max,
     )
-    .bind(retention_s)
-    .bind(batch_max)
     .execute(pool)
     .await?
     .rows_affected();

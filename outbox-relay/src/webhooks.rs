@@ -89,7 +89,7 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
     if event_ids.is_empty() {
         return Ok(0);
     }
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         r"insert into outbox (destination, event_type, message_key, payload, next_attempt_at)
           select 'webhooks', event.event_type, endpoint.id::text,
                  json_build_object('endpoint_id', endpoint.id, 'event_id', event.event_id, 'event', event.payload),
@@ -113,15 +113,15 @@ pub async fn fan_out(connection: &mut PgConnection, event_ids: &[i64]) -> sqlx::
            and event.event_type = any(endpoint.event_types)
           where event.outbox_id = any($1)
           order by event.outbox_id, event.event_index, endpoint.id",
+        event_ids,
     )
-    .bind(event_ids)
     .execute(&mut *connection)
     .await?;
     Ok(inserted.rows_affected())
 }
 
 /// An endpoint as the relay needs it.
-#[derive(Clone, sqlx::FromRow)]
+#[derive(Clone)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: String,
@@ -173,11 +173,12 @@ pub async fn endpoints_of(connection: &mut PgConnection, rows: &[Row]) -> sqlx::
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let endpoints: Vec<Endpoint> = sqlx::query_as(
+    let endpoints: Vec<Endpoint> = sqlx::query_as!(
+        Endpoint,
         r"select id, url, secret, secret_nonce, secret_key_id from webhook_endpoints
               where id = any($1) and disabled_at is null",
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(&mut *connection)
     .await?;
     Ok(endpoints.into_iter().map(|endpoint| (endpoint.id, endpoint)).collect())
@@ -348,8 +349,10 @@ impl Webhooks {
 /// that the ring lacks: their webhooks cannot be signed (they fail with
 /// `secret_key_unknown`, which never counts against the endpoint).
 pub async fn check_secret_keys(pool: &sqlx::PgPool, keys: Option<&WebhookSecretKeys>) {
-    let used: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
-        "select distinct secret_key_id from webhook_endpoints where disabled_at is null and secret_key_id is not null",
+    // The column is nullable; the `is not null` filter makes every row's key present.
+    let used: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar!(
+        r#"select distinct secret_key_id as "secret_key_id!" from webhook_endpoints
+           where disabled_at is null and secret_key_id is not null"#,
     )
     .fetch_all(pool)
     .await;

@@ -212,9 +212,14 @@ impl TestApp {
         let kafka = broker.kafka.clone();
         let pool = database.pool.clone();
 
-        let client = ingest::auth::create_client(&pool, &hasher(), "test-client", ingest::auth::Scope::ALL)
-            .await
-            .expect("API client");
+        let client = ingest::domain::clients::create_client(
+            &pool,
+            &hasher(),
+            "test-client",
+            ingest::domain::clients::Scope::ALL,
+        )
+        .await
+        .expect("API client");
         let mut config = ingest::IngestConfig::new(
             "127.0.0.1:0".parse().expect("address"),
             kafka.clone(),
@@ -719,8 +724,9 @@ pub const USER_PASSWORD: &str = "correct horse battery";
 
 /// A hasher with the production default cost, for tests that store secrets.
 #[must_use]
-pub fn hasher() -> ingest::passwords::SecretHasher {
-    ingest::passwords::SecretHasher::new(ingest::passwords::Argon2Cost::default()).expect("argon2 parameters")
+pub fn hasher() -> ingest::support::passwords::SecretHasher {
+    ingest::support::passwords::SecretHasher::new(ingest::support::passwords::Argon2Cost::default())
+        .expect("argon2 parameters")
 }
 
 /// A fresh idempotency key.

@@ -408,9 +408,10 @@ async fn services_killed_and_restarted_as_processes_lose_nothing_and_apply_nothi
     let database = TestDatabase::create().await.expect("test database");
     let pool = database.pool.clone();
     let broker = start_broker(&logs).await;
-    let client = ingest::auth::create_client(&pool, &hasher(), "fault-test", ingest::auth::Scope::ALL)
-        .await
-        .expect("API client");
+    let client =
+        ingest::domain::clients::create_client(&pool, &hasher(), "fault-test", ingest::domain::clients::Scope::ALL)
+            .await
+            .expect("API client");
 
     let http_addr = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{http_addr}");

@@ -272,11 +272,11 @@ async fn two_admins_freezing_each_other_at_once_leave_one_and_the_last_admin_sta
 
     // From the shell, the last active admin cannot be demoted either.
     let survivor = if by_ada == 200 { "ada@example.com" } else { "bea@example.com" };
-    let error = ingest::admin::set_role_by_email(&app.pool, survivor, "customer").await.expect_err("refused");
+    let error = ingest::domain::users::set_role_by_email(&app.pool, survivor, "customer").await.expect_err("refused");
     assert!(format!("{error:?}").contains("last_admin"), "{error:?}");
     // And the way back for the frozen one is the shell too.
     let frozen = if by_ada == 200 { "bea@example.com" } else { "ada@example.com" };
-    ingest::admin::unfreeze_by_email(&app.pool, frozen).await.expect("unfrozen");
+    ingest::domain::users::unfreeze_by_email(&app.pool, frozen).await.expect("unfrozen");
     assert!(app.login(frozen, USER_PASSWORD).await.is_ok());
 }
 

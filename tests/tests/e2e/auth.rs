@@ -133,11 +133,11 @@ async fn the_token_endpoint_refuses_wrong_credentials_and_scopes_the_client_lack
     assert_eq!(unknown_scope.status(), 400);
     assert_eq!(unknown_scope.json::<Value>().await.expect("JSON")["code"], "invalid_scope");
 
-    let limited = ingest::auth::create_client(
+    let limited = ingest::domain::clients::create_client(
         &app.pool,
         &ledgerline_tests::hasher(),
         "reader",
-        &[ingest::auth::Scope::AccountsRead],
+        &[ingest::domain::clients::Scope::AccountsRead],
     )
     .await
     .expect("client");
@@ -221,13 +221,13 @@ async fn a_remembered_client_secret_is_forgotten_when_the_secret_changes_or_the_
     assert_eq!(app.request_token(&id, "llsk_wrong", None).await.status(), 401, "only the secret itself");
 
     let new_secret = secrecy::SecretString::from("llsk_the-new-secret-of-this-client".to_owned());
-    ingest::auth::upsert_client(
+    ingest::domain::clients::upsert_client(
         &app.pool,
         &ledgerline_tests::hasher(),
         app.client_id,
         "test-client",
         &new_secret,
-        ingest::auth::Scope::ALL,
+        ingest::domain::clients::Scope::ALL,
     )
     .await
     .expect("new secret");

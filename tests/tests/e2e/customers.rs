@@ -340,7 +340,7 @@ async fn fifty_parallel_wrong_pins_get_five_guesses_at_most_and_the_lock_holds()
     // The per-user bucket of PIN checks would turn most of the burst away
     // before any reservation; this is about the reservation.
     let app = TestApp::spawn_configured(|config| {
-        config.pin_user_rate_limit = ingest::limits::RateLimit::per_second(1_000, 1_000);
+        config.pin_user_rate_limit = ingest::support::limits::RateLimit::per_second(1_000, 1_000);
     })
     .await;
     let (jane, _) = customer_with_account(&app, "jane@example.com").await;
@@ -467,8 +467,8 @@ async fn assert_family_dead(app: &TestApp, tokens: &[&Value], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_racing_a_refresh_leaves_no_live_refresh_token() {
     let app = TestApp::spawn_configured(|config| {
-        config.token_ip_rate_limit = ingest::limits::RateLimit::per_second(1_000, 1_000);
-        config.login_account_rate_limit = ingest::limits::RateLimit { per_minute: 600, burst: 100 };
+        config.token_ip_rate_limit = ingest::support::limits::RateLimit::per_second(1_000, 1_000);
+        config.login_account_rate_limit = ingest::support::limits::RateLimit { per_minute: 600, burst: 100 };
     })
     .await;
     let session = register_and_login(&app, "jane@example.com").await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ingest::limits::RateLimit;
+use ingest::support::limits::RateLimit;
 use ledgerline_tests::TestApp;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
@@ -32,11 +32,11 @@ async fn each_api_client_has_its_own_token_bucket() {
     assert!(problem["request_id"].is_string());
 
     // Another client is not slowed down by the first.
-    let other = ingest::auth::create_client(
+    let other = ingest::domain::clients::create_client(
         &app.pool,
         &ledgerline_tests::hasher(),
         "other",
-        &[ingest::auth::Scope::AccountsRead],
+        &[ingest::domain::clients::Scope::AccountsRead],
     )
     .await
     .expect("client");

@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 fn lenient_limits(config: &mut ingest::IngestConfig) {
-    config.token_ip_rate_limit = ingest::limits::RateLimit::per_second(10_000, 10_000);
-    config.login_account_rate_limit = ingest::limits::RateLimit { per_minute: 600, burst: 1_000 };
+    config.token_ip_rate_limit = ingest::support::limits::RateLimit::per_second(10_000, 10_000);
+    config.login_account_rate_limit = ingest::support::limits::RateLimit { per_minute: 600, burst: 1_000 };
 }
 
 /// A request and the refusal it must get: method, path, token, body, status, code.

@@ -86,7 +86,7 @@ fn rules() -> BTreeMap<&'static str, Access> {
 async fn every_documented_route_answers_each_caller_as_its_rule_says() {
     // Public routes are called many times from one address.
     let app = TestApp::spawn_configured(|config| {
-        config.token_ip_rate_limit = ingest::limits::RateLimit::per_second(1_000, 1_000);
+        config.token_ip_rate_limit = ingest::support::limits::RateLimit::per_second(1_000, 1_000);
     })
     .await;
     let served: Value =

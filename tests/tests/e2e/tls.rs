@@ -35,8 +35,10 @@ async fn ingest_serves_https_and_redirects_plain_http_to_it() {
     let certificate = TempCertificate::new();
     let directory = certificate.directory.clone();
     let app = TestApp::spawn_configured(move |config| {
-        config.tls =
-            Some(ingest::tls::TlsConfig { cert_path: directory.join("cert.pem"), key_path: directory.join("key.pem") });
+        config.tls = Some(ingest::server::tls::TlsConfig {
+            cert_path: directory.join("cert.pem"),
+            key_path: directory.join("key.pem"),
+        });
         config.redirect_http_addr = Some("127.0.0.1:0".parse().expect("address"));
     })
     .await;

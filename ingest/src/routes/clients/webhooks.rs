@@ -19,8 +19,9 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Principal, Scope};
+use crate::domain::clients::Scope;
 use crate::error::ApiError;
+use crate::extract::principal::Principal;
 
 /// The event types an endpoint may subscribe to: what the ledger tells.
 pub(crate) const EVENT_TYPES: &[&str] = &[
@@ -268,6 +269,8 @@ async fn remove(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn urls_naming_internal_hosts_are_refused_at_registration() {
         for url in [
@@ -282,12 +285,12 @@ mod tests {
             "http://0x7f.1/",
             "http://127.1/",
         ] {
-            assert!(!super::may_be_public(url), "{url} accepted");
+            assert!(!may_be_public(url), "{url} accepted");
         }
         for url in
             ["https://hooks.example.com/x", "https://cafe.be/hook", "https://8.8.8.8/x", "https://[2606:4700::1]/"]
         {
-            assert!(super::may_be_public(url), "{url} refused");
+            assert!(may_be_public(url), "{url} refused");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! A customer sets a PIN (4 to 8 digits, argon2id). `POST /v1/auth/pin`
 //! checks it and returns a step-up token valid 5 minutes, bound to the user;
 //! a customer's transfer needs one in `X-Step-Up-Token`, and one step-up
-//! pays for one transfer ([`crate::auth::spend_step_up`]). Five wrong PINs
+//! pays for one transfer ([`crate::support::jwt::spend_step_up`]). Five wrong PINs
 //! in a row lock PIN use for 15 minutes (423 `pin_locked` with
 //! `Retry-After`); attempts are reserved before the hash is checked, so
 //! parallel guesses get no more than five. The first PIN needs the password.
@@ -26,16 +26,19 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit;
-use crate::auth::JwtKeys;
-use crate::context::RequestId;
-use crate::customers::User;
+use crate::domain::acceptance::{Accepted, Requester};
+use crate::domain::transfers::TransferView;
+use crate::domain::{acceptance, audit, transfers, users};
 use crate::error::ApiError;
-use crate::transfers::{self, Accepted, Requester, TransferView};
+use crate::extract::headers::STEP_UP_HEADER;
+use crate::extract::user::User;
+use crate::middleware::context::RequestId;
+use crate::support::jwt::JwtKeys;
 
 pub(crate) const PIN_ATTEMPTS_MAX: i32 = 5;
+
 pub(crate) const PIN_LOCK_S: i64 = 15 * 60;
-pub(crate) const STEP_UP_HEADER: &str = "x-step-up-token";
+
 /// The longest a status request may wait for the decision (below the
 /// request timeout).
 pub(crate) const WAIT_MS_MAX: u64 = 10_000;
@@ -303,7 +306,7 @@ async fn set_pin(
         })?;
         // The same bucket as PIN checks: this is a password guess too.
         state.limits.pin_users.admit(&user.id)?;
-        crate::customers::check_current_password(&state, user.id, password).await?;
+        users::check_current_password(&state, user.id, password).await?;
     }
     let pin = request.pin;
     let hash = state.hasher.hash_blocking(pin).await?;
@@ -409,7 +412,7 @@ async fn submit(
         ApiError::unauthorized("step_up_required", "enter the PIN (POST /v1/auth/pin) and send X-Step-Up-Token")
     })?;
     let step_up = state.jwt.check_step_up(step_up, user.id)?;
-    let key = transfers::required_idempotency_key(&headers)?;
+    let key = crate::extract::headers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
     let money = transfers::parse_money(&request.amount, request.currency)?;
     let owns_source = sqlx::query_scalar!(
@@ -423,11 +426,11 @@ async fn submit(
         return Err(ApiError::not_found("account_not_found", "no such source account"));
     }
     let transfer_id = TransferId::derive(Operation::Transfer, user.id, &key);
-    crate::auth::spend_step_up(&state.pool, &step_up, transfer_id.as_uuid()).await?;
+    crate::support::jwt::spend_step_up(&state.pool, &step_up, transfer_id.as_uuid()).await?;
     let (command, canonical) =
         transfers::transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money);
     let accepted =
-        transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+        acceptance::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     let mut response = accepted.into_response();
     if let Ok(location) = format!("/v1/me/transfers/{transfer_id}").parse() {
         response.headers_mut().insert(axum::http::header::LOCATION, location);
@@ -471,7 +474,7 @@ async fn status(
     }
     let requester = Requester::User(user.id);
     // Registered before the status is read: a decision committed after the
-    // read wakes this request (see `crate::decisions`). Too many waiting
+    // read wakes this request (see `crate::support::decisions`). Too many waiting
     // already: the answer is the status now.
     let registration = if wait_ms > 0 { state.decisions.register(transfer_id) } else { None };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);

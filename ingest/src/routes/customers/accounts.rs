@@ -17,13 +17,14 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::accounts::{AccountRow, AccountView, find_account, format_amount, parse_currency};
-use crate::customers::User;
+use crate::domain::acceptance::Requester;
+use crate::domain::accounts::{AccountRow, AccountView, find_account, format_amount, parse_currency};
 use crate::error::ApiError;
-use crate::transfers::{self, Requester};
+use crate::extract::user::User;
 
 /// Accounts one customer may open.
 pub(crate) const ACCOUNTS_PER_USER_MAX: i64 = 20;
+
 /// The most history items one page returns.
 pub(crate) const HISTORY_LIMIT_MAX: i64 = 200;
 
@@ -77,7 +78,7 @@ async fn open(
     body: Result<Json<OpenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
-    let account_id = match transfers::optional_idempotency_key(&headers)? {
+    let account_id = match crate::extract::headers::optional_idempotency_key(&headers)? {
         Some(key) => AccountId::derive(user.id, &key),
         None => AccountId::new_random(),
     };

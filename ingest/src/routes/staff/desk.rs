@@ -8,28 +8,30 @@
 //! `rejected` with its reason, read from `account_commands` for a freeze,
 //! unfreeze or close and from `transfers` for a deposit.
 
+use std::net::SocketAddr;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use schemas::messages::{AccountStatusCommand, V1};
 use schemas::{AccountId, Command, Currency, Operation, TransferId};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::accounts::{AccountView, find_account};
-use crate::audit;
-use crate::context::RequestId;
-use crate::customers::User;
+use crate::domain::acceptance::Requester;
+use crate::domain::accounts::{AccountView, find_account};
+use crate::domain::transfers::TransferView;
+use crate::domain::{acceptance, accounts, audit, transfers};
 use crate::error::ApiError;
-use crate::transfers::{self, Requester, TransferView};
+use crate::extract::user::{User, require_role};
+use crate::middleware::context::RequestId;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -69,21 +71,6 @@ async fn command_status(
     Ok(Json(transfers::transfer_view(&state, command_id, Requester::User(user.id)).await?))
 }
 
-/// # Errors
-/// 403 `forbidden_role` unless the user has one of `roles`.
-pub(crate) fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
-    if roles.contains(&user.role.as_str()) {
-        Ok(())
-    } else {
-        Err(ApiError::Client {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden_role",
-            title: "Forbidden",
-            detail: format!("this needs one of the roles {}", roles.join(", ")),
-        })
-    }
-}
-
 /// Any account, by id (support, ops, admin).
 #[utoipa::path(
     get,
@@ -117,7 +104,7 @@ async fn read_account(
     responses((
         status = 202,
         description = "Accepted; the processor applies it",
-        body = transfers::Accepted,
+        body = acceptance::Accepted,
         headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
     )),
 )]
@@ -145,7 +132,7 @@ async fn freeze(
     responses((
         status = 202,
         description = "Accepted; the processor applies it",
-        body = transfers::Accepted,
+        body = acceptance::Accepted,
         headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
     )),
 )]
@@ -173,7 +160,7 @@ async fn unfreeze(
     responses((
         status = 202,
         description = "Accepted; the processor applies it",
-        body = transfers::Accepted,
+        body = acceptance::Accepted,
         headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
     )),
 )]
@@ -221,7 +208,7 @@ async fn change_status(
         StatusChange::Unfreeze => Command::AccountUnfrozen,
         StatusChange::Close => Command::AccountClosed,
     };
-    let key = transfers::required_idempotency_key(&headers)?;
+    let key = crate::extract::headers::required_idempotency_key(&headers)?;
     find_account(&state, account_id, None).await?;
     let command_id = TransferId::derive(Operation::AccountStatus, user.id, &key).as_uuid();
     let command = build(AccountStatusCommand {
@@ -233,7 +220,7 @@ async fn change_status(
     let action = change.name();
     let canonical = serde_json::json!({ "kind": action, "account_id": account_id });
     let accepted =
-        transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+        acceptance::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     tracing::info!(user_id = %user.id, %account_id, action, "account status change requested");
     audit::record(
         &state,
@@ -277,7 +264,7 @@ pub(crate) struct DepositRequest {
     responses((
         status = 202,
         description = "Accepted; the processor applies it",
-        body = transfers::Accepted,
+        body = acceptance::Accepted,
         headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
     )),
 )]
@@ -292,14 +279,14 @@ async fn deposit(
 ) -> Result<Response, ApiError> {
     require_role(&user, &["ops", "admin"])?;
     let Path(account_id) = path?;
-    let key = transfers::required_idempotency_key(&headers)?;
+    let key = crate::extract::headers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
     let money = transfers::parse_money(&request.amount, request.currency)?;
     find_account(&state, account_id, None).await?;
     let transfer_id = TransferId::derive(Operation::Deposit, user.id, &key);
-    let (command, canonical) = crate::accounts::deposit_command(transfer_id, account_id, money);
+    let (command, canonical) = accounts::deposit_command(transfer_id, account_id, money);
     let accepted =
-        transfers::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
+        acceptance::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     // Money made from cash-in by a person: the audit log says who.
     audit::record(
         &state,

@@ -6,7 +6,7 @@
 //! Handshakes run in their own tasks, at most [`HANDSHAKES_IN_FLIGHT_MAX`] at
 //! once and each for at most [`HANDSHAKE_TIMEOUT_MS`], so a client that opens
 //! a connection and says nothing holds up no one else. Only completed
-//! connections are served (`crate::serve`), as plain TCP ones are.
+//! connections are served (`crate::server::serve`), as plain TCP ones are.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 
 /// TLS handshakes in progress at most; connections beyond are closed.
 pub const HANDSHAKES_IN_FLIGHT_MAX: usize = 1_024;
+
 /// A handshake not finished by then is abandoned.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 

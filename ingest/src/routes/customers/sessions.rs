@@ -11,17 +11,18 @@
 //!
 //! Password change and reset (a single-use token valid 30 minutes, sent as
 //! a notification through the outbox) end every session. Customers' own
-//! accounts are in [`crate::customer_accounts`], the PIN and transfers in
-//! [`crate::customer_transfers`]; staff roles in [`crate::staff`] and
-//! [`crate::admin`]. The [`User`] extractor reads the user's role and
-//! status on every request, so a role change, a freeze or a new password
-//! takes effect at once, whatever access tokens are out.
+//! accounts, their PIN and their transfers are their neighbours in
+//! `routes::customers`, staff roles in `routes::staff`. The `User`
+//! extractor reads the user's role and status on every request, so a role
+//! change, a freeze or a new password takes effect at once, whatever
+//! access tokens are out.
+
+use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, Extension, FromRequestParts, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
@@ -29,19 +30,17 @@ use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::net::SocketAddr;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::audit;
-use crate::auth::bearer_token;
-use crate::context::RequestId;
+use crate::domain::audit;
+use crate::domain::users::{PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN, check_current_password, end_sessions};
 use crate::error::ApiError;
+use crate::extract::user::User;
+use crate::middleware::context::RequestId;
 
-pub(crate) const PASSWORD_LENGTH_MIN: usize = 12;
-pub(crate) const PASSWORD_LENGTH_MAX: usize = 128;
 const EMAIL_LENGTH_MAX: usize = 254;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -54,41 +53,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(request_reset))
         .routes(routes!(confirm_reset))
-}
-
-/// A logged-in customer (or staff member), from a customer access token.
-#[derive(Debug, Clone)]
-pub(crate) struct User {
-    pub id: Uuid,
-    pub role: String,
-}
-
-impl FromRequestParts<AppState> for User {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let claims = state.jwt.decode_customer(bearer_token(&parts.headers)?)?;
-        let id = Uuid::parse_str(&claims.sub).map_err(|_| ApiError::invalid_token("the token has no valid subject"))?;
-        state.limits.clients.admit(&id)?;
-        // The user as they are now: a frozen user, a changed role or a new
-        // password takes effect on the next request, not when the access
-        // token expires. One primary-key read.
-        let stored: Option<(String, bool, i32)> =
-            sqlx::query_as("select role, disabled_at is not null, session_epoch from users where id = $1")
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?;
-        let Some((role, frozen, epoch)) = stored else {
-            return Err(ApiError::invalid_token("no such user"));
-        };
-        if frozen {
-            return Err(ApiError::invalid_token("this user is frozen"));
-        }
-        if claims.epoch != epoch {
-            return Err(ApiError::invalid_token("the session ended (password changed, or the user was frozen)"));
-        }
-        Ok(Self { id, role })
-    }
 }
 
 /// An email and a password.
@@ -483,21 +447,6 @@ async fn rehash_password(state: &AppState, user_id: Uuid, checked_hash: &str, pa
     }
 }
 
-/// Ends every session of a user: every refresh-token family is revoked and
-/// the session epoch moves on, so every access token already issued is
-/// refused on its next use (not when it expires).
-pub(crate) async fn end_sessions(connection: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
-        .bind(user_id)
-        .execute(&mut *connection)
-        .await?;
-    sqlx::query("update users set session_epoch = session_epoch + 1 where id = $1")
-        .bind(user_id)
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
-}
-
 /// The current password and the new one.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -533,27 +482,6 @@ async fn change_password(
     set_password(&state, user.id, request.new_password).await?;
     audit::record(&state, audit::Event::by_user("password.changed", user.id, peer, &request_id.0)).await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Checks a logged-in user's current password, for changes an access token
-/// alone must not make (a new password, a first PIN).
-///
-/// # Errors
-/// 401 `invalid_credentials` when it is wrong.
-pub(crate) async fn check_current_password(
-    state: &AppState,
-    user_id: Uuid,
-    password: SecretString,
-) -> Result<(), ApiError> {
-    let hash: Option<String> =
-        sqlx::query_scalar("select password_hash from users where id = $1 and disabled_at is null")
-            .bind(user_id)
-            .fetch_optional(&state.pool)
-            .await?;
-    if !state.hasher.verify(hash, password).await? {
-        return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
-    }
-    Ok(())
 }
 
 async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -> Result<(), ApiError> {

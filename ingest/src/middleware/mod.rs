@@ -2,11 +2,14 @@
 //! request meets on its way in, outermost first, is listed in [`stack`].
 //!
 //! From tower-http where it fits: CORS and the security headers. The
-//! request context ([`crate::context`]: the request id, problem bodies, the
+//! request context ([`crate::middleware::context`]: the request id, problem bodies, the
 //! log line) stays our own, because it validates incoming request ids
 //! (tower-http's `SetRequestIdLayer` keeps any) and writes the id into
 //! problem bodies; the timeout stays our own because it answers with a
 //! problem (tower-http's answers an empty 408).
+
+pub(crate) mod context;
+pub(crate) mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +31,7 @@ use crate::error::problem_response;
 pub(crate) fn stack(
     routes: Router<AppState>,
     config: &IngestConfig,
-    http_metrics: Arc<crate::metrics::HttpMetrics>,
+    http_metrics: Arc<crate::middleware::metrics::HttpMetrics>,
 ) -> anyhow::Result<Router<AppState>> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let routes = routes
@@ -45,10 +48,10 @@ pub(crate) fn stack(
                 ),
             }
         }))
-        .layer(axum::middleware::from_fn(crate::context::middleware));
+        .layer(axum::middleware::from_fn(crate::middleware::context::middleware));
     Ok(security_headers(routes, config.tls.is_some())
         .layer(cors(&config.cors_origins)?)
-        .layer(axum::middleware::from_fn_with_state(http_metrics, crate::metrics::count)))
+        .layer(axum::middleware::from_fn_with_state(http_metrics, crate::middleware::metrics::count)))
 }
 
 /// Headers on every answer, errors included, each set once. The API serves
@@ -97,13 +100,13 @@ fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
-            HeaderName::from_static(crate::context::REQUEST_ID_HEADER),
-            HeaderName::from_static(crate::customer_transfers::STEP_UP_HEADER),
+            HeaderName::from_static(crate::middleware::context::REQUEST_ID_HEADER),
+            HeaderName::from_static(crate::extract::headers::STEP_UP_HEADER),
         ])
         .expose_headers([
             header::LOCATION,
             header::RETRY_AFTER,
-            HeaderName::from_static(crate::context::REQUEST_ID_HEADER),
+            HeaderName::from_static(crate::middleware::context::REQUEST_ID_HEADER),
         ])
         .max_age(Duration::from_secs(600)))
 }

@@ -28,8 +28,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::context::RequestId;
 use crate::error::ApiError;
+use crate::middleware::context::RequestId;
 
 pub(crate) const SIGNATURE_HEADER: &str = "provider-signature";
 

@@ -19,29 +19,27 @@ use chrono::{DateTime, Utc};
 use schemas::Currency;
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::accounts::{AccountView, find_account};
-use crate::audit;
-use crate::auth::Scope;
-use crate::context::RequestId;
-use crate::customers::User;
+use crate::domain::accounts::{AccountView, find_account};
+use crate::domain::audit;
+use crate::domain::clients::Scope;
+use crate::domain::users::{ROLES, UserView, apply_freeze, apply_role, lock_actor_and_target};
 use crate::error::ApiError;
-use crate::staff::require_role;
+use crate::extract::user::{User, require_role};
+use crate::middleware::context::RequestId;
 
 /// Rows one list returns at most.
-pub const PAGE_LIMIT_MAX: i64 = 500;
-/// The longest API client name.
-pub const CLIENT_NAME_LENGTH_MAX: usize = 200;
-/// The roles a user may have.
-pub const ROLES: &[&str] = &["customer", "support", "admin", "ops"];
+pub(crate) const PAGE_LIMIT_MAX: i64 = 500;
 
-pub fn router() -> OpenApiRouter<AppState> {
+/// The longest API client name.
+pub(crate) const CLIENT_NAME_LENGTH_MAX: usize = 200;
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_users))
         .routes(routes!(change_role))
@@ -52,20 +50,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_system_accounts, open_system_account))
 }
 
-/// A user as admins see them.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct UserView {
-    id: Uuid,
-    email: String,
-    /// `customer`, `support`, `admin` or `ops`.
-    role: String,
-    created_at: DateTime<Utc>,
-    /// Set while the user is frozen: no login, no request.
-    frozen_at: Option<DateTime<Utc>>,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
-pub struct UserList {
+pub(crate) struct UserList {
     users: Vec<UserView>,
 }
 
@@ -116,7 +102,7 @@ async fn list_users(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RoleChange {
+pub(crate) struct RoleChange {
     /// `customer`, `support`, `admin` or `ops`.
     #[schema(example = "support")]
     role: String,
@@ -153,143 +139,6 @@ async fn change_role(
     transaction.commit().await?;
     tracing::info!(admin = %admin.id, %user_id, from = before, to = change.role, "role changed");
     Ok(Json(user))
-}
-
-/// Locks the acting admin's and the target user's rows (in id order, so
-/// two admins acting on each other queue instead of deadlocking), then
-/// checks the actor is still an active admin: the token's request was
-/// authorized before the lock, and another admin may have demoted or frozen
-/// this one meanwhile.
-async fn lock_actor_and_target(connection: &mut PgConnection, actor: Uuid, target: Uuid) -> Result<(), ApiError> {
-    serialize_user_changes(connection).await?;
-    let rows: Vec<(Uuid, String, bool)> =
-        sqlx::query_as("select id, role, disabled_at is not null from users where id = any($1) order by id for update")
-            .bind(vec![actor, target])
-            .fetch_all(&mut *connection)
-            .await?;
-    if !rows.iter().any(|(id, role, frozen)| *id == actor && role == "admin" && !frozen) {
-        return Err(ApiError::Client {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden_role",
-            title: "Forbidden",
-            detail: "you are no longer an active admin".into(),
-        });
-    }
-    if !rows.iter().any(|(id, _, _)| *id == target) {
-        return Err(ApiError::not_found("user_not_found", "no such user"));
-    }
-    Ok(())
-}
-
-/// Role changes and freezes run one at a time (a transaction advisory
-/// lock): the "an admin remains" check below then sees every change made
-/// before it, from the API or from `ledgerctl`.
-async fn serialize_user_changes(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtext('ledgerline:user-roles'))").execute(&mut *connection).await?;
-    Ok(())
-}
-
-/// Refuses a change that would leave no active admin: nobody could manage
-/// users any more without going around the API.
-async fn keep_an_admin(connection: &mut PgConnection) -> Result<(), ApiError> {
-    let admins: i64 = sqlx::query_scalar("select count(*) from users where role = 'admin' and disabled_at is null")
-        .fetch_one(&mut *connection)
-        .await?;
-    if admins == 0 {
-        return Err(ApiError::Client {
-            status: StatusCode::CONFLICT,
-            code: "last_admin",
-            title: "Conflict",
-            detail: "this would leave no active admin".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Gives the user `role` and audits the change (when it is one) on the same
-/// connection: the role before and the user after. Run it in a transaction
-/// with the user's row locked.
-async fn apply_role(
-    connection: &mut PgConnection,
-    user_id: Uuid,
-    role: &str,
-    actor: Option<Uuid>,
-    peer: Option<SocketAddr>,
-    request_id: &str,
-) -> Result<(String, UserView), ApiError> {
-    let before: Option<String> = sqlx::query_scalar("select role from users where id = $1 for update")
-        .bind(user_id)
-        .fetch_optional(&mut *connection)
-        .await?;
-    let before = before.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
-    let user: UserView = sqlx::query_as(
-        r"update users set role = $2 where id = $1
-          returning id, email, role, created_at, disabled_at as frozen_at",
-    )
-    .bind(user_id)
-    .bind(role)
-    .fetch_one(&mut *connection)
-    .await?;
-    if before == "admin" && role != "admin" {
-        keep_an_admin(connection).await?;
-    }
-    if before != role {
-        audit::record_in(
-            connection,
-            audit::Event {
-                action: "user.role_changed",
-                actor_user_id: actor,
-                subject_user_id: Some(user_id),
-                peer,
-                request_id,
-                detail: serde_json::json!({ "from": before, "to": role }),
-            },
-        )
-        .await?;
-    }
-    Ok((before, user))
-}
-
-/// Gives the user with `email` a role from the operator's shell (`ledgerctl
-/// users set-role`): how the first admin is made. Audited with no actor and
-/// the request id `ledgerctl`.
-///
-/// # Errors
-/// An unknown role or email, the last admin's demotion, or a database failure.
-pub async fn set_role_by_email(pool: &sqlx::PgPool, email: &str, role: &str) -> anyhow::Result<String> {
-    anyhow::ensure!(ROLES.contains(&role), "a role is one of {}", ROLES.join(", "));
-    let mut transaction = pool.begin().await?;
-    serialize_user_changes(&mut transaction).await?;
-    let user_id = user_by_email(&mut transaction, email).await?;
-    let (before, _) = apply_role(&mut transaction, user_id, role, None, None, "ledgerctl")
-        .await
-        .map_err(|error| anyhow::anyhow!("{error:?}"))?;
-    transaction.commit().await?;
-    Ok(before)
-}
-
-/// Unfreezes the user with `email` from the operator's shell (`ledgerctl
-/// users unfreeze`): the way back when the only admins are frozen.
-///
-/// # Errors
-/// An unknown email or a database failure.
-pub async fn unfreeze_by_email(pool: &sqlx::PgPool, email: &str) -> anyhow::Result<()> {
-    let mut transaction = pool.begin().await?;
-    serialize_user_changes(&mut transaction).await?;
-    let user_id = user_by_email(&mut transaction, email).await?;
-    apply_freeze(&mut transaction, user_id, false, None, None, "ledgerctl")
-        .await
-        .map_err(|error| anyhow::anyhow!("{error:?}"))?;
-    transaction.commit().await?;
-    Ok(())
-}
-
-async fn user_by_email(connection: &mut PgConnection, email: &str) -> anyhow::Result<Uuid> {
-    let user_id: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1")
-        .bind(email.trim().to_lowercase())
-        .fetch_optional(&mut *connection)
-        .await?;
-    user_id.ok_or_else(|| anyhow::anyhow!("no user has the email {email:?}; register first"))
 }
 
 /// Freezes a user (admin): no login, no request, every session and access
@@ -351,50 +200,9 @@ async fn set_frozen(
     Ok(Json(user))
 }
 
-/// Freezes (ending every session) or unfreezes the user and audits it, on
-/// the caller's transaction.
-async fn apply_freeze(
-    connection: &mut PgConnection,
-    user_id: Uuid,
-    frozen: bool,
-    actor: Option<Uuid>,
-    peer: Option<SocketAddr>,
-    request_id: &str,
-) -> Result<UserView, ApiError> {
-    // `coalesce` keeps the first freeze's time when frozen twice.
-    let user: Option<UserView> = sqlx::query_as(
-        r"update users set disabled_at = case when $2 then coalesce(disabled_at, now()) end where id = $1
-          returning id, email, role, created_at, disabled_at as frozen_at",
-    )
-    .bind(user_id)
-    .bind(frozen)
-    .fetch_optional(&mut *connection)
-    .await?;
-    let user = user.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
-    if frozen {
-        if user.role == "admin" {
-            keep_an_admin(connection).await?;
-        }
-        crate::customers::end_sessions(connection, user_id).await?;
-    }
-    audit::record_in(
-        connection,
-        audit::Event {
-            action: if frozen { "user.frozen" } else { "user.unfrozen" },
-            actor_user_id: actor,
-            subject_user_id: Some(user_id),
-            peer,
-            request_id,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await?;
-    Ok(user)
-}
-
 /// An API client as admins see it; its secret is never shown again.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct ClientView {
+pub(crate) struct ClientView {
     id: Uuid,
     name: String,
     scopes: Vec<String>,
@@ -403,7 +211,7 @@ pub struct ClientView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ClientList {
+pub(crate) struct ClientList {
     clients: Vec<ClientView>,
 }
 
@@ -428,7 +236,7 @@ async fn list_clients(State(state): State<AppState>, user: User) -> Result<impl 
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewClientRequest {
+pub(crate) struct NewClientRequest {
     /// Who it is for, for people: 1 to 200 characters, no control characters.
     #[schema(example = "payroll")]
     name: String,
@@ -440,7 +248,7 @@ pub struct NewClientRequest {
 
 /// A new API client's credentials. Store the secret now: it is not shown again.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct NewClientView {
+pub(crate) struct NewClientView {
     client_id: Uuid,
     client_secret: String,
     name: String,
@@ -482,7 +290,7 @@ async fn create_client(
         return Err(ApiError::unprocessable("invalid_scope", "give at least one scope"));
     }
     // The client and its audit row commit together: no live secret without a record.
-    let client = crate::auth::NewClient::generate();
+    let client = crate::domain::clients::NewClient::generate();
     let hash = state.hasher.hash_blocking(client.secret.clone()).await?;
     let scopes: Vec<String> = scopes.iter().map(|scope| scope.as_str().to_owned()).collect();
     let mut transaction = state.pool.begin().await?;
@@ -557,14 +365,14 @@ async fn disable_client(
 /// A system account: the bank's own, allowed to go negative (cash-in,
 /// external clearing, fees, …), one per role and currency.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SystemAccountView {
+pub(crate) struct SystemAccountView {
     system_role: String,
     #[serde(flatten)]
     account: AccountView,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SystemAccountList {
+pub(crate) struct SystemAccountList {
     system_accounts: Vec<SystemAccountView>,
 }
 
@@ -593,7 +401,7 @@ async fn list_system_accounts(State(state): State<AppState>, user: User) -> Resu
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SystemAccountRequest {
+pub(crate) struct SystemAccountRequest {
     #[schema(value_type = String, example = "EUR")]
     currency: Currency,
     /// What it is for: 3 to 40 of `a-z`, `0-9`, `_`, starting with a letter.

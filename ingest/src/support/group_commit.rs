@@ -30,6 +30,7 @@ pub(crate) struct GroupCommitLimits {
 }
 
 type Answer<O> = oneshot::Sender<Result<O, Arc<sqlx::Error>>>;
+
 /// The queue's receiving end, shared by the workers.
 type Queue<I, O> = Arc<Mutex<mpsc::Receiver<(I, Answer<O>)>>>;
 

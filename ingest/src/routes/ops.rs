@@ -25,18 +25,20 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::audit;
-use crate::context::RequestId;
-use crate::customers::User;
+use crate::domain::audit;
 use crate::error::ApiError;
-use crate::staff::require_role;
+use crate::extract::user::{User, require_role};
+use crate::middleware::context::RequestId;
 
 /// Dead letters one read returns at most, and one replay republishes at most.
 pub(crate) const DEAD_LETTERS_PAGE_MAX: i64 = 500;
+
 /// How long one read of the dead-letter topic may take.
 pub(crate) const KAFKA_READ_TIMEOUT_MS: u64 = 5_000;
+
 /// Payload bytes shown per dead letter; the rest is cut (the replay sends all).
 pub(crate) const PAYLOAD_SHOWN_MAX_BYTES: usize = 8 * 1024;
+
 /// Dead outbox rows one read returns at most.
 pub(crate) const OUTBOX_DEAD_PAGE_MAX: i64 = 1_000;
 

@@ -24,9 +24,8 @@ use anyhow::Context as _;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use secrecy::{ExposeSecret as _, SecretString};
-
 use platform::config::{self, ConfigError};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// The cost of one argon2id hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

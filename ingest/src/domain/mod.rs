@@ -1,0 +1,11 @@
+//! The bank's things as ingest knows them, shared by the routes of several
+//! audiences: accounts and transfers as they are shown, accepting a command,
+//! users, API clients, the audit log. No route lives here and nothing here
+//! names a route module.
+
+pub(crate) mod acceptance;
+pub(crate) mod accounts;
+pub(crate) mod audit;
+pub mod clients;
+pub(crate) mod transfers;
+pub mod users;

@@ -1,0 +1,148 @@
+//! Transfers as every audience sees them: the command built from a request,
+//! the money parsed from it, and the status view.
+//!
+//! The status view answers from what the ledger decided, never from
+//! ingest's own `published_at` marker alone: a request can reach the broker
+//! and be applied while its marker is lost (the update fails, the handler is
+//! cancelled, librdkafka times out a message the broker wrote). A recorded
+//! request with neither a marker nor a decision is `unconfirmed`, not
+//! unknown: a client that checks before retrying must not conclude that it
+//! was never sent.
+
+use chrono::{DateTime, Utc};
+use schemas::messages::{TransferRequested, V1};
+use schemas::{AccountId, Command, Currency, Money, TransferId};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::domain::acceptance::Requester;
+use crate::error::ApiError;
+
+/// A `transfer.requested` command, and the canonical form of its request
+/// that a retry with the same key must match.
+#[must_use]
+pub(crate) fn transfer_command(
+    transfer_id: TransferId,
+    source_account_id: Uuid,
+    destination_account_id: Uuid,
+    money: Money,
+) -> (Command, serde_json::Value) {
+    let command = Command::TransferRequested(TransferRequested {
+        version: V1,
+        transfer_id,
+        source_account_id: AccountId::from_uuid(source_account_id),
+        destination_account_id: AccountId::from_uuid(destination_account_id),
+        money,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "transfer",
+        "source_account_id": source_account_id,
+        "destination_account_id": destination_account_id,
+        "amount": money.amount().to_string(),
+        "currency": money.currency(),
+    });
+    (command, canonical)
+}
+
+/// An amount in a currency, or 422 `invalid_amount`.
+///
+/// # Errors
+/// When the amount is not a positive decimal within the currency's scale.
+pub(crate) fn parse_money(amount: &str, currency: Currency) -> Result<Money, ApiError> {
+    Money::parse(amount, currency).map_err(|error| ApiError::unprocessable("invalid_amount", error.to_string()))
+}
+
+/// The status of a request the broker has acknowledged, before the
+/// processor decides.
+pub(crate) const STATUS_ACCEPTED: &str = "accepted";
+
+/// The status of a request recorded, but whose publish was never confirmed
+/// (the broker's answer was lost, the handler was cancelled, or the marker
+/// could not be written), and that the ledger has not decided.
+pub(crate) const STATUS_UNCONFIRMED: &str = "unconfirmed";
+
+/// The processor could not apply the command and sent it to the
+/// dead-letter topic (the reason says why); an operator's replay after a
+/// fix may still apply it, and the status then shows the decision.
+pub(crate) const STATUS_DEAD_LETTERED: &str = "dead_lettered";
+
+/// A transfer (or deposit, payout, account command) and its status.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TransferView {
+    transfer_id: Uuid,
+    /// The ledger's decision: `completed` or `rejected` (a hold or payout:
+    /// `held`, then `posted`, `voided` or `expired`). Before it:
+    /// `accepted` (the broker has the command), or `unconfirmed` (the
+    /// request was recorded but its publish never confirmed: it may or may
+    /// not reach the ledger; submitting it again with the same
+    /// `Idempotency-Key` is safe and settles that). `dead_lettered` when
+    /// the processor could not apply it (the reason says why; an operator's
+    /// replay after a fix may still apply it).
+    #[schema(example = "completed")]
+    pub status: String,
+    /// Why it was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    reason: Option<String>,
+    /// Whether the command is known to have reached the broker: false only
+    /// while `unconfirmed`.
+    publish_confirmed: bool,
+    /// The request as accepted, in its canonical form.
+    request: serde_json::Value,
+    /// When the broker acknowledged it (when it was recorded, while unconfirmed).
+    accepted_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    decided_at: Option<DateTime<Utc>>,
+}
+
+impl TransferView {
+    /// Whether the ledger has decided (a hold counts: it is the decision
+    /// the requester waits for).
+    #[must_use]
+    pub(crate) fn is_decided(&self) -> bool {
+        self.decided_at.is_some()
+    }
+}
+
+/// A transfer or account command as the requester who submitted it sees
+/// it: the ledger's decision when there is one (`transfers`, or
+/// `account_commands` for a staff freeze, unfreeze or close), whether or
+/// not ingest managed to mark the request published.
+///
+/// # Errors
+/// 404 `transfer_not_found` when it is unknown or another requester's.
+pub(crate) async fn transfer_view(
+    state: &AppState,
+    transfer_id: Uuid,
+    requester: Requester,
+) -> Result<TransferView, ApiError> {
+    let (client_id, user_id) = requester.ids();
+    type Row = (serde_json::Value, DateTime<Utc>, bool, Option<String>, Option<String>, Option<DateTime<Utc>>);
+    let row: Option<Row> = sqlx::query_as(
+        r"select request.request, coalesce(request.published_at, request.created_at), request.published_at is not null,
+                 coalesce(transfer.status, command.status, case when dead.command_id is not null then $4 end),
+                 coalesce(transfer.rejection_reason, command.rejection_reason, dead.reason),
+                 coalesce(transfer.decided_at, command.decided_at, dead.dead_lettered_at)
+          from accepted_requests request
+          left join transfers transfer on transfer.id = request.transfer_id
+          left join account_commands command on command.id = request.transfer_id
+          left join dead_lettered_commands dead on dead.command_id = request.transfer_id
+          where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)",
+    )
+    .bind(transfer_id)
+    .bind(client_id)
+    .bind(user_id)
+    .bind(STATUS_DEAD_LETTERED)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (request, accepted_at, marked, status, reason, decided_at) =
+        row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+    // A decision proves the command reached the broker, marker or not.
+    let publish_confirmed = marked || status.is_some();
+    let status =
+        status.unwrap_or_else(|| if publish_confirmed { STATUS_ACCEPTED } else { STATUS_UNCONFIRMED }.to_owned());
+    Ok(TransferView { transfer_id, status, reason, publish_confirmed, request, accepted_at, decided_at })
+}
