@@ -28,9 +28,10 @@ pub struct Application {
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// The plain-HTTP listener that redirects to HTTPS, when configured.
     redirect: Option<TcpListener>,
-    /// Where `/metrics` is served, when configured, and what it shows.
+    /// Where `/metrics` is served, when configured.
     metrics: Option<TcpListener>,
-    http_metrics: Arc<crate::middleware::metrics::HttpMetrics>,
+    /// This instance's metrics (its requests, its long polls).
+    registry: platform::metrics::Registry,
     limits: crate::server::serve::ConnectionLimits,
     /// Background work beside the server: the decision watcher and pruning.
     background: Background,
@@ -48,7 +49,8 @@ impl Application {
     /// # Errors
     /// When the address cannot be bound or a client cannot be created.
     pub async fn build(config: &IngestConfig, pool: PgPool) -> anyhow::Result<Self> {
-        let decisions = crate::support::decisions::Decisions::new(config.decision_wait);
+        let registry = platform::metrics::Registry::new();
+        let decisions = crate::support::decisions::Decisions::new(config.decision_wait, &registry);
         let background =
             Background { pool: pool.clone(), decisions: Arc::clone(&decisions), retention: config.retention };
         let state = AppState {
@@ -80,14 +82,14 @@ impl Application {
             TcpListener::bind(config.http_addr).await.with_context(|| format!("binding {}", config.http_addr))?;
         let redirect = bind_optional(config.redirect_http_addr, "the redirect").await?;
         let metrics = bind_optional(config.metrics_addr, "the metrics").await?;
-        let http_metrics = Arc::new(crate::middleware::metrics::HttpMetrics::default());
+        let http_metrics = Arc::new(crate::middleware::metrics::HttpMetrics::new(&registry));
         let router = crate::router::app(state, config, Arc::clone(&http_metrics))?;
         let limits = crate::server::serve::ConnectionLimits {
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             connections_max: config.connections_max,
         };
-        Ok(Self { listener, router, tls, redirect, metrics, http_metrics, limits, background })
+        Ok(Self { listener, router, tls, redirect, metrics, registry, limits, background })
     }
 
     /// The metrics listener's address, when there is one.
@@ -124,10 +126,10 @@ impl Application {
         tokio::spawn(Arc::clone(&decisions).watch(pool.clone(), shutdown.clone()));
         tokio::spawn(crate::support::retention::run(retention, pool, shutdown.clone()));
         if let Some(listener) = self.metrics {
-            let metrics = self.http_metrics;
+            let registry = self.registry;
             platform::metrics::spawn_on(
                 listener,
-                platform::metrics::render_with(move || metrics.render() + &decisions.render()),
+                platform::metrics::render_with(move || platform::metrics::encode(&registry)),
                 shutdown.clone(),
             );
         }

@@ -36,11 +36,11 @@ pub mod provider;
 pub mod webhooks;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use platform::CancellationToken;
+use platform::metrics::IntCounter;
 use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -191,90 +191,89 @@ impl RelayConfig {
 /// recording transaction and a busy machine.
 pub const LEASE_MARGIN_MS: u64 = 10_000;
 
-/// One relay's counters since it started.
-#[derive(Debug, Default)]
+/// One relay's counters since it started, in its own registry.
+#[derive(Debug)]
 pub struct RelayMetrics {
-    pub delivered_total: AtomicU64,
-    pub failed_total: AtomicU64,
-    pub dead_total: AtomicU64,
-    pub rounds_total: AtomicU64,
-    pub notifications_total: AtomicU64,
+    registry: platform::metrics::Registry,
+    pub delivered_total: IntCounter,
+    pub failed_total: IntCounter,
+    pub dead_total: IntCounter,
+    pub rounds_total: IntCounter,
+    pub notifications_total: IntCounter,
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        use platform::metrics::counter;
+        let registry = platform::metrics::Registry::new();
+        Self {
+            delivered_total: counter(&registry, "ledgerline_relay_delivered_total", "Outbox rows delivered by this relay"),
+            failed_total: counter(
+                &registry,
+                "ledgerline_relay_failed_total",
+                "Failed delivery attempts (the row is retried later)",
+            ),
+            dead_total: counter(
+                &registry,
+                "ledgerline_relay_dead_total",
+                "Rows this relay declared dead after their last attempt",
+            ),
+            rounds_total: counter(&registry, "ledgerline_relay_rounds_total", "Claim rounds"),
+            notifications_total: counter(
+                &registry,
+                "ledgerline_relay_notifications_total",
+                "Outbox notifications that woke this relay before its poll interval",
+            ),
+            registry,
+        }
+    }
 }
 
 impl RelayMetrics {
     fn add(&self, counts: Counts) {
-        let add = |counter: &AtomicU64, value: usize| {
-            counter.fetch_add(u64::try_from(value).unwrap_or(u64::MAX), Ordering::Relaxed);
-        };
+        let add = |counter: &IntCounter, value: usize| counter.inc_by(u64::try_from(value).unwrap_or(u64::MAX));
         add(&self.delivered_total, counts.delivered);
         add(&self.failed_total, counts.failed);
         add(&self.dead_total, counts.dead);
-        self.rounds_total.fetch_add(1, Ordering::Relaxed);
+        self.rounds_total.inc();
     }
 }
 
 /// The Prometheus page of one relay: its deliveries, failures, dead rows and
 /// rounds, and the outbox's backlog as the database has it (the same for
 /// every relay; `ledgerline_outbox_status_up` is 0 when it could not be read).
+///
+/// The backlog is read at scrape time into a registry of its own for this
+/// page, so a failed read shows no value left over from an earlier one.
 pub async fn render_metrics(metrics: &RelayMetrics, pool: &PgPool) -> String {
-    use platform::metrics::{Exposition, Kind};
-    let mut page = Exposition::new();
-    let counter = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    page.single(
-        "ledgerline_relay_delivered_total",
-        Kind::Counter,
-        "Outbox rows delivered by this relay",
-        counter(&metrics.delivered_total),
-    )
-    .single(
-        "ledgerline_relay_failed_total",
-        Kind::Counter,
-        "Failed delivery attempts (the row is retried later)",
-        counter(&metrics.failed_total),
-    )
-    .single(
-        "ledgerline_relay_dead_total",
-        Kind::Counter,
-        "Rows this relay declared dead after their last attempt",
-        counter(&metrics.dead_total),
-    )
-    .single("ledgerline_relay_rounds_total", Kind::Counter, "Claim rounds", counter(&metrics.rounds_total));
+    use platform::metrics::{gauge, gauge_vec, measure};
+    let backlog = platform::metrics::Registry::new();
+    let up = gauge(&backlog, "ledgerline_outbox_status_up", "Whether the backlog below could be read");
     match admin::status(pool).await {
         Ok(status) => {
-            page.single("ledgerline_outbox_status_up", Kind::Gauge, "Whether the backlog below could be read", 1)
-                .single("ledgerline_outbox_pending", Kind::Gauge, "Rows not yet delivered and not dead", status.pending)
-                .single(
-                    "ledgerline_outbox_retrying",
-                    Kind::Gauge,
-                    "Pending rows backing off after a failure",
-                    status.retrying,
-                )
-                .single("ledgerline_outbox_dead", Kind::Gauge, "Rows waiting for an operator", status.dead)
-                .single(
-                    "ledgerline_outbox_oldest_pending_age_seconds",
-                    Kind::Gauge,
-                    "Age of the oldest pending row",
-                    status.oldest_pending_age_s,
-                );
-            page.family(
+            up.set(1);
+            gauge(&backlog, "ledgerline_outbox_pending", "Rows not yet delivered and not dead").set(status.pending);
+            gauge(&backlog, "ledgerline_outbox_retrying", "Pending rows backing off after a failure")
+                .set(status.retrying);
+            gauge(&backlog, "ledgerline_outbox_dead", "Rows waiting for an operator").set(status.dead);
+            measure(&backlog, "ledgerline_outbox_oldest_pending_age_seconds", "Age of the oldest pending row")
+                .set(status.oldest_pending_age_s);
+            let failing = gauge_vec(
+                &backlog,
                 "ledgerline_outbox_failing_rows",
-                Kind::Gauge,
                 "Undelivered rows whose last attempt failed, by destination and reason",
+                &["destination", "code"],
             );
-            for failing in &status.failing {
-                page.sample(
-                    "ledgerline_outbox_failing_rows",
-                    &[("destination", failing.destination.as_str()), ("code", failing.code.as_str())],
-                    failing.rows,
-                );
+            for row in &status.failing {
+                failing.with_label_values(&[row.destination.as_str(), row.code.as_str()]).set(row.rows);
             }
         }
         Err(error) => {
             tracing::warn!(%error, "reading the outbox status for /metrics failed");
-            page.single("ledgerline_outbox_status_up", Kind::Gauge, "Whether the backlog below could be read", 0);
+            up.set(0);
         }
     }
-    page.finish()
+    platform::metrics::encode(&metrics.registry) + &platform::metrics::encode(&backlog)
 }
 
 /// The pause between two full pruning batches.
@@ -327,7 +326,7 @@ pub async fn run_with_metrics(
                     }
                 };
                 if !busy && wake.wait(shutdown).await {
-                    metrics.notifications_total.fetch_add(1, Ordering::Relaxed);
+                    metrics.notifications_total.inc();
                 }
             }
         }
@@ -385,7 +384,7 @@ impl Report {
             return;
         }
         let (delivered, failed) =
-            (metrics.delivered_total.load(Ordering::Relaxed), metrics.failed_total.load(Ordering::Relaxed));
+            (metrics.delivered_total.get(), metrics.failed_total.get());
         // Per minute, in integers: the workspace keeps floats out of the code.
         let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
         let per_minute = |count: u64| count.saturating_mul(60_000) / elapsed_ms;

@@ -1,22 +1,26 @@
-//! Metrics for Prometheus: the text exposition format (0.0.4) written by
-//! hand (a few counters and gauges per service do not justify a metrics
-//! framework), a fixed-bucket latency histogram, and a listener serving
-//! `GET /metrics` on its own address (`LEDGERLINE_METRICS_ADDR`), apart from
-//! the API, so that scraping needs no token and the API port exposes nothing.
+//! Metrics for Prometheus, from the `prometheus` crate (its text exposition
+//! format, 0.0.4), and a listener serving `GET /metrics` on its own address
+//! (`LEDGERLINE_METRICS_ADDR`), apart from the API, so that scraping needs no
+//! token and the API port exposes nothing.
+//!
+//! Every service instance has its own [`Registry`]: never the crate's
+//! global one, because `ledgerctl dev` and the tests run the three services
+//! (and several instances of one) in one process, and each must count only
+//! what it did. The constructors here register a metric in the instance's
+//! registry and hand it back.
 //!
 //! Services without an API of their own (processor, relay) also serve their
 //! probes there: `GET /health/live` (the process answers) and
 //! `GET /health/ready` (204, or 503 with a problem+json body listing why).
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use anyhow::Context as _;
+use prometheus::{HistogramOpts, Opts};
+pub use prometheus::{Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -30,132 +34,95 @@ pub fn addr_from_env() -> Result<Option<SocketAddr>, ConfigError> {
     config::var_optional("LEDGERLINE_METRICS_ADDR")
 }
 
-/// The kind of a metric family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
+/// Upper bounds of the latency buckets, in seconds: 1 ms to 10 s.
+pub const LATENCY_BUCKETS_S: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Registers `metric` in `registry` and hands it back.
+///
+/// # Panics
+/// When the name is taken in this registry or not a valid metric name: the
+/// names are constants and each registry is new, so this is a programming
+/// error that every test that builds the service shows.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("a metric name that is valid and unique in its registry");
+    metric
 }
 
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
-
-/// A page of metrics being written.
-#[derive(Debug, Default)]
-pub struct Exposition {
-    text: String,
-}
-
-impl Exposition {
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Starts a family: its `# HELP` and `# TYPE` lines. Samples follow.
-    pub fn family(&mut self, name: &str, kind: Kind, help: &str) -> &mut Self {
-        let help = help.replace('\\', r"\\").replace('\n', r"\n");
-        let _ = writeln!(self.text, "# HELP {name} {help}");
-        let _ = writeln!(self.text, "# TYPE {name} {}", kind.as_str());
-        self
-    }
-
-    /// One sample of the current family; `value` is already formatted.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) -> &mut Self {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (index, (label, text)) in labels.iter().enumerate() {
-                if index > 0 {
-                    self.text.push(',');
-                }
-                let escaped = text.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n");
-                let _ = write!(self.text, "{label}=\"{escaped}\"");
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
-        self
-    }
-
-    /// A family of one unlabelled sample.
-    pub fn single(&mut self, name: &str, kind: Kind, help: &str, value: impl std::fmt::Display) -> &mut Self {
-        self.family(name, kind, help).sample(name, &[], value)
-    }
-
-    #[must_use]
-    pub fn finish(self) -> String {
-        self.text
-    }
-}
-
-/// A duration in seconds, exactly, from whole microseconds (no float).
+/// A counter.
+///
+/// # Panics
+/// See [`registered`].
 #[must_use]
-pub fn seconds(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(name, help).expect("a valid counter definition"))
 }
 
-/// Upper bounds of the latency buckets, in microseconds, and as Prometheus
-/// writes them.
-const BUCKETS_US: [(u64, &str); 12] = [
-    (1_000, "0.001"),
-    (5_000, "0.005"),
-    (10_000, "0.01"),
-    (25_000, "0.025"),
-    (50_000, "0.05"),
-    (100_000, "0.1"),
-    (250_000, "0.25"),
-    (500_000, "0.5"),
-    (1_000_000, "1"),
-    (2_500_000, "2.5"),
-    (5_000_000, "5"),
-    (10_000_000, "10"),
-];
-
-/// A latency histogram with fixed buckets from 1 ms to 10 s.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Observations per bucket (not cumulative); the last is +Inf.
-    buckets: [AtomicU64; BUCKETS_US.len() + 1],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// A counter per value of `labels`.
+///
+/// # Panics
+/// See [`registered`].
+#[must_use]
+pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter definition"))
 }
 
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let index = BUCKETS_US.iter().position(|(bound, _)| micros <= *bound).unwrap_or(BUCKETS_US.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(micros, Ordering::Relaxed);
-    }
+/// A gauge.
+///
+/// # Panics
+/// See [`registered`].
+#[must_use]
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help).expect("a valid gauge definition"))
+}
 
-    /// Writes the `_bucket`, `_sum` and `_count` samples of `name` with
-    /// `labels` (the family line is the caller's).
-    pub fn write(&self, page: &mut Exposition, name: &str, labels: &[(&str, &str)]) {
-        let bucket_name = format!("{name}_bucket");
-        let mut cumulative = 0_u64;
-        for (index, (_, le)) in BUCKETS_US.iter().enumerate() {
-            cumulative = cumulative.saturating_add(self.buckets[index].load(Ordering::Relaxed));
-            let mut with_le = labels.to_vec();
-            with_le.push(("le", le));
-            page.sample(&bucket_name, &with_le, cumulative);
-        }
-        cumulative = cumulative.saturating_add(self.buckets[BUCKETS_US.len()].load(Ordering::Relaxed));
-        let mut with_le = labels.to_vec();
-        with_le.push(("le", "+Inf"));
-        page.sample(&bucket_name, &with_le, cumulative);
-        page.sample(&format!("{name}_sum"), labels, seconds(self.sum_us.load(Ordering::Relaxed)));
-        page.sample(&format!("{name}_count"), labels, cumulative);
+/// A gauge of a measured quantity that is not a count (an age in seconds).
+///
+/// # Panics
+/// See [`registered`].
+#[must_use]
+pub fn measure(registry: &Registry, name: &str, help: &str) -> Gauge {
+    registered(registry, Gauge::new(name, help).expect("a valid gauge definition"))
+}
+
+/// A gauge per value of `labels`.
+///
+/// # Panics
+/// See [`registered`].
+#[must_use]
+pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge definition"))
+}
+
+/// A latency histogram with the buckets of [`LATENCY_BUCKETS_S`].
+///
+/// # Panics
+/// See [`registered`].
+#[must_use]
+pub fn latency_histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let options = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec());
+    registered(registry, Histogram::with_opts(options).expect("a valid histogram definition"))
+}
+
+/// A latency histogram per value of `labels`.
+///
+/// # Panics
+/// See [`registered`].
+#[must_use]
+pub fn latency_histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let options = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec());
+    registered(registry, HistogramVec::new(options, labels).expect("a valid histogram definition"))
+}
+
+/// The page of `registry` in the text exposition format. A failure to
+/// encode (which the text encoder only has on a broken writer) is logged
+/// and gives an empty page.
+#[must_use]
+pub fn encode(registry: &Registry) -> String {
+    let mut page = String::new();
+    if let Err(error) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut page) {
+        tracing::error!(%error, "encoding the metrics page failed");
     }
+    page
 }
 
 /// What renders the page on each scrape.
@@ -299,42 +266,49 @@ pub async fn spawn_with_health(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn the_page_is_prometheus_text_with_escaped_labels() {
-        let mut page = Exposition::new();
-        page.single("ledgerline_things_total", Kind::Counter, "Things.\nDone", 3);
-        page.family("ledgerline_by_route_total", Kind::Counter, "By route").sample(
-            "ledgerline_by_route_total",
-            &[("route", "/v1/\"x\"\\"), ("status", "200")],
-            7,
-        );
+        let registry = Registry::new();
+        counter(&registry, "ledgerline_things_total", "Things.\nDone").inc_by(3);
+        counter_vec(&registry, "ledgerline_by_route_total", "By route", &["route", "status"])
+            .with_label_values(&["/v1/\"x\"\\", "200"])
+            .inc_by(7);
         assert_eq!(
-            page.finish(),
-            "# HELP ledgerline_things_total Things.\\nDone\n# TYPE ledgerline_things_total counter\n\
-             ledgerline_things_total 3\n\
-             # HELP ledgerline_by_route_total By route\n# TYPE ledgerline_by_route_total counter\n\
-             ledgerline_by_route_total{route=\"/v1/\\\"x\\\"\\\\\",status=\"200\"} 7\n"
+            encode(&registry),
+            "# HELP ledgerline_by_route_total By route\n# TYPE ledgerline_by_route_total counter\n\
+             ledgerline_by_route_total{route=\"/v1/\\\"x\\\"\\\\\",status=\"200\"} 7\n\
+             # HELP ledgerline_things_total Things.\\nDone\n# TYPE ledgerline_things_total counter\n\
+             ledgerline_things_total 3\n"
         );
     }
 
     #[test]
-    fn histogram_buckets_are_cumulative_and_seconds_exact() {
-        let histogram = Histogram::default();
-        histogram.observe(Duration::from_micros(800));
-        histogram.observe(Duration::from_millis(30));
-        histogram.observe(Duration::from_secs(20));
-        let mut page = Exposition::new();
-        histogram.write(&mut page, "latency_seconds", &[("route", "/x")]);
-        let text = page.finish();
+    fn histogram_buckets_are_cumulative_from_1_ms_to_10_s() {
+        let registry = Registry::new();
+        let histogram = latency_histogram_vec(&registry, "latency_seconds", "Latency", &["route"]);
+        for elapsed in [Duration::from_micros(800), Duration::from_millis(30), Duration::from_secs(20)] {
+            histogram.with_label_values(&["/x"]).observe(elapsed.as_secs_f64());
+        }
+        let text = encode(&registry);
         assert!(text.contains("latency_seconds_bucket{route=\"/x\",le=\"0.001\"} 1\n"), "{text}");
         assert!(text.contains("latency_seconds_bucket{route=\"/x\",le=\"0.025\"} 1\n"), "{text}");
         assert!(text.contains("latency_seconds_bucket{route=\"/x\",le=\"0.05\"} 2\n"), "{text}");
         assert!(text.contains("latency_seconds_bucket{route=\"/x\",le=\"10\"} 2\n"), "{text}");
         assert!(text.contains("latency_seconds_bucket{route=\"/x\",le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("latency_seconds_sum{route=\"/x\"} 20.030800\n"), "{text}");
+        assert!(text.contains("latency_seconds_sum{route=\"/x\"} 20.0308\n"), "{text}");
         assert!(text.contains("latency_seconds_count{route=\"/x\"} 3\n"), "{text}");
-        assert_eq!(seconds(1_500_001), "1.500001");
+    }
+
+    #[test]
+    fn each_registry_counts_only_its_own() {
+        let (one, two) = (Registry::new(), Registry::new());
+        counter(&one, "ledgerline_things_total", "Things").inc();
+        let _ = counter(&two, "ledgerline_things_total", "Things");
+        assert!(encode(&one).contains("ledgerline_things_total 1\n"));
+        assert!(encode(&two).contains("ledgerline_things_total 0\n"));
     }
 }

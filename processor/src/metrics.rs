@@ -1,10 +1,12 @@
 //! In-process counters of the processor, read by the benchmark and served
-//! to Prometheus ([`ProcessorMetrics::render`]), and the partition view of
-//! [`crate::health`] that readiness and the lag gauges are made of.
+//! to Prometheus ([`ProcessorMetrics::render`]) from this instance's own
+//! registry, and the partition view of [`crate::health`] that readiness and
+//! the lag gauges are made of.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use platform::metrics::{Histogram, IntCounter, IntCounterVec, IntGaugeVec, Registry};
 
 use crate::health::PartitionState;
 use crate::ledger::Locking;
@@ -16,19 +18,22 @@ const LOCKINGS: [Locking; 4] = Locking::ALL;
 /// quantiles describe the recent past and memory stays bounded.
 pub const LATENCY_SAMPLES_MAX: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessorMetrics {
-    commands: AtomicU64,
-    batches: AtomicU64,
-    dead_letters: AtomicU64,
-    payout_conflicts: AtomicU64,
-    /// Batches by how they took their account locks, in the order of
-    /// [`LOCKINGS`].
-    lockings: [AtomicU64; 4],
+    registry: Registry,
+    commands: IntCounter,
+    batches: IntCounter,
+    dead_letters: IntCounter,
+    payout_conflicts: IntCounter,
+    /// Batches by how they took their account locks (`locking`).
+    lockings: IntCounterVec,
     latencies_us: Mutex<LatencyRing>,
-    commit_latency: platform::metrics::Histogram,
+    commit_latency: Histogram,
     /// Out-of-range fetches the consumer reported (a partition stopped).
-    offset_out_of_range: AtomicU64,
+    offset_out_of_range: IntCounter,
+    /// Set from the partition view on each scrape.
+    consumer_lag: IntGaugeVec,
+    partition_stopped: IntGaugeVec,
     /// Wakes the partition monitor when the consumer reports one.
     out_of_range_wake: tokio::sync::Notify,
     partitions: Mutex<PartitionsView>,
@@ -51,15 +56,86 @@ struct LatencyRing {
     next: usize,
 }
 
+impl Default for ProcessorMetrics {
+    fn default() -> Self {
+        use platform::metrics::{counter, counter_vec, gauge_vec, latency_histogram};
+        let registry = Registry::new();
+        let lockings = counter_vec(
+            &registry,
+            "ledgerline_processor_batch_locking_total",
+            "Batches committed, by how they took their account locks: first (held for the whole batch), late (after \
+             deciding; accounts as read), late_rebalanced (accounts moved meanwhile, decisions unchanged), \
+             late_redecided (decisions changed, rows written again)",
+            &["locking"],
+        );
+        // Every way is on the page from the start, at 0.
+        for locking in LOCKINGS {
+            let _ = lockings.with_label_values(&[locking.code()]);
+        }
+        Self {
+            commands: counter(
+                &registry,
+                "ledgerline_processor_commands_total",
+                "Commands decided: applied, rejected, or recognised as already applied",
+            ),
+            batches: counter(
+                &registry,
+                "ledgerline_processor_batches_total",
+                "Batches committed (one database transaction each)",
+            ),
+            dead_letters: counter(
+                &registry,
+                "ledgerline_processor_dead_letters_total",
+                "Commands sent to the dead-letter topic",
+            ),
+            payout_conflicts: counter(
+                &registry,
+                "ledgerline_processor_payout_conflicts_total",
+                "Provider outcomes contradicting their payout's settlement (paid after voided, refused after posted); \
+                 each needs an operator",
+            ),
+            lockings,
+            latencies_us: Mutex::default(),
+            commit_latency: latency_histogram(
+                &registry,
+                "ledgerline_processor_batch_commit_seconds",
+                "A batch's database transaction, BEGIN to COMMIT",
+            ),
+            offset_out_of_range: counter(
+                &registry,
+                "ledgerline_processor_offset_out_of_range_total",
+                "Fetches Kafka refused as out of range: a partition's next command is not in the log",
+            ),
+            consumer_lag: gauge_vec(
+                &registry,
+                "ledgerline_processor_consumer_lag",
+                "Commands in Kafka not yet applied: the high watermark minus the offset stored in Postgres, per \
+                 partition",
+                &["partition"],
+            ),
+            partition_stopped: gauge_vec(
+                &registry,
+                "ledgerline_processor_partition_stopped",
+                "1 when the partition's stored offset is outside the log, so it cannot be consumed and makes no \
+                 progress",
+                &["partition"],
+            ),
+            out_of_range_wake: tokio::sync::Notify::new(),
+            partitions: Mutex::default(),
+            registry,
+        }
+    }
+}
+
 impl ProcessorMetrics {
     /// Records one committed batch of `commands` commands whose database
     /// transaction took `commit_latency` from BEGIN to COMMIT and took its
     /// account locks `locking`.
     pub fn record_batch(&self, commands: usize, commit_latency: Duration, locking: Locking) {
-        self.record_locking(locking);
-        self.commands.fetch_add(u64::try_from(commands).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.commit_latency.observe(commit_latency);
+        self.lockings.with_label_values(&[locking.code()]).inc();
+        self.commands.inc_by(u64::try_from(commands).unwrap_or(u64::MAX));
+        self.batches.inc();
+        self.commit_latency.observe(commit_latency.as_secs_f64());
         let micros = u64::try_from(commit_latency.as_micros()).unwrap_or(u64::MAX);
         if let Ok(mut ring) = self.latencies_us.lock() {
             if ring.samples.len() < LATENCY_SAMPLES_MAX {
@@ -72,29 +148,20 @@ impl ProcessorMetrics {
         }
     }
 
-    fn record_locking(&self, locking: Locking) {
-        if let Some(index) = LOCKINGS.iter().position(|known| *known == locking) {
-            self.lockings[index].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// Committed batches that took their locks `locking`.
     pub fn lockings_total(&self, locking: Locking) -> u64 {
-        LOCKINGS
-            .iter()
-            .position(|known| *known == locking)
-            .map_or(0, |index| self.lockings[index].load(Ordering::Relaxed))
+        self.lockings.with_label_values(&[locking.code()]).get()
     }
 
     pub fn record_dead_letter(&self) {
-        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.dead_letters.inc();
     }
 
     /// The consumer could not fetch a partition at its stored offset (it
     /// is no longer, or not yet, in Kafka): counted, and the partition
     /// monitor looks at once instead of at its next round.
     pub fn record_offset_out_of_range(&self) {
-        self.offset_out_of_range.fetch_add(1, Ordering::Relaxed);
+        self.offset_out_of_range.inc();
         self.out_of_range_wake.notify_one();
     }
 
@@ -105,7 +172,7 @@ impl ProcessorMetrics {
     }
 
     pub fn offset_out_of_range_total(&self) -> u64 {
-        self.offset_out_of_range.load(Ordering::Relaxed)
+        self.offset_out_of_range.get()
     }
 
     /// A round of the partition monitor.
@@ -130,107 +197,41 @@ impl ProcessorMetrics {
 
     /// A provider outcome that contradicted its payout's settlement.
     pub fn record_payout_conflict(&self) {
-        self.payout_conflicts.fetch_add(1, Ordering::Relaxed);
+        self.payout_conflicts.inc();
     }
 
     pub fn payout_conflicts_total(&self) -> u64 {
-        self.payout_conflicts.load(Ordering::Relaxed)
+        self.payout_conflicts.get()
     }
 
     /// Commands decided (applied, rejected or recognised as duplicates).
     pub fn commands_total(&self) -> u64 {
-        self.commands.load(Ordering::Relaxed)
+        self.commands.get()
     }
 
     pub fn batches_total(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+        self.batches.get()
     }
 
     pub fn dead_letters_total(&self) -> u64 {
-        self.dead_letters.load(Ordering::Relaxed)
+        self.dead_letters.get()
     }
 
     /// The Prometheus page: commands, batches, dead letters, the batch
-    /// transactions' latency, and each partition's lag and stop.
+    /// transactions' latency, and each partition's lag and stop (as the
+    /// partition monitor saw them last).
     #[must_use]
     pub fn render(&self) -> String {
-        use platform::metrics::{Exposition, Kind};
-        let mut page = Exposition::new();
         let view = self.partitions();
-        page.family(
-            "ledgerline_processor_consumer_lag",
-            Kind::Gauge,
-            "Commands in Kafka not yet applied: the high watermark minus the offset stored in Postgres, per partition",
-        );
+        // Only the partitions of the latest view: one revoked since is gone.
+        self.consumer_lag.reset();
+        self.partition_stopped.reset();
         for state in &view.states {
             let partition = state.partition.to_string();
-            page.sample("ledgerline_processor_consumer_lag", &[("partition", &partition)], state.lag());
+            self.consumer_lag.with_label_values(&[&partition]).set(state.lag());
+            self.partition_stopped.with_label_values(&[&partition]).set(i64::from(state.stopped()));
         }
-        page.family(
-            "ledgerline_processor_partition_stopped",
-            Kind::Gauge,
-            "1 when the partition's stored offset is outside the log, so it cannot be consumed and makes no progress",
-        );
-        for state in &view.states {
-            let partition = state.partition.to_string();
-            page.sample(
-                "ledgerline_processor_partition_stopped",
-                &[("partition", &partition)],
-                u8::from(state.stopped()),
-            );
-        }
-        page.single(
-            "ledgerline_processor_offset_out_of_range_total",
-            Kind::Counter,
-            "Fetches Kafka refused as out of range: a partition's next command is not in the log",
-            self.offset_out_of_range_total(),
-        );
-        page.single(
-            "ledgerline_processor_commands_total",
-            Kind::Counter,
-            "Commands decided: applied, rejected, or recognised as already applied",
-            self.commands_total(),
-        )
-        .single(
-            "ledgerline_processor_batches_total",
-            Kind::Counter,
-            "Batches committed (one database transaction each)",
-            self.batches_total(),
-        )
-        .single(
-            "ledgerline_processor_dead_letters_total",
-            Kind::Counter,
-            "Commands sent to the dead-letter topic",
-            self.dead_letters_total(),
-        )
-        .single(
-            "ledgerline_processor_payout_conflicts_total",
-            Kind::Counter,
-            "Provider outcomes contradicting their payout's settlement (paid after voided, refused after posted); \
-             each needs an operator",
-            self.payout_conflicts_total(),
-        )
-        .family(
-            "ledgerline_processor_batch_locking_total",
-            Kind::Counter,
-            "Batches committed, by how they took their account locks: first (held for the whole batch), late (after \
-             deciding; accounts as read), late_rebalanced (accounts moved meanwhile, decisions unchanged), \
-             late_redecided (decisions changed, rows written again)",
-        );
-        for locking in LOCKINGS {
-            page.sample(
-                "ledgerline_processor_batch_locking_total",
-                &[("locking", locking.code())],
-                self.lockings_total(locking),
-            );
-        }
-        page.family(
-            "ledgerline_processor_batch_commit_seconds",
-            Kind::Histogram,
-            "A batch's database transaction, BEGIN to COMMIT",
-        );
-        self.commit_latency.write(&mut page, "ledgerline_processor_batch_commit_seconds", &[]);
-        page.finish()
+        platform::metrics::encode(&self.registry)
     }
 
     /// The commit latency below which `permille`/1000 of the recorded

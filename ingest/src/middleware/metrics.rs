@@ -4,14 +4,13 @@
 //! never the paths, so the label set is bounded by the API, not by callers;
 //! a request that matches no route counts as `unmatched`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use platform::metrics::{Exposition, Histogram, Kind};
+use platform::metrics::{HistogramVec, IntCounterVec, Registry};
 
 /// Where the inner middleware leaves the matched route's template for the
 /// outer one: a slot in the request, so it survives a response replaced on
@@ -35,55 +34,35 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// What one ingest instance counted.
-#[derive(Debug, Default)]
+/// What one ingest instance counted, in the instance's registry.
+#[derive(Debug)]
 pub(crate) struct HttpMetrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
-    latency: Mutex<HashMap<String, Arc<Histogram>>>,
+    requests: IntCounterVec,
+    latency: HistogramVec,
 }
 
 impl HttpMetrics {
-    fn record(&self, method: &str, route: &str, status: u16, started: Instant) {
-        let elapsed = started.elapsed();
-        if let Ok(mut requests) = self.requests.lock() {
-            *requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
-        }
-        let histogram =
-            self.latency.lock().ok().map(|mut latency| Arc::clone(latency.entry(route.to_owned()).or_default()));
-        if let Some(histogram) = histogram {
-            histogram.observe(elapsed);
+    pub(crate) fn new(registry: &Registry) -> Self {
+        Self {
+            requests: platform::metrics::counter_vec(
+                registry,
+                "ledgerline_http_requests_total",
+                "Requests answered, by method, route and status",
+                &["method", "route", "status"],
+            ),
+            latency: platform::metrics::latency_histogram_vec(
+                registry,
+                "ledgerline_http_request_duration_seconds",
+                "Time to answer, by route",
+                &["route"],
+            ),
         }
     }
 
-    /// The Prometheus page.
-    #[must_use]
-    pub(crate) fn render(&self) -> String {
-        let mut page = Exposition::new();
-        page.family("ledgerline_http_requests_total", Kind::Counter, "Requests answered, by method, route and status");
-        let mut requests: Vec<((String, String, u16), u64)> = self
-            .requests
-            .lock()
-            .map(|requests| requests.iter().map(|(key, count)| (key.clone(), *count)).collect())
-            .unwrap_or_default();
-        requests.sort();
-        for ((method, route, status), count) in &requests {
-            page.sample(
-                "ledgerline_http_requests_total",
-                &[("method", method), ("route", route), ("status", &status.to_string())],
-                count,
-            );
-        }
-        page.family("ledgerline_http_request_duration_seconds", Kind::Histogram, "Time to answer, by route");
-        let mut latency: Vec<(String, Arc<Histogram>)> = self
-            .latency
-            .lock()
-            .map(|latency| latency.iter().map(|(route, histogram)| (route.clone(), Arc::clone(histogram))).collect())
-            .unwrap_or_default();
-        latency.sort_by(|left, right| left.0.cmp(&right.0));
-        for (route, histogram) in &latency {
-            histogram.write(&mut page, "ledgerline_http_request_duration_seconds", &[("route", route)]);
-        }
-        page.finish()
+    fn record(&self, method: &str, route: &str, status: u16, started: Instant) {
+        let elapsed = started.elapsed();
+        self.requests.with_label_values(&[method, route, &status.to_string()]).inc();
+        self.latency.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 }
 

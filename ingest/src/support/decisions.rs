@@ -18,12 +18,11 @@
 //! `wait_ms` were 0.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use platform::CancellationToken;
-use platform::metrics::{Exposition, Kind};
+use platform::metrics::{IntCounter, IntGauge, Registry};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
@@ -56,14 +55,15 @@ struct Waiting {
 #[derive(Debug)]
 pub struct Decisions {
     waiting: Mutex<HashMap<Uuid, Waiting>>,
-    waiters: AtomicU64,
+    /// Requests waiting now (changed under the `waiting` lock).
+    waiters: IntGauge,
     config: DecisionWaitConfig,
     /// Status reads made by long polls (the first one and one per wake-up).
-    status_reads: AtomicU64,
+    status_reads: IntCounter,
     /// The watcher's queries for decided ids.
-    watcher_queries: AtomicU64,
+    watcher_queries: IntCounter,
     /// Long polls that answered at once because `waiters_max` were waiting.
-    waiters_refused: AtomicU64,
+    waiters_refused: IntCounter,
 }
 
 /// One waiting request; leaving it (drop) unregisters it.
@@ -85,8 +85,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.decisions.waiters.fetch_sub(1, Ordering::Relaxed);
         let Ok(mut waiting) = self.decisions.waiting.lock() else { return };
+        self.decisions.waiters.dec();
         if let Some(entry) = waiting.get_mut(&self.transfer_id) {
             entry.count -= 1;
             if entry.count == 0 {
@@ -97,15 +97,29 @@ impl Drop for Registration {
 }
 
 impl Decisions {
+    /// The waits of one ingest instance, counted in its `registry`.
     #[must_use]
-    pub fn new(config: DecisionWaitConfig) -> Arc<Self> {
+    pub fn new(config: DecisionWaitConfig, registry: &Registry) -> Arc<Self> {
+        use platform::metrics::{counter, gauge};
         Arc::new(Self {
             waiting: Mutex::new(HashMap::new()),
-            waiters: AtomicU64::new(0),
+            waiters: gauge(registry, "ledgerline_long_poll_waiters", "Status requests waiting for a decision now"),
             config,
-            status_reads: AtomicU64::new(0),
-            watcher_queries: AtomicU64::new(0),
-            waiters_refused: AtomicU64::new(0),
+            status_reads: counter(
+                registry,
+                "ledgerline_long_poll_status_reads_total",
+                "Status reads made for long polls: one on arrival, one per wake-up",
+            ),
+            watcher_queries: counter(
+                registry,
+                "ledgerline_long_poll_watcher_queries_total",
+                "Queries of the decision watcher, one per notification or fallback poll while anyone waits",
+            ),
+            waiters_refused: counter(
+                registry,
+                "ledgerline_long_poll_waiters_refused_total",
+                "Long polls answered at once because the most waiters already waited",
+            ),
         })
     }
 
@@ -114,12 +128,12 @@ impl Decisions {
     #[must_use]
     pub fn register(self: &Arc<Self>, transfer_id: Uuid) -> Option<Registration> {
         let mut waiting = self.waiting.lock().ok()?;
-        let waiters_max = u64::try_from(self.config.waiters_max).unwrap_or(u64::MAX);
-        if self.waiters.load(Ordering::Relaxed) >= waiters_max {
-            self.waiters_refused.fetch_add(1, Ordering::Relaxed);
+        let waiters_max = i64::try_from(self.config.waiters_max).unwrap_or(i64::MAX);
+        if self.waiters.get() >= waiters_max {
+            self.waiters_refused.inc();
             return None;
         }
-        self.waiters.fetch_add(1, Ordering::Relaxed);
+        self.waiters.inc();
         let entry = waiting.entry(transfer_id).or_insert_with(|| Waiting { notify: Arc::new(Notify::new()), count: 0 });
         entry.count += 1;
         Some(Registration { decisions: Arc::clone(self), transfer_id, notify: Arc::clone(&entry.notify) })
@@ -127,7 +141,7 @@ impl Decisions {
 
     /// Counts one status read made for a long poll.
     pub fn count_status_read(&self) {
-        self.status_reads.fetch_add(1, Ordering::Relaxed);
+        self.status_reads.inc();
     }
 
     fn waiting_ids(&self) -> Vec<Uuid> {
@@ -181,7 +195,7 @@ impl Decisions {
         if ids.is_empty() {
             return Ok(());
         }
-        self.watcher_queries.fetch_add(1, Ordering::Relaxed);
+        self.watcher_queries.inc();
         let decided: Vec<Uuid> = sqlx::query_scalar!(
             r#"select id as "id!" from transfers where id = any($1)
               union all
@@ -192,37 +206,6 @@ impl Decisions {
         .await?;
         self.wake(&decided);
         Ok(())
-    }
-
-    /// The long polls' counters, for `/metrics`.
-    #[must_use]
-    pub fn render(&self) -> String {
-        let mut page = Exposition::new();
-        page.single(
-            "ledgerline_long_poll_status_reads_total",
-            Kind::Counter,
-            "Status reads made for long polls: one on arrival, one per wake-up",
-            self.status_reads.load(Ordering::Relaxed),
-        );
-        page.single(
-            "ledgerline_long_poll_watcher_queries_total",
-            Kind::Counter,
-            "Queries of the decision watcher, one per notification or fallback poll while anyone waits",
-            self.watcher_queries.load(Ordering::Relaxed),
-        );
-        page.single(
-            "ledgerline_long_poll_waiters",
-            Kind::Gauge,
-            "Status requests waiting for a decision now",
-            self.waiters.load(Ordering::Relaxed),
-        );
-        page.single(
-            "ledgerline_long_poll_waiters_refused_total",
-            Kind::Counter,
-            "Long polls answered at once because the most waiters already waited",
-            self.waiters_refused.load(Ordering::Relaxed),
-        );
-        page.finish()
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ledgerline_tests::{TestApp, WAIT_MAX};
@@ -96,7 +95,7 @@ async fn two_relays_deliver_every_row_exactly_once_and_in_order_per_account() {
         }
     }
     let (by_first, by_second) =
-        (first.delivered_total.load(Ordering::Relaxed), second.delivered_total.load(Ordering::Relaxed));
+        (first.delivered_total.get(), second.delivered_total.get());
     assert_eq!(by_first + by_second, u64::try_from(ROWS).expect("small"), "every row delivered by exactly one relay");
     assert!(by_first > 0 && by_second > 0, "both relays took part: {by_first} and {by_second}");
 }
@@ -188,8 +187,8 @@ async fn a_failing_row_holds_back_its_account_goes_dead_and_an_operator_can_retr
         admin::dead_rows(&app.pool, 10).await.expect("dead rows").iter().map(|row| row.id).collect::<Vec<_>>(),
         vec![poison]
     );
-    assert!(metrics.failed_total.load(Ordering::Relaxed) >= 2);
-    assert_eq!(metrics.dead_total.load(Ordering::Relaxed), 1);
+    assert!(metrics.failed_total.get() >= 2);
+    assert_eq!(metrics.dead_total.get(), 1);
 
     // An operator puts it back: it gets a fresh budget, fails again, dies again.
     assert_eq!(admin::retry(&app.pool, &Retry::Ids(vec![poison])).await.expect("retry"), 1);
@@ -204,7 +203,7 @@ async fn a_failing_row_holds_back_its_account_goes_dead_and_an_operator_can_retr
         &format!("select count(*) from outbox where id = {poison} and dead_at is not null"),
     )
     .await;
-    assert_eq!(metrics.dead_total.load(Ordering::Relaxed), 2);
+    assert_eq!(metrics.dead_total.get(), 2);
     stop.cancel();
 
     // The row behind the poison one was sent only after the poison row left
@@ -233,7 +232,7 @@ async fn a_notification_wakes_an_idle_relay_long_before_its_poll_interval() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(metrics.notifications_total.load(Ordering::Relaxed) >= 1);
+    assert!(metrics.notifications_total.get() >= 1);
     stop.cancel();
 }
 
@@ -351,7 +350,7 @@ async fn a_batch_row_is_published_event_by_event_in_order_under_ids_of_their_own
         event_ids.insert(message.header("ledgerline-event-id").expect("id").to_owned());
     }
     assert_eq!(event_ids.len(), BATCHES * EVENTS_PER_BATCH, "every event once among the first read");
-    assert_eq!(metrics.delivered_total.load(Ordering::Relaxed), u64::try_from(BATCHES).expect("small"));
+    assert_eq!(metrics.delivered_total.get(), u64::try_from(BATCHES).expect("small"));
     // The view operators and the webhook fan-out read has every event.
     assert_eq!(
         app.count("select count(*) from outbox_events where delivered_at is not null").await,
