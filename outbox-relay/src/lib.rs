@@ -40,9 +40,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use platform::CancellationToken;
-use platform::metrics::IntCounter;
 use platform::config::{self, ConfigError};
 use platform::kafka::KafkaConfig;
+use platform::metrics::IntCounter;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -207,7 +207,11 @@ impl Default for RelayMetrics {
         use platform::metrics::counter;
         let registry = platform::metrics::Registry::new();
         Self {
-            delivered_total: counter(&registry, "ledgerline_relay_delivered_total", "Outbox rows delivered by this relay"),
+            delivered_total: counter(
+                &registry,
+                "ledgerline_relay_delivered_total",
+                "Outbox rows delivered by this relay",
+            ),
             failed_total: counter(
                 &registry,
                 "ledgerline_relay_failed_total",
@@ -383,8 +387,7 @@ impl Report {
         if elapsed < self.interval {
             return;
         }
-        let (delivered, failed) =
-            (metrics.delivered_total.get(), metrics.failed_total.get());
+        let (delivered, failed) = (metrics.delivered_total.get(), metrics.failed_total.get());
         // Per minute, in integers: the workspace keeps floats out of the code.
         let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
         let per_minute = |count: u64| count.saturating_mul(60_000) / elapsed_ms;
