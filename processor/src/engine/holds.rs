@@ -13,11 +13,7 @@ impl Engine {
     /// Reserves a hold's or a payout's funds on the source. A payout has no
     /// expiry.
     pub(super) fn hold(&mut self, record: &TransferRecord) -> Result<(), RejectionReason> {
-        let (Some(source_id), Some(destination_id), Some(money)) =
-            (record.source_account_id, record.destination_account_id, record.money)
-        else {
-            return Err(RejectionReason::UnknownAccount);
-        };
+        let (source_id, destination_id, money) = record.legs()?;
         let expires_at = record.expires_at;
         let (source, _) = decide::check_pair(
             money,

@@ -13,11 +13,7 @@ use crate::decide::{self, Entry};
 
 impl Engine {
     pub(super) fn movement(&mut self, record: &TransferRecord) -> Result<(), RejectionReason> {
-        let (Some(source_id), Some(destination_id), Some(money)) =
-            (record.source_account_id, record.destination_account_id, record.money)
-        else {
-            return Err(RejectionReason::UnknownAccount);
-        };
+        let (source_id, destination_id, money) = record.legs()?;
         let entries = decide::decide_movement(
             money,
             source_id,

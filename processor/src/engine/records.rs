@@ -79,6 +79,16 @@ pub struct TransferRecord {
 }
 
 impl TransferRecord {
+    /// The source, the destination and the money of a record that moves
+    /// money (or holds it). A record without them names accounts the ledger
+    /// could not resolve: refused as `unknown_account`.
+    pub(super) fn legs(&self) -> Result<(AccountId, AccountId, Money), RejectionReason> {
+        match (self.source_account_id, self.destination_account_id, self.money) {
+            (Some(source), Some(destination), Some(money)) => Ok((source, destination, money)),
+            _ => Err(RejectionReason::UnknownAccount),
+        }
+    }
+
     /// The row of a transfer-like `command` (any command but an account
     /// command), before it is decided: what the command says about itself.
     /// A command that settles or corrects another transfer takes its
