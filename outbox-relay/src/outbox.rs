@@ -326,6 +326,55 @@ pub async fn record(
     policy: &RetryPolicy,
 ) -> sqlx::Result<Recorded> {
     let mut counts = Counts::default();
+    let (rows, attempts) = still_held(connection, claim, attempts).await?;
+    // Endpoints reached first: a delivery and a death of the same endpoint in
+    // one claim must not leave it disabled.
+    mark_endpoints_reached(connection, &rows, &attempts).await?;
+    let (mut delivered, mut outcomes, mut held_back): (Vec<i64>, Vec<Option<String>>, Vec<i64>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for (row, attempt) in rows.iter().zip(attempts.iter().copied()) {
+        match attempt {
+            Attempt::Delivered => {
+                delivered.push(row.id);
+                outcomes.push(None);
+            }
+            Attempt::Answered { outcome } => {
+                delivered.push(row.id);
+                outcomes.push(Some(outcome.clone()));
+            }
+            Attempt::HeldBack => {
+                counts.held_back += 1;
+                held_back.push(row.id);
+            }
+            Attempt::Failed { code, error, retry_after_ms } => {
+                let dead = record_failure(connection, row, code, error, *retry_after_ms, policy).await?;
+                if dead {
+                    counts.dead += 1;
+                } else {
+                    counts.failed += 1;
+                }
+            }
+        }
+    }
+    mark_delivered(connection, &delivered, &outcomes).await?;
+    hand_back(connection, &held_back).await?;
+    counts.delivered = delivered.len();
+    let published = rows
+        .iter()
+        .zip(&attempts)
+        .filter(|(row, attempt)| row.destination == "events" && attempt.delivered())
+        .map(|(row, _)| row.id)
+        .collect();
+    Ok(Recorded { counts, published })
+}
+
+/// The rows of `claim` (with their attempts) that the claim still holds,
+/// locked until the caller's transaction ends.
+async fn still_held<'a>(
+    connection: &mut PgConnection,
+    claim: &'a Claim,
+    attempts: &'a [Attempt],
+) -> sqlx::Result<(Vec<&'a Row>, Vec<&'a Attempt>)> {
     let ids: Vec<i64> = claim.rows.iter().map(|row| row.id).collect();
     let held: HashSet<i64> = sqlx::query_scalar!(
         "select id from outbox where id = any($1) and claim_token = $2 for update",
@@ -344,11 +393,19 @@ pub async fn record(
             "the lease on some claimed rows ran out before their outcome was recorded; another relay has them"
         );
     }
-    // Endpoints reached first: a delivery and a death of the same endpoint in
-    // one claim must not leave it disabled.
+    Ok((rows, attempts))
+}
+
+/// Marks the webhook endpoints that took a delivery as delivered to (and no
+/// longer failing).
+async fn mark_endpoints_reached(
+    connection: &mut PgConnection,
+    rows: &[&Row],
+    attempts: &[&Attempt],
+) -> sqlx::Result<()> {
     let reached: Vec<uuid::Uuid> = rows
         .iter()
-        .zip(&attempts)
+        .zip(attempts)
         .filter(|(row, attempt)| row.destination == WEBHOOKS && attempt.delivered())
         .filter_map(|(row, _)| row.message_key.parse().ok())
         .collect();
@@ -363,119 +420,108 @@ pub async fn record(
         .execute(&mut *connection)
         .await?;
     }
-    let (mut delivered, mut outcomes, mut held_back): (Vec<i64>, Vec<Option<String>>, Vec<i64>) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for (row, attempt) in rows.iter().zip(attempts.iter().copied()) {
-        match attempt {
-            Attempt::Delivered => {
-                delivered.push(row.id);
-                outcomes.push(None);
-            }
-            Attempt::Answered { outcome } => {
-                delivered.push(row.id);
-                outcomes.push(Some(outcome.clone()));
-            }
-            Attempt::HeldBack => {
-                counts.held_back += 1;
-                held_back.push(row.id);
-            }
-            Attempt::Failed { code, error, retry_after_ms } => {
-                let attempts = row.attempts.saturating_add(1);
-                let dead = attempts >= policy.attempts_max;
-                let backoff_ms =
-                    i64::try_from(policy.backoff_ms(attempts).max(retry_after_ms.unwrap_or(0))).unwrap_or(i64::MAX);
-                if dead {
-                    counts.dead += 1;
-                    tracing::error!(
-                        outbox_id = row.id,
-                        attempts,
-                        code,
-                        error,
-                        "outbox row is dead; an operator must retry it"
-                    );
-                } else {
-                    counts.failed += 1;
-                    tracing::warn!(
-                        outbox_id = row.id,
-                        attempts,
-                        code,
-                        error,
-                        backoff_ms,
-                        "delivering an outbox row failed"
-                    );
-                }
-                sqlx::query!(
-                    r"update outbox set attempts = $2, last_error = $3, last_error_code = $4,
-                          next_attempt_at = now() + make_interval(secs => $5::bigint::double precision / 1000),
-                          dead_at = case when $6 then now() end,
-                          claimed_until = null, claim_token = null
-                      where id = $1",
-                    row.id,
-                    attempts,
-                    error,
-                    code,
-                    backoff_ms,
-                    dead,
-                )
-                .execute(&mut *connection)
-                .await?;
-                if row.destination == WEBHOOKS && !RELAY_SIDE_CODES.contains(&code.as_str()) {
-                    endpoint_failed(connection, row, dead, policy.webhook_disable_after_s).await?;
-                }
-                if row.destination == WEBHOOKS && !dead {
-                    // The endpoint's later rows wait as long: not due, they
-                    // cost a claim nothing and leave the lane to the others.
-                    sqlx::query!(
-                        r"update outbox later set next_attempt_at = failed.next_attempt_at
-                          from outbox failed
-                          where failed.id = $1 and later.destination = 'webhooks'
-                            and later.message_key = failed.message_key and later.id > failed.id
-                            and later.delivered_at is null and later.dead_at is null
-                            and (later.next_attempt_at is null or later.next_attempt_at < failed.next_attempt_at)",
-                        row.id,
-                    )
-                    .execute(&mut *connection)
-                    .await?;
-                }
-            }
-        }
+    Ok(())
+}
+
+/// Records a failed attempt of `row`: its next attempt after the backoff
+/// (or the answer's `Retry-After`, if longer), or its death after
+/// `attempts_max`; for a webhook, the endpoint's failure and the wait of its
+/// later rows. Whether the row died.
+async fn record_failure(
+    connection: &mut PgConnection,
+    row: &Row,
+    code: &str,
+    error: &str,
+    retry_after_ms: Option<u64>,
+    policy: &RetryPolicy,
+) -> sqlx::Result<bool> {
+    let attempts = row.attempts.saturating_add(1);
+    let dead = attempts >= policy.attempts_max;
+    let backoff_ms = i64::try_from(policy.backoff_ms(attempts).max(retry_after_ms.unwrap_or(0))).unwrap_or(i64::MAX);
+    if dead {
+        tracing::error!(outbox_id = row.id, attempts, code, error, "outbox row is dead; an operator must retry it");
+    } else {
+        tracing::warn!(outbox_id = row.id, attempts, code, error, backoff_ms, "delivering an outbox row failed");
     }
-    if !delivered.is_empty() {
-        // A delivered notification's payload is blanked: it holds a person's
-        // address and a single-use secret (a reset token) that must not
-        // outlive its delivery in a table many can read.
+    sqlx::query!(
+        r"update outbox set attempts = $2, last_error = $3, last_error_code = $4,
+              next_attempt_at = now() + make_interval(secs => $5::bigint::double precision / 1000),
+              dead_at = case when $6 then now() end,
+              claimed_until = null, claim_token = null
+          where id = $1",
+        row.id,
+        attempts,
+        error,
+        code,
+        backoff_ms,
+        dead,
+    )
+    .execute(&mut *connection)
+    .await?;
+    if row.destination == WEBHOOKS && !RELAY_SIDE_CODES.contains(&code) {
+        endpoint_failed(connection, row, dead, policy.webhook_disable_after_s).await?;
+    }
+    if row.destination == WEBHOOKS && !dead {
+        // The endpoint's later rows wait as long: not due, they
+        // cost a claim nothing and leave the lane to the others.
         sqlx::query!(
-            r#"update outbox o set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null,
-                                   claimed_until = null, claim_token = null, outcome = done.outcome,
-                                   payload = case when destination = 'notifications'
-                                                  then '{"redacted": true}'::json else payload end
-               from unnest($1::bigint[], $2::text[]) as done (id, outcome)
-               where o.id = done.id"#,
-            &delivered,
-            // The macros type a `text[]` parameter as `&[String]`; its
-            // elements may be null here (rows delivered with no outcome).
-            &outcomes as &[Option<String>],
+            r"update outbox later set next_attempt_at = failed.next_attempt_at
+              from outbox failed
+              where failed.id = $1 and later.destination = 'webhooks'
+                and later.message_key = failed.message_key and later.id > failed.id
+                and later.delivered_at is null and later.dead_at is null
+                and (later.next_attempt_at is null or later.next_attempt_at < failed.next_attempt_at)",
+            row.id,
         )
         .execute(&mut *connection)
         .await?;
     }
-    if !held_back.is_empty() {
-        sqlx::query!(
-            r"update outbox set claimed_until = null, claim_token = null, claims = greatest(claims - 1, 0)
-              where id = any($1)",
-            &held_back,
-        )
-        .execute(&mut *connection)
-        .await?;
+    Ok(dead)
+}
+
+/// Marks the rows `delivered`, each with its provider's outcome (if any).
+async fn mark_delivered(
+    connection: &mut PgConnection,
+    delivered: &[i64],
+    outcomes: &[Option<String>],
+) -> sqlx::Result<()> {
+    if delivered.is_empty() {
+        return Ok(());
     }
-    counts.delivered = delivered.len();
-    let published = rows
-        .iter()
-        .zip(&attempts)
-        .filter(|(row, attempt)| row.destination == "events" && attempt.delivered())
-        .map(|(row, _)| row.id)
-        .collect();
-    Ok(Recorded { counts, published })
+    // A delivered notification's payload is blanked: it holds a person's
+    // address and a single-use secret (a reset token) that must not
+    // outlive its delivery in a table many can read.
+    sqlx::query!(
+        r#"update outbox o set delivered_at = now(), attempts = attempts + 1, next_attempt_at = null,
+                               claimed_until = null, claim_token = null, outcome = done.outcome,
+                               payload = case when destination = 'notifications'
+                                              then '{"redacted": true}'::json else payload end
+           from unnest($1::bigint[], $2::text[]) as done (id, outcome)
+           where o.id = done.id"#,
+        delivered,
+        // The macros type a `text[]` parameter as `&[String]`; its
+        // elements may be null here (rows delivered with no outcome).
+        outcomes as &[Option<String>],
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// Hands rows held back to the next claim as they were: not attempted, so
+/// their claim is not counted.
+async fn hand_back(connection: &mut PgConnection, held_back: &[i64]) -> sqlx::Result<()> {
+    if held_back.is_empty() {
+        return Ok(());
+    }
+    sqlx::query!(
+        r"update outbox set claimed_until = null, claim_token = null, claims = greatest(claims - 1, 0)
+          where id = any($1)",
+        held_back,
+    )
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 /// What [`record`] recorded.
