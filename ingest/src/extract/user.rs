@@ -1,7 +1,7 @@
 //! The [`User`] extractor: the customer or staff member a request's access
 //! token names, with their role and status as they are now (read on every
 //! request, so a role change, a freeze or a new password takes effect at
-//! once, whatever tokens are out), and [`require_role`], the check every
+//! once, whatever tokens are out), and [`require`], the check every
 //! staff route starts with.
 
 use axum::extract::FromRequestParts;
@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::domain::permissions::Permission;
 use crate::error::ApiError;
 use crate::extract::principal::bearer_token;
 
@@ -49,16 +50,17 @@ impl FromRequestParts<AppState> for User {
 }
 
 /// # Errors
-/// 403 `forbidden_role` unless the user has one of `roles`.
-pub(crate) fn require_role(user: &User, roles: &[&str]) -> Result<(), ApiError> {
-    if roles.contains(&user.role.as_str()) {
+/// 403 `forbidden_role` unless the user's role has `permission` (see
+/// [`Permission::roles`]).
+pub(crate) fn require(user: &User, permission: Permission) -> Result<(), ApiError> {
+    if permission.granted_to(&user.role) {
         Ok(())
     } else {
         Err(ApiError::Client {
             status: StatusCode::FORBIDDEN,
             code: "forbidden_role",
             title: "Forbidden",
-            detail: format!("this needs one of the roles {}", roles.join(", ")),
+            detail: format!("this needs one of the roles {}", permission.roles().join(", ")),
         })
     }
 }

@@ -26,8 +26,9 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::domain::audit;
+use crate::domain::permissions::Permission;
 use crate::error::ApiError;
-use crate::extract::user::{User, require_role};
+use crate::extract::user::{User, require};
 use crate::middleware::context::RequestId;
 
 /// Dead letters one read returns at most, and one replay republishes at most.
@@ -41,8 +42,6 @@ pub(crate) const PAYLOAD_SHOWN_MAX_BYTES: usize = 8 * 1024;
 
 /// Dead outbox rows one read returns at most.
 pub(crate) const OUTBOX_DEAD_PAGE_MAX: i64 = 1_000;
-
-const ROLES: &[&str] = &["ops", "admin"];
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -110,7 +109,7 @@ async fn dead_letters(
     user: User,
     query: Result<Query<DeadLetterQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, ROLES)?;
+    require(&user, Permission::Operate)?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=DEAD_LETTERS_PAGE_MAX).contains(&limit) {
@@ -163,7 +162,7 @@ async fn replay_dead_letters(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, ROLES)?;
+    require(&user, Permission::Operate)?;
     let Json(request) = body?;
     let to_offset = request.to_offset.unwrap_or(request.from_offset.saturating_add(1));
     let count = to_offset.saturating_sub(request.from_offset);
@@ -223,7 +222,7 @@ async fn replay_dead_letters(
     responses((status = 200, description = "The outbox's state", body = serde_json::Value)),
 )]
 async fn outbox_status(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, ROLES)?;
+    require(&user, Permission::Operate)?;
     Ok(Json(platform::outbox::status(&state.pool).await?))
 }
 
@@ -249,7 +248,7 @@ async fn outbox_dead(
     user: User,
     query: Result<Query<OutboxDeadQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, ROLES)?;
+    require(&user, Permission::Operate)?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=OUTBOX_DEAD_PAGE_MAX).contains(&limit) {
@@ -285,7 +284,7 @@ async fn outbox_retry(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<OutboxRetryRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, ROLES)?;
+    require(&user, Permission::Operate)?;
     let Json(request) = body?;
     let which = match (request.ids, request.all) {
         (Some(ids), None | Some(false)) if !ids.is_empty() && ids.len() <= 1_000 => platform::outbox::Retry::Ids(ids),

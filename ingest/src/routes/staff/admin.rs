@@ -30,7 +30,8 @@ use crate::domain::audit;
 use crate::domain::clients::Scope;
 use crate::domain::users::{ROLES, UserView, apply_freeze, apply_role, lock_actor_and_target};
 use crate::error::ApiError;
-use crate::extract::user::{User, require_role};
+use crate::domain::permissions::Permission;
+use crate::extract::user::{User, require};
 use crate::middleware::context::RequestId;
 
 /// Rows one list returns at most.
@@ -81,7 +82,7 @@ async fn list_users(
     user: User,
     query: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, &["admin"])?;
+    require(&user, Permission::Administer)?;
     let Query(query) = query?;
     let limit = page_limit(query.limit)?;
     if let Some(role) = &query.role {
@@ -127,7 +128,7 @@ async fn change_role(
     path: Result<Path<Uuid>, PathRejection>,
     body: Result<Json<RoleChange>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&admin, &["admin"])?;
+    require(&admin, Permission::Administer)?;
     let Path(user_id) = path?;
     let Json(change) = body?;
     check_role(&change.role)?;
@@ -189,7 +190,7 @@ async fn set_frozen(
     path: Result<Path<Uuid>, PathRejection>,
     frozen: bool,
 ) -> Result<Json<UserView>, ApiError> {
-    require_role(&admin, &["admin"])?;
+    require(&admin, Permission::Administer)?;
     let Path(user_id) = path?;
     not_oneself(&admin, user_id)?;
     let mut transaction = state.pool.begin().await?;
@@ -224,7 +225,7 @@ pub(crate) struct ClientList {
     responses((status = 200, description = "API clients, newest first", body = ClientList)),
 )]
 async fn list_clients(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, &["admin"])?;
+    require(&user, Permission::Administer)?;
     let clients: Vec<ClientView> = sqlx::query_as(
         "select id, name, scopes, created_at, disabled_at from api_clients order by created_at desc limit $1",
     )
@@ -271,7 +272,7 @@ async fn create_client(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<NewClientRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&admin, &["admin"])?;
+    require(&admin, Permission::Administer)?;
     let Json(request) = body?;
     let name = request.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > CLIENT_NAME_LENGTH_MAX || name.chars().any(char::is_control) {
@@ -336,7 +337,7 @@ async fn disable_client(
     Extension(request_id): Extension<RequestId>,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&admin, &["admin"])?;
+    require(&admin, Permission::Administer)?;
     let Path(client_id) = path?;
     let mut transaction = state.pool.begin().await?;
     let client: Option<ClientView> = sqlx::query_as(
@@ -385,7 +386,7 @@ pub(crate) struct SystemAccountList {
     responses((status = 200, description = "System accounts by role and currency", body = SystemAccountList)),
 )]
 async fn list_system_accounts(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, &["admin"])?;
+    require(&user, Permission::Administer)?;
     let ids: Vec<(Uuid, String)> = sqlx::query_as(
         "select id, system_role from accounts where kind = 'system' order by system_role, currency limit $1",
     )
@@ -429,7 +430,7 @@ async fn open_system_account(
     Extension(request_id): Extension<RequestId>,
     body: Result<Json<SystemAccountRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&admin, &["admin"])?;
+    require(&admin, Permission::Administer)?;
     let Json(request) = body?;
     if !is_system_role(&request.system_role) {
         return Err(ApiError::unprocessable(

@@ -75,7 +75,7 @@ async fn read(
     user: User,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    crate::extract::user::require_role(&user, &["admin"])?;
+    crate::extract::user::require(&user, crate::domain::permissions::Permission::ReadAudit)?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=PAGE_LIMIT_MAX).contains(&limit) {

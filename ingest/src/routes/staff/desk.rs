@@ -27,10 +27,11 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::domain::acceptance::Requester;
 use crate::domain::accounts::{AccountView, find_account};
+use crate::domain::permissions::Permission;
 use crate::domain::transfers::TransferView;
 use crate::domain::{acceptance, accounts, audit, transfers};
 use crate::error::ApiError;
-use crate::extract::user::{User, require_role};
+use crate::extract::user::{User, require};
 use crate::middleware::context::RequestId;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -66,7 +67,7 @@ async fn command_status(
     user: User,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
-    require_role(&user, &["admin", "ops"])?;
+    require(&user, Permission::ReadCommands)?;
     let Path(command_id) = path?;
     Ok(Json(transfers::transfer_view(&state, command_id, Requester::User(user.id)).await?))
 }
@@ -85,7 +86,7 @@ async fn read_account(
     user: User,
     path: Result<Path<Uuid>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_role(&user, &["support", "admin", "ops"])?;
+    require(&user, Permission::ReadLedger)?;
     let Path(account_id) = path?;
     Ok(Json(find_account(&state, account_id, None).await?.view()?))
 }
@@ -201,7 +202,7 @@ async fn change_status(
     path: Result<Path<Uuid>, PathRejection>,
     change: StatusChange,
 ) -> Result<Response, ApiError> {
-    require_role(&user, &["admin"])?;
+    require(&user, Permission::ChangeAccountStatus)?;
     let Path(account_id) = path?;
     let build: fn(AccountStatusCommand) -> Command = match change {
         StatusChange::Freeze => Command::AccountFrozen,
@@ -277,7 +278,7 @@ async fn deposit(
     path: Result<Path<Uuid>, PathRejection>,
     body: Result<Json<DepositRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    require_role(&user, &["ops", "admin"])?;
+    require(&user, Permission::Deposit)?;
     let Path(account_id) = path?;
     let key = crate::extract::headers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
