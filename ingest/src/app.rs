@@ -55,6 +55,8 @@ impl Application {
             Background { pool: pool.clone(), decisions: Arc::clone(&decisions), retention: config.retention };
         let state = AppState {
             acceptances: crate::domain::acceptance::Acceptances::spawn(&pool),
+            dashboard: config.dashboard,
+            dashboard_overview: Arc::default(),
             pool,
             decisions,
             publisher: Publisher::new(&config.kafka)?,

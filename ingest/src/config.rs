@@ -77,6 +77,8 @@ pub struct IngestConfig {
     pub webhook_private_networks_allowed: bool,
     /// `LEDGERLINE_METRICS_ADDR`: serve Prometheus metrics at `/metrics` there.
     pub metrics_addr: Option<SocketAddr>,
+    /// The staff dashboard's sessions (`/admin`).
+    pub dashboard: DashboardConfig,
     /// `LEDGERLINE_WEBHOOK_SECRETS_KEYS` (or `_FILE`): derive webhook secrets
     /// instead of storing them; the relay needs the same keys.
     pub webhook_secret_keys: Option<platform::signature::WebhookSecretKeys>,
@@ -131,6 +133,7 @@ impl IngestConfig {
             cors_origins: Vec::new(),
             webhook_private_networks_allowed: false,
             metrics_addr: None,
+            dashboard: DashboardConfig::default(),
             webhook_secret_keys: None,
             decision_wait: crate::support::decisions::DecisionWaitConfig::default(),
             retention: crate::support::retention::RetentionConfig::default(),
@@ -221,6 +224,19 @@ impl IngestConfig {
             cors_origins: cors_origins(&config::var_or("LEDGERLINE_CORS_ORIGINS", String::new())?)?,
             webhook_private_networks_allowed: config::var_or("LEDGERLINE_WEBHOOK_PRIVATE_NETWORKS_ALLOWED", false)?,
             metrics_addr: platform::metrics::addr_from_env()?,
+            dashboard: DashboardConfig {
+                idle_timeout_s: config::limit(
+                    "LEDGERLINE_DASHBOARD_IDLE_TIMEOUT_S",
+                    defaults.dashboard.idle_timeout_s,
+                    60..=24 * 3_600,
+                )?,
+                absolute_timeout_s: config::limit(
+                    "LEDGERLINE_DASHBOARD_ABSOLUTE_TIMEOUT_S",
+                    defaults.dashboard.absolute_timeout_s,
+                    300..=7 * 24 * 3_600,
+                )?,
+                cookie_secure: !config::var_or("LEDGERLINE_DASHBOARD_INSECURE_COOKIE", false)?,
+            },
             webhook_secret_keys: platform::signature::WebhookSecretKeys::from_env()?,
             decision_wait: crate::support::decisions::DecisionWaitConfig {
                 waiters_max: config::limit(
@@ -304,5 +320,25 @@ mod tests {
         ] {
             assert!(cors_origins(bad).is_err(), "{bad} accepted");
         }
+    }
+}
+
+/// How the dashboard's sessions behave.
+#[derive(Debug, Clone, Copy)]
+pub struct DashboardConfig {
+    /// A session unused for this long ends (`LEDGERLINE_DASHBOARD_IDLE_TIMEOUT_S`).
+    pub idle_timeout_s: u64,
+    /// A session ends this long after sign-in, used or not
+    /// (`LEDGERLINE_DASHBOARD_ABSOLUTE_TIMEOUT_S`).
+    pub absolute_timeout_s: u64,
+    /// Whether the cookie says `Secure`. Off only for plain-HTTP
+    /// development (`ledgerctl dev`; `LEDGERLINE_DASHBOARD_INSECURE_COOKIE`),
+    /// and the page footer says so.
+    pub cookie_secure: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self { idle_timeout_s: 15 * 60, absolute_timeout_s: 8 * 60 * 60, cookie_secure: true }
     }
 }

@@ -14,10 +14,12 @@
 //! (what a handler takes from a request: the caller, the headers), `domain`
 //! (accounts, transfers, users, API clients, the audit log) and [`support`]
 //! (tokens, passwords, rate limits, publishing, group commit). The state
-//! every route uses is [`AppState`], at the crate root.
+//! every route uses is [`AppState`], at the crate root. The staff's web
+//! dashboard (`/admin`) is `dashboard`, beside the API.
 
 pub mod app;
 pub mod config;
+pub(crate) mod dashboard;
 pub mod domain;
 pub(crate) mod error;
 pub(crate) mod extract;

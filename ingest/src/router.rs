@@ -27,6 +27,9 @@ pub(crate) fn app(
     let document = crate::openapi::Document::new(crate::openapi::complete(document))?;
     let routes = Router::new()
         .merge(api.route_layer(axum::middleware::from_fn(crate::middleware::metrics::note_route)))
+        .merge(
+            crate::dashboard::router().route_layer(axum::middleware::from_fn(crate::middleware::metrics::note_route)),
+        )
         .layer(axum::Extension(document))
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -31,6 +31,10 @@ pub struct AppState {
     pub decisions: Arc<crate::support::decisions::Decisions>,
     /// Group commits of accepted requests and their published markers.
     pub acceptances: crate::domain::acceptance::Acceptances,
+    /// The staff dashboard's session settings.
+    pub dashboard: crate::config::DashboardConfig,
+    /// The dashboard overview's snapshot, shared by every viewer.
+    pub(crate) dashboard_overview: Arc<crate::dashboard::overview::Cache>,
 }
 
 /// Keys one limiter remembers at most (a bound on its memory).

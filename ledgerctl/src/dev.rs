@@ -23,6 +23,8 @@ use uuid::Uuid;
 /// walkthrough works verbatim.
 pub(crate) const DEV_CLIENT_ID: Uuid = Uuid::from_u128(0xde00_0000_0000_4000_8000_0000_0000_0001);
 pub(crate) const DEV_CLIENT_SECRET_DEFAULT: &str = "ledgerline-dev-secret";
+const DEV_STAFF_EMAIL_DEFAULT: &str = "admin@ledgerline.dev";
+const DEV_STAFF_PASSWORD_DEFAULT: &str = "ledgerline-dev-admin";
 /// The relay's credentials at the embedded fake payment provider.
 const FAKE_PROVIDER_CLIENT_ID: &str = "ledgerline-dev";
 const FAKE_PROVIDER_SECRET: &str = "fake-provider-dev-secret";
@@ -39,6 +41,12 @@ pub(crate) struct DevArgs {
     /// The development client's secret.
     #[arg(long, env = "LEDGERLINE_DEV_CLIENT_SECRET", default_value = DEV_CLIENT_SECRET_DEFAULT)]
     client_secret: String,
+    /// The development staff member's email (an admin of the dashboard).
+    #[arg(long, env = "LEDGERLINE_DEV_STAFF_EMAIL", default_value = DEV_STAFF_EMAIL_DEFAULT)]
+    staff_email: String,
+    /// Their password (at least 12 characters).
+    #[arg(long, env = "LEDGERLINE_DEV_STAFF_PASSWORD", default_value = DEV_STAFF_PASSWORD_DEFAULT)]
+    staff_password: String,
 }
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -73,6 +81,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         ingest::domain::clients::Scope::ALL,
     )
     .await?;
+    dev_staff(&pool, &hasher, &args.staff_email, &args.staff_password).await?;
 
     // A fresh signing key per start unless one is configured: tokens from an
     // earlier run stop working, which is what a developer expects.
@@ -108,6 +117,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         ingest_config.webhook_private_networks_allowed = true;
     }
     ingest_config.http_addr = args.http_addr;
+    // Plain HTTP on this machine: the dashboard's cookie cannot be Secure
+    // (the page footer says so). With TLS configured it stays Secure.
+    if ingest_config.tls.is_none() {
+        ingest_config.dashboard.cookie_secure = false;
+    }
     if fake_provider.is_some() && ingest_config.provider_callback.is_none() {
         ingest_config.provider_callback = Some(ingest::config::ProviderCallback {
             name: "fake".into(),
@@ -126,8 +140,18 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let provider_url = relay_config.provider.as_ref().map(|provider| provider.base_url.clone()).unwrap_or_default();
 
-    let mut processor =
-        processor::Processor::start(processor::ProcessorConfig::from_env(kafka.clone())?, database.connect().await?)?;
+    let processor_config = processor::ProcessorConfig::from_env(kafka.clone())?;
+    let group = processor_config.consumer_group.clone();
+    let mut processor = processor::Processor::start(processor_config, database.connect().await?)?;
+    // The partition monitor stores lag and commit latency for the dashboard.
+    processor::health::spawn_monitor(
+        &kafka,
+        group,
+        database.connect().await?,
+        processor.metrics(),
+        processor::health::interval_from_env()?,
+        shutdown.clone(),
+    )?;
     let relay = tokio::spawn(outbox_relay::run(relay_config, database.connect().await?, shutdown.clone()));
     let server = tokio::spawn(application.run_until(shutdown.clone()));
     // The first consumer-group join takes a few seconds; a transfer sent
@@ -150,6 +174,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  Get a token    curl -s -X POST http://{address}/v1/oauth/token -d grant_type=client_credentials -d client_id={DEV_CLIENT_ID} -d client_secret={}",
         secret.expose_secret()
     );
+    println!("  Dashboard      http://{address}/admin");
+    println!("  Staff sign-in  {} / {}  (admin)", args.staff_email, args.staff_password);
     println!("Press Ctrl-C to stop.");
     println!();
 
@@ -168,5 +194,28 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     processor_result?;
     relay_result?;
     println!("Ledgerline stopped cleanly.");
+    Ok(())
+}
+
+/// Creates (or resets) the development staff member: an admin with the
+/// given password, unfrozen, for the dashboard.
+async fn dev_staff(
+    pool: &sqlx::PgPool,
+    hasher: &ingest::support::passwords::SecretHasher,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(password.chars().count() >= 12, "the staff password has at least 12 characters");
+    let hash = hasher.hash_blocking(SecretString::from(password.to_owned())).await?;
+    sqlx::query!(
+        r"insert into users (id, email, password_hash, role) values ($1, $2, $3, 'admin')
+          on conflict (email) do update set password_hash = excluded.password_hash, role = 'admin', disabled_at = null",
+        Uuid::new_v4(),
+        email.trim().to_lowercase(),
+        hash,
+    )
+    .execute(pool)
+    .await
+    .context("creating the development staff member")?;
     Ok(())
 }

@@ -207,6 +207,7 @@ pub fn spawn_monitor(
     let client = std::sync::Arc::new(client);
     let topic = kafka.topics.commands.clone();
     let runtime = tokio::runtime::Handle::current();
+    let instance = Instance { id: uuid::Uuid::new_v4(), started_at: chrono::Utc::now() };
     Ok(tokio::spawn(async move {
         let mut stopped_before: Vec<i32> = Vec::new();
         let mut stuck = std::collections::BTreeMap::new();
@@ -230,6 +231,10 @@ pub fn spawn_monitor(
                         tracing::info!(partition, "the partition is no longer stopped");
                     }
                     stopped_before = stopped;
+                    if let Err(error) = publish_view(&pool, &topic, &consumer_group, &instance, &metrics, &states).await
+                    {
+                        tracing::warn!(%error, "storing the partition view for the dashboard failed");
+                    }
                     metrics.record_partitions(states);
                 }
                 Ok(Err(error)) => {
@@ -245,6 +250,66 @@ pub fn spawn_monitor(
             }
         }
     }))
+}
+
+/// This processor instance, as the dashboard lists it.
+#[derive(Debug, Clone, Copy)]
+struct Instance {
+    id: uuid::Uuid,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Stores what a round saw (each partition's lag and stop) and this
+/// instance's recent commit latency, for the staff dashboard, which reads
+/// only Postgres. One statement, seconds apart, off the batch path; rows of
+/// instances gone for an hour are pruned on the way.
+async fn publish_view(
+    pool: &PgPool,
+    topic: &str,
+    consumer_group: &str,
+    instance: &Instance,
+    metrics: &ProcessorMetrics,
+    states: &[PartitionState],
+) -> sqlx::Result<()> {
+    let partitions: Vec<i32> = states.iter().map(|state| state.partition).collect();
+    let lags: Vec<i64> = states.iter().map(PartitionState::lag).collect();
+    let stopped: Vec<bool> = states.iter().map(PartitionState::stopped).collect();
+    let micros = |permille| {
+        metrics.commit_latency_quantile(permille).map(|latency| i64::try_from(latency.as_micros()).unwrap_or(i64::MAX))
+    };
+    let total = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
+    sqlx::query!(
+        r"with partitions as (
+              insert into processor_partitions (topic, partition, lag, stopped, observed_at)
+              select $1, partition, lag, stopped, now() from unnest($2::int4[], $3::int8[], $4::bool[])
+                  as seen (partition, lag, stopped)
+              on conflict (topic, partition) do update
+                  set lag = excluded.lag, stopped = excluded.stopped, observed_at = excluded.observed_at
+          ), pruned as (
+              delete from processor_instances where observed_at < now() - interval '1 hour'
+          )
+          insert into processor_instances
+              (id, consumer_group, started_at, commit_p50_us, commit_p99_us, batches_total, commands_total)
+          values ($5, $6, $7, $8, $9, $10, $11)
+          on conflict (id) do update
+              set commit_p50_us = excluded.commit_p50_us, commit_p99_us = excluded.commit_p99_us,
+                  batches_total = excluded.batches_total, commands_total = excluded.commands_total,
+                  observed_at = now()",
+        topic,
+        &partitions,
+        &lags,
+        &stopped,
+        instance.id,
+        consumer_group,
+        instance.started_at,
+        micros(500),
+        micros(990),
+        total(metrics.batches_total()),
+        total(metrics.commands_total()),
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Whether the processor is ready, and if not why: Postgres must answer,

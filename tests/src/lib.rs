@@ -8,6 +8,8 @@
 //! - Kafka: librdkafka's mock cluster, one per test; or, when
 //!   `KAFKA_BROKERS` is set, that broker with topic names unique to the test.
 
+pub mod browser;
+
 use std::str::FromStr;
 use std::time::Duration;
 

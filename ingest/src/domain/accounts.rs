@@ -1,16 +1,21 @@
 //! Accounts as every audience sees them: the view (balance, held,
 //! available, formatted in the currency's decimals), the lookup that answers
-//! 404 for an account the caller may not see, and the deposit command.
+//! 404 for an account the caller may not see, the deposit command, and the
+//! staff's status changes (freeze, unfreeze, close) the API and the
+//! dashboard request the same way.
+
+use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use schemas::messages::{AccountDeposited, V1};
-use schemas::{AccountId, Command, Currency, Money, TransferId};
+use schemas::messages::{AccountDeposited, AccountStatusCommand, V1};
+use schemas::{AccountId, Command, Currency, IdempotencyKey, Money, Operation, TransferId};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::acceptance::Requester;
+use crate::domain::acceptance::{self, Accepted, Requester};
+use crate::domain::audit;
 use crate::error::ApiError;
 
 /// An amount at its currency's scale, as a string ("12.50", "1000" for JPY).
@@ -113,4 +118,87 @@ pub(crate) fn deposit_command(transfer_id: TransferId, account_id: Uuid, money: 
         "currency": money.currency(),
     });
     (command, canonical)
+}
+
+/// A change of an account's status that staff request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StatusChange {
+    Freeze,
+    Unfreeze,
+    Close,
+}
+
+impl StatusChange {
+    /// The name in requests, forms and the canonical request.
+    #[must_use]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StatusChange::Freeze => "freeze",
+            StatusChange::Unfreeze => "unfreeze",
+            StatusChange::Close => "close",
+        }
+    }
+
+    #[must_use]
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        [StatusChange::Freeze, StatusChange::Unfreeze, StatusChange::Close]
+            .into_iter()
+            .find(|change| change.name() == name)
+    }
+
+    fn audit_action(self) -> &'static str {
+        match self {
+            StatusChange::Freeze => "account.freeze_requested",
+            StatusChange::Unfreeze => "account.unfreeze_requested",
+            StatusChange::Close => "account.close_requested",
+        }
+    }
+}
+
+/// Requests a status change of `account_id` by staff member `staff_id`
+/// (whose permission the caller checked): the command is derived from the
+/// staff member and `key` (a retry is the same command), accepted like a
+/// transfer, published, and audited. The processor decides it; its id is
+/// the returned one.
+///
+/// # Errors
+/// 404 for an unknown account; the acceptance's errors.
+pub(crate) async fn request_status_change(
+    state: &AppState,
+    staff_id: Uuid,
+    peer: SocketAddr,
+    request_id: &str,
+    key: &IdempotencyKey,
+    account_id: Uuid,
+    change: StatusChange,
+) -> Result<(Uuid, Accepted), ApiError> {
+    let build: fn(AccountStatusCommand) -> Command = match change {
+        StatusChange::Freeze => Command::AccountFrozen,
+        StatusChange::Unfreeze => Command::AccountUnfrozen,
+        StatusChange::Close => Command::AccountClosed,
+    };
+    find_account(state, account_id, None).await?;
+    let command_id = TransferId::derive(Operation::AccountStatus, staff_id, key).as_uuid();
+    let command = build(AccountStatusCommand {
+        version: V1,
+        command_id,
+        account_id: AccountId::from_uuid(account_id),
+        requested_at: Utc::now(),
+    });
+    let action = change.name();
+    let canonical = serde_json::json!({ "kind": action, "account_id": account_id });
+    let accepted = acceptance::accept(state, Requester::User(staff_id), key, &command, canonical, request_id).await?;
+    tracing::info!(user_id = %staff_id, %account_id, action, "account status change requested");
+    audit::record(
+        state,
+        audit::Event::by_staff(
+            change.audit_action(),
+            staff_id,
+            peer,
+            request_id,
+            serde_json::json!({ "account_id": account_id, "command_id": command_id }),
+        ),
+    )
+    .await;
+    Ok((command_id, accepted))
 }

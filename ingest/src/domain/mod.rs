@@ -7,6 +7,7 @@ pub(crate) mod acceptance;
 pub(crate) mod accounts;
 pub(crate) mod audit;
 pub mod clients;
+pub(crate) mod operations;
 pub(crate) mod permissions;
 pub(crate) mod transfers;
 pub mod users;

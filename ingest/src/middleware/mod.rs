@@ -63,12 +63,17 @@ fn security_headers(routes: Router<AppState>, https: bool) -> Router<AppState> {
     let always = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'"),
         (header::REFERRER_POLICY, "no-referrer"),
     ];
     let routes = always.into_iter().fold(routes, |routes, (name, value)| {
         routes.layer(SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value)))
     });
+    // The API's answers render nothing; the dashboard's pages set their own
+    // (strict) policy, which this keeps.
+    let routes = routes.layer(SetResponseHeaderLayer::if_not_present(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    ));
     let routes = routes
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
     if https {

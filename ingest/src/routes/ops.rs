@@ -3,42 +3,26 @@
 //! putting dead rows back). `ops` and `admin` may use them; every replay and
 //! retry is in the audit log.
 //!
-//! Dead letters live in Kafka (`ledger.commands.dlq`, one partition), so
-//! reading them is a bounded read of that topic: at most
-//! [`DEAD_LETTERS_PAGE_MAX`] messages, for at most [`KAFKA_READ_TIMEOUT_MS`].
-//! A replay publishes the original bytes and key to the commands topic; the
-//! processor decides again, and a command it applied before is a no-op
-//! (transfer ids are unique), so replaying twice is safe.
+//! What reading and replaying does is in [`crate::domain::operations`],
+//! shared with the dashboard.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Extension, Query, State};
 use axum::response::IntoResponse;
-use platform::kafka::{ReadError, ReadMessage, ReadRange};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::domain::audit;
+use crate::domain::operations::{self, DEAD_LETTERS_PAGE_MAX, DeadLetter};
 use crate::domain::permissions::Permission;
 use crate::error::ApiError;
 use crate::extract::user::{User, require};
 use crate::middleware::context::RequestId;
-
-/// Dead letters one read returns at most, and one replay republishes at most.
-pub(crate) const DEAD_LETTERS_PAGE_MAX: i64 = 500;
-
-/// How long one read of the dead-letter topic may take.
-pub(crate) const KAFKA_READ_TIMEOUT_MS: u64 = 5_000;
-
-/// Payload bytes shown per dead letter; the rest is cut (the replay sends all).
-pub(crate) const PAYLOAD_SHOWN_MAX_BYTES: usize = 8 * 1024;
 
 /// Dead outbox rows one read returns at most.
 pub(crate) const OUTBOX_DEAD_PAGE_MAX: i64 = 1_000;
@@ -62,25 +46,6 @@ struct DeadLetterQuery {
     from_offset: Option<i64>,
     /// At most this many (1..=500, default 100).
     limit: Option<i64>,
-}
-
-/// One dead-lettered command.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct DeadLetter {
-    /// Its offset in the dead-letter topic: what a replay names.
-    offset: i64,
-    key: Option<String>,
-    /// Why it was refused (`undecodable`, `invalid_command`, …).
-    reason: Option<String>,
-    detail: Option<String>,
-    /// Where it was read from before it was dead-lettered.
-    source_partition: Option<String>,
-    source_offset: Option<String>,
-    /// When it was dead-lettered (broker time, ms since the epoch).
-    timestamp_ms: Option<i64>,
-    /// The command's bytes as text (lossy), cut at 8 KiB.
-    payload: String,
-    payload_truncated: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -119,9 +84,9 @@ async fn dead_letters(
         ));
     }
     let partition = query.partition.unwrap_or(0);
-    let read = read_dead_letters(&state, partition, query.from_offset, limit).await?;
+    let read = operations::read_dead_letters(&state, partition, query.from_offset, limit).await?;
     let next_offset = read.messages.last().map_or(read.start, |message| message.offset + 1);
-    let dead_letters = read.messages.into_iter().map(view).collect();
+    let dead_letters = read.messages.into_iter().map(operations::dead_letter).collect();
     Ok(Json(DeadLetterPage { partition, partitions: read.partitions, dead_letters, next_offset, end_offset: read.end }))
 }
 
@@ -173,42 +138,8 @@ async fn replay_dead_letters(
         ));
     }
     let partition = request.partition.unwrap_or(0);
-    let read = read_dead_letters(&state, partition, Some(request.from_offset), count).await?;
-    let messages: Vec<ReadMessage> = read.messages.into_iter().filter(|message| message.offset < to_offset).collect();
-    if messages.first().is_none_or(|message| message.offset != request.from_offset) {
-        return Err(ApiError::not_found(
-            "dead_letter_not_found",
-            format!("no dead letter at offset {} (kept: {}..{})", request.from_offset, read.start, read.end),
-        ));
-    }
-    // Sent together (the producer keeps their order per partition); the
-    // audit row says what went out even when a send fails part way.
-    let (replayed, error) = platform::kafka::republish(
-        state.publisher.producer(),
-        &state.kafka.topics.commands,
-        &state.kafka.topics.commands_dlq,
-        partition,
-        &messages,
-        &request_id.0,
-        Duration::from_millis(state.kafka.produce_timeout_ms),
-    )
-    .await;
-    let failed = messages.len() - replayed.len();
-    tracing::info!(user_id = %user.id, partition, from = request.from_offset, count = replayed.len(), failed, "dead letters replayed");
-    audit::record(
-        &state,
-        audit::Event::by_staff(
-            "dead_letters.replayed",
-            user.id,
-            peer,
-            &request_id.0,
-            serde_json::json!({ "partition": partition, "offsets": replayed, "failed": failed }),
-        ),
-    )
-    .await;
-    if let Some(error) = error {
-        return Err(ApiError::BrokerUnavailable(error));
-    }
+    let replayed =
+        operations::replay(&state, user.id, peer, &request_id.0, partition, request.from_offset, to_offset).await?;
     Ok(Json(ReplayReport { replayed }))
 }
 
@@ -296,61 +227,6 @@ async fn outbox_retry(
             ));
         }
     };
-    let retried = platform::outbox::retry(&state.pool, &which).await?;
-    audit::record(
-        &state,
-        audit::Event::by_staff(
-            "outbox.retried",
-            user.id,
-            peer,
-            &request_id.0,
-            match &which {
-                platform::outbox::Retry::Ids(ids) => serde_json::json!({ "ids": ids, "retried": retried }),
-                platform::outbox::Retry::AllDead => serde_json::json!({ "all": true, "retried": retried }),
-            },
-        ),
-    )
-    .await;
+    let retried = operations::retry_outbox(&state, user.id, peer, &request_id.0, &which).await?;
     Ok(Json(serde_json::json!({ "retried": retried })))
-}
-
-fn view(message: ReadMessage) -> DeadLetter {
-    let truncated = message.payload.len() > PAYLOAD_SHOWN_MAX_BYTES;
-    let shown = &message.payload[..message.payload.len().min(PAYLOAD_SHOWN_MAX_BYTES)];
-    DeadLetter {
-        offset: message.offset,
-        key: message.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()),
-        reason: message.header("ledgerline-dlq-reason"),
-        detail: message.header("ledgerline-dlq-detail"),
-        source_partition: message.header("ledgerline-source-partition"),
-        source_offset: message.header("ledgerline-source-offset"),
-        timestamp_ms: message.timestamp_ms,
-        payload: String::from_utf8_lossy(shown).into_owned(),
-        payload_truncated: truncated,
-    }
-}
-
-/// Reads a partition of the dead-letter topic on the blocking pool
-/// (librdkafka's consumer calls block).
-async fn read_dead_letters(
-    state: &AppState,
-    partition: i32,
-    from_offset: Option<i64>,
-    limit: i64,
-) -> Result<ReadRange, ApiError> {
-    let kafka = state.kafka.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let topic = kafka.topics.commands_dlq.clone();
-        kafka.read_range(&topic, partition, from_offset, limit, Duration::from_millis(KAFKA_READ_TIMEOUT_MS))
-    })
-    .await
-    .context("reading dead letters")?;
-    match read {
-        Ok(read) => Ok(read),
-        Err(ReadError::NoSuchPartition { partitions }) => Err(ApiError::not_found(
-            "no_such_partition",
-            format!("the dead-letter topic has {partitions} partition(s); ask for 0..{partitions}"),
-        )),
-        Err(ReadError::Kafka(error)) => Err(ApiError::BrokerUnavailable(error)),
-    }
 }

@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 mod authz;
 mod customers;
+mod dashboard;
 mod dead_letters;
 mod edge;
 mod events;

@@ -15,9 +15,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use schemas::messages::{AccountStatusCommand, V1};
-use schemas::{AccountId, Command, Currency, Operation, TransferId};
+use schemas::{Currency, Operation, TransferId};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,7 +24,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::acceptance::Requester;
-use crate::domain::accounts::{AccountView, find_account};
+use crate::domain::accounts::{AccountView, StatusChange, find_account};
 use crate::domain::permissions::Permission;
 use crate::domain::transfers::TransferView;
 use crate::domain::{acceptance, accounts, audit, transfers};
@@ -176,23 +174,6 @@ async fn close(
     change_status(state, user, peer, request_id, headers, path, StatusChange::Close).await
 }
 
-#[derive(Debug, Clone, Copy)]
-enum StatusChange {
-    Freeze,
-    Unfreeze,
-    Close,
-}
-
-impl StatusChange {
-    fn name(self) -> &'static str {
-        match self {
-            StatusChange::Freeze => "freeze",
-            StatusChange::Unfreeze => "unfreeze",
-            StatusChange::Close => "close",
-        }
-    }
-}
-
 async fn change_status(
     State(state): State<AppState>,
     user: User,
@@ -204,40 +185,9 @@ async fn change_status(
 ) -> Result<Response, ApiError> {
     require(&user, Permission::ChangeAccountStatus)?;
     let Path(account_id) = path?;
-    let build: fn(AccountStatusCommand) -> Command = match change {
-        StatusChange::Freeze => Command::AccountFrozen,
-        StatusChange::Unfreeze => Command::AccountUnfrozen,
-        StatusChange::Close => Command::AccountClosed,
-    };
     let key = crate::extract::headers::required_idempotency_key(&headers)?;
-    find_account(&state, account_id, None).await?;
-    let command_id = TransferId::derive(Operation::AccountStatus, user.id, &key).as_uuid();
-    let command = build(AccountStatusCommand {
-        version: V1,
-        command_id,
-        account_id: AccountId::from_uuid(account_id),
-        requested_at: Utc::now(),
-    });
-    let action = change.name();
-    let canonical = serde_json::json!({ "kind": action, "account_id": account_id });
-    let accepted =
-        acceptance::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
-    tracing::info!(user_id = %user.id, %account_id, action, "account status change requested");
-    audit::record(
-        &state,
-        audit::Event::by_staff(
-            match change {
-                StatusChange::Freeze => "account.freeze_requested",
-                StatusChange::Unfreeze => "account.unfreeze_requested",
-                StatusChange::Close => "account.close_requested",
-            },
-            user.id,
-            peer,
-            &request_id.0,
-            serde_json::json!({ "account_id": account_id, "command_id": command_id }),
-        ),
-    )
-    .await;
+    let (command_id, accepted) =
+        accounts::request_status_change(&state, user.id, peer, &request_id.0, &key, account_id, change).await?;
     Ok(accepted.into_response_at(&command_location(command_id)))
 }
 
