@@ -230,6 +230,7 @@ impl IngestConfig {
                     defaults.dashboard.idle_timeout_s,
                     60..=24 * 3_600,
                 )?,
+                // At most a week: retention prunes sessions that old.
                 absolute_timeout_s: config::limit(
                     "LEDGERLINE_DASHBOARD_ABSOLUTE_TIMEOUT_S",
                     defaults.dashboard.absolute_timeout_s,

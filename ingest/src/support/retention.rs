@@ -15,7 +15,8 @@
 //! - `audit_log` after `audit_retention_s` (years, by bank policy).
 //! - `refresh_tokens` and `password_resets` once expired for
 //!   `expired_tokens_grace_s`: an expired token opens nothing, the grace
-//!   keeps it for investigating a reuse.
+//!   keeps it for investigating a reuse. `staff_sessions` the same, counted
+//!   from the longest a session can live.
 //! - Dead notifications (`outbox` rows to the notification service that ran
 //!   out of attempts) carry a password-reset token in clear: their token is
 //!   redacted `dead_notification_redact_after_s` after they died (by then
@@ -98,6 +99,10 @@ impl RetentionConfig {
     }
 }
 
+/// The longest a staff session can live (the ceiling of
+/// `LEDGERLINE_DASHBOARD_ABSOLUTE_TIMEOUT_S`).
+const STAFF_SESSION_LIFETIME_MAX_S: u64 = 7 * DAY_S;
+
 /// Rows one round removed or redacted, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Pruned {
@@ -105,6 +110,7 @@ pub(crate) struct Pruned {
     pub audit_log: u64,
     pub refresh_tokens: u64,
     pub password_resets: u64,
+    pub staff_sessions: u64,
     pub dead_notifications_redacted: u64,
 }
 
@@ -162,6 +168,16 @@ pub(crate) async fn prune_once(pool: &PgPool, config: &RetentionConfig) -> anyho
                   order by expires_at limit $2 for update skip locked)",
             config.expired_tokens_grace_s,
             "password resets",
+        )
+        .await?,
+        // A staff session ends at most a week after sign-in (the absolute
+        // timeout's ceiling); kept for the grace after that, like tokens.
+        staff_sessions: delete(
+            r"delete from staff_sessions where id in (
+                  select id from staff_sessions where created_at < now() - make_interval(secs => $1)
+                  order by created_at limit $2 for update skip locked)",
+            config.expired_tokens_grace_s.saturating_add(STAFF_SESSION_LIFETIME_MAX_S),
+            "staff sessions",
         )
         .await?,
         // Dead rows are few and have an index of their own (outbox_dead).

@@ -94,8 +94,7 @@ async fn two_relays_deliver_every_row_exactly_once_and_in_order_per_account() {
             assert!(previous < seq, "account {key}: event {seq} published after {previous}");
         }
     }
-    let (by_first, by_second) =
-        (first.delivered_total.get(), second.delivered_total.get());
+    let (by_first, by_second) = (first.delivered_total.get(), second.delivered_total.get());
     assert_eq!(by_first + by_second, u64::try_from(ROWS).expect("small"), "every row delivered by exactly one relay");
     assert!(by_first > 0 && by_second > 0, "both relays took part: {by_first} and {by_second}");
 }

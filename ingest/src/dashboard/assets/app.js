@@ -38,11 +38,13 @@
   }
 
   const SVG = "http://www.w3.org/2000/svg";
-  function chart(series) {
+  function chart(all) {
     const svg = document.getElementById("chart");
     if (!svg) return;
     svg.replaceChildren();
     const width = 900, height = 200, span = 15 * 60 * 1000, end = Date.now();
+    // The bucket still filling would read as a drop: only whole ones.
+    const series = all.filter((b) => Date.parse(b.at) + 10000 <= end);
     for (let i = 1; i < 4; i++) {
       const line = document.createElementNS(SVG, "line");
       line.setAttribute("class", "grid");
@@ -69,13 +71,24 @@
         svg.appendChild(rect);
       }
     }
-    const points = series.map((b) => `${(x(b.at) + bar / 2).toFixed(1)},${(height - ((b.p99_ms || 0) / slowest) * (height - 8)).toFixed(1)}`);
-    if (points.length > 0) {
+    // One line per run of consecutive buckets: a quiet stretch is a gap,
+    // not a slope.
+    let run = [], previous = null;
+    const flush = () => {
+      if (run.length === 0) return;
       const line = document.createElementNS(SVG, "polyline");
       line.setAttribute("class", "latency");
-      line.setAttribute("points", points.length === 1 ? `${points[0]} ${points[0]}` : points.join(" "));
+      line.setAttribute("points", run.length === 1 ? `${run[0]} ${run[0]}` : run.join(" "));
       svg.appendChild(line);
+      run = [];
+    };
+    for (const b of series) {
+      const at = Date.parse(b.at);
+      if (previous !== null && at - previous > 10000) flush();
+      run.push(`${(x(b.at) + bar / 2).toFixed(1)},${(height - ((b.p99_ms || 0) / slowest) * (height - 8)).toFixed(1)}`);
+      previous = at;
     }
+    flush();
     text("chart-scale", `top: ${top} per 10 s, ${slowest} ms`);
     const empty = document.getElementById("chart-empty");
     if (empty) empty.hidden = series.length > 0;
