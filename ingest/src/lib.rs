@@ -8,7 +8,7 @@
 //! The layout, from the outside in: [`app`] builds and runs the service
 //! ([`server`]: connections and TLS), [`router`] is the only module that
 //! names the route modules (and builds the OpenAPI document from them), each
-//! route sits in the [`middleware`] stack. Routes are grouped by who calls
+//! route sits in the `middleware` stack. Routes are grouped by who calls
 //! them (`routes::{clients, customers, staff, ops, providers, health}`) and
 //! never import one another: what several of them share is in `extract`
 //! (what a handler takes from a request: the caller, the headers), `domain`

@@ -348,6 +348,7 @@ async fn create_funded_accounts(pool: &PgPool, accounts: u64) -> anyhow::Result<
     let funding = Decimal::from_str_exact(FUNDING_PER_ACCOUNT_EUR).context("the funding amount")?;
     let cash_in = AccountId::cash_in(Currency::EUR).as_uuid();
     let mut transaction = pool.begin().await?;
+    // Runtime queries: their SQL is spliced from the id constants by `format!`.
     sqlx::query(&format!(
         r"insert into accounts (id, currency, kind, balance)
           select {ACCOUNT_ID_SQL}, 'EUR', 'customer', $2 from generate_series(1, $1::bigint) as number"
@@ -387,18 +388,23 @@ async fn create_funded_accounts(pool: &PgPool, accounts: u64) -> anyhow::Result<
     .execute(&mut *transaction)
     .await
     .context("recording the deposit entries")?;
-    sqlx::query("update accounts set balance = balance - $2 * $1, updated_at = now() where id = $3")
-        .bind(count)
-        .bind(funding)
-        .bind(cash_in)
-        .execute(&mut *transaction)
-        .await
-        .context("debiting cash-in")?;
+    // The casts name the types the binds had: the macro's check leaves `$2 * $1` ambiguous without them.
+    sqlx::query!(
+        "update accounts set balance = balance - $2::numeric * $1::bigint, updated_at = now() where id = $3",
+        count,
+        funding,
+        cash_in,
+    )
+    .execute(&mut *transaction)
+    .await
+    .context("debiting cash-in")?;
     // The workload names accounts by `account_id`; make sure the SQL agrees.
-    let known: i64 = sqlx::query_scalar("select count(*) from accounts where id = any($1)")
-        .bind(&[account_id(1), account_id(accounts)][..])
-        .fetch_one(&mut *transaction)
-        .await?;
+    let known = sqlx::query_scalar!(
+        r#"select count(*) as "known!" from accounts where id = any($1)"#,
+        &[account_id(1), account_id(accounts)][..],
+    )
+    .fetch_one(&mut *transaction)
+    .await?;
     anyhow::ensure!(known == 2, "the accounts created in SQL do not have the ids the workload uses");
     transaction.commit().await?;
     Ok(())
@@ -751,6 +757,7 @@ async fn measure_sql_ceiling(server: &Server, args: &ProcessorArgs) -> anyhow::R
         let last = (first + chunk - 1).min(transfers);
         let apply = async {
             let mut transaction = pool.begin().await?;
+            // Runtime: `bench_transfers` is created by the bench, not by the migrations the macros check against.
             sqlx::query(APPLY_CHUNK_SQL).bind(first).bind(last).execute(&mut *transaction).await?;
             transaction.commit().await
         };
@@ -846,6 +853,7 @@ impl StagingRows {
         if self.numbers.is_empty() {
             return Ok(());
         }
+        // Runtime: `bench_transfers` is created by the bench, not by the migrations the macros check against.
         sqlx::query(
             r"insert into bench_transfers (number, transfer_id, source_account_id, destination_account_id, amount)
               select * from unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::numeric[])",
@@ -869,11 +877,13 @@ impl StagingRows {
 async fn check_ledger(pool: &PgPool, database: &str, transfers: u64) -> anyhow::Result<u64> {
     eprintln!("{database}: checking the ledger's invariants (untimed)");
     let queries = async {
-        let (decided, rejected): (i64, i64) = sqlx::query_as(
-            "select count(*), count(*) filter (where status = 'rejected') from transfers where kind = 'transfer'",
+        let counts = sqlx::query!(
+            r#"select count(*) as "decided!", count(*) filter (where status = 'rejected') as "rejected!"
+               from transfers where kind = 'transfer'"#
         )
         .fetch_one(pool)
         .await?;
+        let (decided, rejected) = (counts.decided, counts.rejected);
         let problems = processor::verify::problems(pool).await?;
         Ok::<_, sqlx::Error>((decided, rejected, problems))
     };

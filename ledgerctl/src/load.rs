@@ -308,16 +308,17 @@ impl Audit {
 /// Database failures.
 pub async fn audit(pool: &PgPool, record: &RunRecord) -> anyhow::Result<Audit> {
     let ids: Vec<Uuid> = record.answers.keys().copied().collect();
-    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-        r"select t.id, t.status, (select count(*) from entries e where e.transfer_id = t.id)
-          from transfers t where t.id = any($1)",
+    // `entries!`: a count is never null, though Postgres cannot tell of a subquery.
+    let rows = sqlx::query!(
+        r#"select t.id, t.status, (select count(*) from entries e where e.transfer_id = t.id) as "entries!"
+          from transfers t where t.id = any($1)"#,
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(pool)
     .await
     .context("reading the load's transfers")?;
     let in_ledger: HashMap<Uuid, (String, i64)> =
-        rows.into_iter().map(|(id, status, entries)| (id, (status, entries))).collect();
+        rows.into_iter().map(|row| (row.id, (row.status, row.entries))).collect();
     let mut audit = Audit::default();
     for (id, answer) in &record.answers {
         let found = in_ledger.get(id);
@@ -340,14 +341,14 @@ pub async fn audit(pool: &PgPool, record: &RunRecord) -> anyhow::Result<Audit> {
             Answer::Refused | Answer::NotSent => audit.applied_unaccepted += u64::from(applied),
         }
     }
-    let strangers: i64 = sqlx::query_scalar(
-        r"select count(*) from transfers
+    let strangers = sqlx::query_scalar!(
+        r#"select count(*) as "strangers!" from transfers
           where kind <> 'deposit' and status = 'completed'
             and (source_account_id = any($1) or destination_account_id = any($1))
-            and not (id = any($2))",
+            and not (id = any($2))"#,
+        &record.accounts,
+        &ids,
     )
-    .bind(&record.accounts)
-    .bind(&ids)
     .fetch_one(pool)
     .await
     .context("looking for transfers the load did not send")?;
@@ -706,12 +707,13 @@ async fn open_and_fund(
         .collect::<anyhow::Result<_>>()?;
     let deadline = Instant::now() + FUNDING_WAIT_MAX;
     loop {
-        let completed: i64 =
-            sqlx::query_scalar("select count(*) from transfers where id = any($1) and status = 'completed'")
-                .bind(&deposits)
-                .fetch_one(pool)
-                .await
-                .context("waiting for the funding deposits")?;
+        let completed = sqlx::query_scalar!(
+            r#"select count(*) as "completed!" from transfers where id = any($1) and status = 'completed'"#,
+            &deposits,
+        )
+        .fetch_one(pool)
+        .await
+        .context("waiting for the funding deposits")?;
         if usize::try_from(completed).unwrap_or_default() == deposits.len() {
             return Ok(accounts);
         }

@@ -19,8 +19,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use prometheus::{HistogramOpts, Opts};
 pub use prometheus::{Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{HistogramOpts, Opts};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +51,7 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Regis
 /// A counter.
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     registered(registry, IntCounter::new(name, help).expect("a valid counter definition"))
@@ -60,7 +60,7 @@ pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 /// A counter per value of `labels`.
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     registered(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter definition"))
@@ -69,7 +69,7 @@ pub fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str])
 /// A gauge.
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     registered(registry, IntGauge::new(name, help).expect("a valid gauge definition"))
@@ -78,7 +78,7 @@ pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 /// A gauge of a measured quantity that is not a count (an age in seconds).
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn measure(registry: &Registry, name: &str, help: &str) -> Gauge {
     registered(registry, Gauge::new(name, help).expect("a valid gauge definition"))
@@ -87,7 +87,7 @@ pub fn measure(registry: &Registry, name: &str, help: &str) -> Gauge {
 /// A gauge per value of `labels`.
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     registered(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge definition"))
@@ -96,7 +96,7 @@ pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
 /// A latency histogram with the buckets of [`LATENCY_BUCKETS_S`].
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn latency_histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
     let options = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec());
@@ -106,7 +106,7 @@ pub fn latency_histogram(registry: &Registry, name: &str, help: &str) -> Histogr
 /// A latency histogram per value of `labels`.
 ///
 /// # Panics
-/// See [`registered`].
+/// When the name is taken in this registry or invalid (see `registered`).
 #[must_use]
 pub fn latency_histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let options = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS_S.to_vec());

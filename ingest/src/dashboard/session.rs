@@ -252,15 +252,7 @@ async fn sign_in(
     peer: SocketAddr,
     request_id: &str,
 ) -> Result<Option<String>, ApiError> {
-    let stored = sqlx::query!(
-        "select id, password_hash, role, session_epoch from users where email = $1 and disabled_at is null",
-        email,
-    )
-    .fetch_optional(&state.pool)
-    .await?;
-    // An unknown email costs a hash check too, and answers the same.
-    let matches = state.hasher.verify(stored.as_ref().map(|user| user.password_hash.clone()), password).await?;
-    let Some(user) = stored.filter(|_| matches) else {
+    let Some(user) = crate::domain::users::check_password_of(state, email, password).await?.verified else {
         tracing::info!(%peer, "failed staff sign-in");
         audit::record(state, refused("dashboard.login_failed", None, peer, request_id)).await;
         return Ok(None);

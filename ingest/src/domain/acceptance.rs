@@ -227,7 +227,7 @@ async fn record_requests(
     let keys: Vec<&str> = batch.iter().map(|record| record.idempotency_key.as_str()).collect();
     let requests: Vec<&serde_json::Value> = batch.iter().map(|record| &record.request).collect();
     // A dynamic batch (UNNEST of arrays): one statement for any batch size.
-    let rows: Vec<(i64, Option<serde_json::Value>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows = sqlx::query!(
         r"with input as (
               select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::jsonb[]) with ordinality
                   as input (transfer_id, api_client_id, user_id, idempotency_key, request, position)
@@ -239,7 +239,7 @@ async fn record_requests(
               on conflict (transfer_id) do nothing
               returning transfer_id, request
           )
-          select input.position, coalesce(inserted.request, earlier.request), earlier.published_at
+          select input.position, coalesce(inserted.request, earlier.request) as request, earlier.published_at
           from input
           left join inserted on inserted.transfer_id = input.transfer_id
           left join lateral (
@@ -248,29 +248,30 @@ async fn record_requests(
               offset 0
           ) earlier on true
           order by input.position",
+        &ids,
+        // Arrays with nulls: the macro's check knows only `uuid[]` as `Vec<Uuid>`.
+        &clients as &[Option<Uuid>],
+        &users as &[Option<Uuid>],
+        &keys as &[&str],
+        &requests as &[&serde_json::Value],
     )
-    .bind(&ids)
-    .bind(&clients)
-    .bind(&users)
-    .bind(&keys)
-    .bind(&requests)
     .fetch_all(pool)
     .await?;
     let mut found: Vec<Option<Recorded>> = rows
         .into_iter()
-        .map(|(_, request, published_at)| request.map(|request| Recorded { request, published_at }))
+        .map(|row| row.request.map(|request| Recorded { request, published_at: row.published_at }))
         .collect();
     let missing: Vec<Uuid> =
         found.iter().zip(&ids).filter(|(recorded, _)| recorded.is_none()).map(|(_, id)| *id).collect();
     if !missing.is_empty() {
-        let rows: Vec<(Uuid, serde_json::Value, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "select transfer_id, request, published_at from accepted_requests where transfer_id = any($1)",
+            &missing,
         )
-        .bind(&missing)
         .fetch_all(pool)
         .await?;
         let again: std::collections::HashMap<Uuid, (serde_json::Value, Option<DateTime<Utc>>)> =
-            rows.into_iter().map(|(id, request, published_at)| (id, (request, published_at))).collect();
+            rows.into_iter().map(|row| (row.transfer_id, (row.request, row.published_at))).collect();
         for (recorded, id) in found.iter_mut().zip(&ids) {
             if recorded.is_none() {
                 *recorded = again
@@ -296,10 +297,10 @@ async fn record_requests(
 /// database crash only shows the request `unconfirmed` until the ledger
 /// decides it. The record itself is committed durably.
 async fn mark_published(pool: &sqlx::PgPool, transfer_ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "update accepted_requests set published_at = now() where transfer_id = any($1) and published_at is null",
+        transfer_ids,
     )
-    .bind(transfer_ids)
     .execute(pool)
     .await
     .map(|_| ())

@@ -120,29 +120,39 @@ pub(crate) async fn transfer_view(
     requester: Requester,
 ) -> Result<TransferView, ApiError> {
     let (client_id, user_id) = requester.ids();
-    type Row = (serde_json::Value, DateTime<Utc>, bool, Option<String>, Option<String>, Option<DateTime<Utc>>);
-    let row: Option<Row> = sqlx::query_as(
-        r"select request.request, coalesce(request.published_at, request.created_at), request.published_at is not null,
-                 coalesce(transfer.status, command.status, case when dead.command_id is not null then $4 end),
-                 coalesce(transfer.rejection_reason, command.rejection_reason, dead.reason),
-                 coalesce(transfer.decided_at, command.decided_at, dead.dead_lettered_at)
+    // `!`: the expressions are never null (`created_at` is not), though
+    // Postgres cannot tell of an expression.
+    let row = sqlx::query!(
+        r#"select request.request, coalesce(request.published_at, request.created_at) as "accepted_at!",
+                 request.published_at is not null as "marked!",
+                 coalesce(transfer.status, command.status, case when dead.command_id is not null then $4 end)
+                     as status,
+                 coalesce(transfer.rejection_reason, command.rejection_reason, dead.reason) as reason,
+                 coalesce(transfer.decided_at, command.decided_at, dead.dead_lettered_at) as decided_at
           from accepted_requests request
           left join transfers transfer on transfer.id = request.transfer_id
           left join account_commands command on command.id = request.transfer_id
           left join dead_lettered_commands dead on dead.command_id = request.transfer_id
-          where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)",
+          where request.transfer_id = $1 and (request.api_client_id = $2 or request.user_id = $3)"#,
+        transfer_id,
+        client_id,
+        user_id,
+        STATUS_DEAD_LETTERED,
     )
-    .bind(transfer_id)
-    .bind(client_id)
-    .bind(user_id)
-    .bind(STATUS_DEAD_LETTERED)
     .fetch_optional(&state.pool)
     .await?;
-    let (request, accepted_at, marked, status, reason, decided_at) =
-        row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
+    let row = row.ok_or_else(|| ApiError::not_found("transfer_not_found", "no such transfer"))?;
     // A decision proves the command reached the broker, marker or not.
-    let publish_confirmed = marked || status.is_some();
+    let publish_confirmed = row.marked || row.status.is_some();
     let status =
-        status.unwrap_or_else(|| if publish_confirmed { STATUS_ACCEPTED } else { STATUS_UNCONFIRMED }.to_owned());
-    Ok(TransferView { transfer_id, status, reason, publish_confirmed, request, accepted_at, decided_at })
+        row.status.unwrap_or_else(|| if publish_confirmed { STATUS_ACCEPTED } else { STATUS_UNCONFIRMED }.to_owned());
+    Ok(TransferView {
+        transfer_id,
+        status,
+        reason: row.reason,
+        publish_confirmed,
+        request: row.request,
+        accepted_at: row.accepted_at,
+        decided_at: row.decided_at,
+    })
 }

@@ -22,13 +22,13 @@ pub const ROLES: &[&str] = &["customer", "support", "admin", "ops"];
 /// A user as admins see them.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct UserView {
-    id: Uuid,
-    email: String,
+    pub(crate) id: Uuid,
+    pub(crate) email: String,
     /// `customer`, `support`, `admin` or `ops`.
-    role: String,
-    created_at: DateTime<Utc>,
+    pub(crate) role: String,
+    pub(crate) created_at: DateTime<Utc>,
     /// Set while the user is frozen: no login, no request.
-    frozen_at: Option<DateTime<Utc>>,
+    pub(crate) frozen_at: Option<DateTime<Utc>>,
 }
 
 /// Locks the acting admin's and the target user's rows (in id order, so
@@ -42,12 +42,14 @@ pub(crate) async fn lock_actor_and_target(
     target: Uuid,
 ) -> Result<(), ApiError> {
     serialize_user_changes(connection).await?;
-    let rows: Vec<(Uuid, String, bool)> =
-        sqlx::query_as("select id, role, disabled_at is not null from users where id = any($1) order by id for update")
-            .bind(vec![actor, target])
-            .fetch_all(&mut *connection)
-            .await?;
-    if !rows.iter().any(|(id, role, frozen)| *id == actor && role == "admin" && !frozen) {
+    // `frozen!`: an `is not null` is never null, though Postgres cannot tell.
+    let rows = sqlx::query!(
+        r#"select id, role, disabled_at is not null as "frozen!" from users where id = any($1) order by id for update"#,
+        &[actor, target][..],
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    if !rows.iter().any(|row| row.id == actor && row.role == "admin" && !row.frozen) {
         return Err(ApiError::Client {
             status: StatusCode::FORBIDDEN,
             code: "forbidden_role",
@@ -55,7 +57,7 @@ pub(crate) async fn lock_actor_and_target(
             detail: "you are no longer an active admin".into(),
         });
     }
-    if !rows.iter().any(|(id, _, _)| *id == target) {
+    if !rows.iter().any(|row| row.id == target) {
         return Err(ApiError::not_found("user_not_found", "no such user"));
     }
     Ok(())
@@ -65,16 +67,17 @@ pub(crate) async fn lock_actor_and_target(
 /// lock): the "an admin remains" check below then sees every change made
 /// before it, from the API or from `ledgerctl`.
 async fn serialize_user_changes(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_advisory_xact_lock(hashtext('ledgerline:user-roles'))").execute(&mut *connection).await?;
+    sqlx::query!("select pg_advisory_xact_lock(hashtext('ledgerline:user-roles'))").execute(&mut *connection).await?;
     Ok(())
 }
 
 /// Refuses a change that would leave no active admin: nobody could manage
 /// users any more without going around the API.
 async fn keep_an_admin(connection: &mut PgConnection) -> Result<(), ApiError> {
-    let admins: i64 = sqlx::query_scalar("select count(*) from users where role = 'admin' and disabled_at is null")
-        .fetch_one(&mut *connection)
-        .await?;
+    let admins =
+        sqlx::query_scalar!(r#"select count(*) as "admins!" from users where role = 'admin' and disabled_at is null"#)
+            .fetch_one(&mut *connection)
+            .await?;
     if admins == 0 {
         return Err(ApiError::Client {
             status: StatusCode::CONFLICT,
@@ -97,17 +100,17 @@ pub(crate) async fn apply_role(
     peer: Option<SocketAddr>,
     request_id: &str,
 ) -> Result<(String, UserView), ApiError> {
-    let before: Option<String> = sqlx::query_scalar("select role from users where id = $1 for update")
-        .bind(user_id)
+    let before = sqlx::query_scalar!("select role from users where id = $1 for update", user_id)
         .fetch_optional(&mut *connection)
         .await?;
     let before = before.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
-    let user: UserView = sqlx::query_as(
+    let user = sqlx::query_as!(
+        UserView,
         r"update users set role = $2 where id = $1
           returning id, email, role, created_at, disabled_at as frozen_at",
+        user_id,
+        role,
     )
-    .bind(user_id)
-    .bind(role)
     .fetch_one(&mut *connection)
     .await?;
     if before == "admin" && role != "admin" {
@@ -165,8 +168,7 @@ pub async fn unfreeze_by_email(pool: &sqlx::PgPool, email: &str) -> anyhow::Resu
 }
 
 async fn user_by_email(connection: &mut PgConnection, email: &str) -> anyhow::Result<Uuid> {
-    let user_id: Option<Uuid> = sqlx::query_scalar("select id from users where email = $1")
-        .bind(email.trim().to_lowercase())
+    let user_id = sqlx::query_scalar!("select id from users where email = $1", email.trim().to_lowercase())
         .fetch_optional(&mut *connection)
         .await?;
     user_id.ok_or_else(|| anyhow::anyhow!("no user has the email {email:?}; register first"))
@@ -183,12 +185,13 @@ pub(crate) async fn apply_freeze(
     request_id: &str,
 ) -> Result<UserView, ApiError> {
     // `coalesce` keeps the first freeze's time when frozen twice.
-    let user: Option<UserView> = sqlx::query_as(
+    let user = sqlx::query_as!(
+        UserView,
         r"update users set disabled_at = case when $2 then coalesce(disabled_at, now()) end where id = $1
           returning id, email, role, created_at, disabled_at as frozen_at",
+        user_id,
+        frozen,
     )
-    .bind(user_id)
-    .bind(frozen)
     .fetch_optional(&mut *connection)
     .await?;
     let user = user.ok_or_else(|| ApiError::not_found("user_not_found", "no such user"))?;
@@ -221,12 +224,10 @@ pub(crate) const PASSWORD_LENGTH_MAX: usize = 128;
 /// the session epoch moves on, so every access token already issued is
 /// refused on its next use (not when it expires).
 pub(crate) async fn end_sessions(connection: &mut sqlx::PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null")
-        .bind(user_id)
+    sqlx::query!("update refresh_tokens set revoked_at = now() where user_id = $1 and revoked_at is null", user_id)
         .execute(&mut *connection)
         .await?;
-    sqlx::query("update users set session_epoch = session_epoch + 1 where id = $1")
-        .bind(user_id)
+    sqlx::query!("update users set session_epoch = session_epoch + 1 where id = $1", user_id)
         .execute(&mut *connection)
         .await?;
     Ok(())
@@ -242,13 +243,54 @@ pub(crate) async fn check_current_password(
     user_id: Uuid,
     password: SecretString,
 ) -> Result<(), ApiError> {
-    let hash: Option<String> =
-        sqlx::query_scalar("select password_hash from users where id = $1 and disabled_at is null")
-            .bind(user_id)
-            .fetch_optional(&state.pool)
-            .await?;
+    let hash = sqlx::query_scalar!("select password_hash from users where id = $1 and disabled_at is null", user_id)
+        .fetch_optional(&state.pool)
+        .await?;
     if !state.hasher.verify(hash, password).await? {
         return Err(ApiError::unauthorized("invalid_credentials", "the current password is wrong"));
     }
     Ok(())
+}
+
+/// A user who proved their password.
+#[derive(Debug)]
+pub(crate) struct VerifiedUser {
+    pub id: Uuid,
+    /// The hash checked, to rehash at a new cost.
+    pub password_hash: String,
+    pub role: String,
+    pub session_epoch: i32,
+}
+
+/// The outcome of checking a password for an email.
+#[derive(Debug)]
+pub(crate) struct PasswordCheck {
+    /// The active user the email names, right password or not (for the
+    /// audit log).
+    pub known_user: Option<Uuid>,
+    /// That user, when the password is theirs.
+    pub verified: Option<VerifiedUser>,
+}
+
+/// Checks `password` for the active user with `email` (lower-cased by the
+/// caller), as the API's login and the dashboard's sign-in do. An unknown
+/// or frozen email costs a hash check too, so it takes as long as a wrong
+/// password.
+///
+/// # Errors
+/// Database or hashing failures.
+pub(crate) async fn check_password_of(
+    state: &AppState,
+    email: &str,
+    password: SecretString,
+) -> Result<PasswordCheck, ApiError> {
+    let stored = sqlx::query_as!(
+        VerifiedUser,
+        "select id, password_hash, role, session_epoch from users where email = $1 and disabled_at is null",
+        email,
+    )
+    .fetch_optional(&state.pool)
+    .await?;
+    let matches = state.hasher.verify(stored.as_ref().map(|user| user.password_hash.clone()), password).await?;
+    Ok(PasswordCheck { known_user: stored.as_ref().map(|user| user.id), verified: stored.filter(|_| matches) })
 }

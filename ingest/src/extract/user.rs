@@ -31,21 +31,23 @@ impl FromRequestParts<AppState> for User {
         // The user as they are now: a frozen user, a changed role or a new
         // password takes effect on the next request, not when the access
         // token expires. One primary-key read.
-        let stored: Option<(String, bool, i32)> =
-            sqlx::query_as("select role, disabled_at is not null, session_epoch from users where id = $1")
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?;
-        let Some((role, frozen, epoch)) = stored else {
+        // `frozen!`: an `is not null` is never null, though Postgres cannot tell.
+        let stored = sqlx::query!(
+            r#"select role, disabled_at is not null as "frozen!", session_epoch from users where id = $1"#,
+            id,
+        )
+        .fetch_optional(&state.pool)
+        .await?;
+        let Some(stored) = stored else {
             return Err(ApiError::invalid_token("no such user"));
         };
-        if frozen {
+        if stored.frozen {
             return Err(ApiError::invalid_token("this user is frozen"));
         }
-        if claims.epoch != epoch {
+        if claims.epoch != stored.session_epoch {
             return Err(ApiError::invalid_token("the session ended (password changed, or the user was frozen)"));
         }
-        Ok(Self { id, role })
+        Ok(Self { id, role: stored.role })
     }
 }
 

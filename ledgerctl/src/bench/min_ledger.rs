@@ -94,6 +94,8 @@ pub(super) async fn measure(server: &Server, workload: Workload, accounts: u64) 
     let pool = server.connect(DATABASE).await?;
     sqlx::raw_sql(CREATE_SQL).execute(&pool).await.context("creating the minimal ledger")?;
     let count = i64::try_from(accounts).context("too many accounts")?;
+    // Runtime queries, here and below: the minimal ledger's own tables (`CREATE_SQL`) are not the
+    // migrated schema the macros check against.
     sqlx::query("insert into accounts (id, balance) select id, $2 from generate_series(1, $1::bigint) as id")
         .bind(count)
         .bind(OPENING_BALANCE_CENTS)
@@ -133,6 +135,7 @@ pub(super) async fn measure(server: &Server, workload: Workload, accounts: u64) 
     for chunk in &chunks {
         let apply = async {
             let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+            // Runtime: the minimal ledger's tables, not the migrated schema.
             sqlx::query(APPLY_SQL)
                 .bind(&chunk.ids)
                 .bind(&chunk.debits)
@@ -150,6 +153,7 @@ pub(super) async fn measure(server: &Server, workload: Workload, accounts: u64) 
     let elapsed = started.elapsed();
     drop(connection);
 
+    // Runtime: the minimal ledger's tables, not the migrated schema.
     let (stored, total): (i64, Option<sqlx::types::Decimal>) =
         sqlx::query_as("select (select count(*) from transfers), (select sum(balance) from accounts)")
             .fetch_one(&pool)

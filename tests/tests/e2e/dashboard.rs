@@ -285,3 +285,108 @@ async fn the_overview_keeps_updating_for_ten_seconds_without_a_reload() {
     browser.close().await;
     stop.cancel();
 }
+
+/// Signs in over plain HTTP (no browser): the session cookie's value.
+async fn http_sign_in(app: &TestApp, client: &reqwest::Client, email: &str) -> String {
+    let page = client.get(app.url("/admin/login")).send().await.expect("sign-in page");
+    let login_cookie = cookie_value(&page, "ll_login").expect("the form's cookie");
+    let answer = client
+        .post(app.url("/admin/login"))
+        .header("cookie", format!("ll_login={login_cookie}"))
+        .form(&[("email", email), ("password", USER_PASSWORD), ("csrf", &login_cookie)])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(answer.status(), 303, "signed in");
+    cookie_value(&answer, "ll_staff").expect("the session cookie")
+}
+
+fn cookie_value(answer: &reqwest::Response, name: &str) -> Option<String> {
+    answer.headers().get_all("set-cookie").iter().filter_map(|value| value.to_str().ok()).find_map(|value| {
+        let (pair, _) = value.split_once(';')?;
+        let (key, value) = pair.split_once('=')?;
+        (key == name && !value.is_empty()).then(|| value.to_owned())
+    })
+}
+
+/// A session ends when idle too long, when too old, at sign-out, and when
+/// its user is frozen or loses the staff role: each then meets the sign-in
+/// page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_idle_old_signed_out_frozen_or_demoted() {
+    let app = TestApp::spawn_configured(|config| config.dashboard.cookie_secure = false).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let email = format!("admin-{}@bank.example", Uuid::new_v4().simple());
+    app.user_token(&email, "admin").await;
+    let open = |session: String| {
+        let client = client.clone();
+        let url = app.url("/admin/transfers");
+        async move { client.get(url).header("cookie", format!("ll_staff={session}")).send().await.expect("page").status() }
+    };
+    let age = |column: &'static str, session: &str| {
+        let hash = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(session.as_bytes()).to_vec()
+        };
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "update staff_sessions set {column} = {column} - interval '9 hours' where token_hash = $1"
+            ))
+            .bind(hash)
+            .execute(&pool)
+            .await
+            .expect("age the session");
+        }
+    };
+
+    let idle = http_sign_in(&app, &client, &email).await;
+    assert_eq!(open(idle.clone()).await, 200);
+    age("last_seen_at", &idle).await;
+    assert_eq!(open(idle).await, 303, "idle past the timeout");
+
+    let old = http_sign_in(&app, &client, &email).await;
+    age("created_at", &old).await;
+    assert_eq!(open(old).await, 303, "past the absolute timeout, however recently used");
+
+    let signed_out = http_sign_in(&app, &client, &email).await;
+    let page = client
+        .get(app.url("/admin/transfers"))
+        .header("cookie", format!("ll_staff={signed_out}"))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("csrf");
+    let answer = client
+        .post(app.url("/admin/logout"))
+        .header("cookie", format!("ll_staff={signed_out}"))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(answer.status(), 303);
+    assert_eq!(open(signed_out).await, 303, "signed out");
+
+    let demoted = http_sign_in(&app, &client, &email).await;
+    sqlx::query("update users set role = 'customer' where email = $1")
+        .bind(&email)
+        .execute(&app.pool)
+        .await
+        .expect("demote");
+    assert_eq!(open(demoted.clone()).await, 303, "no longer staff");
+    sqlx::query("update users set role = 'admin' where email = $1")
+        .bind(&email)
+        .execute(&app.pool)
+        .await
+        .expect("promote");
+    assert_eq!(open(demoted.clone()).await, 200, "staff again, same session");
+    sqlx::query("update users set disabled_at = now() where email = $1")
+        .bind(&email)
+        .execute(&app.pool)
+        .await
+        .expect("freeze");
+    assert_eq!(open(demoted).await, 303, "frozen");
+}

@@ -84,12 +84,13 @@ async fn owned_source(state: &AppState, principal: &Principal, source_account_id
     if owners.is_owner(source_account_id, principal.client_id) {
         return Ok(());
     }
-    let owns_source: bool =
-        sqlx::query_scalar("select exists (select 1 from accounts where id = $1 and owner_client_id = $2)")
-            .bind(source_account_id)
-            .bind(principal.client_id)
-            .fetch_one(&state.pool)
-            .await?;
+    let owns_source = sqlx::query_scalar!(
+        r#"select exists (select 1 from accounts where id = $1 and owner_client_id = $2) as "owns_source!""#,
+        source_account_id,
+        principal.client_id,
+    )
+    .fetch_one(&state.pool)
+    .await?;
     if !owns_source {
         return Err(ApiError::not_found("account_not_found", "no such source account"));
     }

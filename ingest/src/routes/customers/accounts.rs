@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use schemas::{AccountId, Currency};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -260,11 +259,11 @@ async fn history(
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let account = find_account(&state, account_id, Some(Requester::User(user.id))).await?;
     let currency = parse_currency(&account.currency)?;
-    type Row = (i64, Uuid, String, Decimal, Decimal, Option<Uuid>, DateTime<Utc>);
     // One more than the page, to know whether another page follows.
-    let rows: Vec<Row> = sqlx::query_as(
-        r"select entry.id, entry.transfer_id, transfer.kind, entry.amount, entry.balance_after,
-                 other.account_id, entry.created_at
+    // `?`: the other leg is left-joined, which the inference misses here.
+    let rows = sqlx::query!(
+        r#"select entry.id as entry_id, entry.transfer_id, transfer.kind, entry.amount, entry.balance_after,
+                 other.account_id as "counterparty_account_id?", entry.created_at
           from entries entry
           join transfers transfer on transfer.id = entry.transfer_id
           left join entries other on other.transfer_id = entry.transfer_id and other.account_id <> entry.account_id
@@ -275,29 +274,29 @@ async fn history(
             and ($5::timestamptz is null or entry.created_at < $5)
             and ($6::uuid is null or other.account_id = $6)
           order by entry.id desc
-          limit $7",
+          limit $7"#,
+        account_id,
+        before,
+        query.direction.map(|direction| if direction == Direction::Debit { "debit" } else { "credit" }),
+        query.from,
+        query.to,
+        query.counterparty,
+        limit + 1,
     )
-    .bind(account_id)
-    .bind(before)
-    .bind(query.direction.map(|direction| if direction == Direction::Debit { "debit" } else { "credit" }))
-    .bind(query.from)
-    .bind(query.to)
-    .bind(query.counterparty)
-    .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
     let more = i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit;
-    let page: Vec<Row> = rows.into_iter().take(usize::try_from(limit).unwrap_or(0)).collect();
-    let next_cursor = if more { page.last().map(|row| encode_cursor(row.0)) } else { None };
+    let page: Vec<_> = rows.into_iter().take(usize::try_from(limit).unwrap_or(0)).collect();
+    let next_cursor = if more { page.last().map(|row| encode_cursor(row.entry_id)) } else { None };
     let items: Vec<HistoryItem> = page
         .into_iter()
-        .map(|(_, transfer_id, kind, amount, balance_after, counterparty, created_at)| HistoryItem {
-            transfer_id,
-            kind,
-            amount: format_amount(amount, currency),
-            balance_after: format_amount(balance_after, currency),
-            counterparty_account_id: counterparty,
-            created_at,
+        .map(|row| HistoryItem {
+            transfer_id: row.transfer_id,
+            kind: row.kind,
+            amount: format_amount(row.amount, currency),
+            balance_after: format_amount(row.balance_after, currency),
+            counterparty_account_id: row.counterparty_account_id,
+            created_at: row.created_at,
         })
         .collect();
     Ok(Json(serde_json::json!({ "account_id": account_id, "items": items, "next_cursor": next_cursor })))

@@ -35,8 +35,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::domain::audit;
 use crate::domain::users::{PASSWORD_LENGTH_MAX, PASSWORD_LENGTH_MIN, check_current_password, end_sessions};
+use crate::domain::{audit, users};
 use crate::error::ApiError;
 use crate::extract::user::User;
 use crate::middleware::context::RequestId;
@@ -123,13 +123,14 @@ async fn register(
     let password = credentials.password;
     let hash = state.hasher.hash_blocking(password).await?;
     let id = Uuid::new_v4();
-    let inserted =
-        sqlx::query("insert into users (id, email, password_hash) values ($1, $2, $3) on conflict (email) do nothing")
-            .bind(id)
-            .bind(&email)
-            .bind(&hash)
-            .execute(&state.pool)
-            .await?;
+    let inserted = sqlx::query!(
+        "insert into users (id, email, password_hash) values ($1, $2, $3) on conflict (email) do nothing",
+        id,
+        &email,
+        &hash,
+    )
+    .execute(&state.pool)
+    .await?;
     if inserted.rows_affected() == 0 {
         return Err(ApiError::Client {
             status: StatusCode::CONFLICT,
@@ -178,16 +179,16 @@ async fn open_session(
     let refresh_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let ttl_s = i64::try_from(state.refresh_token_ttl_s).unwrap_or(i64::MAX);
     let expires_at = Utc::now() + Duration::seconds(ttl_s);
-    sqlx::query(
+    sqlx::query!(
         r"insert into refresh_tokens (id, family_id, user_id, token_hash, expires_at, session_epoch)
           values ($1, $2, $3, $4, $5, $6)",
+        Uuid::new_v4(),
+        family_id,
+        user_id,
+        token_hash(&refresh_token),
+        expires_at,
+        epoch,
     )
-    .bind(Uuid::new_v4())
-    .bind(family_id)
-    .bind(user_id)
-    .bind(token_hash(&refresh_token))
-    .bind(expires_at)
-    .bind(epoch)
     .execute(&mut *connection)
     .await?;
     Ok(Session {
@@ -223,17 +224,9 @@ async fn login(
     let email = credentials.email.trim().to_lowercase();
     // Per account too: a guesser spread over many addresses still waits.
     state.limits.login_accounts.admit(&email)?;
-    let stored: Option<(Uuid, String, String, i32)> = sqlx::query_as(
-        "select id, password_hash, role, session_epoch from users where email = $1 and disabled_at is null",
-    )
-    .bind(&email)
-    .fetch_optional(&state.pool)
-    .await?;
-    // An unknown email costs a hash check too, and answers the same.
-    let matches =
-        state.hasher.verify(stored.as_ref().map(|(_, hash, _, _)| hash.clone()), credentials.password.clone()).await?;
-    let subject_user_id = stored.as_ref().map(|(id, _, _, _)| *id);
-    let Some((user_id, stored_hash, role, epoch)) = stored.filter(|_| matches) else {
+    let check = users::check_password_of(&state, &email, credentials.password.clone()).await?;
+    let subject_user_id = check.known_user;
+    let Some(stored) = check.verified else {
         tracing::info!(%peer, "failed login");
         audit::record(
             &state,
@@ -249,11 +242,13 @@ async fn login(
         .await;
         return Err(ApiError::unauthorized("invalid_credentials", "the email or the password is wrong"));
     };
-    if state.hasher.needs_rehash(&stored_hash) {
-        rehash_password(&state, user_id, &stored_hash, credentials.password).await;
+    let user_id = stored.id;
+    if state.hasher.needs_rehash(&stored.password_hash) {
+        rehash_password(&state, user_id, &stored.password_hash, credentials.password).await;
     }
     let mut connection = state.pool.acquire().await?;
-    let session = open_session(&state, user_id, &role, epoch, Uuid::new_v4(), &mut connection).await?;
+    let session =
+        open_session(&state, user_id, &stored.role, stored.session_epoch, Uuid::new_v4(), &mut connection).await?;
     tracing::info!(%user_id, "customer logged in");
     audit::record(&state, audit::Event::by_user("login.succeeded", user_id, peer, &request_id.0)).await;
     Ok(Json(session))
@@ -293,31 +288,36 @@ async fn refresh(
     // The family first, then its lock, then the token as it is once the
     // lock is ours: a logout holding the lock has finished by then.
     let family_id = lock_family_of(&mut transaction, &hash).await?.ok_or_else(invalid)?;
-    type Row = (Uuid, Uuid, Uuid, Option<DateTime<Utc>>, Option<DateTime<Utc>>, DateTime<Utc>, String, bool, i32);
-    let row: Option<Row> = sqlx::query_as(
-        r"select token.id, token.family_id, token.user_id, token.used_at, token.revoked_at, token.expires_at,
-                 user_.role, token.session_epoch = user_.session_epoch, user_.session_epoch
+    // `current_epoch!`: a comparison of two non-null columns is never null,
+    // though Postgres cannot tell.
+    let row = sqlx::query!(
+        r#"select token.id, token.family_id, token.user_id, token.used_at, token.revoked_at, token.expires_at,
+                 user_.role, token.session_epoch = user_.session_epoch as "current_epoch!",
+                 user_.session_epoch
           from refresh_tokens token join users user_ on user_.id = token.user_id
           where token.token_hash = $1 and token.family_id = $2 and user_.disabled_at is null
-          for update of token",
+          for update of token"#,
+        &hash,
+        family_id,
     )
-    .bind(&hash)
-    .bind(family_id)
     .fetch_optional(&mut *transaction)
     .await?;
-    let Some((id, family_id, user_id, used_at, revoked_at, expires_at, role, current_epoch, epoch)) = row else {
+    let Some(row) = row else {
         return Err(invalid());
     };
-    if revoked_at.is_some() || expires_at <= Utc::now() || !current_epoch {
+    let (family_id, user_id) = (row.family_id, row.user_id);
+    if row.revoked_at.is_some() || row.expires_at <= Utc::now() || !row.current_epoch {
         return Err(invalid());
     }
-    if used_at.is_some() {
+    if row.used_at.is_some() {
         // A retired token came back: whoever holds the family now, it is not
         // only its owner. End every session of the family.
-        sqlx::query("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null")
-            .bind(family_id)
-            .execute(&mut *transaction)
-            .await?;
+        sqlx::query!(
+            "update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null",
+            family_id
+        )
+        .execute(&mut *transaction)
+        .await?;
         transaction.commit().await?;
         tracing::warn!(%user_id, %family_id, "refresh token reused; the session family is revoked");
         audit::record(
@@ -334,8 +334,8 @@ async fn refresh(
         .await;
         return Err(ApiError::unauthorized("refresh_token_reused", "this session was ended; log in again"));
     }
-    sqlx::query("update refresh_tokens set used_at = now() where id = $1").bind(id).execute(&mut *transaction).await?;
-    let session = open_session(&state, user_id, &role, epoch, family_id, &mut transaction).await?;
+    sqlx::query!("update refresh_tokens set used_at = now() where id = $1", row.id).execute(&mut *transaction).await?;
+    let session = open_session(&state, user_id, &row.role, row.session_epoch, family_id, &mut transaction).await?;
     transaction.commit().await?;
     Ok(Json(session))
 }
@@ -365,8 +365,7 @@ async fn logout(
     };
     // With the family's lock held, this statement sees every token of the
     // family, including one a refresh that held the lock just issued.
-    sqlx::query("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null")
-        .bind(family_id)
+    sqlx::query!("update refresh_tokens set revoked_at = now() where family_id = $1 and revoked_at is null", family_id)
         .execute(&mut *transaction)
         .await?;
     transaction.commit().await?;
@@ -385,14 +384,11 @@ const FAMILY_LOCK_CLASS: i32 = 0x4C4C_5246;
 /// that token, and the session lived on. The second key is a 32-bit hash
 /// of the family id: two families sharing one only wait for each other.
 async fn lock_family_of(connection: &mut sqlx::PgConnection, hash: &[u8]) -> Result<Option<Uuid>, sqlx::Error> {
-    let family_id: Option<Uuid> = sqlx::query_scalar("select family_id from refresh_tokens where token_hash = $1")
-        .bind(hash)
+    let family_id = sqlx::query_scalar!("select family_id from refresh_tokens where token_hash = $1", hash)
         .fetch_optional(&mut *connection)
         .await?;
     if let Some(family_id) = family_id {
-        sqlx::query("select pg_advisory_xact_lock($1, hashtext($2::text))")
-            .bind(FAMILY_LOCK_CLASS)
-            .bind(family_id)
+        sqlx::query!("select pg_advisory_xact_lock($1, hashtext($2::uuid::text))", FAMILY_LOCK_CLASS, family_id)
             .execute(&mut *connection)
             .await?;
     }
@@ -417,8 +413,7 @@ async fn lock_family_of(connection: &mut sqlx::PgConnection, hash: &[u8]) -> Res
     )),
 )]
 async fn me(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
-    let email: Option<String> = sqlx::query_scalar("select email from users where id = $1 and disabled_at is null")
-        .bind(user.id)
+    let email = sqlx::query_scalar!("select email from users where id = $1 and disabled_at is null", user.id)
         .fetch_optional(&state.pool)
         .await?;
     let email = email.ok_or_else(|| ApiError::invalid_token("this user no longer exists"))?;
@@ -431,14 +426,16 @@ async fn me(State(state): State<AppState>, user: User) -> Result<impl IntoRespon
 /// (a password change in between wins).
 async fn rehash_password(state: &AppState, user_id: Uuid, checked_hash: &str, password: SecretString) {
     let rehashed = match state.hasher.hash_blocking(password).await {
-        Ok(hash) => sqlx::query("update users set password_hash = $3 where id = $1 and password_hash = $2")
-            .bind(user_id)
-            .bind(checked_hash)
-            .bind(hash)
-            .execute(&state.pool)
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from),
+        Ok(hash) => sqlx::query!(
+            "update users set password_hash = $3 where id = $1 and password_hash = $2",
+            user_id,
+            checked_hash,
+            hash,
+        )
+        .execute(&state.pool)
+        .await
+        .map(|_| ())
+        .map_err(anyhow::Error::from),
         Err(error) => Err(error),
     };
     match rehashed {
@@ -487,9 +484,7 @@ async fn change_password(
 async fn set_password(state: &AppState, user_id: Uuid, password: SecretString) -> Result<(), ApiError> {
     let hash = state.hasher.hash_blocking(password).await?;
     let mut transaction = state.pool.begin().await?;
-    sqlx::query("update users set password_hash = $2, password_changed_at = now() where id = $1")
-        .bind(user_id)
-        .bind(hash)
+    sqlx::query!("update users set password_hash = $2, password_changed_at = now() where id = $1", user_id, hash)
         .execute(&mut *transaction)
         .await?;
     end_sessions(&mut transaction, user_id).await?;
@@ -554,7 +549,7 @@ async fn request_reset(
         "expires_at": expires_at,
     });
     let mut transaction = state.pool.begin().await?;
-    let user: Option<Uuid> = sqlx::query_scalar(
+    let user = sqlx::query_scalar!(
         r"with target as (select id from users where email = $1 and disabled_at is null),
                reset as (insert into password_resets (id, user_id, token_hash, expires_at)
                          select $2, id, $3, $4 from target returning user_id),
@@ -563,12 +558,12 @@ async fn request_reset(
                                  ($5::jsonb || jsonb_build_object('user_id', user_id))::json
                           from reset)
           select user_id from reset",
+        &email,
+        Uuid::new_v4(),
+        token_hash(&token),
+        expires_at,
+        &message,
     )
-    .bind(&email)
-    .bind(Uuid::new_v4())
-    .bind(token_hash(&token))
-    .bind(expires_at)
-    .bind(&message)
     .fetch_optional(&mut *transaction)
     .await?;
     audit::record_in(
@@ -621,12 +616,12 @@ async fn confirm_reset(
     let Json(request) = body?;
     check_password(&request.new_password)?;
     // Used up in the same statement that checks it: a token works once.
-    let user_id: Option<Uuid> = sqlx::query_scalar(
+    let user_id = sqlx::query_scalar!(
         r"update password_resets set used_at = now()
           where token_hash = $1 and used_at is null and expires_at > now()
           returning user_id",
+        token_hash(request.token.expose_secret()),
     )
-    .bind(token_hash(request.token.expose_secret()))
     .fetch_optional(&state.pool)
     .await?;
     let user_id =

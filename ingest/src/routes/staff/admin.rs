@@ -28,9 +28,9 @@ use crate::AppState;
 use crate::domain::accounts::{AccountView, find_account};
 use crate::domain::audit;
 use crate::domain::clients::Scope;
+use crate::domain::permissions::Permission;
 use crate::domain::users::{ROLES, UserView, apply_freeze, apply_role, lock_actor_and_target};
 use crate::error::ApiError;
-use crate::domain::permissions::Permission;
 use crate::extract::user::{User, require};
 use crate::middleware::context::RequestId;
 
@@ -88,14 +88,15 @@ async fn list_users(
     if let Some(role) = &query.role {
         check_role(role)?;
     }
-    let users: Vec<UserView> = sqlx::query_as(
+    let users = sqlx::query_as!(
+        UserView,
         r"select id, email, role, created_at, disabled_at as frozen_at from users
           where ($1::text is null or role = $1) and ($2::text is null or email > $2)
           order by email limit $3",
+        query.role,
+        query.after_email,
+        limit,
     )
-    .bind(&query.role)
-    .bind(&query.after_email)
-    .bind(limit)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(UserList { users }))
@@ -226,10 +227,11 @@ pub(crate) struct ClientList {
 )]
 async fn list_clients(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     require(&user, Permission::Administer)?;
-    let clients: Vec<ClientView> = sqlx::query_as(
+    let clients = sqlx::query_as!(
+        ClientView,
         "select id, name, scopes, created_at, disabled_at from api_clients order by created_at desc limit $1",
+        PAGE_LIMIT_MAX,
     )
-    .bind(PAGE_LIMIT_MAX)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(ClientList { clients }))
@@ -295,13 +297,15 @@ async fn create_client(
     let hash = state.hasher.hash_blocking(client.secret.clone()).await?;
     let scopes: Vec<String> = scopes.iter().map(|scope| scope.as_str().to_owned()).collect();
     let mut transaction = state.pool.begin().await?;
-    sqlx::query("insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)")
-        .bind(client.id)
-        .bind(&name)
-        .bind(hash)
-        .bind(&scopes)
-        .execute(&mut *transaction)
-        .await?;
+    sqlx::query!(
+        "insert into api_clients (id, name, secret_hash, scopes) values ($1, $2, $3, $4)",
+        client.id,
+        &name,
+        hash,
+        &scopes,
+    )
+    .execute(&mut *transaction)
+    .await?;
     audit::record_in(
         &mut transaction,
         audit::Event::by_staff(
@@ -340,11 +344,12 @@ async fn disable_client(
     require(&admin, Permission::Administer)?;
     let Path(client_id) = path?;
     let mut transaction = state.pool.begin().await?;
-    let client: Option<ClientView> = sqlx::query_as(
+    let client = sqlx::query_as!(
+        ClientView,
         r"update api_clients set disabled_at = coalesce(disabled_at, now()) where id = $1
           returning id, name, scopes, created_at, disabled_at",
+        client_id,
     )
-    .bind(client_id)
     .fetch_optional(&mut *transaction)
     .await?;
     let client = client.ok_or_else(|| ApiError::not_found("client_not_found", "no such API client"))?;
@@ -387,15 +392,21 @@ pub(crate) struct SystemAccountList {
 )]
 async fn list_system_accounts(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     require(&user, Permission::Administer)?;
-    let ids: Vec<(Uuid, String)> = sqlx::query_as(
-        "select id, system_role from accounts where kind = 'system' order by system_role, currency limit $1",
+    // `system_role!`: nullable in the table, but set on every system account
+    // (the `accounts_check` constraint), which Postgres does not infer.
+    let ids = sqlx::query!(
+        r#"select id, system_role as "system_role!" from accounts where kind = 'system'
+           order by system_role, currency limit $1"#,
+        PAGE_LIMIT_MAX,
     )
-    .bind(PAGE_LIMIT_MAX)
     .fetch_all(&state.pool)
     .await?;
     let mut accounts = Vec::with_capacity(ids.len());
-    for (id, system_role) in ids {
-        accounts.push(SystemAccountView { system_role, account: find_account(&state, id, None).await?.view()? });
+    for row in ids {
+        accounts.push(SystemAccountView {
+            system_role: row.system_role,
+            account: find_account(&state, row.id, None).await?.view()?,
+        });
     }
     Ok(Json(SystemAccountList { system_accounts: accounts }))
 }
@@ -439,14 +450,14 @@ async fn open_system_account(
         ));
     }
     let mut transaction = state.pool.begin().await?;
-    let opened: Option<Uuid> = sqlx::query_scalar(
+    let opened = sqlx::query_scalar!(
         r"insert into accounts (id, currency, kind, system_role) values ($1, $2, 'system', $3)
           on conflict (system_role, currency) where kind = 'system' do nothing
           returning id",
+        Uuid::new_v4(),
+        request.currency.code(),
+        &request.system_role,
     )
-    .bind(Uuid::new_v4())
-    .bind(request.currency.code())
-    .bind(&request.system_role)
     .fetch_optional(&mut *transaction)
     .await?;
     if let Some(account_id) = opened {
@@ -467,12 +478,13 @@ async fn open_system_account(
         .await?;
     }
     transaction.commit().await?;
-    let account_id: Uuid =
-        sqlx::query_scalar("select id from accounts where kind = 'system' and system_role = $1 and currency = $2")
-            .bind(&request.system_role)
-            .bind(request.currency.code())
-            .fetch_one(&state.pool)
-            .await?;
+    let account_id = sqlx::query_scalar!(
+        "select id from accounts where kind = 'system' and system_role = $1 and currency = $2",
+        &request.system_role,
+        request.currency.code(),
+    )
+    .fetch_one(&state.pool)
+    .await?;
     let view = SystemAccountView {
         system_role: request.system_role,
         account: find_account(&state, account_id, None).await?.view()?,
