@@ -38,6 +38,76 @@ pub struct KafkaConfig {
     /// there it is the latency every consumer hop adds (see
     /// [`MockKafka::kafka_config`]).
     pub fetch_wait_max_ms: u64,
+    /// `LEDGERLINE_RDKAFKA_*`: librdkafka properties for every client
+    /// (security: SASL/SCRAM, SSL), see [`ClientProperties::from_env`].
+    pub client_properties: ClientProperties,
+}
+
+/// The prefix of the variables passed to librdkafka as they are.
+pub const CLIENT_PROPERTY_PREFIX: &str = "LEDGERLINE_RDKAFKA_";
+
+/// librdkafka properties from the environment, applied to every producer,
+/// consumer and admin client: how a deployment sets Kafka's security
+/// (`security.protocol`, `sasl.mechanisms`, `sasl.username`,
+/// `sasl.password`, `ssl.ca.location`, …) without a setting of ours per
+/// property. `LEDGERLINE_RDKAFKA_SASL_PASSWORD=…` is `sasl.password`: the
+/// name after the prefix, lower-cased, `_` as `.`. Each may come from a file
+/// instead (`…_FILE`), as every secret may. Values are kept secret: the
+/// `Debug` form names the properties only. Our own settings win over a
+/// property that names the same thing (`enable.idempotence`, `acks`, …).
+#[derive(Clone, Default)]
+pub struct ClientProperties(Vec<(String, secrecy::SecretString)>);
+
+impl std::fmt::Debug for ClientProperties {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+/// The librdkafka property a variable names (after the prefix):
+/// `SASL_PASSWORD` is `sasl.password`.
+fn property_name(suffix: &str) -> String {
+    suffix.to_ascii_lowercase().replace('_', ".")
+}
+
+impl ClientProperties {
+    /// Every `LEDGERLINE_RDKAFKA_*` variable (and `…_FILE`).
+    ///
+    /// # Errors
+    /// When a name is empty, a variable is not UTF-8, or a file cannot be read.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter_map(|name| name.strip_prefix(CLIENT_PROPERTY_PREFIX).map(str::to_owned))
+            .map(|name| name.strip_suffix("_FILE").map(str::to_owned).unwrap_or(name))
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut properties = Vec::new();
+        for name in names {
+            let variable = format!("{CLIENT_PROPERTY_PREFIX}{name}");
+            if name.is_empty() || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_') {
+                return Err(ConfigError::new(&variable, "is not a librdkafka property name"));
+            }
+            if let Some(value) = config::secret_optional(&variable)? {
+                properties.push((property_name(&name), value));
+            }
+        }
+        Ok(Self(properties))
+    }
+
+    /// The property names, for the logs.
+    #[must_use]
+    pub fn names(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    fn apply(&self, config: &mut ClientConfig) {
+        use secrecy::ExposeSecret as _;
+        for (name, value) in &self.0 {
+            config.set(name, value.expose_secret());
+        }
+    }
 }
 
 /// [`KafkaConfig::fetch_wait_max_ms`] on a real broker: librdkafka's 500 ms
@@ -58,6 +128,7 @@ impl KafkaConfig {
             produce_timeout_ms: 10_000,
             session_timeout_ms: 10_000,
             fetch_wait_max_ms: FETCH_WAIT_MAX_MS_DEFAULT,
+            client_properties: ClientProperties::default(),
         }
     }
 
@@ -75,6 +146,7 @@ impl KafkaConfig {
             config::limit("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", kafka.session_timeout_ms, 1_000..=300_000)?;
         kafka.fetch_wait_max_ms =
             config::limit("LEDGERLINE_KAFKA_FETCH_WAIT_MAX_MS", kafka.fetch_wait_max_ms, 1..=10_000)?;
+        kafka.client_properties = ClientProperties::from_env()?;
         Ok(Some(kafka))
     }
 
@@ -87,11 +159,21 @@ impl KafkaConfig {
         Ok(Topics::namespaced(&namespace))
     }
 
+    /// A client of the brokers with the deployment's librdkafka properties
+    /// (security), before the settings of a producer or a consumer.
+    #[must_use]
+    pub fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        self.client_properties.apply(&mut config);
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+
     /// An idempotent producer: acks from all in-sync replicas, and no
     /// duplicates or reordering from its own retries.
     #[must_use]
     pub fn producer(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
+        let mut config = self.client();
         config
             .set("bootstrap.servers", &self.brokers)
             .set("enable.idempotence", "true")
@@ -109,7 +191,7 @@ impl KafkaConfig {
     /// visibility, after its database commit.
     #[must_use]
     pub fn consumer(&self, group: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
+        let mut config = self.client();
         config
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
@@ -133,10 +215,8 @@ impl KafkaConfig {
     /// # Errors
     /// When the broker cannot be reached or refuses a topic.
     pub async fn create_topics(&self, command_partitions: i32, replication: i32) -> anyhow::Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-            .context("creating the Kafka admin client")?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.client().create().context("creating the Kafka admin client")?;
         let partitions = self.topics.with_partition_counts(command_partitions);
         let new_topics: Vec<NewTopic<'_>> = partitions
             .iter()
@@ -432,4 +512,26 @@ pub async fn republish(
         }
     }
     (published, first_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_variable_names_its_property_and_values_stay_out_of_the_logs() {
+        assert_eq!(property_name("SECURITY_PROTOCOL"), "security.protocol");
+        assert_eq!(property_name("SASL_PASSWORD"), "sasl.password");
+        let properties = ClientProperties(vec![
+            ("sasl.username".into(), secrecy::SecretString::from("ledgerline".to_owned())),
+            ("sasl.password".into(), secrecy::SecretString::from("hunter2-hunter2".to_owned())),
+        ]);
+        let shown = format!("{properties:?}");
+        assert!(shown.contains("sasl.password") && !shown.contains("hunter2"), "{shown}");
+        let mut config = KafkaConfig::new("127.0.0.1:9092", Topics::namespaced(""));
+        config.client_properties = properties;
+        let producer = config.producer();
+        assert_eq!(producer.get("sasl.password"), Some("hunter2-hunter2"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"), "ours win");
+    }
 }

@@ -9,6 +9,7 @@ mod authz;
 mod customers;
 mod dashboard;
 mod dead_letters;
+mod deployment;
 mod edge;
 mod events;
 mod group;
