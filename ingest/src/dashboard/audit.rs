@@ -4,7 +4,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::Response;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use maud::html;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -43,20 +43,6 @@ struct Row {
     detail: serde_json::Value,
 }
 
-fn given(text: Option<&String>) -> Option<&str> {
-    text.map(|text| text.trim()).filter(|text| !text.is_empty())
-}
-
-fn time_of(text: Option<&String>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    given(text)
-        .map(|text| {
-            NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
-                .map(|naive| naive.and_utc())
-                .map_err(|_| ApiError::bad_request("invalid_query", "a time is YYYY-MM-DDTHH:MM, UTC"))
-        })
-        .transpose()
-}
-
 /// The audit log page (admin).
 pub(crate) async fn page(
     State(state): State<AppState>,
@@ -71,14 +57,16 @@ pub(crate) async fn page(
         Err(rejection) => return page::error_page(Some(&staff), rejection.into()),
     };
     let read = async {
-        let (from, to) = (time_of(filter.from.as_ref())?, time_of(filter.to.as_ref())?);
-        let actor = given(filter.actor.as_ref());
+        let (from, to) = (page::utc_time(filter.from.as_ref(), "from")?, page::utc_time(filter.to.as_ref(), "to")?);
+        let actor = page::given(filter.actor.as_ref());
         let (actor_id, actor_email) = match actor.map(Uuid::parse_str) {
             Some(Ok(id)) => (Some(id), None),
             Some(Err(_)) => (None, actor.map(str::to_lowercase)),
             None => (None, None),
         };
-        let action = given(filter.action.as_ref()).map(|action| format!("{}%", action.replace(['%', '_'], "")));
+        // A prefix match: the text itself is escaped, so `_` and `%` in an
+        // action name are themselves (LIKE's escape is the backslash).
+        let action = page::given(filter.action.as_ref()).map(|action| format!("{}%", like_escaped(action)));
         Ok::<_, ApiError>(
             sqlx::query_as!(
                 Row,
@@ -144,4 +132,21 @@ pub(crate) async fn page(
         }
     };
     page::shell(&staff, "/admin/audit", "Audit log", &body)
+}
+
+/// `text` for a LIKE pattern, matching itself only.
+fn like_escaped(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_action_prefix_matches_itself_underscores_included() {
+        assert_eq!(like_escaped("dashboard.login_failed"), "dashboard.login\\_failed");
+        assert_eq!(like_escaped("100%"), "100\\%");
+        assert_eq!(like_escaped("a\\b"), "a\\\\b");
+    }
 }

@@ -174,3 +174,26 @@ pub(crate) fn optional_money(value: Option<Decimal>, currency: Option<&str>) -> 
         _ => "—".to_owned(),
     }
 }
+
+/// A form field's text, trimmed; `None` when empty or absent.
+pub(crate) fn given(text: Option<&String>) -> Option<&str> {
+    text.map(|text| text.trim()).filter(|text| !text.is_empty())
+}
+
+/// A time field (`YYYY-MM-DDTHH:MM`, as a `datetime-local` input sends it,
+/// seconds allowed), read as UTC like every time on the pages.
+///
+/// # Errors
+/// 400 `invalid_query` naming the field `what`.
+pub(crate) fn utc_time(text: Option<&String>, what: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+    given(text)
+        .map(|text| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S"))
+                .map(|naive| naive.and_utc())
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_query", format!("{what} is not a time (YYYY-MM-DDTHH:MM, UTC)"))
+                })
+        })
+        .transpose()
+}

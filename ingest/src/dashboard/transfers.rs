@@ -10,7 +10,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use maud::{Markup, html};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -57,33 +57,16 @@ struct Filters {
     before: Option<(DateTime<Utc>, Uuid)>,
 }
 
-fn given(text: Option<&String>) -> Option<&str> {
-    text.map(|text| text.trim()).filter(|text| !text.is_empty())
-}
-
 fn uuid_of(text: Option<&String>, what: &str) -> Result<Option<Uuid>, ApiError> {
-    given(text)
+    page::given(text)
         .map(|text| {
             Uuid::parse_str(text).map_err(|_| ApiError::bad_request("invalid_query", format!("{what} is not an id")))
         })
         .transpose()
 }
 
-fn time_of(text: Option<&String>, what: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-    given(text)
-        .map(|text| {
-            NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
-                .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S"))
-                .map(|naive| naive.and_utc())
-                .map_err(|_| {
-                    ApiError::bad_request("invalid_query", format!("{what} is not a time (YYYY-MM-DDTHH:MM, UTC)"))
-                })
-        })
-        .transpose()
-}
-
 fn one_of(text: Option<&String>, known: &[&str], what: &str) -> Result<Option<String>, ApiError> {
-    given(text)
+    page::given(text)
         .map(|text| {
             if known.contains(&text) {
                 Ok(text.to_owned())
@@ -96,15 +79,15 @@ fn one_of(text: Option<&String>, known: &[&str], what: &str) -> Result<Option<St
 
 impl Search {
     fn filters(&self, now: DateTime<Utc>) -> Result<Filters, ApiError> {
-        let to = time_of(self.to.as_ref(), "to")?.unwrap_or(now);
-        let from = time_of(self.from.as_ref(), "from")?.unwrap_or(to - Duration::hours(1));
+        let to = page::utc_time(self.to.as_ref(), "to")?.unwrap_or(now);
+        let from = page::utc_time(self.from.as_ref(), "from")?.unwrap_or(to - Duration::hours(1));
         if from > to || to - from > Duration::days(RANGE_MAX_DAYS) {
             return Err(ApiError::bad_request(
                 "invalid_query",
                 format!("from must be before to, at most {RANGE_MAX_DAYS} days apart"),
             ));
         }
-        let before = given(self.before.as_ref())
+        let before = page::given(self.before.as_ref())
             .map(|text| {
                 let (at, id) = text.split_once('_').unwrap_or_default();
                 let at = DateTime::parse_from_rfc3339(at).map(|at| at.with_timezone(&Utc));
@@ -114,7 +97,7 @@ impl Search {
                 }
             })
             .transpose()?;
-        let reason = given(self.reason.as_ref()).map(str::to_owned);
+        let reason = page::given(self.reason.as_ref()).map(str::to_owned);
         if reason
             .as_ref()
             .is_some_and(|reason| reason.len() > 64 || !reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
@@ -266,7 +249,7 @@ fn next_page(search: &Search, last: &Row) -> String {
         ("to", search.to.as_ref()),
     ];
     for (name, value) in pairs {
-        if let Some(value) = given(value) {
+        if let Some(value) = page::given(value) {
             url.push_str(&format!("{name}={}&", encode(value)));
         }
     }

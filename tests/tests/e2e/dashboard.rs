@@ -223,8 +223,15 @@ async fn customers_api_clients_and_forms_without_their_token_are_refused() {
         assert_eq!(answer.status(), 303);
     }
 
-    // Signed in as an admin, a form without its CSRF token is refused.
+    // Signed in as an admin, the audit log shows those refusals, filtered
+    // by action (underscores included).
     sign_in(&mut browser, &app, "admin").await;
+    browser.open(&app.url("/admin/audit?action=dashboard.login_failed")).await.expect("audit log");
+    let events = browser.wait_for_text("#audit", |text| text.contains("dashboard.login_failed")).await.expect("audit");
+    assert!(!events.contains("dashboard.login_refused"), "{events}");
+    browser.shot("audit-log").await.expect("shot");
+
+    // A form without its CSRF token is refused.
     let (source, _) = funded_pair(&app).await;
     let status = post_from_page(
         &browser,
