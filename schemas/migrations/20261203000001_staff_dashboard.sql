@@ -1,5 +1,6 @@
--- The staff dashboard (/admin): its sign-in sessions, and the indexes its
--- overview reads every second.
+-- The staff dashboard (/admin): its sign-in sessions, and what the
+-- processors store for its overview. (Its indexes on the hot tables are
+-- built concurrently, in the migrations after this one.)
 
 -- A staff member's browser session. The cookie holds a random token; only
 -- its SHA-256 is stored. A session ends on logout, after `idle` without a
@@ -20,14 +21,6 @@ create table staff_sessions (
 create index staff_sessions_user on staff_sessions (user_id);
 create index staff_sessions_created on staff_sessions (created_at);
 
--- The overview's rates, latencies and chart read the transfers decided in
--- the last minutes. A BRIN index on the decision time costs the batch
--- writer almost nothing (one summary per 128 pages, rows arrive in time
--- order) and turns "the last 15 minutes" into a scan of the last pages.
-create index transfers_decided_brin on transfers using brin (decided_at);
-
--- Payouts waiting for the provider's outcome: few at any time.
-create index transfers_payouts_in_flight on transfers (requested_at) where kind = 'payout' and status = 'held';
 
 -- What the processors' partition monitors saw last, for the dashboard
 -- (which reads only Postgres): each partition's lag and whether it is
@@ -53,9 +46,3 @@ create table processor_instances (
     commands_total bigint not null,
     observed_at timestamptz not null default now()
 );
-
--- A transfer's detail page finds the outbox rows its batch wrote (same
--- transaction, so the same `created_at` as the transfer's `decided_at`) and
--- the webhook rows fanned out after: a time-range read. A few rows per
--- batch, so the index costs the batch writer next to nothing.
-create index outbox_created on outbox (created_at);

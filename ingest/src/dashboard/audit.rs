@@ -127,11 +127,25 @@ pub(crate) async fn page(
                 }
             }
             @if let Some(last) = rows.last().filter(|_| i64::try_from(rows.len()).unwrap_or(0) == PAGE_SIZE) {
-                p { a.next href={ "/admin/audit?before=" (last.id) } { "Older events →" } }
+                p { a.next href=(older(&filter, last.id)) { "Older events →" } }
             }
         }
     };
     page::shell(&staff, "/admin/audit", "Audit log", &body)
+}
+
+/// The next page's address: the same filters, events before `id`.
+fn older(filter: &Filter, id: i64) -> String {
+    let mut url = String::from("/admin/audit?");
+    for (name, value) in
+        [("actor", &filter.actor), ("action", &filter.action), ("from", &filter.from), ("to", &filter.to)]
+    {
+        if let Some(value) = page::given(value.as_ref()) {
+            url.push_str(&format!("{name}={}&", page::query_value(value)));
+        }
+    }
+    url.push_str(&format!("before={id}"));
+    url
 }
 
 /// `text` for a LIKE pattern, matching itself only.

@@ -90,9 +90,12 @@ pub(crate) async fn page(
         @if dead.is_empty() {
             p.empty #no-dead-rows { "No dead rows." }
         } @else {
+            // The rows listed, not every dead row: one may have died since
+            // the page was drawn, and a payment row is an order sent again.
             form method="post" action="/admin/operations/retry" {
                 input type="hidden" name="csrf" value=(staff.csrf);
-                button type="submit" { "Retry all dead rows" }
+                input type="hidden" name="ids" value=(dead.iter().map(|row| row.id.to_string()).collect::<Vec<_>>().join(","));
+                button type="submit" { "Retry the " (dead.len()) " row(s) listed" }
             }
             table #dead-rows {
                 thead { tr { th.num { "Row" } th { "Destination" } th { "Type" } th.num { "Attempts" } th { "Last error" } } }
@@ -128,10 +131,14 @@ pub(crate) async fn replay(
     if !Permission::Operate.granted_to(&staff.user.role) {
         return refuse_forged(&state, &staff, Permission::Operate, peer, &request_id.0, "replay").await;
     }
-    let Some(offset) = form.and_then(|form| form.offset).filter(|offset| *offset >= 0) else {
+    let Some((offset, next)) = form
+        .and_then(|form| form.offset)
+        .filter(|offset| *offset >= 0)
+        .and_then(|offset| Some((offset, offset.checked_add(1)?)))
+    else {
         return page::error_page(Some(&staff), ApiError::bad_request("invalid_request", "which dead letter?"));
     };
-    match operations::replay(&state, staff.user.id, peer, &request_id.0, 0, offset, offset + 1).await {
+    match operations::replay(&state, staff.user.id, peer, &request_id.0, 0, offset, next).await {
         Ok(replayed) => done(&staff, &format!("Replayed dead letter(s) {replayed:?}; the processor decides again.")),
         Err(error) => page::error_page(Some(&staff), error),
     }
@@ -140,6 +147,8 @@ pub(crate) async fn replay(
 #[derive(Debug, Deserialize)]
 pub(crate) struct Retry {
     csrf: Option<String>,
+    /// The dead rows listed, comma-separated.
+    ids: Option<String>,
 }
 
 /// Puts every dead outbox row back.
@@ -150,14 +159,23 @@ pub(crate) async fn retry(
     Extension(request_id): Extension<RequestId>,
     form: Result<Form<Retry>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let csrf = form.ok().and_then(|Form(form)| form.csrf);
-    if let Err(error) = staff.check_csrf(csrf.as_deref()) {
+    let form = form.ok().map(|Form(form)| form);
+    if let Err(error) = staff.check_csrf(form.as_ref().and_then(|form| form.csrf.as_deref())) {
         return page::error_page(Some(&staff), error);
     }
     if !Permission::Operate.granted_to(&staff.user.role) {
         return refuse_forged(&state, &staff, Permission::Operate, peer, &request_id.0, "outbox retry").await;
     }
-    let which = platform::outbox::Retry::AllDead;
+    let ids: Option<Vec<i64>> = form
+        .and_then(|form| form.ids)
+        .map(|ids| ids.split(',').map(|id| id.trim().parse::<i64>()).collect::<Result<_, _>>().ok())
+        .unwrap_or_default();
+    let Some(ids) =
+        ids.filter(|ids| !ids.is_empty() && i64::try_from(ids.len()).is_ok_and(|count| count <= LISTED_MAX))
+    else {
+        return page::error_page(Some(&staff), ApiError::bad_request("invalid_request", "which dead rows?"));
+    };
+    let which = platform::outbox::Retry::Ids(ids);
     match operations::retry_outbox(&state, staff.user.id, peer, &request_id.0, &which).await {
         Ok(retried) => done(&staff, &format!("{retried} dead row(s) put back; the relay delivers them again.")),
         Err(error) => page::error_page(Some(&staff), error),

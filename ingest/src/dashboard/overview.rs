@@ -23,7 +23,7 @@ use maud::{Markup, html};
 use serde::Serialize;
 
 use super::page;
-use super::session::Staff;
+use super::session::{Staff, Watching};
 use crate::AppState;
 use crate::domain::permissions::Permission;
 use crate::error::ApiError;
@@ -47,8 +47,6 @@ const STREAM_DURATION_MAX_S: u64 = 300;
 const RATE_WINDOW_S: i64 = 10;
 /// Processor instances that stored nothing for this long are not listed.
 const INSTANCE_STALE_S: i64 = 30;
-/// At most this many payout conflicts are counted (each needs a person).
-const CONFLICTS_COUNTED_MAX: i64 = 1_000;
 
 /// What the overview shows at one instant.
 #[derive(Debug, Clone, Serialize)]
@@ -65,7 +63,7 @@ pub(crate) struct Snapshot {
     partitions: Vec<PartitionView>,
     outbox: Vec<OutboxView>,
     payouts_in_flight: i64,
-    payout_conflicts: usize,
+    payout_conflicts: i64,
     /// The last 15 minutes in 10-second buckets.
     series: Arc<Vec<Bucket>>,
 }
@@ -210,7 +208,15 @@ async fn read(state: &AppState, series: Arc<Vec<Bucket>>) -> Result<Snapshot, Ap
         sqlx::query_scalar!(r#"select count(*) as "count!" from transfers where kind = 'payout' and status = 'held'"#)
             .fetch_one(pool)
             .await?;
-    let payout_conflicts = platform::payouts::conflicts(pool, CONFLICTS_COUNTED_MAX).await?.len();
+    // From the refusals (a partial index), each checked for a settlement.
+    let payout_conflicts = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from payout_outcomes rejected
+           where rejected.result = 'rejected'
+             and exists (select 1 from payout_outcomes settled
+                         where settled.payment_id = rejected.payment_id and settled.result = 'settled')"#
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Snapshot {
         at: Utc::now(),
         applied_per_s_tenths: recent.applied * 10 / RATE_WINDOW_S,
@@ -334,13 +340,19 @@ fn body(snapshot: &Snapshot) -> Markup {
     }
 }
 
-/// The live stream: a snapshot every second, for [`STREAM_DURATION_MAX_S`];
-/// then it ends and the browser reconnects (and is checked again).
-pub(crate) async fn stream(State(state): State<AppState>, staff: Staff) -> Response {
+/// The live stream: a snapshot every second, for [`STREAM_DURATION_MAX_S`]
+/// or until the session would go idle, whichever comes first; then it ends
+/// and the browser reconnects (and the session is checked again, without
+/// counting as use).
+pub(crate) async fn stream(State(state): State<AppState>, watching: Watching) -> Response {
+    let staff = watching.staff;
     if !Permission::ReadLedger.granted_to(&staff.user.role) {
         return page::error_page(Some(&staff), page::forbidden(Permission::ReadLedger));
     }
-    let ends = Instant::now() + Duration::from_secs(STREAM_DURATION_MAX_S);
+    // Watching is not use: the stream ends when the session would go idle,
+    // so an unattended tab signs itself out.
+    let until_idle = (watching.idle_deadline - Utc::now()).to_std().unwrap_or_default();
+    let ends = Instant::now() + Duration::from_secs(STREAM_DURATION_MAX_S).min(until_idle);
     let ticks = tokio::time::interval(Duration::from_millis(STREAM_INTERVAL_MS));
     let events = futures::stream::unfold((state, ticks), move |(state, mut ticks)| async move {
         ticks.tick().await;

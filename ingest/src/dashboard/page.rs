@@ -197,3 +197,17 @@ pub(crate) fn utc_time(text: Option<&String>, what: &str) -> Result<Option<DateT
         })
         .transpose()
 }
+
+/// Percent-encodes a query value (unreserved characters stay).
+pub(crate) fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}

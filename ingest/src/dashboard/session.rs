@@ -115,13 +115,78 @@ fn set_cookie(name: &str, value: &str, max_age_s: u64, secure: bool) -> HeaderVa
 impl FromRequestParts<AppState> for Staff {
     type Rejection = Response;
 
+    /// A request of the staff member: it counts as use, so the idle timeout
+    /// starts again.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Watching::from_parts(parts, state, true).await?.staff)
+    }
+}
+
+/// A signed-in staff member whose request does not count as use: the
+/// overview's live stream, which the browser reconnects on its own (were
+/// it use, an unattended open tab would never reach the idle timeout).
+#[derive(Debug, Clone)]
+pub(crate) struct Watching {
+    pub staff: Staff,
+    /// When the session ends unless the staff member does something.
+    pub idle_deadline: chrono::DateTime<chrono::Utc>,
+}
+
+impl FromRequestParts<AppState> for Watching {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Self::from_parts(parts, state, false).await
+    }
+}
+
+impl Watching {
+    async fn from_parts(parts: &Parts, state: &AppState, used: bool) -> Result<Self, Response> {
         let to_login = || Redirect::to("/admin/login").into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
         let config = state.dashboard;
-        // One statement: the session is live, its user is active, still on
-        // the session's epoch and still staff; and it was used just now.
-        let row = sqlx::query!(
+        let session = live_session(state, &token_hash(token), used)
+            .await
+            .map_err(|error| page::error_page(None, error.into()))?;
+        let Some(session) = session else { return Err(to_login()) };
+        state.limits.clients.admit(&session.user_id).map_err(|error| page::error_page(None, error))?;
+        let idle_s = i64::try_from(config.idle_timeout_s).unwrap_or(i64::MAX);
+        Ok(Self {
+            idle_deadline: session.last_seen_at + chrono::Duration::seconds(idle_s),
+            staff: Staff {
+                user: User { id: session.user_id, role: session.role },
+                email: session.email,
+                session_id: session.id,
+                csrf: session.csrf_token,
+                cookie_secure: config.cookie_secure,
+            },
+        })
+    }
+}
+
+/// A session as the extractors read it.
+#[derive(Debug)]
+struct LiveSession {
+    id: Uuid,
+    csrf_token: String,
+    user_id: Uuid,
+    role: String,
+    email: String,
+    last_seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The session with `hash` if it is live: not ended, used within the idle
+/// timeout, younger than the absolute one, its user active, on the
+/// session's epoch and still staff. One statement; with `used`, it also
+/// marks the session used now.
+async fn live_session(state: &AppState, hash: &[u8], used: bool) -> Result<Option<LiveSession>, sqlx::Error> {
+    let config = state.dashboard;
+    let idle_s = i64::try_from(config.idle_timeout_s).unwrap_or(i64::MAX);
+    let absolute_s = i64::try_from(config.absolute_timeout_s).unwrap_or(i64::MAX);
+    let roles = STAFF_ROLES.map(str::to_owned);
+    if used {
+        sqlx::query_as!(
+            LiveSession,
             r#"update staff_sessions session set last_seen_at = now()
                from users
                where session.token_hash = $1 and users.id = session.user_id and session.ended_at is null
@@ -129,24 +194,33 @@ impl FromRequestParts<AppState> for Staff {
                  and session.created_at > now() - make_interval(secs => $3::bigint::double precision)
                  and users.disabled_at is null and users.session_epoch = session.session_epoch
                  and users.role = any($4)
-               returning session.id, session.csrf_token, users.id as user_id, users.role, users.email"#,
-            token_hash(token),
-            i64::try_from(config.idle_timeout_s).unwrap_or(i64::MAX),
-            i64::try_from(config.absolute_timeout_s).unwrap_or(i64::MAX),
-            &STAFF_ROLES.map(str::to_owned),
+               returning session.id, session.csrf_token, users.id as user_id, users.role, users.email,
+                         session.last_seen_at"#,
+            hash,
+            idle_s,
+            absolute_s,
+            &roles[..],
         )
         .fetch_optional(&state.pool)
         .await
-        .map_err(|error| page::error_page(None, error.into()))?;
-        let Some(row) = row else { return Err(to_login()) };
-        state.limits.clients.admit(&row.user_id).map_err(|error| page::error_page(None, error))?;
-        Ok(Self {
-            user: User { id: row.user_id, role: row.role },
-            email: row.email,
-            session_id: row.id,
-            csrf: row.csrf_token,
-            cookie_secure: config.cookie_secure,
-        })
+    } else {
+        sqlx::query_as!(
+            LiveSession,
+            r#"select session.id, session.csrf_token, users.id as user_id, users.role, users.email,
+                      session.last_seen_at
+               from staff_sessions session join users on users.id = session.user_id
+               where session.token_hash = $1 and session.ended_at is null
+                 and session.last_seen_at > now() - make_interval(secs => $2::bigint::double precision)
+                 and session.created_at > now() - make_interval(secs => $3::bigint::double precision)
+                 and users.disabled_at is null and users.session_epoch = session.session_epoch
+                 and users.role = any($4)"#,
+            hash,
+            idle_s,
+            absolute_s,
+            &roles[..],
+        )
+        .fetch_optional(&state.pool)
+        .await
     }
 }
 
@@ -207,15 +281,18 @@ pub(crate) async fn login(
     let Ok(Form(credentials)) = form else {
         return retry(StatusCode::BAD_REQUEST, "Enter your email and password.");
     };
+    // The address's limit first: nothing below, not even a log line, is
+    // free for a client that floods the form.
+    if let Err(error) = state.limits.token_ips.admit(&peer.ip()) {
+        return page::error_page(None, error);
+    }
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if expected.is_empty()
         || !credentials.csrf.as_deref().is_some_and(|csrf| same(csrf.as_bytes(), expected.as_bytes()))
     {
-        audit::record(&state, refused("dashboard.csrf_refused", None, peer, &request_id.0)).await;
+        // Logged, not audited: no one is signed in, and anyone can send it.
+        tracing::info!(%peer, "a staff sign-in without its form's token");
         return retry(StatusCode::FORBIDDEN, "This form expired. Sign in again.");
-    }
-    if let Err(error) = state.limits.token_ips.admit(&peer.ip()) {
-        return page::error_page(None, error);
     }
     let email = credentials.email.trim().to_lowercase();
     if email.is_empty()
@@ -252,9 +329,13 @@ async fn sign_in(
     peer: SocketAddr,
     request_id: &str,
 ) -> Result<Option<String>, ApiError> {
-    let Some(user) = crate::domain::users::check_password_of(state, email, password).await?.verified else {
+    let check = crate::domain::users::check_password_of(state, email, password).await?;
+    let Some(user) = check.verified else {
         tracing::info!(%peer, "failed staff sign-in");
-        audit::record(state, refused("dashboard.login_failed", None, peer, request_id)).await;
+        // As the API's `login.failed`: whose account was tried, if anyone's.
+        let mut event = refused("dashboard.login_failed", check.known_user, peer, request_id);
+        event.detail = serde_json::json!({ "known_user": check.known_user.is_some() });
+        audit::record(state, event).await;
         return Ok(None);
     };
     if !STAFF_ROLES.contains(&user.role.as_str()) {

@@ -250,25 +250,11 @@ fn next_page(search: &Search, last: &Row) -> String {
     ];
     for (name, value) in pairs {
         if let Some(value) = page::given(value) {
-            url.push_str(&format!("{name}={}&", encode(value)));
+            url.push_str(&format!("{name}={}&", page::query_value(value)));
         }
     }
-    url.push_str(&format!("before={}", encode(&format!("{}_{}", last.decided_at.to_rfc3339(), last.id))));
+    url.push_str(&format!("before={}", page::query_value(&format!("{}_{}", last.decided_at.to_rfc3339(), last.id))));
     url
-}
-
-/// Percent-encodes a query value (unreserved characters stay).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| {
-            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-                char::from(byte).to_string()
-            } else {
-                format!("%{byte:02X}")
-            }
-        })
-        .collect()
 }
 
 #[derive(Debug)]

@@ -377,6 +377,42 @@ async fn a_session_ends_idle_old_signed_out_frozen_or_demoted() {
     assert_eq!(answer.status(), 303);
     assert_eq!(open(signed_out).await, 303, "signed out");
 
+    // Watching the overview's stream is not use: it does not hold the
+    // session open; a page is.
+    let watched = http_sign_in(&app, &client, &email).await;
+    let hash = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(watched.as_bytes()).to_vec()
+    };
+    let idle_for = |hash: Vec<u8>| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, f64>(
+                "select extract(epoch from now() - last_seen_at)::float8 from staff_sessions where token_hash = $1",
+            )
+            .bind(hash)
+            .fetch_one(&pool)
+            .await
+            .expect("session")
+        }
+    };
+    sqlx::query("update staff_sessions set last_seen_at = now() - interval '5 minutes' where token_hash = $1")
+        .bind(&hash)
+        .execute(&app.pool)
+        .await
+        .expect("age");
+    let stream = client
+        .get(app.url("/admin/overview/stream"))
+        .header("cookie", format!("ll_staff={watched}"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    drop(stream);
+    assert!(idle_for(hash.clone()).await > 290.0, "the stream counted as use");
+    assert_eq!(open(watched).await, 200);
+    assert!(idle_for(hash).await < 60.0, "a page counts as use");
+
     let demoted = http_sign_in(&app, &client, &email).await;
     sqlx::query("update users set role = 'customer' where email = $1")
         .bind(&email)
