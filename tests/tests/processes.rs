@@ -160,6 +160,25 @@ impl Service {
         }
     }
 
+    /// SIGTERM, as an orchestrator stops a container, then waits at most
+    /// `deadline` for the process to exit: its exit status.
+    fn terminate(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("running kill");
+        assert!(sent.success(), "kill -TERM {}", child.id());
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("polling a child") {
+                return status;
+            }
+            if started.elapsed() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit within {deadline:?} of SIGTERM:\n{}", self.name, tail(&self.log));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panics with the log's end when the process has exited on its own.
     fn assert_running(&mut self) {
         let exited = self.child.as_mut().map(|child| child.try_wait().expect("polling a child"));
@@ -942,6 +961,104 @@ async fn a_stopped_partition_makes_the_processor_not_ready_and_shows_in_its_metr
     .await;
 
     drop((processor, relay));
+    if std::env::var_os("LEDGERLINE_TEST_KEEP_LOGS").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+}
+
+/// How many commands the SIGTERM test sends, and how long the processor has
+/// to exit once told to.
+const TERMINATE_COMMANDS: usize = 3_000;
+const TERMINATE_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn decided(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from transfers").fetch_one(pool).await.expect("counting decisions")
+}
+
+/// A processor stopped with SIGTERM in the middle of a stream of commands
+/// finishes the batch in flight and exits cleanly (status 0); the next
+/// instance continues from the offsets it stored: every command decided
+/// once, none lost, none twice, and the stored offsets cover exactly what
+/// was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_stopped_with_sigterm_under_load_finishes_its_batch_and_the_next_continues() {
+    let logs = std::env::temp_dir().join(format!("ledgerline-processes-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    eprintln!("service logs in {}", logs.display());
+    let database = TestDatabase::create().await.expect("test database");
+    let pool = database.pool.clone();
+    let broker = start_broker(&logs).await;
+    let group = format!("{}-processor", broker.namespace);
+    let env = [
+        ("DATABASE_URL", database_url(&pool)),
+        ("KAFKA_BROKERS", broker.kafka.brokers.clone()),
+        ("LEDGERLINE_TOPIC_NAMESPACE", broker.namespace.clone()),
+        ("LEDGERLINE_PROCESSOR_GROUP", group.clone()),
+        ("LEDGERLINE_KAFKA_SESSION_TIMEOUT_MS", SESSION_TIMEOUT_MS.to_string()),
+    ];
+    let mut processor = Service::new("processor", binary("processor"), &[], &env, &logs);
+    processor.start();
+
+    // Commands keep coming while the processor is told to stop: each a
+    // transfer between accounts that do not exist (decided as a rejection,
+    // a row in `transfers` all the same), keyed at random over the
+    // partitions.
+    let kafka = broker.kafka.clone();
+    let sender = tokio::spawn(async move {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = kafka.producer().create().expect("producer");
+        for _ in 0..TERMINATE_COMMANDS {
+            let command = schemas::Command::TransferRequested(schemas::messages::TransferRequested {
+                version: schemas::messages::V1,
+                transfer_id: TransferId::from_uuid(Uuid::new_v4()),
+                source_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
+                destination_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
+                money: schemas::Money::parse(AMOUNT, schemas::Currency::EUR).expect("money"),
+                requested_at: chrono::Utc::now(),
+            });
+            let payload = serde_json::to_vec(&command).expect("command JSON");
+            let key = command.partition_key();
+            let record = FutureRecord::to(&kafka.topics.commands).key(&key).payload(&payload);
+            producer.send(record, Duration::from_secs(10)).await.expect("publishing a command");
+        }
+    });
+    let deadline = Instant::now() + STEP_MAX;
+    while decided(&pool).await < 200 {
+        processor.assert_running();
+        assert!(Instant::now() < deadline, "the processor decided too little before the stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = processor.terminate(TERMINATE_DEADLINE);
+    assert!(status.success(), "the processor's exit after SIGTERM: {status}\n{}", tail(&processor.log));
+    let at_stop = decided(&pool).await;
+    let log = std::fs::read_to_string(&processor.log).unwrap_or_default();
+    assert!(log.contains("processor stopping"), "no graceful stop in the log:\n{}", tail(&processor.log));
+
+    // The next instance picks up where the stored offsets say.
+    processor.start();
+    sender.await.expect("the sender");
+    let sent = i64::try_from(TERMINATE_COMMANDS).expect("small");
+    let deadline = Instant::now() + STEP_MAX;
+    loop {
+        processor.assert_running();
+        let now = decided(&pool).await;
+        if now >= sent {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {now} of {sent} commands decided after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    processor.kill();
+    assert!(at_stop < sent, "the stop came after the load ({at_stop} of {sent} decided): not under load");
+    assert_eq!(decided(&pool).await, sent, "every command decided exactly once");
+    let stored: i64 = sqlx::query_scalar(
+        "select coalesce(sum(next_offset), 0)::int8 from consumer_offsets where consumer_group = $1",
+    )
+    .bind(&group)
+    .fetch_one(&pool)
+    .await
+    .expect("stored offsets");
+    assert_eq!(stored, sent, "the stored offsets cover exactly what was sent");
     if std::env::var_os("LEDGERLINE_TEST_KEEP_LOGS").is_none() {
         let _ = std::fs::remove_dir_all(&logs);
     }
