@@ -1063,3 +1063,145 @@ async fn a_processor_stopped_with_sigterm_under_load_finishes_its_batch_and_the_
         let _ = std::fs::remove_dir_all(&logs);
     }
 }
+
+/// The environment docker-compose.yml gives each Ledgerline service: its
+/// own `environment:` entries over the shared `&environment` anchor's,
+/// `${NAME:-default}` / `${NAME:?message}` left for the caller to fill. A
+/// reader of exactly the shapes the file uses (a test checks it finds
+/// every service), not of YAML at large.
+fn compose_environments() -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml"))
+        .expect("docker-compose.yml");
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let (mut anchor, mut services) = (BTreeMap::new(), BTreeMap::new());
+    let (mut section, mut service, mut in_environment) = (String::new(), String::new(), false);
+    for line in text.lines() {
+        let code = line.split(" #").next().unwrap_or_default().trim_end();
+        if code.trim().is_empty() || code.trim_start().starts_with('#') {
+            continue;
+        }
+        match indent(code) {
+            0 => {
+                (section, service, in_environment) =
+                    (code.split(':').next().unwrap_or_default().to_owned(), String::new(), false);
+            }
+            2 => (service, in_environment) = (code.trim().split(':').next().unwrap_or_default().to_owned(), false),
+            4 if section == "x-ledgerline" => {
+                in_environment = false;
+                if let Some((key, value)) = code.trim().split_once(": ").filter(|_| service == "environment") {
+                    anchor.insert(key.to_owned(), value.trim_matches('"').to_owned());
+                }
+            }
+            4 => {
+                in_environment = code.trim().starts_with("environment:");
+                // The service is of Ledgerline's image: the anchor's
+                // environment unless its own says otherwise.
+                if code.trim() == "<<: *ledgerline" {
+                    let entries: &mut BTreeMap<String, String> = services.entry(service.clone()).or_default();
+                    for (key, value) in &anchor {
+                        entries.entry(key.clone()).or_insert_with(|| value.clone());
+                    }
+                }
+            }
+            6 if in_environment && section == "services" => {
+                let entries: &mut BTreeMap<String, String> = services.entry(service.clone()).or_default();
+                if code.trim() == "<<: *environment" {
+                    for (key, value) in &anchor {
+                        entries.entry(key.clone()).or_insert_with(|| value.clone());
+                    }
+                } else if let Some((key, value)) = code.trim().split_once(": ") {
+                    entries.insert(key.to_owned(), value.trim_matches('"').to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    services
+}
+
+/// Fills `${NAME:-default}` and `${NAME:?message}` from `values` (a default
+/// otherwise).
+fn interpolate(value: &str, values: &HashMap<&str, String>) -> String {
+    let Some(start) = value.find("${") else { return value.to_owned() };
+    let end = start + value[start..].find('}').expect("a closing brace");
+    let inner = &value[start + 2..end];
+    let name = inner.split([':', '-', '?']).next().unwrap_or_default();
+    let default = inner.split_once(":-").map(|(_, default)| default.to_owned()).unwrap_or_default();
+    let filled = values.get(name).cloned().unwrap_or(default);
+    format!("{}{filled}{}", &value[..start], interpolate(&value[end + 1..], values))
+}
+
+/// Each service binary, started with exactly the environment
+/// docker-compose.yml gives it — hosts replaced by this machine's
+/// (`postgres` by the test database on the local server, `kafka` by a
+/// mock cluster, `0.0.0.0` listeners by free local ports) and the `.env`
+/// secrets by test values — becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_becomes_ready_with_the_environment_the_compose_file_gives_it() {
+    let logs = std::env::temp_dir().join(format!("ledgerline-processes-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&logs).expect("log directory");
+    let database = TestDatabase::create().await.expect("test database");
+    let broker = start_broker(&logs).await;
+    let environments = compose_environments();
+    let secrets: HashMap<&str, String> =
+        [("POSTGRES_PASSWORD", "unused".to_owned()), ("LEDGERLINE_JWT_SECRET", JWT_SECRET.to_owned())].into();
+    let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().expect("HTTP client");
+    for (service, binary_name) in [("ingest", "ingest"), ("processor", "processor"), ("outbox-relay", "outbox-relay")] {
+        let environment = environments.get(service).unwrap_or_else(|| panic!("{service} in docker-compose.yml"));
+        let mut probe = String::new();
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (key, value) in environment {
+            let value = interpolate(value, &secrets);
+            let value = match key.as_str() {
+                // The compose file's URL names the `postgres` host and the
+                // `ledgerline` role; here the test database on this server.
+                "DATABASE_URL" => {
+                    assert!(value.contains("@postgres:5432/"), "{value}");
+                    database_url(&database.pool)
+                }
+                "KAFKA_BROKERS" => {
+                    assert_eq!(value, "kafka:9092");
+                    broker.kafka.brokers.clone()
+                }
+                "LEDGERLINE_HTTP_ADDR" | "LEDGERLINE_METRICS_ADDR" if value.starts_with("0.0.0.0:") => {
+                    let address = format!("127.0.0.1:{}", free_port());
+                    if key == "LEDGERLINE_METRICS_ADDR" && probe.is_empty() || key == "LEDGERLINE_HTTP_ADDR" {
+                        probe = format!("http://{address}/health/ready");
+                    }
+                    address
+                }
+                _ => value,
+            };
+            env.push((key.clone(), value));
+        }
+        // The topics of this test's broker (the compose file's are unnamespaced).
+        env.push(("LEDGERLINE_TOPIC_NAMESPACE".to_owned(), broker.namespace.clone()));
+        let borrowed: Vec<(&str, String)> = env.iter().map(|(key, value)| (key.as_str(), value.clone())).collect();
+        let mut process = Service::new(binary_name_static(binary_name), binary(binary_name), &[], &borrowed, &logs);
+        process.start();
+        assert!(!probe.is_empty(), "{service}: no listener to probe in {env:?}");
+        wait_probe(&http, &probe, (204, ""), &mut process, &format!("{service} ready")).await;
+        process.kill();
+    }
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+fn binary_name_static(name: &str) -> &'static str {
+    match name {
+        "ingest" => "ingest",
+        "processor" => "processor",
+        _ => "outbox-relay",
+    }
+}
+
+#[test]
+fn the_compose_reader_finds_every_service_and_its_shared_environment() {
+    let environments = compose_environments();
+    for service in ["init", "ingest", "processor", "outbox-relay"] {
+        let environment = environments.get(service).unwrap_or_else(|| panic!("{service}: {environments:?}"));
+        assert!(environment.contains_key("DATABASE_URL") && environment.contains_key("KAFKA_BROKERS"), "{service}");
+    }
+    assert_eq!(environments["ingest"]["LEDGERLINE_HTTP_ADDR"], "0.0.0.0:8080");
+    assert_eq!(environments["init"]["LEDGERLINE_METRICS_ADDR"], "", "the service's own entry wins");
+    assert_eq!(interpolate("a${X:?set it}b${Y:-d}", &[("X", "1".to_owned())].into()), "a1bd");
+}
