@@ -81,6 +81,20 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         brokers: i32,
     },
+    /// Run only the fake payment provider (OAuth2 client credentials and
+    /// payouts that settle), for demos and load runs against a stack of
+    /// separate services (docker-compose's `demo` profile). Never for real
+    /// money: it pays nobody.
+    FakeProvider {
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        addr: std::net::SocketAddr,
+        /// The OAuth2 client the relay presents.
+        #[arg(long, env = "LEDGERLINE_PROVIDER_CLIENT_ID", default_value = "ledgerline-demo")]
+        client_id: String,
+        #[arg(long, env = "LEDGERLINE_PROVIDER_CLIENT_SECRET")]
+        client_secret: String,
+    },
     /// Inspect the outbox (DATABASE_URL): backlog, failures, dead rows; put
     /// dead rows back for delivery.
     Outbox {
@@ -281,6 +295,12 @@ async fn main() -> anyhow::Result<()> {
             let topics = KafkaConfig::topics_from_env()?;
             let mock = platform::kafka::MockKafka::start(brokers, &topics, 4)?;
             println!("KAFKA_BROKERS={}", mock.bootstrap_servers());
+            platform::shutdown::signal().await;
+        }
+        Command::FakeProvider { addr, client_id, client_secret } => {
+            let provider = outbox_relay::fake_provider::FakeProvider::start(addr, &client_id, &client_secret).await?;
+            println!("LEDGERLINE_PROVIDER_BASE_URL={}", provider.base_url());
+            println!("LEDGERLINE_PROVIDER_TOKEN_URL={}", provider.token_url());
             platform::shutdown::signal().await;
         }
         Command::Outbox { command } => {

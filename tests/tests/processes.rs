@@ -1094,6 +1094,12 @@ fn compose_environments() -> BTreeMap<String, BTreeMap<String, String>> {
             }
             4 => {
                 in_environment = code.trim().starts_with("environment:");
+                // A service's own `environment:` replaces the merged one
+                // (YAML's merge key is shallow): only `<<: *environment`
+                // inside it brings the shared entries back.
+                if in_environment {
+                    services.insert(service.clone(), BTreeMap::new());
+                }
                 // The service is of Ledgerline's image: the anchor's
                 // environment unless its own says otherwise.
                 if code.trim() == "<<: *ledgerline" {
@@ -1203,5 +1209,6 @@ fn the_compose_reader_finds_every_service_and_its_shared_environment() {
     }
     assert_eq!(environments["ingest"]["LEDGERLINE_HTTP_ADDR"], "0.0.0.0:8080");
     assert_eq!(environments["init"]["LEDGERLINE_METRICS_ADDR"], "", "the service's own entry wins");
+    assert!(!environments["fake-provider"].contains_key("DATABASE_URL"), "an own environment replaces the shared one");
     assert_eq!(interpolate("a${X:?set it}b${Y:-d}", &[("X", "1".to_owned())].into()), "a1bd");
 }
