@@ -47,6 +47,13 @@ pub(crate) struct DevArgs {
     /// Their password (at least 12 characters).
     #[arg(long, env = "LEDGERLINE_DEV_STAFF_PASSWORD", default_value = DEV_STAFF_PASSWORD_DEFAULT)]
     staff_password: String,
+    /// Where the processor serves `/metrics`, `/health/live` and
+    /// `/health/ready` (ingest's page is `LEDGERLINE_METRICS_ADDR`).
+    #[arg(long, env = "LEDGERLINE_DEV_PROCESSOR_METRICS_ADDR")]
+    processor_metrics_addr: Option<SocketAddr>,
+    /// Where the outbox relay serves them.
+    #[arg(long, env = "LEDGERLINE_DEV_RELAY_METRICS_ADDR")]
+    relay_metrics_addr: Option<SocketAddr>,
 }
 
 pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -142,17 +149,46 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let processor_config = processor::ProcessorConfig::from_env(kafka.clone())?;
     let group = processor_config.consumer_group.clone();
-    let mut processor = processor::Processor::start(processor_config, database.connect().await?)?;
+    let processor_pool = database.connect().await?;
+    let mut processor = processor::Processor::start(processor_config, processor_pool.clone())?;
     // The partition monitor stores lag and commit latency for the dashboard.
+    let health_interval = processor::health::interval_from_env()?;
     processor::health::spawn_monitor(
         &kafka,
         group,
-        database.connect().await?,
+        processor_pool.clone(),
         processor.metrics(),
-        processor::health::interval_from_env()?,
+        health_interval,
         shutdown.clone(),
     )?;
-    let relay = tokio::spawn(outbox_relay::run(relay_config, database.connect().await?, shutdown.clone()));
+    if let Some(address) = args.processor_metrics_addr {
+        let metrics = processor.metrics();
+        let render = {
+            let metrics = std::sync::Arc::clone(&metrics);
+            platform::metrics::render_with(move || metrics.render())
+        };
+        let ready: platform::metrics::Ready = std::sync::Arc::new(move || {
+            let (metrics, pool) = (std::sync::Arc::clone(&metrics), processor_pool.clone());
+            Box::pin(async move { processor::health::readiness(&metrics, &pool, health_interval).await })
+        });
+        platform::metrics::spawn_with_health(address, render, ready, shutdown.clone()).await?;
+    }
+    let relay_pool = database.connect().await?;
+    let relay_metrics = std::sync::Arc::new(outbox_relay::RelayMetrics::default());
+    if let Some(address) = args.relay_metrics_addr {
+        let readiness = outbox_relay::Readiness::new(relay_pool.clone(), &kafka)?;
+        let ready: platform::metrics::Ready = std::sync::Arc::new(move || {
+            let readiness = readiness.clone();
+            Box::pin(async move { readiness.problems().await })
+        });
+        let (metrics, pool) = (std::sync::Arc::clone(&relay_metrics), relay_pool.clone());
+        let render: platform::metrics::Render = std::sync::Arc::new(move || {
+            let (metrics, pool) = (std::sync::Arc::clone(&metrics), pool.clone());
+            Box::pin(async move { outbox_relay::render_metrics(&metrics, &pool).await })
+        });
+        platform::metrics::spawn_with_health(address, render, ready, shutdown.clone()).await?;
+    }
+    let relay = tokio::spawn(outbox_relay::run_with_metrics(relay_config, relay_pool, shutdown.clone(), relay_metrics));
     let server = tokio::spawn(application.run_until(shutdown.clone()));
     // The first consumer-group join takes a few seconds; a transfer sent
     // before it would wait in Kafka. Announce readiness only after it.

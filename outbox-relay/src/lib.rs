@@ -280,6 +280,53 @@ pub async fn render_metrics(metrics: &RelayMetrics, pool: &PgPool) -> String {
     platform::metrics::encode(&metrics.registry) + &platform::metrics::encode(&backlog)
 }
 
+/// How long the readiness probe waits for the broker's metadata.
+const BROKER_PROBE_TIMEOUT_MS: u64 = 2_000;
+
+/// What the relay's `/health/ready` looks at: Postgres (the outbox) and the
+/// broker (where events go). One Kafka client for every probe.
+#[derive(Clone)]
+pub struct Readiness {
+    pool: PgPool,
+    client: Arc<rdkafka::consumer::BaseConsumer>,
+    topic: String,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Readiness").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    /// # Errors
+    /// When the Kafka client cannot be created.
+    pub fn new(pool: PgPool, kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        // A plain client for metadata: it never subscribes or joins a group.
+        let client =
+            kafka.consumer("ledgerline-relay-readiness").create().context("creating the probe's Kafka client")?;
+        Ok(Self { pool, client: Arc::new(client), topic: kafka.topics.events.clone() })
+    }
+
+    /// Why the relay is not ready; nothing when it is: Postgres must answer,
+    /// and the broker must know the events topic.
+    pub async fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = platform::postgres::probe(&self.pool).await.into_iter().collect();
+        let (client, topic) = (Arc::clone(&self.client), self.topic.clone());
+        let broker = tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer as _;
+            client.fetch_metadata(Some(&topic), Duration::from_millis(BROKER_PROBE_TIMEOUT_MS)).map(|_| ())
+        })
+        .await;
+        match broker {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => problems.push(format!("the broker does not answer: {error}")),
+            Err(error) => problems.push(format!("the broker probe failed: {error}")),
+        }
+        problems
+    }
+}
+
 /// The pause between two full pruning batches.
 const PRUNE_PAUSE_MS: u64 = 200;
 

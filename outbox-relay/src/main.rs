@@ -18,10 +18,10 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(outbox_relay::RelayMetrics::default());
     if let Some(address) = platform::metrics::addr_from_env()? {
         let ready: platform::metrics::Ready = {
-            let pool = pool.clone();
+            let readiness = outbox_relay::Readiness::new(pool.clone(), &config.kafka)?;
             Arc::new(move || {
-                let pool = pool.clone();
-                Box::pin(async move { readiness(&pool).await })
+                let readiness = readiness.clone();
+                Box::pin(async move { readiness.problems().await })
             })
         };
         let (metrics, pool) = (Arc::clone(&metrics), pool.clone());
@@ -32,11 +32,4 @@ async fn main() -> anyhow::Result<()> {
         platform::metrics::spawn_with_health(address, render, ready, shutdown.clone()).await?;
     }
     outbox_relay::run_with_metrics(config, pool, shutdown, metrics).await
-}
-
-/// Ready when Postgres answers: the outbox is there, and every delivery
-/// failure to Kafka or a provider is already retried and counted in the
-/// metrics (`ledgerline_outbox_*`), which is where to alert on them.
-async fn readiness(pool: &sqlx::PgPool) -> Vec<String> {
-    platform::postgres::probe(pool).await.into_iter().collect()
 }
