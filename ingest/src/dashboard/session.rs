@@ -178,50 +178,40 @@ struct LiveSession {
 /// The session with `hash` if it is live: not ended, used within the idle
 /// timeout, younger than the absolute one, its user active, on the
 /// session's epoch and still staff. One statement; with `used`, it also
-/// marks the session used now.
+/// marks the session used now (the idle deadline returned is the one before
+/// this request, which only [`Watching`] reads, and it never marks use).
 async fn live_session(state: &AppState, hash: &[u8], used: bool) -> Result<Option<LiveSession>, sqlx::Error> {
     let config = state.dashboard;
     let idle_s = i64::try_from(config.idle_timeout_s).unwrap_or(i64::MAX);
     let absolute_s = i64::try_from(config.absolute_timeout_s).unwrap_or(i64::MAX);
     let roles = STAFF_ROLES.map(str::to_owned);
-    if used {
-        sqlx::query_as!(
-            LiveSession,
-            r#"update staff_sessions session set last_seen_at = now()
-               from users
-               where session.token_hash = $1 and users.id = session.user_id and session.ended_at is null
-                 and session.last_seen_at > now() - make_interval(secs => $2::bigint::double precision)
-                 and session.created_at > now() - make_interval(secs => $3::bigint::double precision)
-                 and users.disabled_at is null and users.session_epoch = session.session_epoch
-                 and users.role = any($4)
-               returning session.id, session.csrf_token, users.id as user_id, users.role, users.email,
-                         session.last_seen_at"#,
-            hash,
-            idle_s,
-            absolute_s,
-            &roles[..],
-        )
-        .fetch_optional(&state.pool)
-        .await
-    } else {
-        sqlx::query_as!(
-            LiveSession,
-            r#"select session.id, session.csrf_token, users.id as user_id, users.role, users.email,
+    // The live session (if any), and with `used` its use marked in the same
+    // statement; `last_seen_at` is the one before this request.
+    sqlx::query_as!(
+        LiveSession,
+        r#"with live as (
+               select session.id, session.csrf_token, users.id as user_id, users.role, users.email,
                       session.last_seen_at
                from staff_sessions session join users on users.id = session.user_id
                where session.token_hash = $1 and session.ended_at is null
                  and session.last_seen_at > now() - make_interval(secs => $2::bigint::double precision)
                  and session.created_at > now() - make_interval(secs => $3::bigint::double precision)
                  and users.disabled_at is null and users.session_epoch = session.session_epoch
-                 and users.role = any($4)"#,
-            hash,
-            idle_s,
-            absolute_s,
-            &roles[..],
-        )
-        .fetch_optional(&state.pool)
-        .await
-    }
+                 and users.role = any($4)
+           ), used as (
+               update staff_sessions set last_seen_at = now() where $5 and id in (select id from live)
+           )
+           select id as "id!", csrf_token as "csrf_token!", user_id as "user_id!", role as "role!",
+                  email as "email!", last_seen_at as "last_seen_at!"
+           from live"#,
+        hash,
+        idle_s,
+        absolute_s,
+        &roles[..],
+        used,
+    )
+    .fetch_optional(&state.pool)
+    .await
 }
 
 /// The sign-in page. It sets the form's CSRF cookie; its hidden field must
