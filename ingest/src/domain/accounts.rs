@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::messages::{AccountDeposited, AccountStatusCommand, V1};
 use schemas::{AccountId, Command, Currency, IdempotencyKey, Money, Operation, TransferId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -99,6 +99,26 @@ pub(crate) async fn find_account(
     .fetch_optional(&state.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("account_not_found", "no such account"))
+}
+
+// A deposit's body, as API clients and staff send it (a plain comment: a
+// doc comment would become the schema's description in openapi.json).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DepositRequest {
+    /// A positive decimal string, at most the currency's minor units.
+    #[schema(example = "100.00")]
+    amount: String,
+    #[schema(value_type = String, example = "EUR")]
+    currency: Currency,
+}
+
+impl DepositRequest {
+    /// # Errors
+    /// 422 when the amount is not a positive amount of the currency.
+    pub(crate) fn money(&self) -> Result<Money, ApiError> {
+        crate::domain::transfers::parse_money(&self.amount, self.currency)
+    }
 }
 
 /// An `account.deposited` command, and the canonical form of its request.

@@ -13,10 +13,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::domain::acceptance;
 use crate::domain::acceptance::{Accepted, Requester};
-use crate::domain::accounts::{AccountView, deposit_command, find_account, format_amount, parse_currency};
+use crate::domain::accounts::{
+    AccountView, DepositRequest, deposit_command, find_account, format_amount, parse_currency,
+};
 use crate::domain::clients::Scope;
-use crate::domain::{acceptance, transfers};
 use crate::error::ApiError;
 use crate::extract::principal::Principal;
 use crate::middleware::context::RequestId;
@@ -203,16 +205,6 @@ async fn list_entries(
     }))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct DepositRequest {
-    /// A positive decimal string, at most the currency's minor units.
-    #[schema(example = "100.00")]
-    amount: String,
-    #[schema(value_type = String, example = "EUR")]
-    currency: Currency,
-}
-
 /// Funds any account from the system cash-in account of its currency.
 ///
 /// Needs the `deposits:write` scope. Applied by the processor: follow the
@@ -246,7 +238,7 @@ async fn deposit(
     let Path(account_id) = path?;
     let key = crate::extract::headers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
-    let money = transfers::parse_money(&request.amount, request.currency)?;
+    let money = request.money()?;
     let transfer_id = TransferId::derive(Operation::Deposit, principal.client_id, &key);
     let (command, canonical) = deposit_command(transfer_id, account_id, money);
     let accepted: Accepted = acceptance::accept(

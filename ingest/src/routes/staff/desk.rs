@@ -15,16 +15,14 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, Extension, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use schemas::{Currency, Operation, TransferId};
-use serde::Deserialize;
-use utoipa::ToSchema;
+use schemas::{Operation, TransferId};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::acceptance::Requester;
-use crate::domain::accounts::{AccountView, StatusChange, find_account};
+use crate::domain::accounts::{AccountView, DepositRequest, StatusChange, find_account};
 use crate::domain::permissions::Permission;
 use crate::domain::transfers::TransferView;
 use crate::domain::{acceptance, accounts, audit, transfers};
@@ -191,16 +189,6 @@ async fn change_status(
     Ok(accepted.into_response_at(&command_location(command_id)))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DepositRequest {
-    /// A positive decimal string, at most the currency's minor units.
-    #[schema(example = "100.00")]
-    amount: String,
-    #[schema(value_type = String, example = "EUR")]
-    currency: Currency,
-}
-
 /// Funds any account from the currency's cash-in system account (ops, admin).
 #[utoipa::path(
     post,
@@ -232,7 +220,7 @@ async fn deposit(
     let Path(account_id) = path?;
     let key = crate::extract::headers::required_idempotency_key(&headers)?;
     let Json(request) = body?;
-    let money = transfers::parse_money(&request.amount, request.currency)?;
+    let money = request.money()?;
     find_account(&state, account_id, None).await?;
     let transfer_id = TransferId::derive(Operation::Deposit, user.id, &key);
     let (command, canonical) = accounts::deposit_command(transfer_id, account_id, money);
