@@ -30,7 +30,8 @@ pub(crate) const BEARER: &str = "bearer";
     tags(
         (name = "auth", description = "API clients' tokens (OAuth2 client credentials)"),
         (name = "accounts", description = "API clients' accounts, deposits and entries"),
-        (name = "transfers", description = "API clients' transfers and payouts"),
+        (name = "transfers", description = "API clients' transfers, multi-leg batches, reversals and payouts"),
+        (name = "holds", description = "API clients' two-phase transfers: hold, capture, void"),
         (name = "webhooks", description = "API clients' webhook endpoints"),
         (name = "providers", description = "Payment providers' callbacks"),
         (name = "customers", description = "Customers' sessions, passwords and profile"),

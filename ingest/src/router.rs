@@ -53,6 +53,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(documented(crate::routes::clients::token::router()))
         .merge(documented(crate::routes::clients::accounts::router()))
         .merge(documented(crate::routes::clients::transfers::router()))
+        .merge(documented(crate::routes::clients::holds::router()))
+        .merge(documented(crate::routes::clients::batches::router()))
         .merge(documented(crate::routes::providers::router()))
         .merge(documented(crate::routes::clients::webhooks::router()))
         .merge(documented(crate::routes::customers::sessions::router()))

@@ -432,6 +432,8 @@ impl PlannedTransfer {
             source_account_id: AccountId::from_uuid(self.source_account_id),
             destination_account_id: AccountId::from_uuid(self.destination_account_id),
             money: Money::new(self.amount, Currency::EUR).context("a planned amount is not valid money")?,
+            metadata: None,
+            reference: None,
             requested_at: chrono::Utc::now(),
         }))
     }

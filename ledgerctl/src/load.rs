@@ -927,6 +927,8 @@ async fn produce(publisher: &ingest::support::publish::Publisher, target: &Targe
         source_account_id: schemas::AccountId::from_uuid(transfer.source),
         destination_account_id: schemas::AccountId::from_uuid(transfer.destination),
         money,
+        metadata: None,
+        reference: None,
         requested_at: Utc::now(),
     });
     let result = publisher.publish(&command, &transfer.key).await;

@@ -3,6 +3,7 @@
 
 use rust_decimal::Decimal;
 pub use schemas::messages::AccountStatus;
+use schemas::messages::SpendingLimit;
 use schemas::{AccountId, Currency, Money, RejectionReason};
 
 /// An account as the processor sees it, locked for the transaction.
@@ -15,6 +16,14 @@ pub struct AccountState {
     pub balance: Decimal,
     pub held: Decimal,
     pub overdraft_limit: Decimal,
+    /// The most one transfer may debit, when limited.
+    pub per_transfer_max: Option<Decimal>,
+    /// The most the account may debit in 24 hours, pending holds
+    /// included, when limited.
+    pub rolling_24h_max: Option<Decimal>,
+    /// What the account debited in the last 24 hours (read only for an
+    /// account with a rolling limit; zero otherwise).
+    pub debited_24h: Decimal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +55,24 @@ impl AccountState {
     #[must_use]
     pub fn available(&self) -> Decimal {
         self.balance - self.held + self.overdraft_limit
+    }
+
+    /// Whether the account's spending limits allow debiting `amount` more,
+    /// `transfer_total` being what the transfer asking for it debits from
+    /// the account in all (more than `amount` for a batch with several
+    /// legs from it). Pending holds count against the rolling limit until
+    /// they are released; a posted hold counts as its debit.
+    ///
+    /// # Errors
+    /// The limit the debit would exceed.
+    pub fn check_limits(&self, transfer_total: Decimal, amount: Decimal) -> Result<(), SpendingLimit> {
+        if self.per_transfer_max.is_some_and(|max| transfer_total > max) {
+            return Err(SpendingLimit::PerTransfer);
+        }
+        if self.rolling_24h_max.is_some_and(|max| self.debited_24h + self.held + amount > max) {
+            return Err(SpendingLimit::Rolling24h);
+        }
+        Ok(())
     }
 }
 
@@ -168,6 +195,9 @@ mod tests {
             balance: balance.parse().expect("valid decimal"),
             held: Decimal::ZERO,
             overdraft_limit: Decimal::ZERO,
+            per_transfer_max: None,
+            rolling_24h_max: None,
+            debited_24h: Decimal::ZERO,
         }
     }
 
@@ -259,6 +289,23 @@ mod tests {
         let active = customer("100.00");
         assert_eq!(decide(eur("1.00"), &closed, &active), Err(RejectionReason::AccountClosed));
         assert_eq!(decide(eur("1.00"), &active, &closed), Err(RejectionReason::AccountClosed));
+    }
+
+    #[test]
+    fn the_per_transfer_limit_bounds_one_transfer_and_the_rolling_limit_counts_debits_and_holds() {
+        let decimal = |text: &str| text.parse::<Decimal>().expect("decimal");
+        let mut source = customer("1000.00");
+        source.per_transfer_max = Some(decimal("100.00"));
+        assert_eq!(source.check_limits(decimal("100.00"), decimal("100.00")), Ok(()));
+        assert_eq!(source.check_limits(decimal("100.01"), decimal("100.01")), Err(SpendingLimit::PerTransfer));
+        // A batch: each leg is small, together they are one transfer.
+        assert_eq!(source.check_limits(decimal("120.00"), decimal("60.00")), Err(SpendingLimit::PerTransfer));
+        source.per_transfer_max = None;
+        source.rolling_24h_max = Some(decimal("300.00"));
+        source.debited_24h = decimal("150.00");
+        source.held = decimal("100.00");
+        assert_eq!(source.check_limits(decimal("50.00"), decimal("50.00")), Ok(()));
+        assert_eq!(source.check_limits(decimal("50.01"), decimal("50.01")), Err(SpendingLimit::Rolling24h));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use platform::outbox::BatchedEvent;
 use rust_decimal::Decimal;
-use schemas::messages::{PaymentRequested, PayoutResult, TransferKind};
+use schemas::messages::{PaymentRequested, PayoutResult, SpendingLimit, TransferKind};
 use schemas::{AccountId, Command, Currency, Event, Money, RejectionReason, TransferId};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -389,7 +389,19 @@ async fn lock_then_decide(
     account_ids: &[AccountId],
     expired: &[Uuid],
 ) -> Result<Decided, sqlx::Error> {
-    let accounts = read_accounts(connection, account_ids, true).await?;
+    let mut accounts = read_accounts(connection, account_ids, true).await?;
+    // An account whose rolling limit the batch sets needs what it debited
+    // today, which is read only for accounts limited already.
+    let limits_set: Vec<AccountId> = commands
+        .iter()
+        .filter_map(|(command, _)| match command {
+            Command::AccountSpendingLimitsSet(set) => Some(set.account_id),
+            _ => None,
+        })
+        .collect();
+    if !limits_set.is_empty() {
+        derive_debits(connection, &mut accounts, &limits_set).await?;
+    }
     let locked = accounts.clone();
     // Read again, under the locks, what can have changed since: the rows
     // found (a hold settles, a transfer gets reversed) and the ones referred
@@ -560,7 +572,7 @@ async fn load_transfers(
         TransferRow,
         r#"select t.id, t.kind, t.status, t.rejection_reason, t.source_account_id, t.destination_account_id,
                  t.amount, t.currency, t.related_transfer_id, t.expires_at, t.settled_amount, t.requested_at,
-                 t.request_fingerprint,
+                 t.request_fingerprint, t.reference, t.metadata, t.reversal_reason, t.rejected_leg, t.exceeded_limit,
                  exists (select 1 from transfers r
                          where r.related_transfer_id = t.id and r.kind = 'reversal' and r.status = 'completed')
                      as "reversed!"
@@ -594,6 +606,11 @@ struct TransferRow {
     settled_amount: Option<Decimal>,
     requested_at: chrono::DateTime<Utc>,
     request_fingerprint: Vec<u8>,
+    reference: Option<String>,
+    metadata: Option<serde_json::Value>,
+    reversal_reason: Option<String>,
+    rejected_leg: Option<i16>,
+    exceeded_limit: Option<String>,
     reversed: bool,
 }
 
@@ -624,6 +641,30 @@ impl TransferRow {
             fingerprint: self.request_fingerprint,
             position: None,
             reversed: self.reversed,
+            // Parsed as they were validated when written; a stored value
+            // that no longer parses is a decode error, not dropped.
+            reference: self
+                .reference
+                .map(|text| schemas::Reference::parse(&text).map_err(|error| decode_error("reference", error)))
+                .transpose()?,
+            metadata: self
+                .metadata
+                .map(|value| serde_json::from_value(value).map_err(|error| decode_error("metadata", error)))
+                .transpose()?,
+            reversal_reason: self
+                .reversal_reason
+                .map(|text| {
+                    schemas::ReversalReason::parse(&text)
+                        .map_err(|error| decode_error("reversal_reason", UnknownCode(error)))
+                })
+                .transpose()?,
+            rejected_leg: self.rejected_leg.and_then(|leg| u16::try_from(leg).ok()),
+            exceeded_limit: self
+                .exceeded_limit
+                .map(|code| {
+                    SpendingLimit::from_code(&code).ok_or_else(|| decode_error("exceeded_limit", UnknownCode(code)))
+                })
+                .transpose()?,
         })
     }
 }
@@ -641,7 +682,7 @@ async fn read_accounts(
     let rows = if lock {
         sqlx::query_as!(
             AccountRow,
-            r"select id, currency, kind, status, balance, held, overdraft_limit
+            r"select id, currency, kind, status, balance, held, overdraft_limit, per_transfer_max, rolling_24h_max
               from accounts where id = any($1) order by id for update",
             &ids,
         )
@@ -650,14 +691,51 @@ async fn read_accounts(
     } else {
         sqlx::query_as!(
             AccountRow,
-            r"select id, currency, kind, status, balance, held, overdraft_limit
+            r"select id, currency, kind, status, balance, held, overdraft_limit, per_transfer_max, rolling_24h_max
               from accounts where id = any($1) order by id",
             &ids,
         )
         .fetch_all(&mut *connection)
         .await?
     };
-    rows.into_iter().map(AccountRow::into_state).collect()
+    let mut accounts = rows.into_iter().map(AccountRow::into_state).collect::<Result<Vec<_>, _>>()?;
+    derive_debits(connection, &mut accounts, &[]).await?;
+    Ok(accounts)
+}
+
+/// Fills in what the accounts with a rolling spending limit (and those in
+/// `also`, whose limit the batch may set) debited in the last 24 hours, from
+/// their entries (an index range each). A statement of its own, after the
+/// accounts' locks are taken: under read committed it sees every debit
+/// committed before the lock was granted, which a subquery of the locking
+/// statement (whose snapshot predates the wait) would miss.
+async fn derive_debits(
+    connection: &mut PgConnection,
+    accounts: &mut [AccountState],
+    also: &[AccountId],
+) -> Result<(), sqlx::Error> {
+    let limited: Vec<Uuid> = accounts
+        .iter()
+        .filter(|account| account.rolling_24h_max.is_some() || also.contains(&account.id))
+        .map(|account| account.id.as_uuid())
+        .collect();
+    if limited.is_empty() {
+        return Ok(());
+    }
+    let rows = sqlx::query!(
+        r#"select account_id, sum(-amount) as "debited!"
+           from entries
+           where account_id = any($1) and created_at > statement_timestamp() - interval '24 hours' and amount < 0
+           group by account_id"#,
+        &limited,
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let debited: HashMap<Uuid, Decimal> = rows.into_iter().map(|row| (row.account_id, row.debited)).collect();
+    for account in accounts.iter_mut().filter(|account| limited.contains(&account.id.as_uuid())) {
+        account.debited_24h = debited.get(&account.id.as_uuid()).copied().unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// A row of `accounts`, the columns the engine reads.
@@ -669,6 +747,8 @@ struct AccountRow {
     balance: Decimal,
     held: Decimal,
     overdraft_limit: Decimal,
+    per_transfer_max: Option<Decimal>,
+    rolling_24h_max: Option<Decimal>,
 }
 
 impl AccountRow {
@@ -695,6 +775,9 @@ impl AccountRow {
             balance: self.balance,
             held: self.held,
             overdraft_limit: self.overdraft_limit,
+            per_transfer_max: self.per_transfer_max,
+            rolling_24h_max: self.rolling_24h_max,
+            debited_24h: Decimal::ZERO,
         })
     }
 }
@@ -821,6 +904,11 @@ macro_rules! insert_transfer_rows {
             &$columns.topics as &[&str],
             &$columns.partitions,
             &$columns.offsets,
+            &$columns.references as &[Option<&str>],
+            &$columns.metadata as &[Option<String>],
+            &$columns.reversal_reasons as &[Option<&str>],
+            &$columns.rejected_legs as &[Option<i16>],
+            &$columns.exceeded_limits as &[Option<&str>],
         )
     };
 }
@@ -842,10 +930,22 @@ async fn insert_transfers(
             DecidedBefore::Fail => insert_transfer_rows!(
                 r"insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
                                          amount, currency, related_transfer_id, expires_at, settled_amount,
-                                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
-                  select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-                                       $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
-                                       $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])",
+                                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset,
+                                         reference, metadata, reversal_reason, rejected_leg, exceeded_limit, settled_at)
+                  select id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                         amount, currency, related_transfer_id, expires_at, settled_amount,
+                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset,
+                         reference, metadata::jsonb, reversal_reason, rejected_leg, exceeded_limit,
+                         case when kind in ('hold', 'payout') and status in ('posted', 'voided', 'expired')
+                              then statement_timestamp() end
+                  from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                              $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
+                              $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[],
+                              $17::text[], $18::text[], $19::text[], $20::smallint[], $21::text[])
+                       as t (id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                             amount, currency, related_transfer_id, expires_at, settled_amount,
+                             requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset,
+                             reference, metadata, reversal_reason, rejected_leg, exceeded_limit)",
                 columns
             )
             .execute(connection)
@@ -853,10 +953,22 @@ async fn insert_transfers(
             DecidedBefore::Skip => insert_transfer_rows!(
                 r"insert into transfers (id, kind, status, rejection_reason, source_account_id, destination_account_id,
                                          amount, currency, related_transfer_id, expires_at, settled_amount,
-                                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset)
-                  select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
-                                       $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
-                                       $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[])
+                                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset,
+                                         reference, metadata, reversal_reason, rejected_leg, exceeded_limit, settled_at)
+                  select id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                         amount, currency, related_transfer_id, expires_at, settled_amount,
+                         requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset,
+                         reference, metadata::jsonb, reversal_reason, rejected_leg, exceeded_limit,
+                         case when kind in ('hold', 'payout') and status in ('posted', 'voided', 'expired')
+                              then statement_timestamp() end
+                  from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[],
+                              $7::numeric[], $8::text[], $9::uuid[], $10::timestamptz[], $11::numeric[],
+                              $12::timestamptz[], $13::bytea[], $14::text[], $15::int[], $16::bigint[],
+                              $17::text[], $18::text[], $19::text[], $20::smallint[], $21::text[])
+                       as t (id, kind, status, rejection_reason, source_account_id, destination_account_id,
+                             amount, currency, related_transfer_id, expires_at, settled_amount,
+                             requested_at, request_fingerprint, kafka_topic, kafka_partition, kafka_offset,
+                             reference, metadata, reversal_reason, rejected_leg, exceeded_limit)
                   on conflict (id) do nothing",
                 columns
             )
@@ -888,6 +1000,12 @@ struct TransferColumns<'a> {
     topics: Vec<&'a str>,
     partitions: Vec<i32>,
     offsets: Vec<i64>,
+    references: Vec<Option<&'a str>>,
+    /// As JSON text, cast to `jsonb` by the statement.
+    metadata: Vec<Option<String>>,
+    reversal_reasons: Vec<Option<&'a str>>,
+    rejected_legs: Vec<Option<i16>>,
+    exceeded_limits: Vec<Option<&'static str>>,
 }
 
 impl<'a> TransferColumns<'a> {
@@ -914,6 +1032,17 @@ impl<'a> TransferColumns<'a> {
             topics: transfers.iter().map(|t| t.position.as_ref().map_or("", |p| p.topic.as_str())).collect(),
             partitions: transfers.iter().map(|t| t.position.as_ref().map_or(0, |p| p.partition)).collect(),
             offsets: transfers.iter().map(|t| t.position.as_ref().map_or(0, |p| p.offset)).collect(),
+            references: transfers.iter().map(|t| t.reference.as_ref().map(schemas::Reference::as_str)).collect(),
+            metadata: transfers
+                .iter()
+                .map(|t| t.metadata.as_ref().map(|metadata| serde_json::to_string(metadata).unwrap_or_default()))
+                .collect(),
+            reversal_reasons: transfers
+                .iter()
+                .map(|t| t.reversal_reason.as_ref().map(schemas::ReversalReason::as_str))
+                .collect(),
+            rejected_legs: transfers.iter().map(|t| t.rejected_leg.and_then(|leg| i16::try_from(leg).ok())).collect(),
+            exceeded_limits: transfers.iter().map(|t| t.exceeded_limit.map(SpendingLimit::code)).collect(),
         }
     }
 }
@@ -931,7 +1060,8 @@ async fn settle_holds(
     let statuses: Vec<&str> = holds.iter().map(|(_, status, _)| status.code()).collect();
     let amounts: Vec<Option<Decimal>> = holds.iter().map(|(_, _, amount)| *amount).collect();
     sqlx::query!(
-        r"update transfers set status = settled.status, settled_amount = settled.amount
+        r"update transfers set status = settled.status, settled_amount = settled.amount,
+                               settled_at = statement_timestamp()
           from unnest($1::uuid[], $2::text[], $3::numeric[]) as settled (id, status, amount)
           where transfers.id = settled.id and transfers.status = 'held'",
         &ids,
@@ -1058,17 +1188,23 @@ async fn update_accounts(connection: &mut PgConnection, accounts: &[AccountState
     let held: Vec<Decimal> = accounts.iter().map(|a| a.held).collect();
     let statuses: Vec<&str> = accounts.iter().map(|a| a.status.code()).collect();
     let overdraft_limits: Vec<Decimal> = accounts.iter().map(|a| a.overdraft_limit).collect();
+    let per_transfer_max: Vec<Option<Decimal>> = accounts.iter().map(|a| a.per_transfer_max).collect();
+    let rolling_24h_max: Vec<Option<Decimal>> = accounts.iter().map(|a| a.rolling_24h_max).collect();
     sqlx::query!(
         r"update accounts set balance = changed.balance, held = changed.held, status = changed.status,
-                              overdraft_limit = changed.overdraft_limit, updated_at = now()
-          from unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::numeric[])
-               as changed (id, balance, held, status, overdraft_limit)
+                              overdraft_limit = changed.overdraft_limit, per_transfer_max = changed.per_transfer_max,
+                              rolling_24h_max = changed.rolling_24h_max, updated_at = now()
+          from unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::text[], $5::numeric[], $6::numeric[],
+                      $7::numeric[])
+               as changed (id, balance, held, status, overdraft_limit, per_transfer_max, rolling_24h_max)
           where accounts.id = changed.id",
         &ids,
         &balances,
         &held,
         &statuses as &[&str],
         &overdraft_limits,
+        &per_transfer_max as &[Option<Decimal>],
+        &rolling_24h_max as &[Option<Decimal>],
     )
     .execute(connection)
     .await?;
@@ -1115,6 +1251,7 @@ fn event_key(event: &Event) -> String {
         Event::TransferVoided(e) => Some(e.source_account_id),
         Event::AccountStatusChanged(e) => Some(e.account_id),
         Event::AccountOverdraftLimitChanged(e) => Some(e.account_id),
+        Event::AccountSpendingLimitsChanged(e) => Some(e.account_id),
         Event::AccountCommandRejected(e) => Some(e.account_id),
         Event::CommandIdReused(e) => e.account_id,
         Event::PayoutOutcomeConflicted(e) => Some(e.source_account_id),
@@ -1281,6 +1418,8 @@ mod tests {
             balance: Decimal::ZERO,
             held: Decimal::ZERO,
             overdraft_limit: Decimal::ZERO,
+            per_transfer_max: None,
+            rolling_24h_max: None,
         }
     }
 

@@ -102,6 +102,16 @@ pub enum Operation {
     Payout,
     /// A staff member's freeze, unfreeze or close.
     AccountStatus,
+    Hold,
+    /// The capture (post) of a hold.
+    Capture,
+    /// The release of a hold.
+    Void,
+    Reversal,
+    /// A multi-leg transfer (`transfer.batch`).
+    Batch,
+    /// A change of an account's spending limits.
+    SpendingLimits,
 }
 
 impl Operation {
@@ -113,6 +123,12 @@ impl Operation {
             Operation::OpenAccount => "account",
             Operation::Payout => "payout",
             Operation::AccountStatus => "account-status",
+            Operation::Hold => "hold",
+            Operation::Capture => "capture",
+            Operation::Void => "void",
+            Operation::Reversal => "reversal",
+            Operation::Batch => "batch",
+            Operation::SpendingLimits => "spending-limits",
         };
         let name = format!("{operation}/{client_id}/{}", key.as_str());
         Uuid::new_v5(&TRANSFER_ID_NAMESPACE, name.as_bytes())

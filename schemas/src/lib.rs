@@ -7,12 +7,14 @@
 //! `schemas/json/`, which are generated from these types (see
 //! [`json_schemas`]) and checked for staleness by a test.
 
+pub mod annotations;
 pub mod ids;
 pub mod messages;
 pub mod money;
 pub mod payee;
 pub mod topics;
 
+pub use annotations::{Metadata, Reference, ReversalReason};
 pub use ids::{AccountId, IdempotencyKey, Operation, TransferId};
 pub use messages::{Command, Event, RejectionReason};
 pub use money::{Amount, Currency, Money, MoneyError};

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::annotations::{Metadata, Reference, ReversalReason};
 use crate::payee::{Creditor, Remittance};
 use crate::{AccountId, Money, TransferId};
 
@@ -97,6 +98,15 @@ pub enum Command {
     /// anyone else settles nothing.
     #[serde(rename = "payout.outcome")]
     PayoutOutcome(PayoutOutcome),
+    /// Up to 16 movements applied all or nothing, in one ledger
+    /// transaction: a payment and its fee, a split payment, the two sides
+    /// of an FX exchange through the bank's own accounts of each currency.
+    #[serde(rename = "transfer.batch")]
+    TransferBatch(TransferBatch),
+    /// Set or remove an account's spending limits, checked by the
+    /// processor in the same transaction as every debit they cover.
+    #[serde(rename = "account.spending_limits_set")]
+    AccountSpendingLimitsSet(AccountSpendingLimitsSet),
 }
 
 impl Command {
@@ -118,6 +128,8 @@ impl Command {
             Command::AccountOverdraftLimitSet(command) => command.command_id,
             Command::TransferExternal(command) => command.transfer_id.as_uuid(),
             Command::PayoutOutcome(command) => command.transfer_id.as_uuid(),
+            Command::TransferBatch(command) => command.transfer_id.as_uuid(),
+            Command::AccountSpendingLimitsSet(command) => command.command_id,
         }
     }
 
@@ -131,7 +143,8 @@ impl Command {
     /// the hold's partition, after the hold. A reversal debits the original
     /// transfer's destination, which the command does not name; it is keyed
     /// by the original transfer id instead (the row locks keep balances
-    /// right whatever the order).
+    /// right whatever the order). A batch is keyed by its first leg's
+    /// source.
     pub fn partition_key(&self) -> String {
         match self {
             Command::TransferRequested(command) => command.source_account_id.to_string(),
@@ -146,6 +159,8 @@ impl Command {
             Command::AccountOverdraftLimitSet(command) => command.account_id.to_string(),
             Command::TransferExternal(command) => command.source_account_id.to_string(),
             Command::PayoutOutcome(command) => command.source_account_id.to_string(),
+            Command::TransferBatch(command) => command.legs[0].source_account_id.to_string(),
+            Command::AccountSpendingLimitsSet(command) => command.account_id.to_string(),
         }
     }
 
@@ -165,6 +180,8 @@ impl Command {
             Command::AccountOverdraftLimitSet(_) => "account.overdraft_limit_set",
             Command::TransferExternal(_) => "transfer.external",
             Command::PayoutOutcome(_) => "payout.outcome",
+            Command::TransferBatch(_) => "transfer.batch",
+            Command::AccountSpendingLimitsSet(_) => "account.spending_limits_set",
         }
     }
 }
@@ -177,6 +194,10 @@ pub struct TransferRequested {
     pub source_account_id: AccountId,
     pub destination_account_id: AccountId,
     pub money: Money,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     pub requested_at: DateTime<Utc>,
 }
 
@@ -200,7 +221,68 @@ pub struct TransferHold {
     pub money: Money,
     /// After this instant the processor releases the hold by itself.
     pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     pub requested_at: DateTime<Utc>,
+}
+
+/// `transfer.batch`: movements applied all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBatch {
+    pub version: V1,
+    /// The batch's id; each leg is a transfer of its own, under
+    /// [`TransferBatch::leg_id`].
+    pub transfer_id: TransferId,
+    /// 1 to 16 legs, applied in order: a later leg may spend what an
+    /// earlier one credited.
+    #[serde(deserialize_with = "bounded_legs")]
+    #[schemars(length(min = 1, max = 16))]
+    pub legs: Vec<BatchLeg>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// One movement of a batch, in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLeg {
+    pub source_account_id: AccountId,
+    pub destination_account_id: AccountId,
+    pub money: Money,
+}
+
+impl TransferBatch {
+    /// Legs in one batch at most: enough for a payment with its fees and
+    /// taxes, or an exchange with its spread, and a bound on what one
+    /// command locks.
+    pub const LEGS_MAX: usize = 16;
+
+    /// The transfer id of leg `index` (from 0) of the batch `batch_id`.
+    #[must_use]
+    pub fn leg_id(batch_id: TransferId, index: usize) -> TransferId {
+        TransferId::from_uuid(uuid::Uuid::new_v5(
+            &batch_id.as_uuid(),
+            format!("ledgerline.batch.leg/{index}").as_bytes(),
+        ))
+    }
+}
+
+fn bounded_legs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<BatchLeg>, D::Error> {
+    let legs = Vec::<BatchLeg>::deserialize(deserializer)?;
+    if legs.is_empty() || legs.len() > TransferBatch::LEGS_MAX {
+        return Err(serde::de::Error::custom(format!(
+            "a batch has 1 to {} legs, not {}",
+            TransferBatch::LEGS_MAX,
+            legs.len()
+        )));
+    }
+    Ok(legs)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -347,6 +429,9 @@ pub struct TransferReverse {
     /// The id of the correcting transfer.
     pub transfer_id: TransferId,
     pub original_transfer_id: TransferId,
+    /// Why the transfer is corrected, for the books.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReversalReason>,
     pub requested_at: DateTime<Utc>,
 }
 
@@ -369,6 +454,60 @@ pub struct AccountOverdraftLimitSet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overdraft_limit: Option<Money>,
     pub requested_at: DateTime<Utc>,
+}
+
+/// `account.spending_limits_set`: the limits replace the account's own;
+/// an absent limit is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSpendingLimitsSet {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    pub limits: SpendingLimits,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// An account's spending limits, in its currency. Every debit the account
+/// asks for counts: transfers, batch legs, holds and payouts (a pending
+/// hold counts until it is released). Deposits, posts of a hold already
+/// counted and reversals are not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpendingLimits {
+    /// The most one transfer, hold or payout may debit (for a batch, what
+    /// all its legs debit from the account together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_transfer_max: Option<Money>,
+    /// The most the account may debit in any 24 hours, pending holds
+    /// included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_24h_max: Option<Money>,
+}
+
+/// Which spending limit a debit would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendingLimit {
+    PerTransfer,
+    Rolling24h,
+}
+
+impl SpendingLimit {
+    /// The stable code, as in the JSON and the database.
+    #[must_use]
+    pub fn code(self) -> &'static str {
+        match self {
+            SpendingLimit::PerTransfer => "per_transfer",
+            SpendingLimit::Rolling24h => "rolling_24h",
+        }
+    }
+
+    /// Parses a stored code.
+    #[must_use]
+    pub fn from_code(code: &str) -> Option<Self> {
+        [Self::PerTransfer, Self::Rolling24h].into_iter().find(|limit| limit.code() == code)
+    }
 }
 
 /// Why the processor refused a command. The codes are stable: clients match
@@ -422,6 +561,9 @@ pub enum RejectionReason {
     /// A reversal of money that left the bank (a settled payout): that is a
     /// new payout, not a reversal.
     ReversalOfPayout,
+    /// The debit would exceed a spending limit of its source (which one is
+    /// told beside the reason).
+    LimitExceeded,
 }
 
 impl RejectionReason {
@@ -449,6 +591,7 @@ impl RejectionReason {
             RejectionReason::PayoutOutcomeNotRecorded => "payout_outcome_not_recorded",
             RejectionReason::PayoutOutcomeConflict => "payout_outcome_conflict",
             RejectionReason::ReversalOfPayout => "reversal_of_payout",
+            RejectionReason::LimitExceeded => "limit_exceeded",
         }
     }
 
@@ -474,6 +617,7 @@ impl RejectionReason {
         RejectionReason::PayoutOutcomeNotRecorded,
         RejectionReason::PayoutOutcomeConflict,
         RejectionReason::ReversalOfPayout,
+        RejectionReason::LimitExceeded,
     ];
 
     /// Parses a stored code.
@@ -502,6 +646,9 @@ pub enum TransferKind {
     /// Funds held for a payment to another bank (`transfer.external`),
     /// settled by the provider's answer; it has no expiry.
     Payout,
+    /// Movements applied together (`transfer.batch`); each leg is a
+    /// `transfer` of its own whose related transfer is the batch.
+    Batch,
 }
 
 impl TransferKind {
@@ -516,13 +663,14 @@ impl TransferKind {
             TransferKind::Void => "void",
             TransferKind::Reversal => "reversal",
             TransferKind::Payout => "payout",
+            TransferKind::Batch => "batch",
         }
     }
 
     /// Parses a stored code.
     #[must_use]
     pub fn from_code(code: &str) -> Option<Self> {
-        [Self::Transfer, Self::Deposit, Self::Hold, Self::Post, Self::Void, Self::Reversal, Self::Payout]
+        [Self::Transfer, Self::Deposit, Self::Hold, Self::Post, Self::Void, Self::Reversal, Self::Payout, Self::Batch]
             .into_iter()
             .find(|kind| kind.code() == code)
     }
@@ -584,6 +732,8 @@ pub enum Event {
     AccountStatusChanged(AccountStatusChanged),
     #[serde(rename = "account.overdraft_limit_changed")]
     AccountOverdraftLimitChanged(AccountOverdraftLimitChanged),
+    #[serde(rename = "account.spending_limits_changed")]
+    AccountSpendingLimitsChanged(AccountSpendingLimitsChanged),
     #[serde(rename = "account.command_rejected")]
     AccountCommandRejected(AccountCommandRejected),
     /// A command reused the id of an earlier, different command. The earlier
@@ -613,6 +763,7 @@ impl Event {
             Event::TransferVoided(_) => "transfer.voided",
             Event::AccountStatusChanged(_) => "account.status_changed",
             Event::AccountOverdraftLimitChanged(_) => "account.overdraft_limit_changed",
+            Event::AccountSpendingLimitsChanged(_) => "account.spending_limits_changed",
             Event::AccountCommandRejected(_) => "account.command_rejected",
             Event::CommandIdReused(_) => "command.id_reused",
             Event::PayoutOutcomeConflicted(_) => "payout.outcome_conflicted",
@@ -630,9 +781,15 @@ pub struct TransferCompleted {
     pub source_account_id: AccountId,
     pub destination_account_id: AccountId,
     pub money: Money,
-    /// The hold a post captured, or the transfer a reversal corrected.
+    /// The hold a post captured, the transfer a reversal corrected, or the
+    /// batch of a leg.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub related_transfer_id: Option<TransferId>,
+    /// The transfer's (or its batch's, or its hold's) reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     pub completed_at: DateTime<Utc>,
 }
 
@@ -651,6 +808,12 @@ pub struct TransferRejected {
     pub destination_account_id: Option<AccountId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub money: Option<Money>,
+    /// For a batch: the leg (from 0) that caused the refusal of the whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<u16>,
+    /// For `limit_exceeded`: which limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<SpendingLimit>,
     pub rejected_at: DateTime<Utc>,
 }
 
@@ -667,6 +830,10 @@ pub struct TransferHeld {
     /// When the processor releases it by itself; a payout has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     pub held_at: DateTime<Utc>,
 }
 
@@ -703,6 +870,16 @@ pub struct AccountOverdraftLimitChanged {
     pub account_id: AccountId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overdraft_limit: Option<Money>,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSpendingLimitsChanged {
+    pub version: V1,
+    pub command_id: uuid::Uuid,
+    pub account_id: AccountId,
+    pub limits: SpendingLimits,
     pub changed_at: DateTime<Utc>,
 }
 

@@ -818,6 +818,8 @@ async fn publish_to_partition(kafka: &KafkaConfig, partition: i32, count: usize)
             source_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
             destination_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
             money: schemas::Money::parse(AMOUNT, schemas::Currency::EUR).expect("money"),
+            metadata: None,
+            reference: None,
             requested_at: chrono::Utc::now(),
         });
         let payload = serde_json::to_vec(&command).expect("command JSON");
@@ -1014,6 +1016,8 @@ async fn a_processor_stopped_with_sigterm_under_load_finishes_its_batch_and_the_
                 source_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
                 destination_account_id: schemas::AccountId::from_uuid(Uuid::new_v4()),
                 money: schemas::Money::parse(AMOUNT, schemas::Currency::EUR).expect("money"),
+                metadata: None,
+                reference: None,
                 requested_at: chrono::Utc::now(),
             });
             let payload = serde_json::to_vec(&command).expect("command JSON");

@@ -1,14 +1,15 @@
 //! Accounts as every audience sees them: the view (balance, held,
 //! available, formatted in the currency's decimals), the lookup that answers
-//! 404 for an account the caller may not see, the deposit command, and the
+//! 404 for an account the caller may not see, the deposit command, the
 //! staff's status changes (freeze, unfreeze, close) the API and the
-//! dashboard request the same way.
+//! dashboard request the same way, and spending limits, which API clients
+//! and staff set the same way.
 
 use std::net::SocketAddr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use schemas::messages::{AccountDeposited, AccountStatusCommand, V1};
+use schemas::messages::{AccountDeposited, AccountSpendingLimitsSet, AccountStatusCommand, SpendingLimits, V1};
 use schemas::{AccountId, Command, Currency, IdempotencyKey, Money, Operation, TransferId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -46,6 +47,15 @@ pub(crate) struct AccountView {
     /// What may be spent now: balance − held + overdraft limit.
     available: String,
     overdraft_limit: String,
+    /// The most one transfer, hold or payout may debit; absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "500.00")]
+    per_transfer_max: Option<String>,
+    /// The most the account may debit in any 24 hours, pending holds
+    /// included; absent: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "2000.00")]
+    rolling_24h_max: Option<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -56,6 +66,8 @@ pub(crate) struct AccountRow {
     pub(crate) balance: Decimal,
     pub(crate) held: Decimal,
     pub(crate) overdraft_limit: Decimal,
+    pub(crate) per_transfer_max: Option<Decimal>,
+    pub(crate) rolling_24h_max: Option<Decimal>,
     pub(crate) created_at: DateTime<Utc>,
 }
 
@@ -70,6 +82,8 @@ impl AccountRow {
             held: format_amount(self.held, currency),
             available: format_amount(self.balance - self.held + self.overdraft_limit, currency),
             overdraft_limit: format_amount(self.overdraft_limit, currency),
+            per_transfer_max: self.per_transfer_max.map(|max| format_amount(max, currency)),
+            rolling_24h_max: self.rolling_24h_max.map(|max| format_amount(max, currency)),
             created_at: self.created_at,
         })
     }
@@ -90,7 +104,8 @@ pub(crate) async fn find_account(
     };
     sqlx::query_as!(
         AccountRow,
-        r"select id, currency, status, balance, held, overdraft_limit, created_at from accounts
+        r"select id, currency, status, balance, held, overdraft_limit, per_transfer_max, rolling_24h_max, created_at
+          from accounts
           where id = $1 and ($2::uuid is null or owner_client_id = $2) and ($3::uuid is null or owner_user_id = $3)",
         account_id,
         client_id,
@@ -221,4 +236,119 @@ pub(crate) async fn request_status_change(
     )
     .await;
     Ok((command_id, accepted))
+}
+
+// Spending limits as API clients and staff send them (a plain comment: a
+// doc comment would become the schema's description).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SpendingLimitsRequest {
+    /// The most one transfer, hold or payout may debit, in the account's
+    /// currency; absent removes the limit.
+    #[serde(default)]
+    #[schema(nullable = false, example = "500.00", pattern = r"^[0-9]{1,20}(\.[0-9]{1,4})?$")]
+    per_transfer_max: Option<String>,
+    /// The most the account may debit in any 24 hours, pending holds
+    /// included; absent removes the limit.
+    #[serde(default)]
+    #[schema(nullable = false, example = "2000.00", pattern = r"^[0-9]{1,20}(\.[0-9]{1,4})?$")]
+    rolling_24h_max: Option<String>,
+}
+
+/// Who sets an account's spending limits: an API client on its own
+/// account, or a staff member (audited) on any.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LimitSetter {
+    Client(Uuid),
+    Staff { staff_id: Uuid, peer: SocketAddr },
+}
+
+/// Requests new spending limits for `account_id` (replacing its own): an
+/// `account.spending_limits_set` command derived from the setter and `key`,
+/// accepted like a transfer. The processor applies it under the account's
+/// lock, so no debit decided after it escapes it.
+///
+/// # Errors
+/// 404 for an account the setter may not see; 422 for a malformed amount;
+/// the acceptance's errors.
+pub(crate) async fn request_spending_limits(
+    state: &AppState,
+    setter: LimitSetter,
+    request_id: &str,
+    key: &IdempotencyKey,
+    account_id: Uuid,
+    request: &SpendingLimitsRequest,
+) -> Result<Accepted, ApiError> {
+    let (requester, owner) = match setter {
+        LimitSetter::Client(client_id) => (Requester::Client(client_id), Some(Requester::Client(client_id))),
+        LimitSetter::Staff { staff_id, .. } => (Requester::User(staff_id), None),
+    };
+    let account = find_account(state, account_id, owner).await?;
+    let currency = parse_currency(&account.currency)?;
+    let limit = |amount: &Option<String>| {
+        amount.as_deref().map(|amount| crate::domain::transfers::parse_money(amount, currency)).transpose()
+    };
+    let limits = SpendingLimits {
+        per_transfer_max: limit(&request.per_transfer_max)?,
+        rolling_24h_max: limit(&request.rolling_24h_max)?,
+    };
+    let setter_id = match requester {
+        Requester::Client(id) | Requester::User(id) => id,
+    };
+    let command_id = TransferId::derive(Operation::SpendingLimits, setter_id, key).as_uuid();
+    let command = Command::AccountSpendingLimitsSet(AccountSpendingLimitsSet {
+        version: V1,
+        command_id,
+        account_id: AccountId::from_uuid(account_id),
+        limits,
+        requested_at: Utc::now(),
+    });
+    let canonical = serde_json::json!({
+        "kind": "spending_limits",
+        "account_id": account_id,
+        "currency": currency,
+        "per_transfer_max": limits.per_transfer_max.map(|money| money.amount().to_string()),
+        "rolling_24h_max": limits.rolling_24h_max.map(|money| money.amount().to_string()),
+    });
+    let accepted = acceptance::accept(state, requester, key, &command, canonical.clone(), request_id).await?;
+    tracing::info!(%account_id, %command_id, "spending limits requested");
+    if let LimitSetter::Staff { staff_id, peer } = setter {
+        audit::record(
+            state,
+            audit::Event::by_staff(
+                "account.spending_limits_requested",
+                staff_id,
+                peer,
+                request_id,
+                serde_json::json!({ "account_id": account_id, "command_id": command_id, "limits": canonical }),
+            ),
+        )
+        .await;
+    }
+    Ok(accepted)
+}
+
+/// A client moves money only out of its own accounts; the processor checks
+/// everything else (existence of the destination, currency, funds). An
+/// account's owner never changes, so a yes is remembered.
+///
+/// # Errors
+/// 404 `account_not_found` when the account is not the client's.
+pub(crate) async fn require_client_source(state: &AppState, client_id: Uuid, account_id: Uuid) -> Result<(), ApiError> {
+    let owners = &state.acceptances.owners;
+    if owners.is_owner(account_id, client_id) {
+        return Ok(());
+    }
+    let owns_source = sqlx::query_scalar!(
+        r#"select exists (select 1 from accounts where id = $1 and owner_client_id = $2) as "owns_source!""#,
+        account_id,
+        client_id,
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    if !owns_source {
+        return Err(ApiError::not_found("account_not_found", "no such source account"));
+    }
+    owners.remember(account_id, client_id);
+    Ok(())
 }

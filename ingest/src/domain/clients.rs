@@ -29,6 +29,8 @@ pub enum Scope {
     DepositsWrite,
     /// Register, list and remove the client's webhook endpoints.
     WebhooksManage,
+    /// Place, capture and void holds on the client's own accounts.
+    HoldsWrite,
 }
 
 impl Scope {
@@ -39,6 +41,7 @@ impl Scope {
         Scope::TransfersRead,
         Scope::DepositsWrite,
         Scope::WebhooksManage,
+        Scope::HoldsWrite,
     ];
 
     #[must_use]
@@ -50,6 +53,7 @@ impl Scope {
             Scope::TransfersRead => "transfers:read",
             Scope::DepositsWrite => "deposits:write",
             Scope::WebhooksManage => "webhooks:manage",
+            Scope::HoldsWrite => "holds:write",
         }
     }
 

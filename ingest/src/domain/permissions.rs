@@ -13,6 +13,8 @@ pub(crate) enum Permission {
     ReadCommands,
     /// Freeze, unfreeze and close accounts.
     ChangeAccountStatus,
+    /// Set any account's spending limits.
+    SetSpendingLimits,
     /// Fund an account from cash-in.
     Deposit,
     /// Read the dead letters and the outbox, replay and retry them.
@@ -26,10 +28,11 @@ pub(crate) enum Permission {
 impl Permission {
     /// Every permission.
     #[cfg(test)]
-    pub(crate) const ALL: [Permission; 7] = [
+    pub(crate) const ALL: [Permission; 8] = [
         Permission::ReadLedger,
         Permission::ReadCommands,
         Permission::ChangeAccountStatus,
+        Permission::SetSpendingLimits,
         Permission::Deposit,
         Permission::Operate,
         Permission::ReadAudit,
@@ -42,7 +45,10 @@ impl Permission {
         match self {
             Permission::ReadLedger => &["support", "admin", "ops"],
             Permission::ReadCommands | Permission::Deposit | Permission::Operate => &["admin", "ops"],
-            Permission::ChangeAccountStatus | Permission::ReadAudit | Permission::Administer => &["admin"],
+            Permission::ChangeAccountStatus
+            | Permission::SetSpendingLimits
+            | Permission::ReadAudit
+            | Permission::Administer => &["admin"],
         }
     }
 

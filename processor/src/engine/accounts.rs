@@ -1,10 +1,12 @@
-//! Account commands: freeze, unfreeze, close, set the overdraft limit. Each
+//! Account commands: freeze, unfreeze, close, set the overdraft limit or
+//! the spending limits. Each
 //! is decided once under its command id and stored in `account_commands`,
 //! applied or refused.
 
 use rust_decimal::Decimal;
 use schemas::messages::{
-    AccountCommandRejected, AccountOverdraftLimitChanged, AccountStatus, AccountStatusChanged, V1,
+    AccountCommandRejected, AccountOverdraftLimitChanged, AccountSpendingLimitsChanged, AccountStatus,
+    AccountStatusChanged, V1,
 };
 use schemas::{AccountId, Command, Event, RejectionReason};
 use uuid::Uuid;
@@ -25,6 +27,7 @@ impl Engine {
                 (c.account_id, c.requested_at)
             }
             Command::AccountOverdraftLimitSet(c) => (c.account_id, c.requested_at),
+            Command::AccountSpendingLimitsSet(c) => (c.account_id, c.requested_at),
             _ => unreachable!("only account commands come here"),
         };
         if let Some(previous) = self.account_commands.get(&command_id) {
@@ -127,6 +130,25 @@ impl Engine {
                     command_id: c.command_id,
                     account_id,
                     overdraft_limit: c.overdraft_limit,
+                    changed_at: now,
+                }))
+            }
+            Command::AccountSpendingLimitsSet(c) => {
+                let amount = |limit: Option<schemas::Money>| match limit {
+                    Some(money) if money.currency() != account.currency => Err(RejectionReason::CurrencyMismatch),
+                    limit => Ok(limit.map(|money| money.amount().value())),
+                };
+                // A lower limit than what the account spent today is set
+                // all the same: it stops further debits, as asked.
+                let per_transfer_max = amount(c.limits.per_transfer_max)?;
+                let rolling_24h_max = amount(c.limits.rolling_24h_max)?;
+                account.per_transfer_max = per_transfer_max;
+                account.rolling_24h_max = rolling_24h_max;
+                Ok(Event::AccountSpendingLimitsChanged(AccountSpendingLimitsChanged {
+                    version: V1,
+                    command_id: c.command_id,
+                    account_id,
+                    limits: c.limits,
                     changed_at: now,
                 }))
             }

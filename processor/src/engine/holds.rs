@@ -6,13 +6,13 @@ use rust_decimal::Decimal;
 use schemas::messages::{AccountStatus, TransferCompleted, TransferHeld, TransferKind, TransferVoided, V1, VoidReason};
 use schemas::{AccountId, Event, Money, RejectionReason, TransferId};
 
-use super::{Engine, TransferRecord, TransferStatus};
+use super::{Engine, Refusal, TransferRecord, TransferStatus};
 use crate::decide;
 
 impl Engine {
     /// Reserves a hold's or a payout's funds on the source. A payout has no
     /// expiry.
-    pub(super) fn hold(&mut self, record: &TransferRecord) -> Result<(), RejectionReason> {
+    pub(super) fn hold(&mut self, record: &TransferRecord) -> Result<(), Refusal> {
         let (source_id, destination_id, money) = record.legs()?;
         let expires_at = record.expires_at;
         let (source, _) = decide::check_pair(
@@ -23,8 +23,9 @@ impl Engine {
             self.accounts.get(&destination_id),
         )?;
         decide::check_funds(source, money.amount().value())?;
+        source.check_limits(money.amount().value(), money.amount().value())?;
         if expires_at.is_some_and(|expires_at| expires_at <= self.log_time) {
-            return Err(RejectionReason::HoldExpired);
+            return Err(RejectionReason::HoldExpired.into());
         }
         if let Some(source) = self.accounts.get_mut(&source_id) {
             source.held += money.amount().value();
@@ -37,6 +38,8 @@ impl Engine {
             destination_account_id: destination_id,
             money,
             expires_at,
+            reference: record.reference.clone(),
+            metadata: record.metadata.clone(),
             held_at: self.now,
         }));
         Ok(())
@@ -165,6 +168,9 @@ impl Engine {
             destination_account_id: destination_id,
             money,
             related_transfer_id: Some(hold.id),
+            // A capture tells what its hold was for.
+            reference: hold.reference.clone(),
+            metadata: hold.metadata.clone(),
             completed_at: self.now,
         }));
         Ok(())

@@ -10,7 +10,7 @@
 //!   transfers it refers to, whether an unlocked read will do) and how its
 //!   redelivery is recognised ([`canonical_form`], [`fingerprint`]);
 //! - `holds`: holds made, posted, voided and expired;
-//! - `movements`: transfers, deposits, reversals, payouts;
+//! - `movements`: transfers, deposits, reversals, payouts, batches;
 //! - `accounts`: account commands.
 //!
 //! This module holds the [`Engine`] and [`Engine::apply`], which sends each
@@ -27,7 +27,7 @@ mod tests;
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use schemas::messages::{CommandIdReused, PayoutResult, TransferKind, TransferRejected, V1};
+use schemas::messages::{CommandIdReused, PayoutResult, SpendingLimit, TransferKind, TransferRejected, V1};
 use schemas::{AccountId, Command, Event, RejectionReason, TransferId};
 use uuid::Uuid;
 
@@ -44,6 +44,27 @@ pub enum Outcome {
     Rejected(RejectionReason),
     /// The same command was decided before (a redelivery); nothing changed.
     AlreadyDecided,
+}
+
+/// Why a command is refused: its stable reason, and for a batch the leg
+/// that caused it, for `limit_exceeded` the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) reason: RejectionReason,
+    pub(crate) leg: Option<u16>,
+    pub(crate) limit: Option<SpendingLimit>,
+}
+
+impl From<RejectionReason> for Refusal {
+    fn from(reason: RejectionReason) -> Self {
+        Self { reason, leg: None, limit: None }
+    }
+}
+
+impl From<SpendingLimit> for Refusal {
+    fn from(limit: SpendingLimit) -> Self {
+        Self { reason: RejectionReason::LimitExceeded, leg: None, limit: Some(limit) }
+    }
 }
 
 /// The batch's view of the ledger.
@@ -153,10 +174,13 @@ impl Engine {
         let mut record = TransferRecord::of_command(command, self.now, fingerprint, position);
         let outcome = match self.decide_transfer(&mut record, command) {
             Ok(()) => Outcome::Applied,
-            Err(reason) => {
+            Err(refusal) => {
+                let reason = refusal.reason;
                 record.status = TransferStatus::Rejected;
                 record.rejection_reason = Some(reason);
-                let event = self.rejected_event(command, reason);
+                record.rejected_leg = refusal.leg;
+                record.exceeded_limit = refusal.limit;
+                let event = self.rejected_event(command, refusal);
                 self.changes.events.push(event);
                 if !refusal_is_kept(command, reason) {
                     // Told, not stored (see `refusal_is_kept`).
@@ -172,19 +196,21 @@ impl Engine {
 
     /// Decides a transfer-like command by the rules of its kind, filling in
     /// `record` with what it settles or corrects.
-    fn decide_transfer(&mut self, record: &mut TransferRecord, command: &Command) -> Result<(), RejectionReason> {
+    fn decide_transfer(&mut self, record: &mut TransferRecord, command: &Command) -> Result<(), Refusal> {
         match command {
             Command::TransferRequested(_) | Command::AccountDeposited(_) => self.movement(record),
             Command::TransferHold(_) => self.hold(record),
-            Command::TransferPost(post) => self.post(record, post.source_account_id, post.money),
-            Command::TransferVoid(void) => self.void(record, void.source_account_id),
-            Command::PayoutOutcome(outcome) => self.settle_payout(record, outcome),
+            Command::TransferPost(post) => Ok(self.post(record, post.source_account_id, post.money)?),
+            Command::TransferVoid(void) => Ok(self.void(record, void.source_account_id)?),
+            Command::PayoutOutcome(outcome) => Ok(self.settle_payout(record, outcome)?),
             Command::TransferReverse(_) => self.reverse(record),
             Command::TransferExternal(payout) => self.payout(record, payout),
+            Command::TransferBatch(batch) => self.batch(record, batch),
             Command::AccountFrozen(_)
             | Command::AccountUnfrozen(_)
             | Command::AccountClosed(_)
-            | Command::AccountOverdraftLimitSet(_) => unreachable!("account commands are applied on their own"),
+            | Command::AccountOverdraftLimitSet(_)
+            | Command::AccountSpendingLimitsSet(_) => unreachable!("account commands are applied on their own"),
         }
     }
 
@@ -207,7 +233,7 @@ impl Engine {
         })
     }
 
-    fn rejected_event(&self, command: &Command, reason: RejectionReason) -> Event {
+    fn rejected_event(&self, command: &Command, refusal: Refusal) -> Event {
         let (kind, source, destination, money) = match command {
             Command::TransferRequested(c) => {
                 (TransferKind::Transfer, Some(c.source_account_id), Some(c.destination_account_id), Some(c.money))
@@ -228,16 +254,28 @@ impl Engine {
                 Some(AccountId::external_clearing(c.money.currency())),
                 Some(c.money),
             ),
+            // The leg that caused the refusal, when one did.
+            Command::TransferBatch(c) => match refusal.leg.and_then(|leg| c.legs.get(usize::from(leg))) {
+                Some(leg) => (
+                    TransferKind::Batch,
+                    Some(leg.source_account_id),
+                    Some(leg.destination_account_id),
+                    Some(leg.money),
+                ),
+                None => (TransferKind::Batch, None, None, None),
+            },
             _ => (TransferKind::Transfer, None, None, None),
         };
         Event::TransferRejected(TransferRejected {
             version: V1,
             transfer_id: TransferId::from_uuid(command.id()),
             kind,
-            reason,
+            reason: refusal.reason,
             source_account_id: source,
             destination_account_id: destination,
             money,
+            leg: refusal.leg,
+            limit: refusal.limit,
             rejected_at: self.now,
         })
     }

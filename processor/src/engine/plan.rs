@@ -53,6 +53,10 @@ impl Engine {
                 ids.push(outcome.source_account_id);
                 ids
             }
+            Command::TransferBatch(batch) => {
+                batch.legs.iter().flat_map(|leg| [leg.source_account_id, leg.destination_account_id]).collect()
+            }
+            Command::AccountSpendingLimitsSet(command) => vec![command.account_id],
         }
     }
 
@@ -70,6 +74,7 @@ impl Engine {
                 | Command::AccountDeposited(_)
                 | Command::TransferHold(_)
                 | Command::TransferExternal(_)
+                | Command::TransferBatch(_)
         )
     }
 
@@ -97,6 +102,7 @@ pub(crate) fn is_account_command(command: &Command) -> bool {
             | Command::AccountUnfrozen(_)
             | Command::AccountClosed(_)
             | Command::AccountOverdraftLimitSet(_)
+            | Command::AccountSpendingLimitsSet(_)
     )
 }
 

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use schemas::messages::{PaymentRequested, TransferKind};
-use schemas::{AccountId, Command, Event, Money, RejectionReason, TransferId};
+use schemas::messages::{PaymentRequested, SpendingLimit, TransferKind};
+use schemas::{AccountId, Command, Event, Metadata, Money, Reference, RejectionReason, ReversalReason, TransferId};
 use uuid::Uuid;
 
 use super::settlement_kind;
@@ -76,6 +76,16 @@ pub struct TransferRecord {
     pub position: Option<Position>,
     /// Whether a completed reversal of this transfer exists.
     pub reversed: bool,
+    /// What the requester attached: a bank reference and metadata (a
+    /// batch's legs carry the batch's).
+    pub reference: Option<Reference>,
+    pub metadata: Option<Metadata>,
+    /// Why a reversal corrects its original.
+    pub reversal_reason: Option<ReversalReason>,
+    /// For a refused batch, the leg that caused it.
+    pub rejected_leg: Option<u16>,
+    /// For `limit_exceeded`, which limit.
+    pub exceeded_limit: Option<SpendingLimit>,
 }
 
 impl TransferRecord {
@@ -96,13 +106,16 @@ impl TransferRecord {
     pub(super) fn of_command(command: &Command, now: DateTime<Utc>, fingerprint: Vec<u8>, position: &Position) -> Self {
         let mut record = Self::blank(TransferId::from_uuid(command.id()), now, fingerprint, position);
         match command {
-            Command::TransferRequested(request) => record.describe(
-                TransferKind::Transfer,
-                request.requested_at,
-                request.source_account_id,
-                request.destination_account_id,
-                request.money,
-            ),
+            Command::TransferRequested(request) => {
+                record.describe(
+                    TransferKind::Transfer,
+                    request.requested_at,
+                    request.source_account_id,
+                    request.destination_account_id,
+                    request.money,
+                );
+                record.annotate(request.reference.as_ref(), request.metadata.as_ref());
+            }
             Command::AccountDeposited(deposit) => record.describe(
                 TransferKind::Deposit,
                 deposit.requested_at,
@@ -120,6 +133,7 @@ impl TransferRecord {
                 );
                 record.status = TransferStatus::Held;
                 record.expires_at = Some(hold.expires_at);
+                record.annotate(hold.reference.as_ref(), hold.metadata.as_ref());
             }
             Command::TransferPost(post) => record.settles(TransferKind::Post, post.requested_at, post.hold_id),
             Command::TransferVoid(void) => record.settles(TransferKind::Void, void.requested_at, void.hold_id),
@@ -128,6 +142,14 @@ impl TransferRecord {
             }
             Command::TransferReverse(reverse) => {
                 record.settles(TransferKind::Reversal, reverse.requested_at, reverse.original_transfer_id);
+                record.reversal_reason.clone_from(&reverse.reason);
+            }
+            Command::TransferBatch(batch) => {
+                // The batch's own row names no single movement: its legs,
+                // rows of their own, do.
+                record.kind = TransferKind::Batch;
+                record.requested_at = batch.requested_at;
+                record.annotate(batch.reference.as_ref(), batch.metadata.as_ref());
             }
             Command::TransferExternal(payout) => {
                 record.describe(
@@ -142,7 +164,8 @@ impl TransferRecord {
             Command::AccountFrozen(_)
             | Command::AccountUnfrozen(_)
             | Command::AccountClosed(_)
-            | Command::AccountOverdraftLimitSet(_) => unreachable!("an account command has no transfer row"),
+            | Command::AccountOverdraftLimitSet(_)
+            | Command::AccountSpendingLimitsSet(_) => unreachable!("an account command has no transfer row"),
         }
         record
     }
@@ -164,7 +187,33 @@ impl TransferRecord {
             fingerprint,
             position: Some(position.clone()),
             reversed: false,
+            reference: None,
+            metadata: None,
+            reversal_reason: None,
+            rejected_leg: None,
+            exceeded_limit: None,
         }
+    }
+
+    /// Keeps what the requester attached.
+    fn annotate(&mut self, reference: Option<&Reference>, metadata: Option<&Metadata>) {
+        self.reference = reference.cloned();
+        self.metadata = metadata.cloned();
+    }
+
+    /// Leg `index` of the batch `batch`, moving `money` from `source` to
+    /// `destination`: a transfer of its own, related to the batch, carrying
+    /// the batch's annotations, fingerprint and position.
+    pub(super) fn leg_of(batch: &Self, index: usize, source: AccountId, destination: AccountId, money: Money) -> Self {
+        let mut leg = batch.clone();
+        leg.id = schemas::messages::TransferBatch::leg_id(batch.id, index);
+        leg.kind = TransferKind::Transfer;
+        leg.status = TransferStatus::Completed;
+        leg.source_account_id = Some(source);
+        leg.destination_account_id = Some(destination);
+        leg.money = Some(money);
+        leg.related_transfer_id = Some(batch.id);
+        leg
     }
 
     /// Fills in what a movement-like command says about itself.

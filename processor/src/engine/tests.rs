@@ -1,9 +1,9 @@
 use rust_decimal::Decimal;
 use schemas::messages::{
-    AccountOverdraftLimitSet, AccountStatus, AccountStatusCommand, TransferHold, TransferPost, TransferRequested,
-    TransferReverse, TransferVoid,
+    AccountOverdraftLimitSet, AccountSpendingLimitsSet, AccountStatus, AccountStatusCommand, BatchLeg, SpendingLimits,
+    TransferBatch, TransferHold, TransferPost, TransferRequested, TransferReverse, TransferVoid,
 };
-use schemas::{Currency, Money};
+use schemas::{Currency, Money, Reference};
 
 use super::*;
 use crate::decide::AccountKind;
@@ -25,6 +25,9 @@ fn account(balance: &str) -> AccountState {
         balance: dec(balance),
         held: Decimal::ZERO,
         overdraft_limit: Decimal::ZERO,
+        per_transfer_max: None,
+        rolling_24h_max: None,
+        debited_24h: Decimal::ZERO,
     }
 }
 
@@ -65,6 +68,8 @@ impl Ledger {
             source_account_id: self.alice,
             destination_account_id: self.bob,
             money: eur(amount),
+            metadata: None,
+            reference: None,
             requested_at: Utc::now(),
         })
     }
@@ -78,6 +83,8 @@ impl Ledger {
             destination_account_id: self.bob,
             money: eur(amount),
             expires_at: Utc::now() + expires_in,
+            metadata: None,
+            reference: None,
             requested_at: Utc::now(),
         });
         (id, command)
@@ -114,6 +121,7 @@ fn reverse(original: TransferId) -> Command {
         version: V1,
         transfer_id: TransferId::from_uuid(Uuid::new_v4()),
         original_transfer_id: original,
+        reason: None,
         requested_at: Utc::now(),
     })
 }
@@ -564,4 +572,159 @@ fn a_post_is_decided_against_its_time_in_the_log_not_the_time_it_is_applied() {
         ledger.engine.apply(&ledger.post(late_hold_id, None), &too_late),
         Outcome::Rejected(RejectionReason::HoldExpired)
     );
+}
+
+/// A third account, Carol, for batches (a fee account, say).
+fn with_carol(ledger: &mut Ledger) -> AccountId {
+    let carol = account("0");
+    let id = carol.id;
+    ledger.engine.accounts.insert(id, carol.clone());
+    ledger.engine.initial_accounts.insert(id, carol);
+    id
+}
+
+fn batch(legs: &[(AccountId, AccountId, &str)]) -> (TransferId, Command) {
+    let id = TransferId::from_uuid(Uuid::new_v4());
+    let command = Command::TransferBatch(TransferBatch {
+        version: V1,
+        transfer_id: id,
+        legs: legs
+            .iter()
+            .map(|(source, destination, amount)| BatchLeg {
+                source_account_id: *source,
+                destination_account_id: *destination,
+                money: eur(amount),
+            })
+            .collect(),
+        reference: Some(Reference::parse("ORDER-1042").expect("reference")),
+        metadata: None,
+        requested_at: Utc::now(),
+    });
+    (id, command)
+}
+
+#[test]
+fn a_batch_applies_every_leg_as_a_transfer_of_its_own() {
+    let mut ledger = Ledger::new("100.00");
+    let carol = with_carol(&mut ledger);
+    let (alice, bob) = (ledger.alice, ledger.bob);
+    let (batch_id, command) = batch(&[(alice, bob, "60.00"), (alice, carol, "1.50"), (bob, carol, "10.00")]);
+    assert_eq!(ledger.apply(&command), Outcome::Applied);
+    assert_eq!(ledger.balance_and_held(alice).0, dec("38.50"));
+    assert_eq!(ledger.balance_and_held(bob).0, dec("50.00"));
+    assert_eq!(ledger.balance_and_held(carol).0, dec("11.50"));
+    let changes = ledger.engine.finish();
+    assert_eq!(changes.entries.len(), 6);
+    assert_eq!(changes.new_transfers.len(), 4, "the batch's row and one per leg");
+    let legs: Vec<&TransferRecord> =
+        changes.new_transfers.iter().filter(|row| row.related_transfer_id == Some(batch_id)).collect();
+    assert_eq!(legs.len(), 3);
+    assert!(legs.iter().all(|leg| leg.kind == TransferKind::Transfer && leg.reference.is_some()));
+    assert_eq!(legs[0].id, TransferBatch::leg_id(batch_id, 0));
+    let completed = changes.events.iter().filter(|event| matches!(event, Event::TransferCompleted(_))).count();
+    assert_eq!(completed, 3);
+}
+
+#[test]
+fn a_batch_with_a_refused_leg_moves_nothing_and_names_the_leg() {
+    let mut ledger = Ledger::new("100.00");
+    let carol = with_carol(&mut ledger);
+    let (alice, bob) = (ledger.alice, ledger.bob);
+    // The second leg would overdraw: the first, applied on its own, would not.
+    let (batch_id, command) = batch(&[(alice, bob, "60.00"), (alice, carol, "50.00")]);
+    assert_eq!(ledger.apply(&command), Outcome::Rejected(RejectionReason::InsufficientFunds));
+    for (id, balance) in [(alice, "100.00"), (bob, "0"), (carol, "0")] {
+        assert_eq!(ledger.balance_and_held(id).0, dec(balance), "{id}");
+    }
+    let changes = ledger.engine.finish();
+    assert!(changes.entries.is_empty());
+    assert!(changes.accounts.is_empty(), "no account changed");
+    assert_eq!(changes.new_transfers.len(), 1, "the batch's row only");
+    assert_eq!(changes.new_transfers[0].id, batch_id);
+    assert_eq!(changes.new_transfers[0].rejected_leg, Some(1));
+    let Some(Event::TransferRejected(rejected)) = changes.events.first() else { panic!("{:?}", changes.events) };
+    assert_eq!((rejected.kind, rejected.leg, rejected.source_account_id), (TransferKind::Batch, Some(1), Some(alice)));
+}
+
+#[test]
+fn a_later_leg_may_spend_what_an_earlier_leg_credited() {
+    let mut ledger = Ledger::new("100.00");
+    let carol = with_carol(&mut ledger);
+    let (alice, bob) = (ledger.alice, ledger.bob);
+    let (_, command) = batch(&[(alice, bob, "100.00"), (bob, carol, "100.00")]);
+    assert_eq!(ledger.apply(&command), Outcome::Applied);
+    assert_eq!(ledger.balance_and_held(carol).0, dec("100.00"));
+    // The other order fails on its first leg: Bob has nothing yet.
+    let (_, reversed_order) = batch(&[(bob, alice, "100.00"), (alice, carol, "1.00")]);
+    assert_eq!(ledger.apply(&reversed_order), Outcome::Rejected(RejectionReason::InsufficientFunds));
+}
+
+fn limited(ledger: &mut Ledger, per_transfer_max: Option<&str>, rolling_24h_max: Option<&str>) {
+    let alice = ledger.engine.accounts.get_mut(&ledger.alice).expect("alice");
+    alice.per_transfer_max = per_transfer_max.map(dec);
+    alice.rolling_24h_max = rolling_24h_max.map(dec);
+}
+
+#[test]
+fn a_per_transfer_limit_refuses_a_larger_transfer_hold_or_batch_with_the_limit() {
+    let mut ledger = Ledger::new("1000.00");
+    limited(&mut ledger, Some("100.00"), None);
+    let carol = with_carol(&mut ledger);
+    let (alice, bob) = (ledger.alice, ledger.bob);
+    assert_eq!(ledger.apply(&ledger.transfer("100.00")), Outcome::Applied);
+    assert_eq!(ledger.apply(&ledger.transfer("100.01")), Outcome::Rejected(RejectionReason::LimitExceeded));
+    let (_, hold) = ledger.hold("150.00", chrono::Duration::minutes(5));
+    assert_eq!(ledger.apply(&hold), Outcome::Rejected(RejectionReason::LimitExceeded));
+    // Two legs of 60 from Alice are one transfer of 120.
+    let (_, split) = batch(&[(alice, bob, "60.00"), (alice, carol, "60.00")]);
+    assert_eq!(ledger.apply(&split), Outcome::Rejected(RejectionReason::LimitExceeded));
+    let changes = ledger.engine.finish();
+    let limits: Vec<Option<SpendingLimit>> = changes
+        .new_transfers
+        .iter()
+        .filter(|row| row.rejection_reason.is_some())
+        .map(|row| row.exceeded_limit)
+        .collect();
+    assert_eq!(limits, vec![Some(SpendingLimit::PerTransfer); 3]);
+}
+
+#[test]
+fn a_rolling_limit_counts_todays_debits_and_pending_holds_but_not_deposits_or_posts() {
+    let mut ledger = Ledger::new("1000.00");
+    limited(&mut ledger, None, Some("300.00"));
+    ledger.engine.accounts.get_mut(&ledger.alice).expect("alice").debited_24h = dec("100.00");
+    let (hold_id, hold) = ledger.hold("150.00", chrono::Duration::minutes(5));
+    assert_eq!(ledger.apply(&hold), Outcome::Applied);
+    // 100 debited + 150 held: 50 left.
+    assert_eq!(ledger.apply(&ledger.transfer("50.01")), Outcome::Rejected(RejectionReason::LimitExceeded));
+    assert_eq!(ledger.apply(&ledger.transfer("50.00")), Outcome::Applied);
+    // Capturing the hold moves it from held to debited: not counted twice,
+    // and not refused although the limit is reached.
+    assert_eq!(ledger.apply(&ledger.post(hold_id, None)), Outcome::Applied);
+    let alice = ledger.engine.account(ledger.alice).expect("alice");
+    assert_eq!((alice.debited_24h, alice.held), (dec("300.00"), Decimal::ZERO));
+    assert_eq!(ledger.apply(&ledger.transfer("0.01")), Outcome::Rejected(RejectionReason::LimitExceeded));
+    let changes = ledger.engine.finish();
+    let last = changes.new_transfers.last().expect("rows");
+    assert_eq!(last.exceeded_limit, Some(SpendingLimit::Rolling24h));
+}
+
+#[test]
+fn spending_limits_are_set_by_an_account_command_in_the_accounts_currency() {
+    let mut ledger = Ledger::new("1000.00");
+    let alice = ledger.alice;
+    let set = |limit: Money| {
+        Command::AccountSpendingLimitsSet(AccountSpendingLimitsSet {
+            version: V1,
+            command_id: Uuid::new_v4(),
+            account_id: alice,
+            limits: SpendingLimits { per_transfer_max: Some(limit), rolling_24h_max: None },
+            requested_at: Utc::now(),
+        })
+    };
+    let usd = Money::parse("10.00", Currency::USD).expect("money");
+    assert_eq!(ledger.apply(&set(usd)), Outcome::Rejected(RejectionReason::CurrencyMismatch));
+    assert_eq!(ledger.apply(&set(eur("10.00"))), Outcome::Applied);
+    assert_eq!(ledger.apply(&ledger.transfer("10.01")), Outcome::Rejected(RejectionReason::LimitExceeded));
+    assert_eq!(ledger.apply(&ledger.transfer("10.00")), Outcome::Applied);
 }

@@ -51,6 +51,8 @@ async fn three_processors_with_forced_rebalances_apply_every_transfer_exactly_on
                 destination_account_id: accounts[(index * 7 + 1) % ACCOUNTS],
                 money: Money::new(Decimal::new(i64::try_from(index % 500).expect("small") + 1, 2), Currency::EUR)
                     .expect("money"),
+                metadata: None,
+                reference: None,
                 requested_at: Utc::now(),
             })
         })

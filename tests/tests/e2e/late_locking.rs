@@ -41,6 +41,8 @@ fn transfer(source: AccountId, destination: AccountId, amount: &str) -> Command 
         source_account_id: source,
         destination_account_id: destination,
         money: eur(amount),
+        metadata: None,
+        reference: None,
         requested_at: Utc::now(),
     })
 }

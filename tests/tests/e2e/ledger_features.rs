@@ -54,6 +54,8 @@ fn hold(id: TransferId, source: Uuid, destination: Uuid, amount: &str, expires_i
         destination_account_id: AccountId::from_uuid(destination),
         money: eur(amount),
         expires_at: Utc::now() + expires_in,
+        metadata: None,
+        reference: None,
         requested_at: Utc::now(),
     })
 }
@@ -146,6 +148,8 @@ async fn a_transfer_is_reversed_once_and_a_second_reversal_is_refused() {
         source_account_id: AccountId::from_uuid(alice),
         destination_account_id: AccountId::from_uuid(bob),
         money: eur("20.00"),
+        metadata: None,
+        reference: None,
         requested_at: Utc::now(),
     }))
     .await;
@@ -156,6 +160,7 @@ async fn a_transfer_is_reversed_once_and_a_second_reversal_is_refused() {
             version: V1,
             transfer_id: id,
             original_transfer_id: original,
+            reason: None,
             requested_at: Utc::now(),
         })
     };
@@ -188,6 +193,8 @@ async fn frozen_and_closed_accounts_and_overdraft_limits_are_enforced() {
             source_account_id: AccountId::from_uuid(source),
             destination_account_id: AccountId::from_uuid(destination),
             money: eur(amount),
+            metadata: None,
+            reference: None,
             requested_at: Utc::now(),
         })
     };

@@ -42,6 +42,8 @@ async fn fingerprints_stored_as_json_by_the_earlier_release_still_recognise_thei
         source_account_id: alice,
         destination_account_id: bob,
         money: Money::parse("10.00", Currency::EUR).expect("money"),
+        metadata: None,
+        reference: None,
         requested_at: Utc::now(),
     };
     let freeze =

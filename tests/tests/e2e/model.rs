@@ -90,6 +90,8 @@ fn commands(ops: &[Op], accounts: &[AccountId]) -> Vec<Command> {
                     source_account_id: accounts[source],
                     destination_account_id: accounts[destination],
                     money: money(cents),
+                    metadata: None,
+                    reference: None,
                     requested_at: now,
                 })
             }
@@ -103,6 +105,8 @@ fn commands(ops: &[Op], accounts: &[AccountId]) -> Vec<Command> {
                     destination_account_id: accounts[destination],
                     money: money(cents),
                     expires_at: now + chrono::Duration::hours(1),
+                    metadata: None,
+                    reference: None,
                     requested_at: now,
                 })
             }
@@ -137,6 +141,7 @@ fn commands(ops: &[Op], accounts: &[AccountId]) -> Vec<Command> {
                     version: V1,
                     transfer_id: id,
                     original_transfer_id: original,
+                    reason: None,
                     requested_at: now,
                 })
             }
@@ -324,6 +329,11 @@ impl Model {
             // cover them end to end.
             Command::TransferExternal(_) | Command::PayoutOutcome(_) => {
                 unreachable!("the model does not generate payouts")
+            }
+            // Batches and spending limits have tests of their own (the
+            // engine's unit tests, the batches and limits end-to-end tests).
+            Command::TransferBatch(_) | Command::AccountSpendingLimitsSet(_) => {
+                unreachable!("the model does not generate batches or spending limits")
             }
             Command::AccountOverdraftLimitSet(c) => {
                 let limit = c.overdraft_limit.map_or(Decimal::ZERO, |money| money.amount().value());

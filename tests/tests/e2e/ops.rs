@@ -31,6 +31,8 @@ async fn ops_read_dead_letters_and_replay_one_once_its_cause_is_fixed() {
         source_account_id: AccountId::from_uuid(alice),
         destination_account_id: AccountId::from_uuid(bob),
         money: Money::new(dec("30.00"), Currency::EUR).expect("money"),
+        metadata: None,
+        reference: None,
         requested_at: chrono::Utc::now(),
     });
     let payload = serde_json::to_vec(&command).expect("serializes");
@@ -210,6 +212,8 @@ async fn a_replay_refeeds_only_the_commands_the_ledger_never_decided() {
             source_account_id: AccountId::from_uuid(alice),
             destination_account_id: AccountId::from_uuid(bob),
             money: Money::new(dec(amount), Currency::EUR).expect("money"),
+            metadata: None,
+            reference: None,
             requested_at: chrono::Utc::now(),
         });
         (transfer_id, command)

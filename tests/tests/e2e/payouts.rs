@@ -546,6 +546,7 @@ async fn only_the_providers_recorded_outcome_settles_a_payout_and_a_paid_one_can
                 &payout,
                 PayoutResult::Settled,
             )),
+            reason: None,
             requested_at: chrono::Utc::now(),
         }))
         .await;

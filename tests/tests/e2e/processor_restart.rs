@@ -36,6 +36,8 @@ async fn a_processor_stopped_mid_stream_and_restarted_applies_every_command_exac
                 source_account_id: AccountId::from_uuid(alice),
                 destination_account_id: AccountId::from_uuid(bob),
                 money: Money::parse("1.00", Currency::EUR).expect("money"),
+                metadata: None,
+                reference: None,
                 requested_at: Utc::now(),
             })
         })

@@ -57,6 +57,8 @@ fn unknown_accounts_transfer(transfer_id: Uuid) -> Command {
         source_account_id: AccountId::new_random(),
         destination_account_id: AccountId::new_random(),
         money: Money::parse("1.00", Currency::EUR).expect("money"),
+        metadata: None,
+        reference: None,
         requested_at: chrono::Utc::now(),
     })
 }

@@ -1,4 +1,5 @@
-//! Accounts: open one, read its balance, list its entries, fund it.
+//! Accounts: open one, read its balance (now or as of an instant), list its
+//! entries, read a statement, fund it, set its spending limits.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -16,9 +17,11 @@ use crate::AppState;
 use crate::domain::acceptance;
 use crate::domain::acceptance::{Accepted, Requester};
 use crate::domain::accounts::{
-    AccountView, DepositRequest, deposit_command, find_account, format_amount, parse_currency,
+    AccountView, DepositRequest, LimitSetter, SpendingLimitsRequest, deposit_command, find_account, format_amount,
+    parse_currency, request_spending_limits,
 };
 use crate::domain::clients::Scope;
+use crate::domain::statements::{self, BalanceAsOf, BalanceQuery, Statement, StatementQuery};
 use crate::error::ApiError;
 use crate::extract::principal::Principal;
 use crate::middleware::context::RequestId;
@@ -29,6 +32,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_account))
         .routes(routes!(list_entries))
         .routes(routes!(deposit))
+        .routes(routes!(get_balance))
+        .routes(routes!(get_statement))
+        .routes(routes!(set_spending_limits))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -251,4 +257,100 @@ async fn deposit(
     )
     .await?;
     Ok(accepted.into_response())
+}
+
+/// The account's balance and held amount now, or as of an instant.
+///
+/// From the ledger's own lines: the balance after the last entry written by
+/// `as_of`, and the holds pending then. Needs the `accounts:read` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}/balance",
+    operation_id = "get_balance",
+    tag = "accounts",
+    params(("account_id" = Uuid, Path, description = "The account"), BalanceQuery),
+    responses((status = 200, description = "The balances at the instant", body = BalanceAsOf)),
+)]
+async fn get_balance(
+    State(state): State<AppState>,
+    principal: Principal,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<BalanceQuery>, QueryRejection>,
+) -> Result<Json<BalanceAsOf>, ApiError> {
+    principal.require(Scope::AccountsRead)?;
+    let Path(account_id) = path?;
+    let Query(query) = query?;
+    let account = find_account(&state, account_id, Some(Requester::Client(principal.client_id))).await?;
+    Ok(Json(statements::balance_as_of(&state, &account, &query).await?))
+}
+
+/// The account's statement of a period: opening balance, lines, closing
+/// balance (the opening plus the lines, checked).
+///
+/// JSON, or CSV with `Accept: text/csv`. At most 10,000 lines and 366 days:
+/// ask for shorter periods beyond. Needs the `accounts:read` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}/statement",
+    operation_id = "get_statement",
+    tag = "accounts",
+    params(("account_id" = Uuid, Path, description = "The account"), StatementQuery),
+    responses((
+        status = 200,
+        description = "The statement",
+        content((Statement = "application/json"), (String = "text/csv")),
+    )),
+)]
+async fn get_statement(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<StatementQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    principal.require(Scope::AccountsRead)?;
+    let Path(account_id) = path?;
+    let Query(query) = query?;
+    let account = find_account(&state, account_id, Some(Requester::Client(principal.client_id))).await?;
+    Ok(statements::statement(&state, &account, &query).await?.into_response_for(&headers))
+}
+
+/// Sets the account's spending limits (replacing its own; an absent limit
+/// is removed).
+///
+/// The processor checks them inside every debit's transaction, under the
+/// account's lock: a transfer, hold, payout or batch that would exceed one
+/// is rejected as `limit_exceeded`, with which limit. Applied like a
+/// transfer: follow it at the `Location`. Needs the `accounts:write` scope.
+#[utoipa::path(
+    put,
+    path = "/v1/accounts/{account_id}/spending-limits",
+    operation_id = "set_spending_limits",
+    tag = "accounts",
+    params(
+        ("account_id" = Uuid, Path, description = "One of the client's accounts"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    request_body = SpendingLimitsRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = Accepted,
+        headers(("Location" = String, description = "The command's status URL")),
+    )),
+)]
+async fn set_spending_limits(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<SpendingLimitsRequest>, JsonRejection>,
+) -> Result<Accepted, ApiError> {
+    principal.require(Scope::AccountsWrite)?;
+    let Path(account_id) = path?;
+    let key = crate::extract::headers::required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    request_spending_limits(&state, LimitSetter::Client(principal.client_id), &request_id.0, &key, account_id, &request)
+        .await
 }

@@ -1,29 +1,40 @@
 //! API clients' transfers: submit one (idempotently), or a payout to
-//! another bank, and read its status (see [`crate::domain::acceptance`]).
+//! another bank, read its status (see [`crate::domain::acceptance`]), find
+//! them by reference, and reverse one paid into the client's accounts.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
+use chrono::DateTime;
 use chrono::Utc;
-use schemas::messages::{TransferExternal, V1};
-use schemas::{AccountId, Command, Creditor, Currency, Operation, Remittance, TransferId};
-use serde::Deserialize;
+use schemas::messages::{TransferExternal, TransferReverse, V1};
+use schemas::{
+    AccountId, Command, Creditor, Currency, Metadata, Operation, Reference, Remittance, ReversalReason, TransferId,
+};
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::acceptance::{Accepted, Requester, accept};
+use crate::domain::accounts::{format_amount, parse_currency, require_client_source};
 use crate::domain::clients::Scope;
-use crate::domain::transfers::{TransferView, parse_money, transfer_command, transfer_view};
+use crate::domain::transfers::{
+    Annotations, TransferView, metadata_schema, parse_money, reference_schema, transfer_command, transfer_view,
+};
 use crate::error::ApiError;
 use crate::extract::headers::required_idempotency_key;
 use crate::extract::principal::Principal;
 use crate::middleware::context::RequestId;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(submit_transfer)).routes(routes!(get_transfer)).routes(routes!(submit_payout))
+    OpenApiRouter::new()
+        .routes(routes!(submit_transfer, list_transfers))
+        .routes(routes!(get_transfer))
+        .routes(routes!(submit_payout))
+        .routes(routes!(reverse_transfer))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -37,6 +48,12 @@ struct TransferRequest {
     amount: String,
     #[schema(value_type = String, example = "EUR")]
     currency: Currency,
+    #[serde(default)]
+    #[schema(schema_with = reference_schema)]
+    reference: Option<Reference>,
+    #[serde(default)]
+    #[schema(schema_with = metadata_schema)]
+    metadata: Option<Metadata>,
 }
 
 /// Submits a transfer from one of the client's accounts.
@@ -70,32 +87,12 @@ async fn submit_transfer(
     let Json(request) = body?;
     let money = parse_money(&request.amount, request.currency)?;
 
-    owned_source(&state, &principal, request.source_account_id).await?;
+    require_client_source(&state, principal.client_id, request.source_account_id).await?;
     let transfer_id = TransferId::derive(Operation::Transfer, principal.client_id, &key);
+    let annotations = Annotations { reference: request.reference, metadata: request.metadata };
     let (command, canonical) =
-        transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money);
+        transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money, annotations);
     accept(&state, Requester::Client(principal.client_id), &key, &command, canonical, &request_id.0).await
-}
-
-/// A client moves money only out of its own accounts. The processor checks
-/// everything else (existence of the destination, currency, funds).
-async fn owned_source(state: &AppState, principal: &Principal, source_account_id: Uuid) -> Result<(), ApiError> {
-    let owners = &state.acceptances.owners;
-    if owners.is_owner(source_account_id, principal.client_id) {
-        return Ok(());
-    }
-    let owns_source = sqlx::query_scalar!(
-        r#"select exists (select 1 from accounts where id = $1 and owner_client_id = $2) as "owns_source!""#,
-        source_account_id,
-        principal.client_id,
-    )
-    .fetch_one(&state.pool)
-    .await?;
-    if !owns_source {
-        return Err(ApiError::not_found("account_not_found", "no such source account"));
-    }
-    owners.remember(source_account_id, principal.client_id);
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -175,7 +172,7 @@ async fn submit_payout(
     let key = required_idempotency_key(&headers)?;
     let Json(request) = body?;
     let money = parse_money(&request.amount, request.currency)?;
-    owned_source(&state, &principal, request.source_account_id).await?;
+    require_client_source(&state, principal.client_id, request.source_account_id).await?;
     let transfer_id = TransferId::derive(Operation::Payout, principal.client_id, &key);
     let canonical = serde_json::json!({
         "kind": "payout",
@@ -216,4 +213,200 @@ async fn get_transfer(
     principal.require(Scope::TransfersRead)?;
     let Path(transfer_id) = path?;
     Ok(Json(transfer_view(&state, transfer_id, Requester::Client(principal.client_id)).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct TransfersQuery {
+    /// The bank reference to look for (exact).
+    #[param(value_type = String, min_length = 1, max_length = 140, pattern = r"^[A-Za-z0-9?:().,'+ -]+(/[A-Za-z0-9?:().,'+ -]+)*$", example = "INV-2026/0042")]
+    reference: Reference,
+    /// Transfers per page, 1 to 100; 50 when absent.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+}
+
+/// A decided transfer found by its reference.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct TransferSummary {
+    transfer_id: Uuid,
+    #[schema(example = "transfer")]
+    kind: String,
+    #[schema(example = "completed")]
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    source_account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    destination_account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "12.50")]
+    amount: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "EUR")]
+    currency: Option<String>,
+    #[schema(example = "INV-2026/0042")]
+    reference: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    metadata: Option<serde_json::Value>,
+    decided_at: DateTime<chrono::Utc>,
+}
+
+/// The transfers found, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct TransfersPage {
+    transfers: Vec<TransferSummary>,
+}
+
+/// The most transfers one page returns.
+const TRANSFERS_LIMIT_MAX: i64 = 100;
+
+/// The client's transfers, holds and batches with a bank reference, newest
+/// first.
+///
+/// Only what the client submitted and the ledger decided. Needs the
+/// `transfers:read` scope.
+#[utoipa::path(
+    get,
+    path = "/v1/transfers",
+    operation_id = "list_transfers",
+    tag = "transfers",
+    params(TransfersQuery),
+    responses((status = 200, description = "The transfers with that reference", body = TransfersPage)),
+)]
+async fn list_transfers(
+    State(state): State<AppState>,
+    principal: Principal,
+    query: Result<Query<TransfersQuery>, QueryRejection>,
+) -> Result<Json<TransfersPage>, ApiError> {
+    principal.require(Scope::TransfersRead)?;
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=TRANSFERS_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be within 1..={TRANSFERS_LIMIT_MAX}")));
+    }
+    // By the reference index, then each row's request (primary key).
+    let rows = sqlx::query!(
+        r#"select transfer.id, transfer.kind, transfer.status, transfer.rejection_reason, transfer.source_account_id,
+                  transfer.destination_account_id, transfer.amount, transfer.currency, transfer.reference as "reference!",
+                  transfer.metadata, transfer.decided_at
+           from transfers transfer
+           join accepted_requests request on request.transfer_id = transfer.id and request.api_client_id = $2
+           where transfer.reference = $1
+           order by transfer.decided_at desc, transfer.id
+           limit $3"#,
+        query.reference.as_str(),
+        principal.client_id,
+        limit,
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let transfers = rows
+        .into_iter()
+        .map(|row| {
+            let amount = match (row.amount, row.currency.as_deref()) {
+                (Some(amount), Some(currency)) => Some(format_amount(amount, parse_currency(currency)?)),
+                _ => None,
+            };
+            Ok(TransferSummary {
+                transfer_id: row.id,
+                kind: row.kind,
+                status: row.status,
+                reason: row.rejection_reason,
+                source_account_id: row.source_account_id,
+                destination_account_id: row.destination_account_id,
+                amount,
+                currency: row.currency.map(|code| code.trim().to_owned()),
+                reference: row.reference,
+                metadata: row.metadata,
+                decided_at: row.decided_at,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(TransfersPage { transfers }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReversalRequest {
+    /// Why the transfer is corrected: 1 to 140 characters, no control
+    /// characters.
+    #[schema(value_type = String, min_length = 1, max_length = 140, pattern = r"^[^\u0000-\u001f\u007f]*[^\u0000-\u001f\u007f\s][^\u0000-\u001f\u007f]*$", example = "Duplicate charge")]
+    reason: ReversalReason,
+}
+
+/// Reverses a completed transfer paid into one of the client's accounts:
+/// the same money goes back from that account to the source, at most once.
+///
+/// Only the receiving side may reverse (a payee's refund): a payer cannot
+/// pull money back out of someone else's account. Transfers, deposits and
+/// captured holds can be reversed; a payout that left the bank cannot. The
+/// original's view shows `reversed_by` once applied. Needs the
+/// `transfers:write` scope.
+#[utoipa::path(
+    post,
+    path = "/v1/transfers/{transfer_id}/reversal",
+    operation_id = "reverse_transfer",
+    tag = "transfers",
+    params(
+        ("transfer_id" = Uuid, Path, description = "The decided transfer to reverse"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    request_body = ReversalRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = Accepted,
+        headers(("Location" = String, description = "The reversal's status URL")),
+    )),
+)]
+async fn reverse_transfer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<ReversalRequest>, JsonRejection>,
+) -> Result<Accepted, ApiError> {
+    principal.require(Scope::TransfersWrite)?;
+    let Path(original_id) = path?;
+    let key = required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let payee_is_client = sqlx::query_scalar!(
+        r#"select exists (
+               select 1 from transfers transfer
+               join accounts destination on destination.id = transfer.destination_account_id
+               where transfer.id = $1 and destination.owner_client_id = $2
+           ) as "payee_is_client!""#,
+        original_id,
+        principal.client_id,
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    if !payee_is_client {
+        return Err(ApiError::not_found(
+            "transfer_not_found",
+            "no decided transfer into one of the client's accounts has this id",
+        ));
+    }
+    let transfer_id = TransferId::derive(Operation::Reversal, principal.client_id, &key);
+    let canonical = serde_json::json!({
+        "kind": "reversal",
+        "original_transfer_id": original_id,
+        "reason": request.reason,
+    });
+    let command = Command::TransferReverse(TransferReverse {
+        version: V1,
+        transfer_id,
+        original_transfer_id: TransferId::from_uuid(original_id),
+        reason: Some(request.reason),
+        requested_at: Utc::now(),
+    });
+    accept(&state, Requester::Client(principal.client_id), &key, &command, canonical, &request_id.0).await
 }

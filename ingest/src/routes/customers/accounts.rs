@@ -134,7 +134,7 @@ async fn open(
 async fn list(State(state): State<AppState>, user: User) -> Result<impl IntoResponse, ApiError> {
     let rows = sqlx::query_as!(
         AccountRow,
-        r"select id, currency, status, balance, held, overdraft_limit, created_at
+        r"select id, currency, status, balance, held, overdraft_limit, per_transfer_max, rolling_24h_max, created_at
           from accounts where owner_user_id = $1 order by created_at, id",
         user.id,
     )

@@ -378,6 +378,10 @@ struct TransferRequest {
     amount: String,
     #[schema(value_type = String, example = "EUR")]
     currency: Currency,
+    /// What the payee sees, e.g. an invoice number.
+    #[serde(default)]
+    #[schema(schema_with = transfers::reference_schema)]
+    reference: Option<schemas::Reference>,
 }
 
 /// Submits a transfer from one of the customer's accounts.
@@ -427,8 +431,13 @@ async fn submit(
     }
     let transfer_id = TransferId::derive(Operation::Transfer, user.id, &key);
     crate::support::jwt::spend_step_up(&state.pool, &step_up, transfer_id.as_uuid()).await?;
-    let (command, canonical) =
-        transfers::transfer_command(transfer_id, request.source_account_id, request.destination_account_id, money);
+    let (command, canonical) = transfers::transfer_command(
+        transfer_id,
+        request.source_account_id,
+        request.destination_account_id,
+        money,
+        transfers::Annotations { reference: request.reference, metadata: None },
+    );
     let accepted =
         acceptance::accept(&state, Requester::User(user.id), &key, &command, canonical, &request_id.0).await?;
     let mut response = accepted.into_response();

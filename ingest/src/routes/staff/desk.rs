@@ -1,5 +1,5 @@
 //! Staff routes, by role: `support` reads any account, `admin` freezes,
-//! unfreezes and closes accounts, `ops` (and `admin`) fund accounts from
+//! unfreezes and closes accounts and sets spending limits, `ops` (and `admin`) fund accounts from
 //! cash-in. A staff route refuses other roles with 403 `forbidden_role`
 //! (the route is no secret; accounts stay 404 when they do not exist).
 //!
@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::acceptance::Requester;
-use crate::domain::accounts::{AccountView, DepositRequest, StatusChange, find_account};
+use crate::domain::accounts::{
+    AccountView, DepositRequest, LimitSetter, SpendingLimitsRequest, StatusChange, find_account,
+};
 use crate::domain::permissions::Permission;
 use crate::domain::transfers::TransferView;
 use crate::domain::{acceptance, accounts, audit, transfers};
@@ -37,6 +39,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(freeze))
         .routes(routes!(unfreeze))
         .routes(routes!(close))
+        .routes(routes!(set_spending_limits))
         .routes(routes!(command_status))
 }
 
@@ -186,6 +189,44 @@ async fn change_status(
     let key = crate::extract::headers::required_idempotency_key(&headers)?;
     let (command_id, accepted) =
         accounts::request_status_change(&state, user.id, peer, &request_id.0, &key, account_id, change).await?;
+    Ok(accepted.into_response_at(&command_location(command_id)))
+}
+
+/// Sets any account's spending limits (admin; audited). An absent limit is
+/// removed.
+#[utoipa::path(
+    put,
+    path = "/v1/staff/accounts/{account_id}/spending-limits",
+    operation_id = "staff_set_spending_limits",
+    tag = "staff",
+    params(
+        ("account_id" = Uuid, Path, description = "The account"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
+    ),
+    request_body = SpendingLimitsRequest,
+    responses((
+        status = 202,
+        description = "Accepted; the processor applies it",
+        body = acceptance::Accepted,
+        headers(("Location" = String, description = "The command's status URL under /v1/staff/commands")),
+    )),
+)]
+async fn set_spending_limits(
+    State(state): State<AppState>,
+    user: User,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    body: Result<Json<SpendingLimitsRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require(&user, Permission::SetSpendingLimits)?;
+    let Path(account_id) = path?;
+    let key = crate::extract::headers::required_idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let setter = LimitSetter::Staff { staff_id: user.id, peer };
+    let accepted = accounts::request_spending_limits(&state, setter, &request_id.0, &key, account_id, &request).await?;
+    let command_id = TransferId::derive(Operation::SpendingLimits, user.id, &key).as_uuid();
     Ok(accepted.into_response_at(&command_location(command_id)))
 }
 
