@@ -380,3 +380,57 @@ async fn a_redelivered_transfer_in_a_batch_decided_again_under_the_lock_stays_ap
     assert_eq!(balance(&pool, a).await, dec("93.00"), "5 - 2 + 100 - 10");
     assert_sound(&pool).await;
 }
+
+/// Applies a batch as a processor of its own (its own partition), with no
+/// memory of accounts.
+async fn apply_on_partition(pool: PgPool, commands: Vec<Command>, partition: i32) -> BatchResult {
+    let scope = OffsetScope { cluster_id: "limits".into(), consumer_group: "limits".into() };
+    let with_positions: Vec<(Command, Position)> = commands
+        .into_iter()
+        .zip(0..)
+        .map(|(command, offset)| (command, Position { topic: "limits".into(), partition, offset, timestamp: None }))
+        .collect();
+    let positions: Vec<Position> = with_positions.iter().map(|(_, position)| position.clone()).collect();
+    apply_batch(&pool, &scope, &with_positions, &positions, None, Timeouts::DEFAULT, &AccountCache::new(0))
+        .await
+        .expect("batch applies")
+}
+
+/// A rolling spending limit holds against debits decided at the same time
+/// by different processors: each decides on an unlocked read that shows
+/// nothing debited yet, and only the locked read (with what the others
+/// committed meanwhile) can refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_debits_from_several_processors_cannot_pass_a_rolling_limit_together() {
+    let database = TestDatabase::create().await.expect("database");
+    let pool = database.pool.clone();
+    let (limited, payee) = (open(&pool).await, open(&pool).await);
+    apply(&pool, vec![deposit(limited, "1000.00")], 0).await;
+    sqlx::query("update accounts set rolling_24h_max = 100 where id = $1")
+        .bind(limited.as_uuid())
+        .execute(&pool)
+        .await
+        .expect("limit");
+    let batches: Vec<_> = (0..8)
+        .map(|partition| {
+            tokio::spawn(apply_on_partition(pool.clone(), vec![transfer(limited, payee, "30.00")], partition))
+        })
+        .collect();
+    let mut applied = 0;
+    for batch in batches {
+        let result = batch.await.expect("task");
+        match result.outcomes[0] {
+            Outcome::Applied => applied += 1,
+            Outcome::Rejected(reason) => assert_eq!(reason, schemas::RejectionReason::LimitExceeded),
+            Outcome::AlreadyDecided => panic!("a fresh command was taken for decided"),
+        }
+    }
+    assert_eq!(applied, 3, "three debits of 30 fit under 100");
+    let debited: Decimal = sqlx::query_scalar("select -sum(amount) from entries where account_id = $1 and amount < 0")
+        .bind(limited.as_uuid())
+        .fetch_one(&pool)
+        .await
+        .expect("debits");
+    assert_eq!(debited, dec("90.00"));
+    assert_sound(&pool).await;
+}

@@ -14,6 +14,7 @@ mod edge;
 mod events;
 mod group;
 mod hardening;
+mod http_ledger;
 mod late_locking;
 mod ledger_features;
 mod load;
