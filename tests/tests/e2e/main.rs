@@ -6,6 +6,7 @@ mod account_security;
 mod admin;
 mod auth;
 mod authz;
+mod contract;
 mod customers;
 mod dashboard;
 mod dead_letters;
