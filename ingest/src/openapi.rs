@@ -106,12 +106,55 @@ impl Modify for Conventions {
             .flatten()
             {
                 add_problems(operation);
+                constrain_idempotency_key(operation);
+                name_link_targets(operation);
                 // Every operation needs a bearer token unless it says
                 // otherwise with `security(())`.
                 if operation.security.is_none() {
                     operation.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
                 }
             }
+        }
+    }
+}
+
+/// Declares what the server checks of an `Idempotency-Key` (see
+/// [`schemas::IdempotencyKey`]) on every operation that takes one: 1 to 255
+/// printable ASCII characters.
+fn constrain_idempotency_key(operation: &mut Operation) {
+    use utoipa::openapi::{ObjectBuilder, RefOr, Type};
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if parameter.name == "Idempotency-Key" {
+            parameter.schema = Some(RefOr::T(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(schemas::IdempotencyKey::LENGTH_MAX))
+                    .pattern(Some("^[ -~]+$"))
+                    .examples(["order-1042"])
+                    .into(),
+            ));
+        }
+    }
+}
+
+/// Writes each link's target as `operationId`, the field OpenAPI names:
+/// utoipa 5.5 serializes its `Link::operation_id` as `operation_id`, which
+/// no tool reads (schemathesis refuses such links). The name moves into the
+/// link's flattened extensions, which serialize under their own key.
+fn name_link_targets(operation: &mut Operation) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::extensions::Extensions;
+    for response in operation.responses.responses.values_mut() {
+        let RefOr::T(response) = response else { continue };
+        for link in response.links.values_mut() {
+            let RefOr::T(link) = link else { continue };
+            if link.operation_id.is_empty() {
+                continue;
+            }
+            let target = std::mem::take(&mut link.operation_id);
+            let named = Extensions::from_iter([("operationId", serde_json::Value::String(target))]);
+            link.extensions.get_or_insert_with(Extensions::default).merge(named);
         }
     }
 }

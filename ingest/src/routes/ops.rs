@@ -45,6 +45,7 @@ struct DeadLetterQuery {
     /// The first offset to read (default: the oldest kept).
     from_offset: Option<i64>,
     /// At most this many (1..=500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -162,6 +163,7 @@ async fn outbox_status(State(state): State<AppState>, user: User) -> Result<impl
 #[into_params(parameter_in = Query)]
 struct OutboxDeadQuery {
     /// At most this many (1..=1000, default 100), oldest first.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -41,8 +41,10 @@ use ledgerline_tests::TestApp;
 /// every documented constraint, bounded for CI.
 const EXAMPLES_PER_OPERATION: u32 = 25;
 
-/// The time budget of one audience's run.
-const RUN_TIME_MAX_S: u64 = 90;
+/// The time one audience's run may take at most (examples, then boundary
+/// cases, then random ones, then the links, bounded by
+/// [`EXAMPLES_PER_OPERATION`] each): it fails past it.
+const RUN_TIME_MAX_S: u64 = 300;
 
 /// The schemathesis binary: `LEDGERLINE_SCHEMATHESIS`, else the venv
 /// `scripts/test` makes.
@@ -70,9 +72,10 @@ async fn run(app: &TestApp, audience: &str, token: &str, tags: &[&str]) {
         .arg(app.url("/openapi.json"))
         .args(["--checks", "all"])
         .args(["--max-examples", &EXAMPLES_PER_OPERATION.to_string()])
-        .args(["--max-time", &RUN_TIME_MAX_S.to_string()])
         .args(["--seed", "16"])
-        .args(["--workers", "2"])
+        // One worker: hypothesis's lambda descriptions are not thread-safe
+        // on Python 3.11 ("AST constructor recursion depth mismatch").
+        .args(["--workers", "1"])
         .args(["--request-timeout", "10"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--report", "junit"])
@@ -85,7 +88,7 @@ async fn run(app: &TestApp, audience: &str, token: &str, tags: &[&str]) {
     for tag in tags {
         command.args(["--include-tag", tag]);
     }
-    let output = tokio::time::timeout(Duration::from_secs(RUN_TIME_MAX_S * 3), command.output())
+    let output = tokio::time::timeout(Duration::from_secs(RUN_TIME_MAX_S), command.output())
         .await
         .expect("schemathesis finishes in its time budget")
         .expect("schemathesis runs");

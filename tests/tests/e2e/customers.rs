@@ -221,7 +221,7 @@ async fn a_customer_sees_only_their_accounts_and_pages_through_their_history() {
     assert_eq!(count(&history(format!("counterparty={business}")).await.1), 5);
     assert_eq!(count(&history("from=2100-01-01T00:00:00Z".into()).await.1), 0);
     let (status, problem) = history("cursor=forged".into()).await;
-    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_cursor")));
+    assert_eq!((status, problem["code"].as_str()), (422, Some("invalid_cursor")));
     assert_eq!(history("limit=1000".into()).await.0, 400);
 }
 

@@ -66,6 +66,11 @@ struct OpenAccountRequest {
             description = "Opened",
             body = AccountView,
             headers(("Location" = String, description = "The account's URL")),
+            links(
+                ("GetAccount" = (operation_id = "get_account", parameters(("account_id" = "$response.body#/id")))),
+                ("GetBalance" = (operation_id = "get_balance", parameters(("account_id" = "$response.body#/id")))),
+                ("ListEntries" = (operation_id = "list_entries", parameters(("account_id" = "$response.body#/id")))),
+            ),
         ),
         (
             status = 200,

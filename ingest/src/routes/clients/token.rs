@@ -26,13 +26,15 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct TokenRequest {
     /// Only `client_credentials`.
-    #[schema(example = "client_credentials")]
+    #[schema(example = "client_credentials", pattern = "^client_credentials$")]
     grant_type: String,
     client_id: Option<String>,
     #[schema(value_type = Option<String>, format = Password)]
     client_secret: Option<SecretString>,
-    /// Space-separated scopes, a subset of the client's; all of them when absent.
-    #[schema(example = "accounts:read transfers:write")]
+    /// Space-separated scopes, a subset of the client's; all of them when
+    /// absent. One the client does not have is refused as `invalid_scope`
+    /// (400, RFC 6749 §5.2).
+    #[schema(example = "accounts:read transfers:write", pattern = "^[a-z:]*( [a-z:]+)*$")]
     scope: Option<String>,
 }
 
@@ -50,6 +52,14 @@ struct TokenResponse {
 
 fn invalid_client() -> ApiError {
     ApiError::Unauthenticated { code: "invalid_client", detail: "unknown client or wrong secret".into() }
+}
+
+/// A refused client authentication that is not a wrong secret: none, half
+/// of one, or an `Authorization` header that is not HTTP Basic client
+/// credentials. RFC 6749 §5.2 calls every failed client authentication
+/// `invalid_client`, answered 401 when the client tried the header.
+fn unauthenticated_client(detail: &str) -> ApiError {
+    ApiError::Unauthenticated { code: "invalid_client", detail: detail.to_owned() }
 }
 
 /// Issues an API client's access token (OAuth2 client credentials).
@@ -81,7 +91,9 @@ async fn issue_token(
     let (client_id, secret) = match (basic_credentials(&headers)?, request.client_id, request.client_secret) {
         (Some(basic), None, None) => basic,
         (None, Some(id), Some(secret)) => (id, secret),
-        (None, _, _) => return Err(ApiError::bad_request("invalid_request", "send client_id and client_secret")),
+        (None, _, _) => {
+            return Err(unauthenticated_client("send client_id and client_secret, in the body or in HTTP Basic"));
+        }
         (Some(_), _, _) => {
             return Err(ApiError::bad_request("invalid_request", "send credentials once, in the body or in Basic"));
         }
@@ -114,7 +126,7 @@ async fn issue_token(
 
 fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString)>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let malformed = || ApiError::bad_request("invalid_request", "malformed Basic credentials");
+    let malformed = || unauthenticated_client("the Authorization header must carry HTTP Basic client credentials");
     let value = value.to_str().map_err(|_| malformed())?;
     let Some((scheme, encoded)) = value.split_once(' ') else { return Err(malformed()) };
     if !scheme.eq_ignore_ascii_case("basic") {

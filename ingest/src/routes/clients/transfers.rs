@@ -73,6 +73,10 @@ struct TransferRequest {
         description = "Accepted; the processor applies it",
         body = Accepted,
         headers(("Location" = String, description = "The transfer's status URL")),
+        links(
+            ("GetTransfer" = (operation_id = "get_transfer", parameters(("transfer_id" = "$response.body#/transfer_id")))),
+            ("ReverseTransfer" = (operation_id = "reverse_transfer", parameters(("transfer_id" = "$response.body#/transfer_id")))),
+        ),
     )),
 )]
 async fn submit_transfer(

@@ -212,7 +212,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.strip_prefix('e').and_then(|id| id.parse().ok()))
-        .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave"))
+        .ok_or_else(|| ApiError::unprocessable("invalid_cursor", "the cursor is not one this API gave"))
 }
 
 /// The account's movements, newest first.

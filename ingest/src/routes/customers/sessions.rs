@@ -60,7 +60,13 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[schema(as = CustomerCredentials)]
 #[serde(deny_unknown_fields)]
 struct Credentials {
-    #[schema(example = "jane.doe@example.com")]
+    /// One `@` with something before it and a dot after it; no spaces or
+    /// control characters; at most 254 characters. Trimmed and lower-cased.
+    #[schema(
+        example = "jane.doe@example.com",
+        max_length = 254,
+        pattern = r"^\s*[^\s@\u0000-\u001f\u007f-\u009f]+@[^\s@\u0000-\u001f\u007f-\u009f]*\.[^\s@\u0000-\u001f\u007f-\u009f]*\s*$"
+    )]
     email: String,
     /// 12 to 128 characters (checked on register).
     #[schema(value_type = String, format = Password)]
@@ -72,7 +78,7 @@ struct Credentials {
 fn normalize_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim().to_lowercase();
     let invalid = || ApiError::unprocessable("invalid_email", "give an email address like name@example.com");
-    if email.len() > EMAIL_LENGTH_MAX || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.chars().count() > EMAIL_LENGTH_MAX || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid());
     }
     match email.split_once('@') {
@@ -499,7 +505,13 @@ pub(crate) const RESET_TOKEN_TTL_S: i64 = 30 * 60;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
-    #[schema(example = "jane.doe@example.com")]
+    /// One `@` with something before it and a dot after it; no spaces or
+    /// control characters; at most 254 characters. Trimmed and lower-cased.
+    #[schema(
+        example = "jane.doe@example.com",
+        max_length = 254,
+        pattern = r"^\s*[^\s@\u0000-\u001f\u007f-\u009f]+@[^\s@\u0000-\u001f\u007f-\u009f]*\.[^\s@\u0000-\u001f\u007f-\u009f]*\s*$"
+    )]
     email: String,
 }
 
@@ -507,7 +519,8 @@ struct ResetRequest {
 ///
 /// A known user gets a single-use token, valid 30 minutes, as a
 /// notification. Always 202 with the same body, whether or not the email is
-/// known. Throttled per client IP.
+/// known; 422 `invalid_email` for what is not an email address. Throttled
+/// per client IP.
 // The same work whether or not the email is known, so the timing does not
 // tell either: a token is drawn, one statement looks the email up and, for
 // a known user, stores the token's hash and queues the
@@ -536,7 +549,10 @@ async fn request_reset(
 ) -> Result<impl IntoResponse, ApiError> {
     state.limits.token_ips.admit(&peer.ip())?;
     let Json(request) = body?;
-    let email = request.email.trim().to_lowercase();
+    // A malformed address is refused as such (422 `invalid_email`): that
+    // tells nothing about who has an account. Before, it went to the
+    // database as given, and a NUL byte in it failed the statement (500).
+    let email = normalize_email(&request.email)?;
     let mut bytes = [0_u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -624,8 +640,8 @@ async fn confirm_reset(
     )
     .fetch_optional(&state.pool)
     .await?;
-    let user_id =
-        user_id.ok_or_else(|| ApiError::bad_request("invalid_reset_token", "the reset link is invalid or expired"))?;
+    let user_id = user_id
+        .ok_or_else(|| ApiError::unprocessable("invalid_reset_token", "the reset link is invalid or expired"))?;
     set_password(&state, user_id, request.new_password).await?;
     audit::record(&state, audit::Event::by_user("password_reset.completed", user_id, peer, &request_id.0)).await;
     Ok(StatusCode::NO_CONTENT)

@@ -65,6 +65,7 @@ struct UsersQuery {
     /// Users whose email comes after this one (the previous page's last).
     after_email: Option<String>,
     /// At most this many (1..=500, default 100), by email.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
