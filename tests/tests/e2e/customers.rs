@@ -223,6 +223,22 @@ async fn a_customer_sees_only_their_accounts_and_pages_through_their_history() {
     let (status, problem) = history("cursor=forged".into()).await;
     assert_eq!((status, problem["code"].as_str()), (422, Some("invalid_cursor")));
     assert_eq!(history("limit=1000".into()).await.0, 400);
+
+    // Her balance now and her statement of the last hour, hers only.
+    let (status, balance) = get(&app, &format!("/v1/me/accounts/{account_id}/balance"), &jane).await;
+    assert_eq!((status, balance["balance"].as_str()), (200, Some("35.00")), "{balance}");
+    let from = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).format("%FT%TZ");
+    let to = (chrono::Utc::now() + chrono::TimeDelta::minutes(1)).format("%FT%TZ");
+    let statement_path = format!("/v1/me/accounts/{account_id}/statement?from={from}&to={to}");
+    let (status, statement) = get(&app, &statement_path, &jane).await;
+    assert_eq!(status, 200, "{statement}");
+    assert_eq!(
+        (statement["opening_balance"].as_str(), statement["closing_balance"].as_str()),
+        (Some("0.00"), Some("35.00"))
+    );
+    assert_eq!(statement["lines"].as_array().expect("lines").len(), 7);
+    assert_eq!(get(&app, &statement_path, &john).await.0, 404);
+    assert_eq!(get(&app, &format!("/v1/me/accounts/{account_id}/balance"), &john).await.0, 404);
 }
 
 async fn send(app: &TestApp, method: reqwest::Method, path: &str, token: &str, body: &Value) -> (u16, Value) {

@@ -46,6 +46,8 @@ fn rules() -> BTreeMap<&'static str, Access> {
         ("customer_list_accounts", ANY_USER),
         ("customer_get_account", ANY_USER),
         ("customer_account_history", ANY_USER),
+        ("customer_get_balance", ANY_USER),
+        ("customer_get_statement", ANY_USER),
         ("customer_create_transfer", ANY_USER),
         ("customer_get_transfer", ANY_USER),
         ("open_account", Access::Client),

@@ -1,6 +1,7 @@
-//! A customer's own accounts: open one, list them, read one, and its
-//! history with cursor pagination and filters. Another customer's account,
-//! or an API client's, answers 404 like one that does not exist.
+//! A customer's own accounts: open one, list them, read one, its history
+//! with cursor pagination and filters, its balance as of an instant and
+//! its statements. Another customer's account, or an API client's, answers
+//! 404 like one that does not exist.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::domain::acceptance::Requester;
 use crate::domain::accounts::{AccountRow, AccountView, find_account, format_amount, parse_currency};
+use crate::domain::statements::{self, BalanceAsOf, BalanceQuery, Statement, StatementQuery};
 use crate::error::ApiError;
 use crate::extract::user::User;
 
@@ -28,7 +30,61 @@ pub(crate) const ACCOUNTS_PER_USER_MAX: i64 = 20;
 pub(crate) const HISTORY_LIMIT_MAX: i64 = 200;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list, open)).routes(routes!(read)).routes(routes!(history))
+    OpenApiRouter::new()
+        .routes(routes!(list, open))
+        .routes(routes!(read))
+        .routes(routes!(history))
+        .routes(routes!(balance))
+        .routes(routes!(statement))
+}
+
+/// The account's balance and held amount now, or as of an instant, from
+/// the ledger's own lines.
+#[utoipa::path(
+    get,
+    path = "/v1/me/accounts/{account_id}/balance",
+    operation_id = "customer_get_balance",
+    tag = "customer accounts",
+    params(("account_id" = Uuid, Path, description = "The account"), BalanceQuery),
+    responses((status = 200, description = "The balances at the instant", body = BalanceAsOf)),
+)]
+async fn balance(
+    State(state): State<AppState>,
+    user: User,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<BalanceQuery>, QueryRejection>,
+) -> Result<Json<BalanceAsOf>, ApiError> {
+    let Path(account_id) = path?;
+    let Query(query) = query?;
+    let account = find_account(&state, account_id, Some(Requester::User(user.id))).await?;
+    Ok(Json(statements::balance_as_of(&state, &account, &query).await?))
+}
+
+/// The account's statement of a period: opening balance, lines, closing
+/// balance; JSON, or CSV with `Accept: text/csv`.
+#[utoipa::path(
+    get,
+    path = "/v1/me/accounts/{account_id}/statement",
+    operation_id = "customer_get_statement",
+    tag = "customer accounts",
+    params(("account_id" = Uuid, Path, description = "The account"), StatementQuery),
+    responses((
+        status = 200,
+        description = "The statement",
+        content((Statement = "application/json"), (String = "text/csv")),
+    )),
+)]
+async fn statement(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<StatementQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(account_id) = path?;
+    let Query(query) = query?;
+    let account = find_account(&state, account_id, Some(Requester::User(user.id))).await?;
+    Ok(statements::statement(&state, &account, &query).await?.into_response_for(&headers))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
