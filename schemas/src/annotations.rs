@@ -181,14 +181,7 @@ impl ReversalReason {
     /// # Errors
     /// When the text is empty, too long or holds control characters.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let trimmed = text.trim();
-        if trimmed.is_empty() || trimmed.chars().count() > Self::LENGTH_MAX {
-            return Err(format!("a reversal reason has 1 to {} characters", Self::LENGTH_MAX));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err("a reversal reason has no control characters".to_owned());
-        }
-        Ok(Self(trimmed.to_owned()))
+        crate::payee::payment_text(text, Self::LENGTH_MAX, "a reversal reason").map(Self)
     }
 
     #[must_use]

@@ -96,7 +96,7 @@ impl JsonSchema for Iban {
 
 /// A free text for a payment order: 1 to `max` characters, no control
 /// characters, trimmed.
-fn payment_text(text: &str, max: usize, what: &str) -> Result<String, String> {
+pub(crate) fn payment_text(text: &str, max: usize, what: &str) -> Result<String, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() || trimmed.chars().count() > max {
         return Err(format!("{what} must have 1 to {max} characters"));

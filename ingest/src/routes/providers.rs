@@ -66,7 +66,7 @@ struct Callback {
     operation_id = "provider_callback",
     tag = "providers",
     params(
-        ("name" = String, Path, description = "The payment provider, as configured"),
+        ("name" = String, Path, description = "The payment provider, as configured", example = "acme"),
         (
             "Provider-Signature" = String,
             Header,

@@ -125,7 +125,7 @@ async fn open_account(
     path = "/v1/accounts/{account_id}",
     operation_id = "get_account",
     tag = "accounts",
-    params(("account_id" = Uuid, Path, description = "The account")),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01")),
     responses((status = 200, description = "The account and its balances", body = AccountView)),
 )]
 async fn get_account(
@@ -176,7 +176,7 @@ const ENTRIES_LIMIT_MAX: i64 = 200;
     path = "/v1/accounts/{account_id}/entries",
     operation_id = "list_entries",
     tag = "accounts",
-    params(("account_id" = Uuid, Path, description = "The account"), EntriesQuery),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"), EntriesQuery),
     responses((status = 200, description = "The newest entries", body = EntriesView)),
 )]
 async fn list_entries(
@@ -226,7 +226,7 @@ async fn list_entries(
     operation_id = "client_deposit",
     tag = "accounts",
     params(
-        ("account_id" = Uuid, Path, description = "The account to fund"),
+        ("account_id" = Uuid, Path, description = "The account to fund", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = DepositRequest,
@@ -273,7 +273,7 @@ async fn deposit(
     path = "/v1/accounts/{account_id}/balance",
     operation_id = "get_balance",
     tag = "accounts",
-    params(("account_id" = Uuid, Path, description = "The account"), BalanceQuery),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"), BalanceQuery),
     responses((status = 200, description = "The balances at the instant", body = BalanceAsOf)),
 )]
 async fn get_balance(
@@ -299,7 +299,7 @@ async fn get_balance(
     path = "/v1/accounts/{account_id}/statement",
     operation_id = "get_statement",
     tag = "accounts",
-    params(("account_id" = Uuid, Path, description = "The account"), StatementQuery),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"), StatementQuery),
     responses((
         status = 200,
         description = "The statement",
@@ -333,7 +333,7 @@ async fn get_statement(
     operation_id = "set_spending_limits",
     tag = "accounts",
     params(
-        ("account_id" = Uuid, Path, description = "One of the client's accounts"),
+        ("account_id" = Uuid, Path, description = "One of the client's accounts", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = SpendingLimitsRequest,

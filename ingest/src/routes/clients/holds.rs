@@ -184,7 +184,7 @@ async fn place_hold(
     path = "/v1/holds/{hold_id}",
     operation_id = "get_hold",
     tag = "holds",
-    params(("hold_id" = Uuid, Path, description = "The hold")),
+    params(("hold_id" = Uuid, Path, description = "The hold", example = "8c4f18ab-acef-550e-b2c3-eddf215cfd0b")),
     responses((status = 200, description = "The hold and its state", body = TransferView)),
 )]
 async fn get_hold(
@@ -241,7 +241,7 @@ struct CaptureRequest {
     operation_id = "capture_hold",
     tag = "holds",
     params(
-        ("hold_id" = Uuid, Path, description = "The hold"),
+        ("hold_id" = Uuid, Path, description = "The hold", example = "8c4f18ab-acef-550e-b2c3-eddf215cfd0b"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = CaptureRequest,
@@ -293,7 +293,7 @@ async fn capture_hold(
     operation_id = "void_hold",
     tag = "holds",
     params(
-        ("hold_id" = Uuid, Path, description = "The hold"),
+        ("hold_id" = Uuid, Path, description = "The hold", example = "8c4f18ab-acef-550e-b2c3-eddf215cfd0b"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     responses((

@@ -206,7 +206,7 @@ async fn submit_payout(
     path = "/v1/transfers/{transfer_id}",
     operation_id = "get_transfer",
     tag = "transfers",
-    params(("transfer_id" = Uuid, Path, description = "The transfer, deposit or payout")),
+    params(("transfer_id" = Uuid, Path, description = "The transfer, deposit or payout", example = "7f1d7e62-2c4b-4f4e-9a1e-1d2c3b4a5f60")),
     responses((status = 200, description = "The transfer and its status", body = TransferView)),
 )]
 async fn get_transfer(
@@ -359,7 +359,7 @@ struct ReversalRequest {
     operation_id = "reverse_transfer",
     tag = "transfers",
     params(
-        ("transfer_id" = Uuid, Path, description = "The decided transfer to reverse"),
+        ("transfer_id" = Uuid, Path, description = "The decided transfer to reverse", example = "7f1d7e62-2c4b-4f4e-9a1e-1d2c3b4a5f60"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = ReversalRequest,

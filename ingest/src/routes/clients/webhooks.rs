@@ -243,7 +243,7 @@ async fn list(State(state): State<AppState>, principal: Principal) -> Result<imp
     path = "/v1/webhooks/{endpoint_id}",
     operation_id = "webhook_delete",
     tag = "webhooks",
-    params(("endpoint_id" = Uuid, Path, description = "The endpoint")),
+    params(("endpoint_id" = Uuid, Path, description = "The endpoint", example = "5d9c2b1a-7e3f-4a6b-8c0d-1e2f3a4b5c6d")),
     responses((status = 204, description = "Removed")),
 )]
 async fn remove(

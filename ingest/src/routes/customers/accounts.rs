@@ -45,7 +45,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
     path = "/v1/me/accounts/{account_id}/balance",
     operation_id = "customer_get_balance",
     tag = "customer accounts",
-    params(("account_id" = Uuid, Path, description = "The account"), BalanceQuery),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"), BalanceQuery),
     responses((status = 200, description = "The balances at the instant", body = BalanceAsOf)),
 )]
 async fn balance(
@@ -67,7 +67,7 @@ async fn balance(
     path = "/v1/me/accounts/{account_id}/statement",
     operation_id = "customer_get_statement",
     tag = "customer accounts",
-    params(("account_id" = Uuid, Path, description = "The account"), StatementQuery),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"), StatementQuery),
     responses((
         status = 200,
         description = "The statement",
@@ -206,7 +206,7 @@ async fn list(State(state): State<AppState>, user: User) -> Result<impl IntoResp
     path = "/v1/me/accounts/{account_id}",
     operation_id = "customer_get_account",
     tag = "customer accounts",
-    params(("account_id" = Uuid, Path, description = "The account")),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01")),
     responses((status = 200, description = "The account and its balances", body = AccountView)),
 )]
 async fn read(
@@ -280,7 +280,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
     path = "/v1/me/accounts/{account_id}/history",
     operation_id = "customer_account_history",
     tag = "customer accounts",
-    params(("account_id" = Uuid, Path, description = "The account"), HistoryQuery),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"), HistoryQuery),
     responses((
         status = 200,
         description = "`{\"account_id\", \"items\": [...], \"next_cursor\"}`; an item's `amount` is negative \

@@ -466,7 +466,7 @@ struct StatusQuery {
     path = "/v1/me/transfers/{transfer_id}",
     operation_id = "customer_get_transfer",
     tag = "customer transfers",
-    params(("transfer_id" = Uuid, Path, description = "The transfer"), StatusQuery),
+    params(("transfer_id" = Uuid, Path, description = "The transfer", example = "7f1d7e62-2c4b-4f4e-9a1e-1d2c3b4a5f60"), StatusQuery),
     responses((status = 200, description = "The transfer and its status", body = TransferView)),
 )]
 async fn status(

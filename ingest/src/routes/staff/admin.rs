@@ -118,7 +118,7 @@ pub(crate) struct RoleChange {
     path = "/v1/admin/users/{user_id}/role",
     operation_id = "admin_change_role",
     tag = "admin",
-    params(("user_id" = Uuid, Path, description = "The user")),
+    params(("user_id" = Uuid, Path, description = "The user", example = "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f")),
     request_body = RoleChange,
     responses((status = 200, description = "The user with the new role", body = UserView)),
 )]
@@ -151,7 +151,7 @@ async fn change_role(
     path = "/v1/admin/users/{user_id}/freeze",
     operation_id = "admin_freeze_user",
     tag = "admin",
-    params(("user_id" = Uuid, Path, description = "The user")),
+    params(("user_id" = Uuid, Path, description = "The user", example = "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f")),
     responses((status = 200, description = "The frozen user", body = UserView)),
 )]
 async fn freeze_user(
@@ -171,7 +171,7 @@ async fn freeze_user(
     path = "/v1/admin/users/{user_id}/unfreeze",
     operation_id = "admin_unfreeze_user",
     tag = "admin",
-    params(("user_id" = Uuid, Path, description = "The user")),
+    params(("user_id" = Uuid, Path, description = "The user", example = "3f2c8f4e-5b7a-4c1d-9e2f-6a8b0c1d2e3f")),
     responses((status = 200, description = "The user", body = UserView)),
 )]
 async fn unfreeze_user(
@@ -332,7 +332,7 @@ async fn create_client(
     path = "/v1/admin/clients/{client_id}/disable",
     operation_id = "admin_disable_client",
     tag = "admin",
-    params(("client_id" = Uuid, Path, description = "The API client")),
+    params(("client_id" = Uuid, Path, description = "The API client", example = "de000000-0000-4000-8000-000000000001")),
     responses((status = 200, description = "The disabled client", body = ClientView)),
 )]
 async fn disable_client(

@@ -58,7 +58,7 @@ fn command_location(command_id: Uuid) -> String {
     path = "/v1/staff/commands/{command_id}",
     operation_id = "staff_command_status",
     tag = "staff",
-    params(("command_id" = Uuid, Path, description = "The `transfer_id` of the 202")),
+    params(("command_id" = Uuid, Path, description = "The `transfer_id` of the 202", example = "1ef73cfc-e0aa-5cd3-bb3b-8400b8b21d1d")),
     responses((status = 200, description = "The command and its status", body = TransferView)),
 )]
 async fn command_status(
@@ -77,7 +77,7 @@ async fn command_status(
     path = "/v1/staff/accounts/{account_id}",
     operation_id = "staff_read_account",
     tag = "staff",
-    params(("account_id" = Uuid, Path, description = "The account")),
+    params(("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01")),
     responses((status = 200, description = "The account and its balances", body = AccountView)),
 )]
 async fn read_account(
@@ -98,7 +98,7 @@ async fn read_account(
     operation_id = "staff_freeze_account",
     tag = "staff",
     params(
-        ("account_id" = Uuid, Path, description = "The account"),
+        ("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     responses((
@@ -126,7 +126,7 @@ async fn freeze(
     operation_id = "staff_unfreeze_account",
     tag = "staff",
     params(
-        ("account_id" = Uuid, Path, description = "The account"),
+        ("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     responses((
@@ -154,7 +154,7 @@ async fn unfreeze(
     operation_id = "staff_close_account",
     tag = "staff",
     params(
-        ("account_id" = Uuid, Path, description = "The account"),
+        ("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     responses((
@@ -200,7 +200,7 @@ async fn change_status(
     operation_id = "staff_set_spending_limits",
     tag = "staff",
     params(
-        ("account_id" = Uuid, Path, description = "The account"),
+        ("account_id" = Uuid, Path, description = "The account", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = SpendingLimitsRequest,
@@ -237,7 +237,7 @@ async fn set_spending_limits(
     operation_id = "staff_deposit",
     tag = "staff",
     params(
-        ("account_id" = Uuid, Path, description = "The account to fund"),
+        ("account_id" = Uuid, Path, description = "The account to fund", example = "0b6f4b8e-8a51-4c53-9d55-0a5b0b7c1d01"),
         ("Idempotency-Key" = String, Header, description = "Makes a retry safe"),
     ),
     request_body = DepositRequest,
