@@ -68,8 +68,22 @@ impl ApiError {
     }
 }
 
+/// Postgres's codes for text it cannot store: a NUL character (22021,
+/// `character_not_in_repertoire`) or one outside the database's encoding
+/// (22P05). Only the request can have brought such text.
+const UNSTORABLE_TEXT_CODES: [&str; 2] = ["22021", "22P05"];
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        // Text Postgres cannot hold is the caller's mistake wherever it
+        // reaches a statement (an email, a filter, a name), not a failure
+        // of the service: a 422 with a clear code, never a 500. Found by
+        // the contract test (a NUL byte in a login's email).
+        if let sqlx::Error::Database(database) = &error {
+            if database.code().is_some_and(|code| UNSTORABLE_TEXT_CODES.contains(&code.as_ref())) {
+                return Self::unprocessable("invalid_text", "text in this request holds a NUL or unstorable character");
+            }
+        }
         Self::Internal(anyhow::Error::new(error).context("database"))
     }
 }

@@ -68,6 +68,11 @@ async fn a_reset_link_arrives_signed_works_once_ends_every_session_and_says_noth
     // database and failed the statement (500; found by the contract test).
     let malformed = post(&app, "/v1/auth/password-reset", None, &json!({ "email": "ja\u{0}ne@example.com" })).await;
     assert_eq!((malformed.0, malformed.1["code"].as_str()), (422, Some("invalid_email")), "{malformed:?}");
+    // The same text at the login: refused, not a 500 (found by the
+    // contract test in a CI run).
+    let nul_login =
+        post(&app, "/v1/auth/login", None, &json!({ "email": "ja\u{0}ne@example.com", "password": PASSWORD })).await;
+    assert_eq!((nul_login.0, nul_login.1["code"].as_str()), (422, Some("invalid_text")), "{nul_login:?}");
 
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
     while inbox.lock().expect("inbox").is_empty() {
