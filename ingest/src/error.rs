@@ -79,10 +79,10 @@ impl From<sqlx::Error> for ApiError {
         // reaches a statement (an email, a filter, a name), not a failure
         // of the service: a 422 with a clear code, never a 500. Found by
         // the contract test (a NUL byte in a login's email).
-        if let sqlx::Error::Database(database) = &error {
-            if database.code().is_some_and(|code| UNSTORABLE_TEXT_CODES.contains(&code.as_ref())) {
-                return Self::unprocessable("invalid_text", "text in this request holds a NUL or unstorable character");
-            }
+        if let sqlx::Error::Database(database) = &error
+            && database.code().is_some_and(|code| UNSTORABLE_TEXT_CODES.contains(&code.as_ref()))
+        {
+            return Self::unprocessable("invalid_text", "text in this request holds a NUL or unstorable character");
         }
         Self::Internal(anyhow::Error::new(error).context("database"))
     }
